@@ -1,0 +1,742 @@
+//! The asynchronous client: every SFTP operation as a future that runs as a task on the
+//! [`Runtime`](crate::task::Runtime). [`Sftp`] is a cheap handle; clone it into as many
+//! tasks as you like — they all share one connection and one request table.
+
+use std::cell::Cell;
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll};
+
+use crate::error::{Error, Result};
+use crate::proto::{
+    self, ExtendedRequest, FileAttributes, Limits, NameEntry, OpenFlags, Request, Response,
+    StatusCode, Statvfs, ext,
+};
+use crate::reactor::Channel;
+
+/// Chunk size when the server does not state limits (OpenSSH's own default).
+pub const DEFAULT_CHUNK: usize = 32 * 1024;
+/// The largest chunk sftpipe asks for, whatever the server allows.
+pub const MAX_CHUNK: usize = 256 * 1024;
+/// The largest packet sftpipe accepts, whatever the server claims.
+const MAX_PACKET_CAP: usize = 16 << 20;
+
+struct Inner {
+    chan: Rc<Channel>,
+    version: u32,
+    extensions: Vec<(String, String)>,
+    limits: Option<Limits>,
+}
+
+/// A connection to an SFTP server, usable from any number of concurrent tasks.
+#[derive(Clone)]
+pub struct Sftp {
+    inner: Rc<Inner>,
+}
+
+/// A reply that will arrive; dropping it before it does discards the reply.
+pub struct PendingReply {
+    chan: Rc<Channel>,
+    id: u32,
+    done: bool,
+}
+
+impl Future for PendingReply {
+    type Output = Result<Response>;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let r = self.chan.poll_reply(self.id, cx);
+        if r.is_ready() {
+            self.done = true;
+        }
+        r
+    }
+}
+
+impl Drop for PendingReply {
+    fn drop(&mut self) {
+        if !self.done {
+            self.chan.abandon(self.id);
+        }
+    }
+}
+
+/// An open remote file or directory. Closed with [`Sftp::close`]; if dropped instead (a
+/// task failed or was cancelled), a CLOSE is still sent so no server handle leaks.
+pub struct Handle {
+    chan: Rc<Channel>,
+    raw: Vec<u8>,
+    path: Vec<u8>,
+    closed: Cell<bool>,
+}
+
+impl Handle {
+    /// The server's opaque handle bytes.
+    pub fn raw(&self) -> &[u8] {
+        &self.raw
+    }
+
+    /// The path it was opened with.
+    pub fn path(&self) -> &[u8] {
+        &self.path
+    }
+
+    fn path_lossy(&self) -> String {
+        String::from_utf8_lossy(&self.path).into_owned()
+    }
+}
+
+impl std::fmt::Debug for Handle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Handle({})", self.path_lossy())
+    }
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        if !self.closed.get() {
+            let req = Request::Close {
+                handle: std::mem::take(&mut self.raw),
+            };
+            if let Ok(id) = self.chan.send(&req) {
+                self.chan.abandon(id);
+            }
+        }
+    }
+}
+
+fn status_error(op: &'static str, path: &[u8], code: StatusCode, message: &[u8]) -> Error {
+    let message = if message.is_empty() {
+        code.description().to_string()
+    } else {
+        String::from_utf8_lossy(message).into_owned()
+    };
+    Error::Status {
+        op,
+        path: String::from_utf8_lossy(path).into_owned(),
+        code,
+        message,
+    }
+}
+
+fn unexpected(op: &'static str, r: &Response) -> Error {
+    Error::Protocol(format!(
+        "unexpected {} in reply to {op}",
+        proto::kind::name(r.kind())
+    ))
+}
+
+fn expect_ok(op: &'static str, path: &[u8], r: Response) -> Result<()> {
+    match r {
+        Response::Status {
+            code: StatusCode::Ok,
+            ..
+        } => Ok(()),
+        Response::Status { code, message, .. } => Err(status_error(op, path, code, &message)),
+        other => Err(unexpected(op, &other)),
+    }
+}
+
+fn expect_attrs(op: &'static str, path: &[u8], r: Response) -> Result<FileAttributes> {
+    match r {
+        Response::Attrs(a) => Ok(a),
+        Response::Status { code, message, .. } => Err(status_error(op, path, code, &message)),
+        other => Err(unexpected(op, &other)),
+    }
+}
+
+fn expect_name(op: &'static str, path: &[u8], r: Response) -> Result<Vec<NameEntry>> {
+    match r {
+        Response::Name(n) => Ok(n),
+        Response::Status { code, message, .. } => Err(status_error(op, path, code, &message)),
+        other => Err(unexpected(op, &other)),
+    }
+}
+
+fn expect_one_name(op: &'static str, path: &[u8], r: Response) -> Result<Vec<u8>> {
+    let mut names = expect_name(op, path, r)?;
+    if names.len() != 1 {
+        return Err(Error::Protocol(format!(
+            "{op} returned {} names instead of one",
+            names.len()
+        )));
+    }
+    Ok(names.remove(0).filename)
+}
+
+fn expect_extended(op: &'static str, path: &[u8], r: Response) -> Result<Vec<u8>> {
+    match r {
+        Response::ExtendedReply(d) => Ok(d),
+        Response::Status { code, message, .. } => Err(status_error(op, path, code, &message)),
+        other => Err(unexpected(op, &other)),
+    }
+}
+
+/// Interprets the reply to a READ: data, or `None` at end of file.
+pub fn read_reply(path: &[u8], r: Response) -> Result<Option<Vec<u8>>> {
+    match r {
+        Response::Data(d) => Ok(Some(d)),
+        Response::Status {
+            code: StatusCode::Eof,
+            ..
+        } => Ok(None),
+        Response::Status { code, message, .. } => {
+            Err(status_error("read", path, code, &message))
+        }
+        other => Err(unexpected("read", &other)),
+    }
+}
+
+/// Interprets the reply to a WRITE.
+pub fn write_reply(path: &[u8], r: Response) -> Result<()> {
+    expect_ok("write", path, r)
+}
+
+impl Sftp {
+    /// Runs the SFTP handshake on a fresh channel: INIT/VERSION, then `limits@openssh.com`
+    /// when offered, which sets chunk sizes and the packet maximum.
+    pub async fn handshake(chan: Rc<Channel>) -> Result<Sftp> {
+        chan.send_init()?;
+        let (version, raw_ext) = std::future::poll_fn(|cx| chan.poll_version(cx)).await?;
+        if version < proto::SFTP_VERSION {
+            return Err(Error::Protocol(format!(
+                "server speaks SFTP version {version}, sftpipe needs 3"
+            )));
+        }
+        let extensions: Vec<(String, String)> = raw_ext
+            .into_iter()
+            .map(|(k, v)| {
+                (
+                    String::from_utf8_lossy(&k).into_owned(),
+                    String::from_utf8_lossy(&v).into_owned(),
+                )
+            })
+            .collect();
+        log::debug!("server version {version}, extensions {extensions:?}");
+        let mut sftp = Sftp {
+            inner: Rc::new(Inner {
+                chan: chan.clone(),
+                version,
+                extensions,
+                limits: None,
+            }),
+        };
+        if sftp.has_extension(ext::LIMITS) {
+            let r = sftp.call(Request::Extended(ExtendedRequest::Limits)).await?;
+            let limits = Limits::decode(&expect_extended("limits", b"", r)?)?;
+            log::debug!("server limits {limits:?}");
+            if limits.max_packet_length > 0 {
+                let max = (limits.max_packet_length as usize)
+                    .clamp(proto::DEFAULT_MAX_PACKET, MAX_PACKET_CAP);
+                chan.set_max_packet(max);
+            }
+            if let Some(inner) = Rc::get_mut(&mut sftp.inner) {
+                inner.limits = Some(limits);
+            }
+        }
+        Ok(sftp)
+    }
+
+    /// The protocol version the server announced.
+    pub fn server_version(&self) -> u32 {
+        self.inner.version
+    }
+
+    /// The extensions the server announced, as (name, version) pairs.
+    pub fn extensions(&self) -> &[(String, String)] {
+        &self.inner.extensions
+    }
+
+    /// True when the server announced `name` with a version this client understands.
+    pub fn has_extension(&self, name: &str) -> bool {
+        let Some(want) = ext::understood_version(name) else {
+            return false;
+        };
+        self.inner
+            .extensions
+            .iter()
+            .any(|(k, v)| k == name && v == want)
+    }
+
+    /// The server's `limits@openssh.com` answer, if it offered the extension.
+    pub fn server_limits(&self) -> Option<Limits> {
+        self.inner.limits
+    }
+
+    /// Bytes per READ request.
+    pub fn read_chunk(&self) -> usize {
+        match self.inner.limits {
+            Some(l) if l.max_read_length > 0 => (l.max_read_length as usize).min(MAX_CHUNK),
+            _ => DEFAULT_CHUNK,
+        }
+    }
+
+    /// Bytes per WRITE request.
+    pub fn write_chunk(&self) -> usize {
+        match self.inner.limits {
+            Some(l) if l.max_write_length > 0 => (l.max_write_length as usize).min(MAX_CHUNK),
+            _ => DEFAULT_CHUNK,
+        }
+    }
+
+    /// How many handles the server allows open at once, if it said.
+    pub fn max_open_handles(&self) -> Option<u64> {
+        self.inner
+            .limits
+            .and_then(|l| (l.max_open_handles > 0).then_some(l.max_open_handles))
+    }
+
+    /// The I/O channel (byte counters, stderr tail).
+    pub fn channel(&self) -> &Rc<Channel> {
+        &self.inner.chan
+    }
+
+    /// Queues a request as soon as the outgoing queue has room and returns its reply to
+    /// await. Requests are sent in the order `submit` is called, so pipelined WRITEs and
+    /// READs leave in offset order.
+    pub async fn submit(&self, req: &Request) -> Result<PendingReply> {
+        let chan = &self.inner.chan;
+        std::future::poll_fn(|cx| chan.poll_space(cx)).await?;
+        let id = chan.send(req)?;
+        Ok(PendingReply {
+            chan: chan.clone(),
+            id,
+            done: false,
+        })
+    }
+
+    /// Queues a WRITE from a borrowed buffer (one copy, into the outgoing queue).
+    pub async fn submit_write(&self, h: &Handle, offset: u64, data: &[u8]) -> Result<PendingReply> {
+        let chan = &self.inner.chan;
+        std::future::poll_fn(|cx| chan.poll_space(cx)).await?;
+        let id = chan.send_with(|id, out| proto::encode_write(id, &h.raw, offset, data, out))?;
+        Ok(PendingReply {
+            chan: chan.clone(),
+            id,
+            done: false,
+        })
+    }
+
+    /// Sends a request and waits for its reply.
+    pub async fn call(&self, req: Request) -> Result<Response> {
+        self.submit(&req).await?.await
+    }
+
+    fn handle(&self, raw: Vec<u8>, path: &[u8]) -> Handle {
+        Handle {
+            chan: self.inner.chan.clone(),
+            raw,
+            path: path.to_vec(),
+            closed: Cell::new(false),
+        }
+    }
+
+    /// Opens a file. `attrs` apply when the file is created (e.g. its permissions).
+    pub async fn open(
+        &self,
+        path: impl AsRef<[u8]>,
+        flags: OpenFlags,
+        attrs: &FileAttributes,
+    ) -> Result<Handle> {
+        let path = path.as_ref();
+        let r = self
+            .call(Request::Open {
+                path: path.to_vec(),
+                flags,
+                attrs: attrs.clone(),
+            })
+            .await?;
+        match r {
+            Response::Handle(raw) => Ok(self.handle(raw, path)),
+            Response::Status { code, message, .. } => Err(status_error("open", path, code, &message)),
+            other => Err(unexpected("open", &other)),
+        }
+    }
+
+    /// Closes a file or directory handle; the server's verdict matters for writes (a
+    /// failed CLOSE can mean lost data).
+    pub async fn close(&self, h: Handle) -> Result<()> {
+        h.closed.set(true);
+        let r = self.call(Request::Close { handle: h.raw.clone() }).await?;
+        expect_ok("close", &h.path, r)
+    }
+
+    /// Reads up to `len` bytes at `offset`; `None` at end of file. A short read is not an
+    /// error: the server may return less than asked.
+    pub async fn read(&self, h: &Handle, offset: u64, len: u32) -> Result<Option<Vec<u8>>> {
+        let r = self
+            .call(Request::Read {
+                handle: h.raw.clone(),
+                offset,
+                len,
+            })
+            .await?;
+        read_reply(&h.path, r)
+    }
+
+    /// Writes `data` at `offset`.
+    pub async fn write(&self, h: &Handle, offset: u64, data: &[u8]) -> Result<()> {
+        let r = self.submit_write(h, offset, data).await?.await?;
+        write_reply(&h.path, r)
+    }
+
+    /// Attributes, following symlinks.
+    pub async fn stat(&self, path: impl AsRef<[u8]>) -> Result<FileAttributes> {
+        let path = path.as_ref();
+        let r = self.call(Request::Stat { path: path.to_vec() }).await?;
+        expect_attrs("stat", path, r)
+    }
+
+    /// Attributes of the link itself.
+    pub async fn lstat(&self, path: impl AsRef<[u8]>) -> Result<FileAttributes> {
+        let path = path.as_ref();
+        let r = self.call(Request::Lstat { path: path.to_vec() }).await?;
+        expect_attrs("lstat", path, r)
+    }
+
+    /// Attributes of an open file.
+    pub async fn fstat(&self, h: &Handle) -> Result<FileAttributes> {
+        let r = self.call(Request::Fstat { handle: h.raw.clone() }).await?;
+        expect_attrs("fstat", &h.path, r)
+    }
+
+    /// Changes attributes (mode, owner, times, size) by path.
+    pub async fn setstat(&self, path: impl AsRef<[u8]>, attrs: &FileAttributes) -> Result<()> {
+        let path = path.as_ref();
+        let r = self
+            .call(Request::Setstat {
+                path: path.to_vec(),
+                attrs: attrs.clone(),
+            })
+            .await?;
+        expect_ok("setstat", path, r)
+    }
+
+    /// Changes attributes of an open file.
+    pub async fn fsetstat(&self, h: &Handle, attrs: &FileAttributes) -> Result<()> {
+        let r = self
+            .call(Request::Fsetstat {
+                handle: h.raw.clone(),
+                attrs: attrs.clone(),
+            })
+            .await?;
+        expect_ok("fsetstat", &h.path, r)
+    }
+
+    /// Changes attributes without following a final symlink (`lsetstat@openssh.com`).
+    pub async fn lsetstat(&self, path: impl AsRef<[u8]>, attrs: &FileAttributes) -> Result<()> {
+        let path = path.as_ref();
+        self.require(ext::LSETSTAT)?;
+        let r = self
+            .call(Request::Extended(ExtendedRequest::Lsetstat {
+                path: path.to_vec(),
+                attrs: attrs.clone(),
+            }))
+            .await?;
+        expect_ok("lsetstat", path, r)
+    }
+
+    /// Sets permission bits.
+    pub async fn chmod(&self, path: impl AsRef<[u8]>, mode: u32) -> Result<()> {
+        self.setstat(path, &FileAttributes::with_permissions(mode & 0o7777))
+            .await
+            .map_err(|e| relabel(e, "chmod"))
+    }
+
+    /// Sets owner and group.
+    pub async fn chown(&self, path: impl AsRef<[u8]>, uid: u32, gid: u32) -> Result<()> {
+        let attrs = FileAttributes {
+            uid_gid: Some((uid, gid)),
+            ..Default::default()
+        };
+        self.setstat(path, &attrs).await.map_err(|e| relabel(e, "chown"))
+    }
+
+    /// Sets access and modification times (seconds since the epoch).
+    pub async fn set_times(&self, path: impl AsRef<[u8]>, atime: u32, mtime: u32) -> Result<()> {
+        let attrs = FileAttributes {
+            atime_mtime: Some((atime, mtime)),
+            ..Default::default()
+        };
+        self.setstat(path, &attrs).await.map_err(|e| relabel(e, "utimes"))
+    }
+
+    /// Truncates or extends a file to `size` bytes.
+    pub async fn truncate(&self, path: impl AsRef<[u8]>, size: u64) -> Result<()> {
+        let attrs = FileAttributes {
+            size: Some(size),
+            ..Default::default()
+        };
+        self.setstat(path, &attrs).await.map_err(|e| relabel(e, "truncate"))
+    }
+
+    /// Opens a directory for [`Sftp::readdir`].
+    pub async fn opendir(&self, path: impl AsRef<[u8]>) -> Result<Handle> {
+        let path = path.as_ref();
+        let r = self.call(Request::Opendir { path: path.to_vec() }).await?;
+        match r {
+            Response::Handle(raw) => Ok(self.handle(raw, path)),
+            Response::Status { code, message, .. } => {
+                Err(status_error("opendir", path, code, &message))
+            }
+            other => Err(unexpected("opendir", &other)),
+        }
+    }
+
+    /// The next batch of entries; `None` when the directory is exhausted.
+    pub async fn readdir(&self, h: &Handle) -> Result<Option<Vec<NameEntry>>> {
+        let r = self.call(Request::Readdir { handle: h.raw.clone() }).await?;
+        match r {
+            Response::Name(n) => Ok(Some(n)),
+            Response::Status {
+                code: StatusCode::Eof,
+                ..
+            } => Ok(None),
+            Response::Status { code, message, .. } => {
+                Err(status_error("readdir", &h.path, code, &message))
+            }
+            other => Err(unexpected("readdir", &other)),
+        }
+    }
+
+    /// Every entry of a directory with its attributes, without `.` and `..`.
+    pub async fn read_dir(&self, path: impl AsRef<[u8]>) -> Result<Vec<NameEntry>> {
+        let h = self.opendir(path).await?;
+        let mut all = Vec::new();
+        while let Some(batch) = self.readdir(&h).await? {
+            all.extend(
+                batch
+                    .into_iter()
+                    .filter(|e| e.filename != b"." && e.filename != b".."),
+            );
+        }
+        self.close(h).await?;
+        Ok(all)
+    }
+
+    /// Removes a file (or symlink).
+    pub async fn remove(&self, path: impl AsRef<[u8]>) -> Result<()> {
+        let path = path.as_ref();
+        let r = self.call(Request::Remove { path: path.to_vec() }).await?;
+        expect_ok("remove", path, r)
+    }
+
+    /// Creates a directory.
+    pub async fn mkdir(&self, path: impl AsRef<[u8]>, attrs: &FileAttributes) -> Result<()> {
+        let path = path.as_ref();
+        let r = self
+            .call(Request::Mkdir {
+                path: path.to_vec(),
+                attrs: attrs.clone(),
+            })
+            .await?;
+        expect_ok("mkdir", path, r)
+    }
+
+    /// Removes an empty directory.
+    pub async fn rmdir(&self, path: impl AsRef<[u8]>) -> Result<()> {
+        let path = path.as_ref();
+        let r = self.call(Request::Rmdir { path: path.to_vec() }).await?;
+        expect_ok("rmdir", path, r)
+    }
+
+    /// The canonical absolute form of a path.
+    pub async fn realpath(&self, path: impl AsRef<[u8]>) -> Result<Vec<u8>> {
+        let path = path.as_ref();
+        let r = self.call(Request::Realpath { path: path.to_vec() }).await?;
+        expect_one_name("realpath", path, r)
+    }
+
+    /// Like realpath, also expanding `~` and `~user` (`expand-path@openssh.com`); falls
+    /// back to realpath when the server lacks the extension.
+    pub async fn expand_path(&self, path: impl AsRef<[u8]>) -> Result<Vec<u8>> {
+        let path = path.as_ref();
+        if !self.has_extension(ext::EXPAND_PATH) {
+            return self.realpath(path).await;
+        }
+        let r = self
+            .call(Request::Extended(ExtendedRequest::ExpandPath {
+                path: path.to_vec(),
+            }))
+            .await?;
+        expect_one_name("expand-path", path, r)
+    }
+
+    /// The home directory of `user` (`home-directory` extension).
+    pub async fn home_directory(&self, user: &str) -> Result<Vec<u8>> {
+        self.require(ext::HOME_DIRECTORY)?;
+        let r = self
+            .call(Request::Extended(ExtendedRequest::HomeDirectory {
+                username: user.as_bytes().to_vec(),
+            }))
+            .await?;
+        expect_one_name("home-directory", user.as_bytes(), r)
+    }
+
+    /// Renames with the plain SFTP v3 RENAME, which fails when `new` exists.
+    pub async fn rename(&self, old: impl AsRef<[u8]>, new: impl AsRef<[u8]>) -> Result<()> {
+        let (old, new) = (old.as_ref(), new.as_ref());
+        let r = self
+            .call(Request::Rename {
+                old: old.to_vec(),
+                new: new.to_vec(),
+            })
+            .await?;
+        expect_ok("rename", old, r)
+    }
+
+    /// Renames replacing `new` atomically (`posix-rename@openssh.com`).
+    pub async fn posix_rename(&self, old: impl AsRef<[u8]>, new: impl AsRef<[u8]>) -> Result<()> {
+        let (old, new) = (old.as_ref(), new.as_ref());
+        self.require(ext::POSIX_RENAME)?;
+        let r = self
+            .call(Request::Extended(ExtendedRequest::PosixRename {
+                old: old.to_vec(),
+                new: new.to_vec(),
+            }))
+            .await?;
+        expect_ok("posix-rename", old, r)
+    }
+
+    /// Renames `old` onto `new`, replacing it: posix-rename when offered (atomic), else a
+    /// plain rename, else (when `new` exists) remove then rename, with a warning that the
+    /// target was briefly missing.
+    pub async fn rename_replace(&self, old: impl AsRef<[u8]>, new: impl AsRef<[u8]>) -> Result<()> {
+        let (old, new) = (old.as_ref(), new.as_ref());
+        if self.has_extension(ext::POSIX_RENAME) {
+            return self.posix_rename(old, new).await;
+        }
+        match self.rename(old, new).await {
+            Ok(()) => Ok(()),
+            Err(e) if matches!(e.status(), Some(StatusCode::Failure)) => {
+                log::warn!(
+                    "server lacks posix-rename: replacing {} by remove + rename (not atomic)",
+                    String::from_utf8_lossy(new)
+                );
+                match self.remove(new).await {
+                    Ok(()) => {}
+                    Err(r) if r.is_not_found() => return Err(e),
+                    Err(r) => return Err(r),
+                }
+                self.rename(old, new).await
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Reads a symlink's target.
+    pub async fn readlink(&self, path: impl AsRef<[u8]>) -> Result<Vec<u8>> {
+        let path = path.as_ref();
+        let r = self.call(Request::Readlink { path: path.to_vec() }).await?;
+        expect_one_name("readlink", path, r)
+    }
+
+    /// Creates a symlink at `link` pointing to `target`.
+    pub async fn symlink(&self, target: impl AsRef<[u8]>, link: impl AsRef<[u8]>) -> Result<()> {
+        let (target, link) = (target.as_ref(), link.as_ref());
+        let r = self
+            .call(Request::Symlink {
+                target: target.to_vec(),
+                link: link.to_vec(),
+            })
+            .await?;
+        expect_ok("symlink", link, r)
+    }
+
+    /// Creates a hard link `new` to `old` (`hardlink@openssh.com`).
+    pub async fn hardlink(&self, old: impl AsRef<[u8]>, new: impl AsRef<[u8]>) -> Result<()> {
+        let (old, new) = (old.as_ref(), new.as_ref());
+        self.require(ext::HARDLINK)?;
+        let r = self
+            .call(Request::Extended(ExtendedRequest::Hardlink {
+                old: old.to_vec(),
+                new: new.to_vec(),
+            }))
+            .await?;
+        expect_ok("hardlink", new, r)
+    }
+
+    /// File system statistics (`statvfs@openssh.com`).
+    pub async fn statvfs(&self, path: impl AsRef<[u8]>) -> Result<Statvfs> {
+        let path = path.as_ref();
+        self.require(ext::STATVFS)?;
+        let r = self
+            .call(Request::Extended(ExtendedRequest::Statvfs {
+                path: path.to_vec(),
+            }))
+            .await?;
+        Ok(Statvfs::decode(&expect_extended("statvfs", path, r)?)?)
+    }
+
+    /// File system statistics of an open file (`fstatvfs@openssh.com`).
+    pub async fn fstatvfs(&self, h: &Handle) -> Result<Statvfs> {
+        self.require(ext::FSTATVFS)?;
+        let r = self
+            .call(Request::Extended(ExtendedRequest::Fstatvfs {
+                handle: h.raw.clone(),
+            }))
+            .await?;
+        Ok(Statvfs::decode(&expect_extended("fstatvfs", &h.path, r)?)?)
+    }
+
+    /// Flushes an open file to stable storage (`fsync@openssh.com`).
+    pub async fn fsync(&self, h: &Handle) -> Result<()> {
+        self.require(ext::FSYNC)?;
+        let r = self
+            .call(Request::Extended(ExtendedRequest::Fsync {
+                handle: h.raw.clone(),
+            }))
+            .await?;
+        expect_ok("fsync", &h.path, r)
+    }
+
+    /// Server-side copy of `length` bytes (0 = to end of file) between two open handles
+    /// (`copy-data` extension).
+    pub async fn copy_data(
+        &self,
+        from: &Handle,
+        from_offset: u64,
+        length: u64,
+        to: &Handle,
+        to_offset: u64,
+    ) -> Result<()> {
+        self.require(ext::COPY_DATA)?;
+        let r = self
+            .call(Request::Extended(ExtendedRequest::CopyData {
+                read_handle: from.raw.clone(),
+                read_offset: from_offset,
+                length,
+                write_handle: to.raw.clone(),
+                write_offset: to_offset,
+            }))
+            .await?;
+        expect_ok("copy-data", &to.path, r)
+    }
+
+    fn require(&self, name: &str) -> Result<()> {
+        if self.has_extension(name) {
+            Ok(())
+        } else {
+            Err(Error::Unsupported(format!(
+                "the server does not offer the {name} extension"
+            )))
+        }
+    }
+}
+
+fn relabel(e: Error, op: &'static str) -> Error {
+    match e {
+        Error::Status {
+            path,
+            code,
+            message,
+            ..
+        } => Error::Status {
+            op,
+            path,
+            code,
+            message,
+        },
+        e => e,
+    }
+}

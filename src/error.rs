@@ -1,0 +1,214 @@
+//! Errors of sftpipe, with the context a user needs: which path, which operation, what the
+//! server said, and ssh's last words when the connection died.
+
+use std::fmt;
+use std::io;
+
+use crate::proto::{DecodeError, StatusCode};
+
+/// Result alias for sftpipe.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Why the connection to the server is gone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectionError {
+    /// What happened, e.g. "ssh exited with status 255".
+    pub reason: String,
+    /// The last lines ssh (or the local server) wrote to stderr.
+    pub stderr_tail: Vec<String>,
+}
+
+impl fmt::Display for ConnectionError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.reason)?;
+        if !self.stderr_tail.is_empty() {
+            write!(f, "; its last output:")?;
+            for line in &self.stderr_tail {
+                write!(f, "\n  {line}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Everything that can go wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The server refused an operation with a STATUS reply.
+    #[error("{op} {path}: {message}", path = display_path(path))]
+    Status {
+        /// The operation, e.g. "open".
+        op: &'static str,
+        /// The remote path concerned (empty when none applies).
+        path: String,
+        /// The status code.
+        code: StatusCode,
+        /// The server's message, or the code's description when it sent none.
+        message: String,
+    },
+    /// ssh (or the local server) exited, or the pipes broke.
+    #[error("connection lost: {0}")]
+    Connection(ConnectionError),
+    /// ssh or the server command could not be started.
+    #[error("cannot start {program}: {source}")]
+    Spawn {
+        /// The program that failed to start.
+        program: String,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// The server sent something this client cannot accept.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    /// The server lacks an extension the operation needs.
+    #[error("{0}")]
+    Unsupported(String),
+    /// A local file operation failed.
+    #[error("{context}: {source}")]
+    Local {
+        /// What was being done, with the local path.
+        context: String,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// A bad argument: a refused host, an unsafe name, a malformed operand.
+    #[error("{0}")]
+    InvalidInput(String),
+    /// Some of the files of a batch failed; each is listed.
+    #[error("{} of {total} operations failed", failures.len())]
+    Partial {
+        /// How many operations were attempted.
+        total: usize,
+        /// Each failure with its path.
+        failures: Vec<(String, Error)>,
+    },
+}
+
+fn display_path(p: &str) -> String {
+    if p.is_empty() {
+        String::new()
+    } else {
+        format!("'{p}'")
+    }
+}
+
+impl Error {
+    /// A local I/O error with its context.
+    pub fn local(context: impl Into<String>, source: io::Error) -> Self {
+        Error::Local {
+            context: context.into(),
+            source,
+        }
+    }
+
+    /// The status code, when the server refused.
+    pub fn status(&self) -> Option<StatusCode> {
+        match self {
+            Error::Status { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+
+    /// True when the server said the path does not exist.
+    pub fn is_not_found(&self) -> bool {
+        self.status() == Some(StatusCode::NoSuchFile)
+    }
+
+    /// True when the connection is gone (no later operation can succeed).
+    pub fn is_connection(&self) -> bool {
+        matches!(self, Error::Connection(_) | Error::Spawn { .. })
+    }
+
+    /// The closest `std::io::ErrorKind`.
+    pub fn kind(&self) -> io::ErrorKind {
+        match self {
+            Error::Status { code, .. } => match code {
+                StatusCode::NoSuchFile => io::ErrorKind::NotFound,
+                StatusCode::PermissionDenied => io::ErrorKind::PermissionDenied,
+                StatusCode::Eof => io::ErrorKind::UnexpectedEof,
+                StatusCode::OpUnsupported => io::ErrorKind::Unsupported,
+                StatusCode::BadMessage => io::ErrorKind::InvalidData,
+                StatusCode::NoConnection | StatusCode::ConnectionLost => {
+                    io::ErrorKind::ConnectionAborted
+                }
+                _ => io::ErrorKind::Other,
+            },
+            Error::Connection(_) => io::ErrorKind::ConnectionAborted,
+            Error::Spawn { source, .. } | Error::Local { source, .. } => source.kind(),
+            Error::Protocol(_) => io::ErrorKind::InvalidData,
+            Error::Unsupported(_) => io::ErrorKind::Unsupported,
+            Error::InvalidInput(_) => io::ErrorKind::InvalidInput,
+            Error::Partial { .. } => io::ErrorKind::Other,
+        }
+    }
+
+    /// A copy for handing one failure to several waiters (local OS errors keep their kind
+    /// and text, not their identity).
+    pub fn duplicate(&self) -> Error {
+        match self {
+            Error::Status {
+                op,
+                path,
+                code,
+                message,
+            } => Error::Status {
+                op,
+                path: path.clone(),
+                code: *code,
+                message: message.clone(),
+            },
+            Error::Connection(c) => Error::Connection(c.clone()),
+            Error::Spawn { program, source } => Error::Spawn {
+                program: program.clone(),
+                source: io::Error::new(source.kind(), source.to_string()),
+            },
+            Error::Protocol(m) => Error::Protocol(m.clone()),
+            Error::Unsupported(m) => Error::Unsupported(m.clone()),
+            Error::Local { context, source } => Error::Local {
+                context: context.clone(),
+                source: io::Error::new(source.kind(), source.to_string()),
+            },
+            Error::InvalidInput(m) => Error::InvalidInput(m.clone()),
+            Error::Partial { total, failures } => Error::Partial {
+                total: *total,
+                failures: failures
+                    .iter()
+                    .map(|(p, e)| (p.clone(), e.duplicate()))
+                    .collect(),
+            },
+        }
+    }
+}
+
+impl From<DecodeError> for Error {
+    fn from(e: DecodeError) -> Self {
+        Error::Protocol(e.to_string())
+    }
+}
+
+impl From<Error> for io::Error {
+    fn from(e: Error) -> Self {
+        io::Error::new(e.kind(), e)
+    }
+}
+
+/// Recovers the sftpipe error inside an `io::Error` from a [`crate::File`]; any other
+/// I/O error becomes [`Error::Local`].
+impl From<io::Error> for Error {
+    fn from(e: io::Error) -> Self {
+        if e.get_ref().is_some_and(|inner| inner.is::<Error>()) {
+            if let Some(inner) = e.into_inner()
+                && let Ok(err) = inner.downcast::<Error>()
+            {
+                return *err;
+            }
+            return Error::Protocol("lost an error while unwrapping it".into());
+        }
+        Error::Local {
+            context: "I/O".into(),
+            source: e,
+        }
+    }
+}

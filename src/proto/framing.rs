@@ -1,0 +1,134 @@
+//! Cutting a byte stream into SFTP packets.
+
+use super::DecodeError;
+
+/// Accumulates bytes from the server and yields whole packet bodies.
+///
+/// The length prefix is checked against `max_packet` before any byte of the body is kept,
+/// so memory stays bounded by one packet plus one read.
+#[derive(Debug)]
+pub struct Framer {
+    buf: Vec<u8>,
+    start: usize,
+    max_packet: usize,
+}
+
+impl Framer {
+    /// A framer refusing packets longer than `max_packet` bytes (length field excluded).
+    pub fn new(max_packet: usize) -> Self {
+        Framer {
+            buf: Vec::new(),
+            start: 0,
+            max_packet,
+        }
+    }
+
+    /// Changes the maximum, e.g. after `limits@openssh.com` answered.
+    pub fn set_max_packet(&mut self, max: usize) {
+        self.max_packet = max;
+    }
+
+    /// The maximum in force.
+    pub fn max_packet(&self) -> usize {
+        self.max_packet
+    }
+
+    /// Bytes buffered and not yet returned as packets.
+    pub fn buffered(&self) -> usize {
+        self.buf.len() - self.start
+    }
+
+    /// Appends bytes read from the stream.
+    pub fn push(&mut self, data: &[u8]) {
+        if self.start > 0 && self.start == self.buf.len() {
+            self.buf.clear();
+            self.start = 0;
+        }
+        self.buf.extend_from_slice(data);
+    }
+
+    /// A spare region to read into directly; call [`Framer::commit`] with the count read.
+    pub fn spare(&mut self, want: usize) -> &mut [u8] {
+        if self.start > 0 && (self.start == self.buf.len() || self.start > self.buf.len() / 2)
+        {
+            self.buf.drain(..self.start);
+            self.start = 0;
+        }
+        let len = self.buf.len();
+        self.buf.resize(len + want, 0);
+        &mut self.buf[len..]
+    }
+
+    /// Keeps `n` of the bytes offered by the last [`Framer::spare`], drops the rest.
+    pub fn commit(&mut self, want: usize, n: usize) {
+        let len = self.buf.len();
+        self.buf.truncate(len - want + n);
+    }
+
+    /// The next complete packet body (type byte onward), if one is buffered.
+    pub fn next_packet(&mut self) -> Result<Option<&[u8]>, DecodeError> {
+        let avail = &self.buf[self.start..];
+        if avail.len() < 4 {
+            return Ok(None);
+        }
+        let len = u32::from_be_bytes([avail[0], avail[1], avail[2], avail[3]]) as usize;
+        if len == 0 || len > self.max_packet {
+            return Err(DecodeError::BadLength {
+                len,
+                max: self.max_packet,
+            });
+        }
+        if avail.len() < 4 + len {
+            return Ok(None);
+        }
+        let body_start = self.start + 4;
+        self.start = body_start + len;
+        Ok(Some(&self.buf[body_start..body_start + len]))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_packets_fed_byte_by_byte() {
+        let stream = [0, 0, 0, 2, 9, 8, 0, 0, 0, 1, 7];
+        let mut f = Framer::new(16);
+        let mut got = Vec::new();
+        for b in stream {
+            f.push(&[b]);
+            while let Some(p) = f.next_packet().unwrap() {
+                got.push(p.to_vec());
+            }
+        }
+        assert_eq!(got, vec![vec![9, 8], vec![7]]);
+        assert_eq!(f.buffered(), 0);
+    }
+
+    #[test]
+    fn oversized_length_is_refused_before_buffering_the_body() {
+        let mut f = Framer::new(1000);
+        f.push(&[0, 0, 0x10, 0]);
+        assert_eq!(
+            f.next_packet(),
+            Err(DecodeError::BadLength { len: 4096, max: 1000 })
+        );
+    }
+
+    #[test]
+    fn zero_length_is_refused() {
+        let mut f = Framer::new(1000);
+        f.push(&[0, 0, 0, 0]);
+        assert!(f.next_packet().is_err());
+    }
+
+    #[test]
+    fn spare_and_commit() {
+        let mut f = Framer::new(100);
+        let s = f.spare(10);
+        s[..6].copy_from_slice(&[0, 0, 0, 2, 1, 2]);
+        f.commit(10, 6);
+        assert_eq!(f.next_packet().unwrap(), Some(&[1u8, 2][..]));
+    }
+}

@@ -1,0 +1,667 @@
+//! The one event loop: a `mio::Poll` that owns the server's three pipes.
+//!
+//! [`Reactor`] is generic: sources register and get called on readiness. [`Channel`] is the
+//! SFTP connection's I/O half: an outgoing byte queue (write interest only while it holds
+//! bytes; tasks wait when it is over its high-water mark), packet framing of stdout with
+//! the negotiated maximum, the table of in-flight request ids, and stderr drained into
+//! `log` with a bounded tail kept for error messages.
+
+use std::cell::RefCell;
+use std::collections::{HashMap, VecDeque};
+use std::io::{self, Read, Write};
+use std::process::Child;
+use std::rc::Rc;
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use mio::event::Event;
+use mio::unix::pipe;
+use mio::{Events, Interest, Registry, Token};
+
+use crate::error::{ConnectionError, Error, Result};
+use crate::proto::{self, ClientPacket, Framer, Request, Response, ServerPacket};
+
+/// Something registered with the reactor.
+pub trait Source {
+    /// Called before the reactor may block: flush buffers, adjust interest. Returns true
+    /// when the source expects an event (a reply is awaited, bytes are queued, ...).
+    fn prepare(&self, registry: &Registry) -> bool;
+    /// Called for each readiness event on one of the source's tokens.
+    fn ready(&self, registry: &Registry, event: &Event);
+}
+
+/// A `mio::Poll` and the sources registered with it.
+pub struct Reactor {
+    poll: RefCell<mio::Poll>,
+    events: RefCell<Events>,
+    sources: RefCell<Vec<Option<Rc<dyn Source>>>>,
+}
+
+impl Reactor {
+    /// A reactor with no sources.
+    pub fn new() -> io::Result<Self> {
+        Ok(Reactor {
+            poll: RefCell::new(mio::Poll::new()?),
+            events: RefCell::new(Events::with_capacity(64)),
+            sources: RefCell::new(Vec::new()),
+        })
+    }
+
+    /// Reserves a slot; the source's tokens are `Token(slot * 4 + n)` for n in 0..4.
+    pub fn reserve(&self) -> usize {
+        let mut s = self.sources.borrow_mut();
+        s.push(None);
+        s.len() - 1
+    }
+
+    /// Installs the source for a reserved slot.
+    pub fn install(&self, slot: usize, source: Rc<dyn Source>) {
+        self.sources.borrow_mut()[slot] = Some(source);
+    }
+
+    /// Removes a source (its fds must be deregistered by itself).
+    pub fn remove(&self, slot: usize) {
+        if let Some(s) = self.sources.borrow_mut().get_mut(slot) {
+            *s = None;
+        }
+    }
+
+    /// The registry, to register file descriptors.
+    pub fn with_registry<T>(&self, f: impl FnOnce(&Registry) -> T) -> T {
+        f(self.poll.borrow().registry())
+    }
+
+    /// One round: prepare every source, poll (blocking only if `block`), dispatch events.
+    /// Returns `Ok(false)` when asked to block but no source expects any event.
+    pub fn turn(&self, block: bool) -> io::Result<bool> {
+        let sources: Vec<Rc<dyn Source>> = self.sources.borrow().iter().flatten().cloned().collect();
+        let mut expecting = false;
+        {
+            let poll = self.poll.borrow();
+            for s in &sources {
+                expecting |= s.prepare(poll.registry());
+            }
+        }
+        if block && !expecting {
+            return Ok(false);
+        }
+        let timeout = if block { None } else { Some(Duration::ZERO) };
+        let fired: Vec<(usize, Event)> = {
+            let mut poll = self.poll.borrow_mut();
+            let mut events = self.events.borrow_mut();
+            loop {
+                match poll.poll(&mut events, timeout) {
+                    Ok(()) => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(e),
+                }
+            }
+            events.iter().map(|e| (e.token().0 / 4, e.clone())).collect()
+        };
+        let poll = self.poll.borrow();
+        for (slot, ev) in fired {
+            let src = self.sources.borrow().get(slot).cloned().flatten();
+            if let Some(src) = src {
+                src.ready(poll.registry(), &ev);
+            }
+        }
+        Ok(true)
+    }
+}
+
+/// Bytes queued for the server above which new requests wait.
+const OUT_HIGH_WATER: usize = 4 << 20;
+/// Lines of stderr kept for error messages.
+const STDERR_TAIL_LINES: usize = 20;
+/// A stderr line longer than this is cut, so a chatty child cannot grow memory.
+const STDERR_LINE_MAX: usize = 4096;
+/// Bytes read from stdout per read call.
+const READ_CHUNK: usize = 256 * 1024;
+
+enum Slot {
+    /// Sent; the task waits (its waker, once polled).
+    Waiting(Option<Waker>),
+    /// Answered; the task has not looked yet.
+    Done(Response),
+    /// The task went away; the reply will be dropped when it comes.
+    Abandoned,
+}
+
+/// The child process and its pipes.
+pub struct ChildPipes {
+    /// The process (ssh, or a local server with `-D`).
+    pub child: Child,
+    /// What to call it in messages, e.g. "ssh to example.org".
+    pub label: String,
+}
+
+struct State {
+    child: Option<Child>,
+    label: String,
+    stdin: Option<pipe::Sender>,
+    stdout: Option<pipe::Receiver>,
+    stderr: Option<pipe::Receiver>,
+    write_registered: bool,
+    out: Vec<u8>,
+    out_pos: usize,
+    framer: Framer,
+    inflight: HashMap<u32, Slot>,
+    next_id: u32,
+    version: Option<(u32, Vec<(Vec<u8>, Vec<u8>)>)>,
+    version_seen: bool,
+    version_waker: Option<Waker>,
+    space_waiters: Vec<Waker>,
+    dead: Option<ConnectionError>,
+    stderr_tail: VecDeque<String>,
+    stderr_partial: Vec<u8>,
+    bytes_out: u64,
+    bytes_in: u64,
+}
+
+/// The SFTP connection's I/O half, registered with a [`Reactor`].
+pub struct Channel {
+    state: RefCell<State>,
+    slot: usize,
+}
+
+const T_STDIN: usize = 0;
+const T_STDOUT: usize = 1;
+const T_STDERR: usize = 2;
+
+impl Channel {
+    /// Takes the child's pipes, makes them non-blocking and registers them.
+    pub fn new(reactor: &Reactor, mut pipes: ChildPipes) -> Result<Rc<Channel>> {
+        let io_err = |what: &str, e: io::Error| Error::local(format!("{what} of {}", pipes.label), e);
+        let stdin = pipes.child.stdin.take().ok_or_else(|| Error::Protocol("child has no stdin pipe".into()))?;
+        let stdout = pipes.child.stdout.take().ok_or_else(|| Error::Protocol("child has no stdout pipe".into()))?;
+        let stderr = pipes.child.stderr.take();
+        let stdin = pipe::Sender::from(stdin);
+        stdin.set_nonblocking(true).map_err(|e| io_err("stdin", e))?;
+        let mut stdout = pipe::Receiver::from(stdout);
+        stdout.set_nonblocking(true).map_err(|e| io_err("stdout", e))?;
+        let slot = reactor.reserve();
+        let mut stderr = match stderr {
+            Some(e) => {
+                let r = pipe::Receiver::from(e);
+                r.set_nonblocking(true).map_err(|e| io_err("stderr", e))?;
+                Some(r)
+            }
+            None => None,
+        };
+        reactor.with_registry(|reg| -> io::Result<()> {
+            reg.register(&mut stdout, Token(slot * 4 + T_STDOUT), Interest::READABLE)?;
+            if let Some(e) = stderr.as_mut() {
+                reg.register(e, Token(slot * 4 + T_STDERR), Interest::READABLE)?;
+            }
+            Ok(())
+        })
+        .map_err(|e| io_err("registering pipes", e))?;
+        let chan = Rc::new(Channel {
+            slot,
+            state: RefCell::new(State {
+                child: Some(pipes.child),
+                label: pipes.label,
+                stdin: Some(stdin),
+                stdout: Some(stdout),
+                stderr,
+                write_registered: false,
+                out: Vec::new(),
+                out_pos: 0,
+                framer: Framer::new(proto::DEFAULT_MAX_PACKET),
+                inflight: HashMap::new(),
+                next_id: 1,
+                version: None,
+                version_seen: false,
+                version_waker: None,
+                space_waiters: Vec::new(),
+                dead: None,
+                stderr_tail: VecDeque::new(),
+                stderr_partial: Vec::new(),
+                bytes_out: 0,
+                bytes_in: 0,
+            }),
+        });
+        reactor.install(slot, chan.clone());
+        Ok(chan)
+    }
+
+    /// The reactor slot (to remove the channel when the session ends).
+    pub fn slot(&self) -> usize {
+        self.slot
+    }
+
+    /// What the connection is called in messages.
+    pub fn label(&self) -> String {
+        self.state.borrow().label.clone()
+    }
+
+    /// Bytes written to and read from the server so far.
+    pub fn byte_counts(&self) -> (u64, u64) {
+        let st = self.state.borrow();
+        (st.bytes_out, st.bytes_in)
+    }
+
+    /// Requests awaiting a reply.
+    pub fn in_flight(&self) -> usize {
+        self.state.borrow().inflight.len()
+    }
+
+    /// Sets the largest packet accepted from the server.
+    pub fn set_max_packet(&self, max: usize) {
+        self.state.borrow_mut().framer.set_max_packet(max);
+    }
+
+    fn dead_error(st: &State) -> Option<Error> {
+        st.dead.clone().map(Error::Connection)
+    }
+
+    /// Queues SSH_FXP_INIT.
+    pub fn send_init(&self) -> Result<()> {
+        let mut st = self.state.borrow_mut();
+        if let Some(e) = Self::dead_error(&st) {
+            return Err(e);
+        }
+        ClientPacket::Init {
+            version: proto::SFTP_VERSION,
+            extensions: Vec::new(),
+        }
+        .encode(&mut st.out);
+        Ok(())
+    }
+
+    /// Waits for SSH_FXP_VERSION.
+    pub fn poll_version(&self, cx: &mut Context<'_>) -> Poll<Result<(u32, Vec<(Vec<u8>, Vec<u8>)>)>> {
+        let mut st = self.state.borrow_mut();
+        if let Some(v) = st.version.take() {
+            return Poll::Ready(Ok(v));
+        }
+        if let Some(e) = Self::dead_error(&st) {
+            return Poll::Ready(Err(e));
+        }
+        st.version_waker = Some(cx.waker().clone());
+        Poll::Pending
+    }
+
+    /// Ready when the outgoing queue has room for another request.
+    pub fn poll_space(&self, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        let mut st = self.state.borrow_mut();
+        if let Some(e) = Self::dead_error(&st) {
+            return Poll::Ready(Err(e));
+        }
+        if st.out.len() - st.out_pos < OUT_HIGH_WATER {
+            Poll::Ready(Ok(()))
+        } else {
+            st.space_waiters.push(cx.waker().clone());
+            Poll::Pending
+        }
+    }
+
+    /// Queues a request built by `encode(id, out)`; returns its id. Does not wait for room:
+    /// callers await [`Channel::poll_space`] first.
+    pub fn send_with(&self, encode: impl FnOnce(u32, &mut Vec<u8>)) -> Result<u32> {
+        let mut st = self.state.borrow_mut();
+        if let Some(e) = Self::dead_error(&st) {
+            return Err(e);
+        }
+        if st.inflight.len() >= u32::MAX as usize / 2 {
+            return Err(Error::Protocol("too many requests in flight".into()));
+        }
+        let mut id = st.next_id;
+        while st.inflight.contains_key(&id) {
+            id = id.wrapping_add(1);
+        }
+        st.next_id = id.wrapping_add(1);
+        let State { out, .. } = &mut *st;
+        encode(id, out);
+        st.inflight.insert(id, Slot::Waiting(None));
+        Ok(id)
+    }
+
+    /// Queues a request.
+    pub fn send(&self, req: &Request) -> Result<u32> {
+        self.send_with(|id, out| req.encode(id, out))
+    }
+
+    /// Polls for the reply to `id`.
+    pub fn poll_reply(&self, id: u32, cx: &mut Context<'_>) -> Poll<Result<Response>> {
+        let mut st = self.state.borrow_mut();
+        match st.inflight.remove(&id) {
+            Some(Slot::Done(r)) => Poll::Ready(Ok(r)),
+            Some(Slot::Waiting(_)) | Some(Slot::Abandoned) => {
+                if let Some(e) = Self::dead_error(&st) {
+                    return Poll::Ready(Err(e));
+                }
+                st.inflight.insert(id, Slot::Waiting(Some(cx.waker().clone())));
+                Poll::Pending
+            }
+            None => Poll::Ready(Err(Self::dead_error(&st).unwrap_or_else(|| {
+                Error::Protocol(format!("request {id} has no reply slot"))
+            }))),
+        }
+    }
+
+    /// The waiting task went away: drop the reply when it comes, keeping the id reserved
+    /// until then so it cannot be confused with a new request.
+    pub fn abandon(&self, id: u32) {
+        let mut st = self.state.borrow_mut();
+        match st.inflight.get(&id) {
+            Some(Slot::Done(_)) => {
+                st.inflight.remove(&id);
+            }
+            Some(_) if st.dead.is_none() => {
+                st.inflight.insert(id, Slot::Abandoned);
+            }
+            _ => {
+                st.inflight.remove(&id);
+            }
+        }
+    }
+
+    /// True once the connection is gone.
+    pub fn is_dead(&self) -> bool {
+        self.state.borrow().dead.is_some()
+    }
+
+    /// The last stderr lines of the child.
+    pub fn stderr_tail(&self) -> Vec<String> {
+        self.state.borrow().stderr_tail.iter().cloned().collect()
+    }
+
+    /// Closes stdin and waits (bounded) for the child to exit; kills it if it lingers.
+    pub fn shutdown(&self, reactor: &Reactor) {
+        let mut st = self.state.borrow_mut();
+        // Flush what is queued (e.g. CLOSE of abandoned handles), bounded in time.
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while st.dead.is_none() && st.out_pos < st.out.len() && Instant::now() < deadline {
+            if Self::flush(&mut st).is_err() {
+                break;
+            }
+            if st.out_pos < st.out.len() {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        reactor.with_registry(|reg| {
+            if let Some(mut s) = st.stdin.take()
+                && st.write_registered
+            {
+                let _ = reg.deregister(&mut s);
+            }
+            if let Some(mut s) = st.stdout.take() {
+                let _ = reg.deregister(&mut s);
+            }
+            if let Some(mut s) = st.stderr.take() {
+                let _ = reg.deregister(&mut s);
+            }
+        });
+        if st.dead.is_none() {
+            st.dead = Some(ConnectionError {
+                reason: "session closed".into(),
+                stderr_tail: Vec::new(),
+            });
+        }
+        if let Some(mut child) = st.child.take() {
+            reap(&mut child, Duration::from_secs(2));
+        }
+        drop(st);
+        reactor.remove(self.slot);
+    }
+
+    fn flush(st: &mut State) -> io::Result<()> {
+        let Some(stdin) = st.stdin.as_mut() else {
+            return Ok(());
+        };
+        while st.out_pos < st.out.len() {
+            match stdin.write(&st.out[st.out_pos..]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    st.out_pos += n;
+                    st.bytes_out += n as u64;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        if st.out_pos == st.out.len() {
+            st.out.clear();
+            st.out_pos = 0;
+        } else if st.out_pos > (1 << 20) && st.out_pos > st.out.len() / 2 {
+            st.out.drain(..st.out_pos);
+            st.out_pos = 0;
+        }
+        if st.out.len() - st.out_pos < OUT_HIGH_WATER / 2 {
+            for w in st.space_waiters.drain(..) {
+                w.wake();
+            }
+        }
+        Ok(())
+    }
+
+    fn read_stdout(&self, st: &mut State) {
+        loop {
+            let Some(stdout) = st.stdout.as_mut() else { return };
+            let buf = st.framer.spare(READ_CHUNK);
+            let r = stdout.read(buf);
+            let n = match r {
+                Ok(0) => {
+                    st.framer.commit(READ_CHUNK, 0);
+                    self.fail(st, None);
+                    return;
+                }
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    st.framer.commit(READ_CHUNK, 0);
+                    return;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {
+                    st.framer.commit(READ_CHUNK, 0);
+                    continue;
+                }
+                Err(e) => {
+                    st.framer.commit(READ_CHUNK, 0);
+                    self.fail(st, Some(format!("reading from {} failed: {e}", st.label)));
+                    return;
+                }
+            };
+            st.framer.commit(READ_CHUNK, n);
+            st.bytes_in += n as u64;
+            if let Err(msg) = Self::dispatch_packets(st) {
+                self.fail(st, Some(format!("protocol error from {}: {msg}", st.label)));
+                return;
+            }
+        }
+    }
+
+    fn dispatch_packets(st: &mut State) -> std::result::Result<(), String> {
+        loop {
+            let packet = match st.framer.next_packet() {
+                Ok(Some(body)) => ServerPacket::decode(body).map_err(|e| e.to_string())?,
+                Ok(None) => return Ok(()),
+                Err(e) => return Err(e.to_string()),
+            };
+            match packet {
+                ServerPacket::Version { version, extensions } => {
+                    if st.version_seen {
+                        return Err("second SSH_FXP_VERSION".into());
+                    }
+                    st.version_seen = true;
+                    st.version = Some((version, extensions));
+                    if let Some(w) = st.version_waker.take() {
+                        w.wake();
+                    }
+                }
+                ServerPacket::Response { id, response } => match st.inflight.remove(&id) {
+                    Some(Slot::Waiting(waker)) => {
+                        st.inflight.insert(id, Slot::Done(response));
+                        if let Some(w) = waker {
+                            w.wake();
+                        }
+                    }
+                    Some(Slot::Abandoned) => {}
+                    Some(done @ Slot::Done(_)) => {
+                        st.inflight.insert(id, done);
+                        return Err(format!("second reply to request {id}"));
+                    }
+                    None => return Err(format!("reply to unknown request id {id}")),
+                },
+            }
+        }
+    }
+
+    fn read_stderr(st: &mut State) {
+        let mut buf = [0u8; 8192];
+        loop {
+            let Some(stderr) = st.stderr.as_mut() else { return };
+            match stderr.read(&mut buf) {
+                Ok(0) => {
+                    Self::stderr_bytes(st, b"\n");
+                    st.stderr = None;
+                    return;
+                }
+                Ok(n) => Self::stderr_bytes(st, &buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => return,
+            }
+        }
+    }
+
+    fn stderr_bytes(st: &mut State, data: &[u8]) {
+        for &b in data {
+            if b == b'\n' {
+                let line = String::from_utf8_lossy(&st.stderr_partial).trim_end().to_string();
+                st.stderr_partial.clear();
+                if line.is_empty() {
+                    continue;
+                }
+                log::info!(target: "sftpipe::ssh", "{line}");
+                if st.stderr_tail.len() == STDERR_TAIL_LINES {
+                    st.stderr_tail.pop_front();
+                }
+                st.stderr_tail.push_back(line);
+            } else if st.stderr_partial.len() < STDERR_LINE_MAX && b != b'\r' {
+                st.stderr_partial.push(b);
+            }
+        }
+    }
+
+    /// Marks the connection dead, collects the child's exit status and stderr, and wakes
+    /// every waiting task with the error.
+    fn fail(&self, st: &mut State, reason: Option<String>) {
+        if st.dead.is_some() {
+            return;
+        }
+        // The child is exiting: give it a moment to say why on stderr and to exit.
+        let mut status = None;
+        if let Some(child) = st.child.as_mut() {
+            if reason.is_some() {
+                let _ = child.kill();
+            }
+            status = reap(child, Duration::from_secs(3));
+        }
+        let deadline = Instant::now() + Duration::from_millis(500);
+        while st.stderr.is_some() && Instant::now() < deadline {
+            Self::read_stderr(st);
+            if st.stderr.is_some() {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+        let reason = reason.unwrap_or_else(|| match status {
+            Some(s) if s.success() => format!("{} exited before answering", st.label),
+            Some(s) => match s.code() {
+                Some(c) => format!("{} exited with status {c}", st.label),
+                None => format!("{} was killed ({s})", st.label),
+            },
+            None => format!("{} closed its output", st.label),
+        });
+        log::debug!("connection failed: {reason}");
+        st.dead = Some(ConnectionError {
+            reason,
+            stderr_tail: st.stderr_tail.iter().cloned().collect(),
+        });
+        st.stdin = None;
+        st.stdout = None;
+        st.out.clear();
+        st.out_pos = 0;
+        let mut wakers: Vec<Waker> = st.space_waiters.drain(..).collect();
+        wakers.extend(st.version_waker.take());
+        st.inflight.retain(|_, slot| match slot {
+            Slot::Waiting(w) => {
+                wakers.extend(w.take());
+                true
+            }
+            Slot::Done(_) => true,
+            Slot::Abandoned => false,
+        });
+        for w in wakers {
+            w.wake();
+        }
+    }
+}
+
+/// Waits up to `limit` for the child to exit, then kills it.
+fn reap(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + limit;
+    loop {
+        match child.try_wait() {
+            Ok(Some(s)) => return Some(s),
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
+            Ok(None) => {
+                let _ = child.kill();
+                return child.wait().ok();
+            }
+            Err(_) => return None,
+        }
+    }
+}
+
+impl Source for Channel {
+    fn prepare(&self, registry: &Registry) -> bool {
+        let mut st = self.state.borrow_mut();
+        if st.dead.is_some() {
+            return false;
+        }
+        if let Err(e) = Self::flush(&mut st) {
+            let msg = if e.kind() == io::ErrorKind::BrokenPipe {
+                None
+            } else {
+                Some(format!("writing to {} failed: {e}", st.label))
+            };
+            self.fail(&mut st, msg);
+            return false;
+        }
+        let want_write = st.out_pos < st.out.len();
+        if want_write != st.write_registered {
+            let token = Token(self.slot * 4 + T_STDIN);
+            let State { stdin, write_registered, .. } = &mut *st;
+            if let Some(stdin) = stdin.as_mut() {
+                let r = if want_write {
+                    registry.register(stdin, token, Interest::WRITABLE)
+                } else {
+                    registry.deregister(stdin)
+                };
+                if r.is_ok() {
+                    *write_registered = want_write;
+                }
+            }
+        }
+        want_write || !st.inflight.is_empty() || st.version_waker.is_some()
+    }
+
+    fn ready(&self, _registry: &Registry, event: &Event) {
+        let mut st = self.state.borrow_mut();
+        match event.token().0 % 4 {
+            T_STDIN => {
+                if let Err(e) = Self::flush(&mut st) {
+                    let msg = (e.kind() != io::ErrorKind::BrokenPipe)
+                        .then(|| format!("writing to {} failed: {e}", st.label));
+                    // A broken pipe means the child died; its stdout EOF tells why.
+                    self.read_stdout(&mut st);
+                    self.fail(&mut st, msg);
+                }
+            }
+            T_STDOUT => self.read_stdout(&mut st),
+            T_STDERR => Self::read_stderr(&mut st),
+            _ => {}
+        }
+    }
+}

@@ -1,0 +1,11 @@
+//! The task engine: a small single-threaded executor and the primitives tasks await —
+//! a FIFO semaphore (open files, bytes in flight) and directory locks (create a remote
+//! parent directory once, however many files wait for it).
+
+mod dirlock;
+mod executor;
+mod semaphore;
+
+pub use dirlock::DirLocks;
+pub use executor::{JoinHandle, Runtime, spawn, yield_now};
+pub use semaphore::{Acquire, Permit, Semaphore};
