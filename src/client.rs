@@ -126,6 +126,11 @@ fn unexpected(op: &'static str, r: &Response) -> Error {
     ))
 }
 
+/// Interprets a reply that should be STATUS OK.
+pub fn expect_ok_reply(op: &'static str, path: &[u8], r: Response) -> Result<()> {
+    expect_ok(op, path, r)
+}
+
 fn expect_ok(op: &'static str, path: &[u8], r: Response) -> Result<()> {
     match r {
         Response::Status {
@@ -317,6 +322,13 @@ impl Sftp {
         })
     }
 
+    /// Queues CLOSE for `h` and returns its reply to await; the handle counts as closed.
+    pub async fn submit_close(&self, h: &Handle) -> Result<PendingReply> {
+        let p = self.submit(&Request::Close { handle: h.raw.clone() }).await?;
+        h.closed.set(true);
+        Ok(p)
+    }
+
     /// Sends a request and waits for its reply.
     pub async fn call(&self, req: Request) -> Result<Response> {
         self.submit(&req).await?.await
@@ -500,17 +512,44 @@ impl Sftp {
     }
 
     /// Every entry of a directory with its attributes, without `.` and `..`.
+    ///
+    /// Several READDIRs are kept in flight on the handle (the server answers them in
+    /// order), and CLOSE is sent without waiting, so a directory costs about two round
+    /// trips however many batches it takes.
     pub async fn read_dir(&self, path: impl AsRef<[u8]>) -> Result<Vec<NameEntry>> {
+        const READDIRS_IN_FLIGHT: usize = 4;
         let h = self.opendir(path).await?;
         let mut all = Vec::new();
-        while let Some(batch) = self.readdir(&h).await? {
-            all.extend(
-                batch
-                    .into_iter()
-                    .filter(|e| e.filename != b"." && e.filename != b".."),
-            );
+        let mut pending = std::collections::VecDeque::new();
+        let readdir = Request::Readdir {
+            handle: h.raw.clone(),
+        };
+        let mut eof = false;
+        while !eof {
+            while pending.len() < READDIRS_IN_FLIGHT {
+                pending.push_back(self.submit(&readdir).await?);
+            }
+            let Some(reply) = pending.pop_front() else { break };
+            match reply.await? {
+                Response::Name(batch) => all.extend(
+                    batch
+                        .into_iter()
+                        .filter(|e| e.filename != b"." && e.filename != b".."),
+                ),
+                Response::Status {
+                    code: StatusCode::Eof,
+                    ..
+                } => eof = true,
+                Response::Status { code, message, .. } => {
+                    return Err(status_error("readdir", &h.path, code, &message));
+                }
+                other => return Err(unexpected("readdir", &other)),
+            }
         }
-        self.close(h).await?;
+        // The READDIRs still in flight answer EOF; dropping them discards the replies, and
+        // dropping the handle sends its CLOSE without waiting.
+        drop(pending);
+        drop(h);
         Ok(all)
     }
 

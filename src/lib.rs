@@ -22,10 +22,13 @@
 
 pub mod client;
 pub mod error;
+pub mod mirror;
+pub mod location;
 pub mod proto;
 pub mod reactor;
 pub mod session;
 pub mod task;
+pub mod transfer;
 pub mod transport;
 
 pub use client::{Handle, Sftp};

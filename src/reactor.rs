@@ -15,6 +15,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use mio::event::Event;
+use mio::net::UnixStream;
 use mio::unix::pipe;
 use mio::{Events, Interest, Registry, Token};
 
@@ -131,6 +132,10 @@ enum Slot {
 pub struct ChildPipes {
     /// The process (ssh, or a local server with `-D`).
     pub child: Child,
+    /// Our end of the socketpair that is the child's stdin and stdout. A socket rather
+    /// than two pipes, as OpenSSH's sftp does: it wakes the writer only once much of its
+    /// buffer is free, so bulk data moves in large writes with few wake-ups.
+    pub sock: std::os::unix::net::UnixStream,
     /// What to call it in messages, e.g. "ssh to example.org".
     pub label: String,
 }
@@ -138,16 +143,18 @@ pub struct ChildPipes {
 struct State {
     child: Option<Child>,
     label: String,
-    stdin: Option<pipe::Sender>,
-    stdout: Option<pipe::Receiver>,
+    /// Our end of the socketpair that is the child's stdin and stdout.
+    sock: Option<UnixStream>,
     stderr: Option<pipe::Receiver>,
     write_registered: bool,
-    out: Vec<u8>,
-    out_pos: usize,
+    /// False after a write hit EAGAIN, until epoll says the pipe drained: spares a
+    /// doomed `writev` per loop turn.
+    stdin_writable: bool,
+    out: OutQueue,
     framer: Framer,
     inflight: HashMap<u32, Slot>,
     next_id: u32,
-    version: Option<(u32, Vec<(Vec<u8>, Vec<u8>)>)>,
+    version: Option<(u32, proto::ExtensionPairs)>,
     version_seen: bool,
     version_waker: Option<Waker>,
     space_waiters: Vec<Waker>,
@@ -164,21 +171,19 @@ pub struct Channel {
     slot: usize,
 }
 
-const T_STDIN: usize = 0;
-const T_STDOUT: usize = 1;
+const T_SOCK: usize = 0;
 const T_STDERR: usize = 2;
 
 impl Channel {
     /// Takes the child's pipes, makes them non-blocking and registers them.
     pub fn new(reactor: &Reactor, mut pipes: ChildPipes) -> Result<Rc<Channel>> {
         let io_err = |what: &str, e: io::Error| Error::local(format!("{what} of {}", pipes.label), e);
-        let stdin = pipes.child.stdin.take().ok_or_else(|| Error::Protocol("child has no stdin pipe".into()))?;
-        let stdout = pipes.child.stdout.take().ok_or_else(|| Error::Protocol("child has no stdout pipe".into()))?;
         let stderr = pipes.child.stderr.take();
-        let stdin = pipe::Sender::from(stdin);
-        stdin.set_nonblocking(true).map_err(|e| io_err("stdin", e))?;
-        let mut stdout = pipe::Receiver::from(stdout);
-        stdout.set_nonblocking(true).map_err(|e| io_err("stdout", e))?;
+        pipes
+            .sock
+            .set_nonblocking(true)
+            .map_err(|e| io_err("socket", e))?;
+        let mut sock = UnixStream::from_std(pipes.sock);
         let slot = reactor.reserve();
         let mut stderr = match stderr {
             Some(e) => {
@@ -189,7 +194,7 @@ impl Channel {
             None => None,
         };
         reactor.with_registry(|reg| -> io::Result<()> {
-            reg.register(&mut stdout, Token(slot * 4 + T_STDOUT), Interest::READABLE)?;
+            reg.register(&mut sock, Token(slot * 4 + T_SOCK), Interest::READABLE)?;
             if let Some(e) = stderr.as_mut() {
                 reg.register(e, Token(slot * 4 + T_STDERR), Interest::READABLE)?;
             }
@@ -201,12 +206,11 @@ impl Channel {
             state: RefCell::new(State {
                 child: Some(pipes.child),
                 label: pipes.label,
-                stdin: Some(stdin),
-                stdout: Some(stdout),
+                sock: Some(sock),
                 stderr,
                 write_registered: false,
-                out: Vec::new(),
-                out_pos: 0,
+                stdin_writable: true,
+                out: OutQueue::default(),
                 framer: Framer::new(proto::DEFAULT_MAX_PACKET),
                 inflight: HashMap::new(),
                 next_id: 1,
@@ -261,16 +265,16 @@ impl Channel {
         if let Some(e) = Self::dead_error(&st) {
             return Err(e);
         }
-        ClientPacket::Init {
+        let init = ClientPacket::Init {
             version: proto::SFTP_VERSION,
             extensions: Vec::new(),
-        }
-        .encode(&mut st.out);
+        };
+        st.out.push_with(|v| init.encode(v));
         Ok(())
     }
 
     /// Waits for SSH_FXP_VERSION.
-    pub fn poll_version(&self, cx: &mut Context<'_>) -> Poll<Result<(u32, Vec<(Vec<u8>, Vec<u8>)>)>> {
+    pub fn poll_version(&self, cx: &mut Context<'_>) -> Poll<Result<(u32, proto::ExtensionPairs)>> {
         let mut st = self.state.borrow_mut();
         if let Some(v) = st.version.take() {
             return Poll::Ready(Ok(v));
@@ -288,7 +292,7 @@ impl Channel {
         if let Some(e) = Self::dead_error(&st) {
             return Poll::Ready(Err(e));
         }
-        if st.out.len() - st.out_pos < OUT_HIGH_WATER {
+        if st.out.len() < OUT_HIGH_WATER {
             Poll::Ready(Ok(()))
         } else {
             st.space_waiters.push(cx.waker().clone());
@@ -311,8 +315,7 @@ impl Channel {
             id = id.wrapping_add(1);
         }
         st.next_id = id.wrapping_add(1);
-        let State { out, .. } = &mut *st;
-        encode(id, out);
+        st.out.push_with(|v| encode(id, v));
         st.inflight.insert(id, Slot::Waiting(None));
         Ok(id)
     }
@@ -372,21 +375,16 @@ impl Channel {
         let mut st = self.state.borrow_mut();
         // Flush what is queued (e.g. CLOSE of abandoned handles), bounded in time.
         let deadline = Instant::now() + Duration::from_secs(2);
-        while st.dead.is_none() && st.out_pos < st.out.len() && Instant::now() < deadline {
+        while st.dead.is_none() && !st.out.is_empty() && Instant::now() < deadline {
             if Self::flush(&mut st).is_err() {
                 break;
             }
-            if st.out_pos < st.out.len() {
+            if !st.out.is_empty() {
                 std::thread::sleep(Duration::from_millis(1));
             }
         }
         reactor.with_registry(|reg| {
-            if let Some(mut s) = st.stdin.take()
-                && st.write_registered
-            {
-                let _ = reg.deregister(&mut s);
-            }
-            if let Some(mut s) = st.stdout.take() {
+            if let Some(mut s) = st.sock.take() {
                 let _ = reg.deregister(&mut s);
             }
             if let Some(mut s) = st.stderr.take() {
@@ -407,29 +405,16 @@ impl Channel {
     }
 
     fn flush(st: &mut State) -> io::Result<()> {
-        let Some(stdin) = st.stdin.as_mut() else {
+        let Some(sock) = st.sock.as_mut() else {
             return Ok(());
         };
-        while st.out_pos < st.out.len() {
-            match stdin.write(&st.out[st.out_pos..]) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => {
-                    st.out_pos += n;
-                    st.bytes_out += n as u64;
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
-            }
+        if !st.stdin_writable || st.out.is_empty() {
+            return Ok(());
         }
-        if st.out_pos == st.out.len() {
-            st.out.clear();
-            st.out_pos = 0;
-        } else if st.out_pos > (1 << 20) && st.out_pos > st.out.len() / 2 {
-            st.out.drain(..st.out_pos);
-            st.out_pos = 0;
-        }
-        if st.out.len() - st.out_pos < OUT_HIGH_WATER / 2 {
+        let n = st.out.write_to(sock)?;
+        st.bytes_out += n as u64;
+        st.stdin_writable = st.out.is_empty();
+        if st.out.len() < OUT_HIGH_WATER / 2 {
             for w in st.space_waiters.drain(..) {
                 w.wake();
             }
@@ -439,31 +424,22 @@ impl Channel {
 
     fn read_stdout(&self, st: &mut State) {
         loop {
-            let Some(stdout) = st.stdout.as_mut() else { return };
+            let Some(sock) = st.sock.as_mut() else { return };
             let buf = st.framer.spare(READ_CHUNK);
-            let r = stdout.read(buf);
-            let n = match r {
+            let n = match sock.read(buf) {
                 Ok(0) => {
-                    st.framer.commit(READ_CHUNK, 0);
                     self.fail(st, None);
                     return;
                 }
                 Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    st.framer.commit(READ_CHUNK, 0);
-                    return;
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {
-                    st.framer.commit(READ_CHUNK, 0);
-                    continue;
-                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    st.framer.commit(READ_CHUNK, 0);
                     self.fail(st, Some(format!("reading from {} failed: {e}", st.label)));
                     return;
                 }
             };
-            st.framer.commit(READ_CHUNK, n);
+            st.framer.commit(n);
             st.bytes_in += n as u64;
             if let Err(msg) = Self::dispatch_packets(st) {
                 self.fail(st, Some(format!("protocol error from {}: {msg}", st.label)));
@@ -578,10 +554,8 @@ impl Channel {
             reason,
             stderr_tail: st.stderr_tail.iter().cloned().collect(),
         });
-        st.stdin = None;
-        st.stdout = None;
-        st.out.clear();
-        st.out_pos = 0;
+        st.sock = None;
+        st.out = OutQueue::default();
         let mut wakers: Vec<Waker> = st.space_waiters.drain(..).collect();
         wakers.extend(st.version_waker.take());
         st.inflight.retain(|_, slot| match slot {
@@ -594,6 +568,100 @@ impl Channel {
         });
         for w in wakers {
             w.wake();
+        }
+    }
+}
+
+/// Bytes waiting to be written to the server, as a queue of segments written with
+/// `writev`: no byte is moved once queued. Small packets share a segment.
+#[derive(Default)]
+struct OutQueue {
+    segments: VecDeque<Vec<u8>>,
+    /// Bytes of the front segment already written.
+    front_pos: usize,
+    len: usize,
+    spare: Vec<Vec<u8>>,
+}
+
+/// Packets are appended to the last segment until it reaches this size.
+const SEGMENT: usize = 64 * 1024;
+/// Segments kept for reuse.
+const SPARE_SEGMENTS: usize = 16;
+
+impl OutQueue {
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Appends whatever `encode` writes.
+    fn push_with(&mut self, encode: impl FnOnce(&mut Vec<u8>)) {
+        let reuse_last = self
+            .segments
+            .back()
+            .is_some_and(|last| last.len() < SEGMENT && !(self.segments.len() == 1 && self.front_pos > 0));
+        if !reuse_last {
+            let v = self.spare.pop().unwrap_or_default();
+            self.segments.push_back(v);
+        }
+        if let Some(last) = self.segments.back_mut() {
+            let before = last.len();
+            encode(last);
+            self.len += last.len() - before;
+        }
+    }
+
+    /// Writes as much as the pipe takes; returns the count written.
+    fn write_to(&mut self, w: &mut impl Write) -> io::Result<usize> {
+        let mut total = 0;
+        while self.len > 0 {
+            let mut iov = [io::IoSlice::new(&[]); 64];
+            let mut k = 0;
+            let mut offered = 0;
+            for (idx, seg) in self.segments.iter().enumerate().take(iov.len()) {
+                let from = if idx == 0 { self.front_pos } else { 0 };
+                iov[k] = io::IoSlice::new(&seg[from..]);
+                offered += seg.len() - from;
+                k += 1;
+            }
+            let n = match w.write_vectored(&iov[..k]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            total += n;
+            self.consume(n);
+            if n < offered {
+                // The pipe is full; epoll will say when it drains.
+                break;
+            }
+        }
+        Ok(total)
+    }
+
+    fn consume(&mut self, mut n: usize) {
+        self.len -= n;
+        while n > 0 {
+            let Some(front) = self.segments.front() else { break };
+            let left = front.len() - self.front_pos;
+            if n < left {
+                self.front_pos += n;
+                return;
+            }
+            n -= left;
+            self.front_pos = 0;
+            if let Some(mut seg) = self.segments.pop_front()
+                && self.spare.len() < SPARE_SEGMENTS
+                && seg.capacity() <= 2 * crate::client::MAX_CHUNK
+            {
+                seg.clear();
+                self.spare.push(seg);
+            }
         }
     }
 }
@@ -629,16 +697,17 @@ impl Source for Channel {
             self.fail(&mut st, msg);
             return false;
         }
-        let want_write = st.out_pos < st.out.len();
+        let want_write = !st.out.is_empty();
         if want_write != st.write_registered {
-            let token = Token(self.slot * 4 + T_STDIN);
-            let State { stdin, write_registered, .. } = &mut *st;
-            if let Some(stdin) = stdin.as_mut() {
-                let r = if want_write {
-                    registry.register(stdin, token, Interest::WRITABLE)
+            let token = Token(self.slot * 4 + T_SOCK);
+            let State { sock, write_registered, .. } = &mut *st;
+            if let Some(sock) = sock.as_mut() {
+                let interest = if want_write {
+                    Interest::READABLE | Interest::WRITABLE
                 } else {
-                    registry.deregister(stdin)
+                    Interest::READABLE
                 };
+                let r = registry.reregister(sock, token, interest);
                 if r.is_ok() {
                     *write_registered = want_write;
                 }
@@ -650,16 +719,22 @@ impl Source for Channel {
     fn ready(&self, _registry: &Registry, event: &Event) {
         let mut st = self.state.borrow_mut();
         match event.token().0 % 4 {
-            T_STDIN => {
-                if let Err(e) = Self::flush(&mut st) {
-                    let msg = (e.kind() != io::ErrorKind::BrokenPipe)
-                        .then(|| format!("writing to {} failed: {e}", st.label));
-                    // A broken pipe means the child died; its stdout EOF tells why.
+            T_SOCK => {
+                if event.is_writable() {
+                    st.stdin_writable = true;
+                    if let Err(e) = Self::flush(&mut st) {
+                        let msg = (e.kind() != io::ErrorKind::BrokenPipe)
+                            .then(|| format!("writing to {} failed: {e}", st.label));
+                        // A broken pipe means the child died; reading tells why.
+                        self.read_stdout(&mut st);
+                        self.fail(&mut st, msg);
+                        return;
+                    }
+                }
+                if event.is_readable() || event.is_read_closed() || event.is_error() {
                     self.read_stdout(&mut st);
-                    self.fail(&mut st, msg);
                 }
             }
-            T_STDOUT => self.read_stdout(&mut st),
             T_STDERR => Self::read_stderr(&mut st),
             _ => {}
         }

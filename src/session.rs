@@ -9,7 +9,10 @@ use crate::error::{Error, Result};
 use crate::proto::{FileAttributes, Limits, NameEntry, OpenFlags, Statvfs};
 use crate::reactor::Channel;
 use crate::task::Runtime;
+use crate::transfer::{Progress, Report, Transfer, TransferOptions};
 use crate::transport::ConnectOptions;
+use std::path::Path;
+use std::rc::Rc;
 
 /// A connection to one SFTP server with blocking methods.
 ///
@@ -182,6 +185,37 @@ impl Session {
     /// File system statistics.
     pub fn statvfs(&self, path: impl AsRef<[u8]>) -> Result<Statvfs> {
         self.run(self.sftp.statvfs(path))
+    }
+
+    /// A transfer context for concurrent work on this session (run its futures with
+    /// [`Session::run`]).
+    pub fn transfer(&self, opts: TransferOptions, progress: Rc<dyn Progress>) -> Transfer {
+        Transfer::with_progress(&self.sftp, opts, progress)
+    }
+
+    /// Uploads one file (pipelined; atomic unless `opts.inplace`). Returns bytes sent.
+    pub fn put(&self, local: &Path, remote: impl AsRef<[u8]>, opts: &TransferOptions) -> Result<u64> {
+        let t = Transfer::new(&self.sftp, opts.clone());
+        self.run(t.upload(local, remote.as_ref()))
+    }
+
+    /// Downloads one file (pipelined). Returns bytes received.
+    pub fn get(&self, remote: impl AsRef<[u8]>, local: &Path, opts: &TransferOptions) -> Result<u64> {
+        let t = Transfer::new(&self.sftp, opts.clone());
+        self.run(t.download(remote.as_ref(), local, None))
+    }
+
+    /// Uploads the contents of a local directory into a remote one, all files concurrently.
+    pub fn put_tree(&self, local_dir: &Path, remote_dir: impl AsRef<[u8]>, opts: &TransferOptions) -> Report {
+        let t = Transfer::new(&self.sftp, opts.clone());
+        self.run(t.upload_tree(local_dir, remote_dir.as_ref()))
+    }
+
+    /// Downloads the contents of a remote directory into a local one, all files
+    /// concurrently.
+    pub fn get_tree(&self, remote_dir: impl AsRef<[u8]>, local_dir: &Path, opts: &TransferOptions) -> Report {
+        let t = Transfer::new(&self.sftp, opts.clone());
+        self.run(t.download_tree(remote_dir.as_ref(), local_dir))
     }
 
     /// Opens a remote file with explicit flags and creation attributes.

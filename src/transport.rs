@@ -1,6 +1,8 @@
 //! Starting the server end: `ssh [options] -s -- HOST sftp`, or a local server command
 //! (`-D`, e.g. `/usr/lib/openssh/sftp-server`) speaking SFTP on its stdio.
 
+use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
@@ -129,10 +131,23 @@ impl ConnectOptions {
     pub fn spawn(&self) -> Result<ChildPipes> {
         let (program, args) = self.command_line()?;
         log::debug!("running {program} {}", args.join(" "));
+        let (ours, theirs) = UnixStream::pair()
+            .map_err(|e| Error::local("cannot create a socketpair for the child", e))?;
+        if let Ok(v) = std::env::var("SFTPIPE_SOCKBUF") {
+            let v: usize = v.parse().unwrap_or(0);
+            use nix::sys::socket::{setsockopt, sockopt};
+            let _ = setsockopt(&ours, sockopt::SndBuf, &v);
+            let _ = setsockopt(&ours, sockopt::RcvBuf, &v);
+            let _ = setsockopt(&theirs, sockopt::SndBuf, &v);
+            let _ = setsockopt(&theirs, sockopt::RcvBuf, &v);
+        }
+        let theirs_out = theirs
+            .try_clone()
+            .map_err(|e| Error::local("cannot duplicate a socket", e))?;
         let child = Command::new(&program)
             .args(&args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
+            .stdin(Stdio::from(OwnedFd::from(theirs)))
+            .stdout(Stdio::from(OwnedFd::from(theirs_out)))
             .stderr(Stdio::piped())
             .spawn()
             .map_err(|source| Error::Spawn {
@@ -141,6 +156,7 @@ impl ConnectOptions {
             })?;
         Ok(ChildPipes {
             child,
+            sock: ours,
             label: self.label(),
         })
     }

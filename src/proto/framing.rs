@@ -5,11 +5,13 @@ use super::DecodeError;
 /// Accumulates bytes from the server and yields whole packet bodies.
 ///
 /// The length prefix is checked against `max_packet` before any byte of the body is kept,
-/// so memory stays bounded by one packet plus one read.
+/// so memory stays bounded by one packet plus one read. The buffer is reused: bytes live
+/// in `buf[start..end]`, and reads go straight into `buf[end..]`.
 #[derive(Debug)]
 pub struct Framer {
     buf: Vec<u8>,
     start: usize,
+    end: usize,
     max_packet: usize,
 }
 
@@ -19,6 +21,7 @@ impl Framer {
         Framer {
             buf: Vec::new(),
             start: 0,
+            end: 0,
             max_packet,
         }
     }
@@ -35,39 +38,44 @@ impl Framer {
 
     /// Bytes buffered and not yet returned as packets.
     pub fn buffered(&self) -> usize {
-        self.buf.len() - self.start
+        self.end - self.start
     }
 
     /// Appends bytes read from the stream.
     pub fn push(&mut self, data: &[u8]) {
-        if self.start > 0 && self.start == self.buf.len() {
-            self.buf.clear();
-            self.start = 0;
-        }
-        self.buf.extend_from_slice(data);
+        let spare = self.spare(data.len());
+        spare[..data.len()].copy_from_slice(data);
+        self.commit(data.len());
     }
 
-    /// A spare region to read into directly; call [`Framer::commit`] with the count read.
+    /// A spare region of at least `want` bytes to read into directly; call
+    /// [`Framer::commit`] with the count read.
     pub fn spare(&mut self, want: usize) -> &mut [u8] {
-        if self.start > 0 && (self.start == self.buf.len() || self.start > self.buf.len() / 2)
-        {
-            self.buf.drain(..self.start);
+        if self.start == self.end {
             self.start = 0;
+            self.end = 0;
         }
-        let len = self.buf.len();
-        self.buf.resize(len + want, 0);
-        &mut self.buf[len..]
+        if self.buf.len() - self.end < want {
+            if self.start > 0 {
+                self.buf.copy_within(self.start..self.end, 0);
+                self.end -= self.start;
+                self.start = 0;
+            }
+            if self.buf.len() - self.end < want {
+                self.buf.resize(self.end + want, 0);
+            }
+        }
+        &mut self.buf[self.end..]
     }
 
-    /// Keeps `n` of the bytes offered by the last [`Framer::spare`], drops the rest.
-    pub fn commit(&mut self, want: usize, n: usize) {
-        let len = self.buf.len();
-        self.buf.truncate(len - want + n);
+    /// Keeps `n` bytes written into the region returned by [`Framer::spare`].
+    pub fn commit(&mut self, n: usize) {
+        self.end = (self.end + n).min(self.buf.len());
     }
 
     /// The next complete packet body (type byte onward), if one is buffered.
     pub fn next_packet(&mut self) -> Result<Option<&[u8]>, DecodeError> {
-        let avail = &self.buf[self.start..];
+        let avail = &self.buf[self.start..self.end];
         if avail.len() < 4 {
             return Ok(None);
         }
@@ -128,7 +136,7 @@ mod tests {
         let mut f = Framer::new(100);
         let s = f.spare(10);
         s[..6].copy_from_slice(&[0, 0, 0, 2, 1, 2]);
-        f.commit(10, 6);
+        f.commit(6);
         assert_eq!(f.next_packet().unwrap(), Some(&[1u8, 2][..]));
     }
 }

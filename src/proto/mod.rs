@@ -17,6 +17,9 @@ pub use packet::{
     ServerPacket, StatusCode, Statvfs, encode_write,
 };
 
+/// Extension name/value pairs of INIT and VERSION.
+pub type ExtensionPairs = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// The protocol version sftpipe speaks.
 pub const SFTP_VERSION: u32 = 3;
 

@@ -2,7 +2,7 @@
 
 use super::attrs::FileAttributes;
 use super::wire::{PutWire, Reader};
-use super::{DecodeError, ext, kind};
+use super::{DecodeError, ExtensionPairs, ext, kind};
 
 bitflags::bitflags! {
     /// `pflags` of SSH_FXP_OPEN.
@@ -668,7 +668,7 @@ fn encode_version(t: u8, version: u32, extensions: &[(Vec<u8>, Vec<u8>)], out: &
     end_packet(out, start);
 }
 
-fn decode_ext_pairs(r: &mut Reader<'_>) -> Result<Vec<(Vec<u8>, Vec<u8>)>, DecodeError> {
+fn decode_ext_pairs(r: &mut Reader<'_>) -> Result<ExtensionPairs, DecodeError> {
     let mut pairs = Vec::new();
     while !r.is_empty() {
         pairs.push((r.string()?, r.string()?));

@@ -5,7 +5,9 @@
 //! of its file, say) while later tasks wait. Success proves the directory exists;
 //! NO_SUCH_FILE makes the prober create it — MKDIR, recursing upward on NO_SUCH_FILE like
 //! `mkdir -p` — and then retry. A failure is remembered and handed to every waiter, so a
-//! directory that cannot be created costs one attempt, not one per file. A task that fails
+//! directory that cannot be created costs one attempt, not one per file. Below a directory
+//! this batch created (or one known to be missing), nothing can exist yet, so directories
+//! there are created top-down straight away, without probes. A task that fails
 //! or is cancelled while holding a lock releases it (the lock is a guard), so it never
 //! stalls its siblings.
 
@@ -23,8 +25,11 @@ use crate::proto::{FileAttributes, StatusCode};
 enum DirState {
     /// A task is probing or creating it; these wait.
     Busy(Vec<Waker>),
-    /// Known to exist.
-    Exists,
+    /// Known to exist; `new` when this batch created it, so its children cannot exist yet
+    /// and need no probe.
+    Exists { new: bool },
+    /// Known not to exist (e.g. the root of an upload whose STAT said so).
+    Missing,
     /// Could not be created: every later task gets this error.
     Failed(Error),
 }
@@ -104,7 +109,37 @@ impl DirLocks {
     pub fn mark_exists(&self, dir: &[u8]) {
         self.states
             .borrow_mut()
-            .insert(trim_trailing_slashes(dir).to_vec(), DirState::Exists);
+            .insert(trim_trailing_slashes(dir).to_vec(), DirState::Exists { new: false });
+    }
+
+    /// Records that `dir` does not exist (e.g. a STAT said so), so that everything below
+    /// it is created without probing.
+    pub fn mark_missing(&self, dir: &[u8]) {
+        let dir = trim_trailing_slashes(dir);
+        if !is_root(dir) {
+            self.states
+                .borrow_mut()
+                .entry(dir.to_vec())
+                .or_insert(DirState::Missing);
+        }
+    }
+
+    /// True when `dir` cannot exist: it is marked missing, or lies below a directory that
+    /// is missing or was created by this batch.
+    fn known_missing(&self, dir: &[u8]) -> bool {
+        let states = self.states.borrow();
+        if matches!(states.get(dir), Some(DirState::Missing)) {
+            return true;
+        }
+        let mut cur = dir;
+        while let Some(parent) = parent_dir(cur) {
+            match states.get(parent) {
+                Some(DirState::Missing) | Some(DirState::Exists { new: true }) => return true,
+                Some(DirState::Busy(_)) | None => cur = parent,
+                Some(_) => return false,
+            }
+        }
+        false
     }
 
     fn set(&self, dir: &[u8], state: Option<DirState>) {
@@ -126,13 +161,13 @@ impl DirLocks {
         std::future::poll_fn(|cx| {
             let mut states = self.states.borrow_mut();
             match states.get_mut(dir) {
-                Some(DirState::Exists) => Poll::Ready(Ok(None)),
+                Some(DirState::Exists { .. }) => Poll::Ready(Ok(None)),
                 Some(DirState::Failed(e)) => Poll::Ready(Err(e.duplicate())),
                 Some(DirState::Busy(wakers)) => {
                     wakers.push(cx.waker().clone());
                     Poll::Pending
                 }
-                None => {
+                None | Some(DirState::Missing) => {
                     states.insert(dir.to_vec(), DirState::Busy(Vec::new()));
                     Poll::Ready(Ok(Some(Holding {
                         locks: self,
@@ -158,17 +193,29 @@ impl DirLocks {
         if is_root(dir) {
             return attempt().await;
         }
+        let known_missing = self.known_missing(dir);
         let Some(mut held) = self.acquire(dir).await? else {
             return attempt().await;
         };
+        if known_missing {
+            match self.create(dir).await {
+                Ok(()) => held.settle(Some(DirState::Exists { new: true })),
+                Err(e) => {
+                    held.settle(Some(DirState::Failed(e.duplicate())));
+                    return Err(e);
+                }
+            }
+            drop(held);
+            return attempt().await;
+        }
         match attempt().await {
             Ok(v) => {
-                held.settle(Some(DirState::Exists));
+                held.settle(Some(DirState::Exists { new: false }));
                 Ok(v)
             }
             Err(e) if e.is_not_found() => {
                 match self.create(dir).await {
-                    Ok(()) => held.settle(Some(DirState::Exists)),
+                    Ok(()) => held.settle(Some(DirState::Exists { new: true })),
                     Err(e) => {
                         held.settle(Some(DirState::Failed(e.duplicate())));
                         return Err(e);
@@ -193,7 +240,7 @@ impl DirLocks {
         };
         match self.create(dir).await {
             Ok(()) => {
-                held.settle(Some(DirState::Exists));
+                held.settle(Some(DirState::Exists { new: true }));
                 Ok(())
             }
             Err(e) => {
@@ -210,6 +257,11 @@ impl DirLocks {
                 Some(m) => FileAttributes::with_permissions(m),
                 None => FileAttributes::default(),
             };
+            if let Some(parent) = parent_dir(dir)
+                && self.known_missing(parent)
+            {
+                self.ensure_dir(parent).await?;
+            }
             match self.sftp.mkdir(dir, &attrs).await {
                 Ok(()) => {
                     log::debug!("created directory {}", String::from_utf8_lossy(dir));

@@ -2,7 +2,7 @@
 //! a FIFO semaphore (open files, bytes in flight) and directory locks (create a remote
 //! parent directory once, however many files wait for it).
 
-mod dirlock;
+pub mod dirlock;
 mod executor;
 mod semaphore;
 

@@ -1,0 +1,289 @@
+//! `get` and `put`: cp-like destinations over the library's [`Transfer`].
+
+use std::ffi::OsString;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+use clap::Args;
+use sftpipe::task::{Semaphore, spawn};
+use sftpipe::transfer::{
+    Progress, Transfer, default_max_open, remote_basename, remote_join, safe_remote_name,
+    walk_local,
+};
+use sftpipe::{Error, Session};
+
+use super::exit::{self, CONNECTION, CliError, FAILED};
+use super::progress::Tracker;
+use super::{GlobalArgs, TransferArgs, UploadArgs, connect, expand_tilde, remote_operands};
+
+/// `get`.
+#[derive(Debug, Args)]
+#[command(
+    after_help = "REMOTE is [user@]host:path or sftp://[user@]host[:port]/path (with -D, \
+    a plain path). LOCAL defaults to '.'; when it is an existing directory the file or tree \
+    goes into it under REMOTE's name, else it is the new name.\n\n\
+    Progress: a bar on stderr when it is a terminal; --progress=json prints on stdout one \
+    {\"event\":\"file\",\"path\",\"bytes\",\"ok\"[,\"error\"]} object per file and a final \
+    {\"event\":\"summary\",\"files\",\"bytes\",\"failed\",\"elapsed_ms\"}.\n\n\
+    Examples:\n  sftpipe get host:/var/log/syslog\n  \
+    sftpipe get -r -p host:/srv/www ./backup/\n  \
+    sftpipe get -a --progress=json sftp://host//data/big.iso /tmp/big.iso"
+)]
+pub struct GetArgs {
+    /// Copy a directory and everything below it
+    #[arg(short = 'r', long = "recursive")]
+    pub recursive: bool,
+    /// Resume: continue partial local files from their size
+    #[arg(short = 'a', long = "resume")]
+    pub resume: bool,
+    /// Transfer tuning
+    #[command(flatten)]
+    pub transfer: TransferArgs,
+    /// The remote file or directory
+    #[arg(value_name = "REMOTE")]
+    pub remote: String,
+    /// Where to put it (default: the current directory)
+    #[arg(value_name = "LOCAL")]
+    pub local: Option<PathBuf>,
+}
+
+/// `put`.
+#[derive(Debug, Args)]
+#[command(
+    after_help = "REMOTE is [user@]host:path or sftp://[user@]host[:port]/path (with -D, \
+    a plain path). If REMOTE is an existing directory or ends with '/' (then it is created), \
+    each LOCAL goes into it under its own name; else the single LOCAL gets REMOTE as its \
+    name. Missing remote parent directories are created. Each file is written to a \
+    temporary name and renamed into place when complete, unless --inplace.\n\n\
+    Examples:\n  sftpipe put report.pdf host:docs/\n  \
+    sftpipe put -r -p ./site host:/srv/www\n  \
+    sftpipe put --fsync *.tar host:/backup/"
+)]
+pub struct PutArgs {
+    /// Copy directories and everything below them
+    #[arg(short = 'r', long = "recursive")]
+    pub recursive: bool,
+    /// Resume: continue partial remote files from their size (in place)
+    #[arg(short = 'a', long = "resume")]
+    pub resume: bool,
+    /// Upload-only options
+    #[command(flatten)]
+    pub upload: UploadArgs,
+    /// Transfer tuning
+    #[command(flatten)]
+    pub transfer: TransferArgs,
+    /// Local files or directories
+    #[arg(value_name = "LOCAL", required = true, num_args = 1..)]
+    pub locals: Vec<PathBuf>,
+    /// The remote destination
+    #[arg(value_name = "REMOTE", required = true)]
+    pub remote: OsString,
+}
+
+/// Reports the outcome of a file done outside the library's batch functions.
+fn file_outcome(tracker: &Tracker, remote: &[u8], r: sftpipe::Result<u64>) {
+    let path = String::from_utf8_lossy(remote);
+    match r {
+        Ok(n) => tracker.file_done(&path, n, None),
+        Err(e) => tracker.file_done(&path, 0, Some(&e)),
+    }
+}
+
+/// The local name for a downloaded directory: REMOTE's last component, taken from the
+/// canonical path for `.`, `..` or `~`; `None` for the root (its contents go straight
+/// into LOCAL).
+fn remote_dir_name(session: &Session, remote: &[u8]) -> Result<Option<OsString>, CliError> {
+    let base = remote_basename(remote);
+    let base = if matches!(base, b"" | b"." | b".." | b"~") {
+        let canonical = session.realpath(remote)?;
+        remote_basename(&canonical).to_vec()
+    } else {
+        base.to_vec()
+    };
+    if base.is_empty() || base == b"/" {
+        return Ok(None);
+    }
+    Ok(Some(safe_remote_name(&base)?.to_os_string()))
+}
+
+/// `get REMOTE [LOCAL]`.
+pub fn get(g: &GlobalArgs, a: &GetArgs) -> Result<i32, CliError> {
+    let (ep, paths) = remote_operands(g, std::slice::from_ref(&a.remote), false)?;
+    let session = connect(g, ep.as_ref())?;
+    let remote = expand_tilde(&session, &paths[0])?;
+    let attrs = session.stat(&remote)?;
+    let local = a.local.clone().unwrap_or_else(|| PathBuf::from("."));
+    let local_is_dir = fs::metadata(&local).is_ok_and(|m| m.is_dir());
+
+    let mut opts = a.transfer.options();
+    opts.resume = a.resume;
+    let tracker = Tracker::new(a.transfer.progress, g.quiet);
+    let t = session.transfer(opts, tracker.clone());
+
+    if attrs.is_dir() {
+        if !a.recursive {
+            return Err(CliError::Usage(format!(
+                "'{}' is a directory (use get -r)",
+                a.remote
+            )));
+        }
+        let dest = match (local_is_dir, remote_dir_name(&session, &remote)?) {
+            (true, Some(name)) => local.join(name),
+            _ => local,
+        };
+        log::info!(
+            "downloading tree {} to {}",
+            String::from_utf8_lossy(&remote),
+            dest.display()
+        );
+        session.run(t.download_tree(&remote, &dest));
+        Ok(tracker.finish(false))
+    } else {
+        let dest = if local_is_dir {
+            local.join(safe_remote_name(remote_basename(&remote))?)
+        } else {
+            local
+        };
+        tracker.add_total(1, attrs.size.unwrap_or(0));
+        let r = session.run(t.download(&remote, &dest, Some(&attrs)));
+        file_outcome(&tracker, &remote, r);
+        Ok(tracker.finish(true))
+    }
+}
+
+enum Job {
+    File { local: PathBuf, dest: Vec<u8> },
+    Tree { local: PathBuf, dest: Vec<u8> },
+}
+
+/// The name a local operand gets inside a remote directory; `None` for `/`.
+fn local_name(local: &Path) -> Option<OsString> {
+    match local.file_name() {
+        Some(n) => Some(n.to_os_string()),
+        None => fs::canonicalize(local)
+            .ok()
+            .and_then(|c| c.file_name().map(|n| n.to_os_string())),
+    }
+}
+
+/// `put LOCAL... REMOTE`: every file and tree concurrently over one connection.
+pub fn put(g: &GlobalArgs, a: &PutArgs) -> Result<i32, CliError> {
+    let remote_op = super::utf8_operand(&a.remote)?;
+    let (ep, paths) = remote_operands(g, &[remote_op], false)?;
+
+    // Check the local side before connecting: what is missing fails here.
+    let mut early_codes = Vec::new();
+    let mut found: Vec<(&PathBuf, Option<u64>)> = Vec::new();
+    for l in &a.locals {
+        let e = match fs::metadata(l) {
+            Ok(m) if m.is_file() => {
+                found.push((l, Some(m.len())));
+                continue;
+            }
+            Ok(m) if m.is_dir() && a.recursive => {
+                found.push((l, None));
+                continue;
+            }
+            Ok(m) if m.is_dir() => {
+                CliError::Usage(format!("'{}' is a directory (use put -r)", l.display()))
+            }
+            Ok(_) => CliError::Sftp(Error::InvalidInput(format!(
+                "'{}' is not a regular file or directory",
+                l.display()
+            ))),
+            Err(e) => CliError::Sftp(Error::local(format!("cannot stat {}", l.display()), e)),
+        };
+        exit::report(&e);
+        early_codes.push(e.code());
+    }
+    let combine = |code: i32| match early_codes.as_slice() {
+        [] => code,
+        _ if code == CONNECTION => CONNECTION,
+        [only] if a.locals.len() == 1 => *only,
+        _ => FAILED,
+    };
+    if found.is_empty() {
+        return Ok(combine(exit::SUCCESS));
+    }
+
+    let session = connect(g, ep.as_ref())?;
+    let remote = expand_tilde(&session, &paths[0])?;
+    let mut opts = a.transfer.options();
+    opts.resume = a.resume;
+    a.upload.apply(&mut opts);
+    let follow_links = opts.follow_links;
+    let task_limit = opts
+        .max_open
+        .unwrap_or_else(|| default_max_open(session.sftp()))
+        * 2
+        + 16;
+    let tracker = Tracker::new(a.transfer.progress, g.quiet);
+    let t = session.transfer(opts, tracker.clone());
+
+    let into_dir = if remote.ends_with(b"/") {
+        session.run(t.dirlocks().ensure_dir(&remote))?;
+        true
+    } else {
+        match session.stat(&remote) {
+            Ok(s) => s.is_dir(),
+            Err(e) if e.is_not_found() => false,
+            Err(e) => return Err(e.into()),
+        }
+    };
+    if a.locals.len() > 1 && !into_dir {
+        return Err(CliError::Usage(format!(
+            "target '{remote_op}' is not a directory (end it with '/' to create it)"
+        )));
+    }
+
+    let mut jobs = Vec::new();
+    let single = found.len() == 1 && a.locals.len() == 1 && found[0].1.is_some();
+    for (local, size) in found {
+        let dest = match (into_dir, local_name(local)) {
+            (true, Some(name)) => {
+                use std::os::unix::ffi::OsStrExt;
+                remote_join(&remote, name.as_bytes())
+            }
+            _ => remote.clone(),
+        };
+        let local = local.clone();
+        match size {
+            Some(size) => {
+                tracker.add_total(1, size);
+                jobs.push(Job::File { local, dest });
+            }
+            None => jobs.push(Job::Tree { local, dest }),
+        }
+    }
+    session.run(run_jobs(t, tracker.clone(), jobs, task_limit, follow_links));
+    Ok(combine(tracker.finish(single)))
+}
+
+/// Runs the upload jobs as tasks, at most `limit` at once (each file task holds a local
+/// file open while it waits for a remote handle).
+async fn run_jobs(t: Transfer, tracker: Rc<Tracker>, jobs: Vec<Job>, limit: usize, follow: bool) {
+    let slots = Semaphore::new(limit.max(1));
+    let mut handles = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        let slot = slots.acquire(1).await;
+        let t = t.clone();
+        let tracker = tracker.clone();
+        handles.push(spawn(async move {
+            let _slot = slot;
+            match job {
+                Job::File { local, dest } => {
+                    let r = t.upload(&local, &dest).await;
+                    file_outcome(&tracker, &dest, r);
+                }
+                Job::Tree { local, dest } => match walk_local(&local, follow) {
+                    Ok(entries) => t.upload_entries(&local, &dest, entries).await,
+                    Err(e) => tracker.file_done(&local.display().to_string(), 0, Some(&e)),
+                },
+            }
+        }));
+    }
+    for h in handles {
+        h.await;
+    }
+}

@@ -1,0 +1,881 @@
+//! Mirroring a tree: local → remote (`mirror_up`) and remote → local (`mirror_down`).
+//!
+//! Both sides are snapshotted (the remote one with every directory listed by its own task,
+//! no STAT per file), compared by size and modification time ([`plan`]), and the
+//! differences applied in phases:
+//!
+//! 1. entries in the way of a type change (file ↔ directory ↔ symlink) are removed;
+//! 2. directories, changed files (atomic: temporary name + rename), symlinks and modes,
+//!    all concurrently;
+//! 3. files matching `--last` (indexes that name other files), only if all of 2 landed;
+//! 4. deletes of what the source lacks, only if everything before succeeded, children
+//!    before parents, refused whole above `--max-delete`;
+//! 5. directory modification times, once nothing changes inside them any more.
+
+mod filter;
+mod plan;
+
+use std::cell::RefCell;
+use std::collections::HashSet;
+use std::ffi::OsStr;
+use std::fs;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+pub use filter::{Filter, PatternSet};
+pub use plan::{Action, Compare, EntryKind, Plan, Snapshot, TreeEntry, plan};
+
+use crate::client::Sftp;
+use crate::error::{Error, Result};
+use crate::proto::{FileAttributes, FileType};
+use crate::task::{JoinHandle, Semaphore, spawn};
+use crate::transfer::{LocalKind, Transfer, remote_join, safe_remote_name, walk_local_with};
+
+/// What to mirror and how.
+#[derive(Debug, Clone, Default)]
+pub struct MirrorOptions {
+    /// Comparison and deletion rules.
+    pub compare: Compare,
+    /// Which paths take part.
+    pub filter: Filter,
+    /// Refuse to delete more than this many entries.
+    pub max_delete: Option<usize>,
+    /// Only compute the plan.
+    pub dry_run: bool,
+    /// Follow local symlinks (upload what they point to).
+    pub copy_links: bool,
+}
+
+/// What a mirror did.
+#[derive(Debug, Default)]
+pub struct MirrorReport {
+    /// The plan that was (or, with `dry_run`, would be) carried out.
+    pub plan: Plan,
+    /// Files copied.
+    pub copied: u64,
+    /// Bytes copied.
+    pub bytes: u64,
+    /// Directories created.
+    pub dirs_created: u64,
+    /// Symlinks created or replaced.
+    pub symlinks: u64,
+    /// Modes changed.
+    pub chmods: u64,
+    /// Entries deleted.
+    pub deleted: u64,
+    /// Files already up to date.
+    pub unchanged: u64,
+    /// Failures, each with its path.
+    pub failures: Vec<(String, Error)>,
+    /// Why deletes were skipped, if they were.
+    pub deletes_skipped: Option<String>,
+    /// Why `--last` files were held back, if they were.
+    pub last_skipped: Option<String>,
+    /// Wall time.
+    pub elapsed: Duration,
+}
+
+impl MirrorReport {
+    /// True when nothing failed and nothing was skipped.
+    pub fn is_ok(&self) -> bool {
+        self.failures.is_empty() && self.deletes_skipped.is_none() && self.last_skipped.is_none()
+    }
+
+    /// True when nothing at all could be done (every planned action failed).
+    pub fn nothing_done(&self) -> bool {
+        !self.failures.is_empty()
+            && self.copied + self.dirs_created + self.symlinks + self.chmods + self.deleted == 0
+    }
+}
+
+fn rel_str(rel: &Path) -> Vec<u8> {
+    rel.as_os_str().as_bytes().to_vec()
+}
+
+/// Snapshots a local tree. A missing root is an empty snapshot (`Ok(None)`).
+pub fn snapshot_local(root: &Path, opts: &MirrorOptions) -> Result<Option<Snapshot>> {
+    match fs::symlink_metadata(root) {
+        Ok(m) if m.is_dir() || (opts.copy_links && root.is_dir()) => {}
+        Ok(_) => {
+            return Err(Error::InvalidInput(format!(
+                "{} is not a directory",
+                root.display()
+            )));
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::local(format!("cannot read {}", root.display()), e)),
+    }
+    let descend_excluded = opts.compare.delete_excluded;
+    let filter = &opts.filter;
+    let classify = |rel: &Path, is_dir: bool| {
+        let excluded = plan::filter_path(filter, rel.as_os_str().as_bytes(), is_dir);
+        (excluded, !excluded || descend_excluded)
+    };
+    let entries = walk_local_with(root, opts.copy_links, &classify)?;
+    let mut snap = Snapshot::new();
+    let mut excluded_dirs: Vec<Vec<u8>> = Vec::new();
+    for e in entries {
+        let rel = rel_str(&e.rel);
+        let below_excluded = excluded_dirs.iter().any(|d| {
+            rel.len() > d.len() && rel.starts_with(d) && rel[d.len()] == b'/'
+        });
+        let (kind, size, target) = match e.kind {
+            LocalKind::File { size } => (EntryKind::File, size, None),
+            LocalKind::Dir => (EntryKind::Dir, 0, None),
+            LocalKind::Symlink { target } => {
+                (EntryKind::Symlink, 0, Some(rel_str(&target)))
+            }
+        };
+        if e.excluded && kind == EntryKind::Dir {
+            excluded_dirs.push(rel.clone());
+        }
+        snap.insert(
+            rel,
+            TreeEntry {
+                kind,
+                size,
+                mtime: e.mtime,
+                mode: e.mode,
+                target,
+                excluded: e.excluded || below_excluded,
+            },
+        );
+    }
+    Ok(Some(snap))
+}
+
+fn entry_from_attrs(a: &FileAttributes) -> (EntryKind, u64, i64, u32) {
+    let kind = match a.file_type() {
+        FileType::File | FileType::Unknown => EntryKind::File,
+        FileType::Dir => EntryKind::Dir,
+        FileType::Symlink => EntryKind::Symlink,
+        FileType::Other => EntryKind::Other,
+    };
+    (
+        kind,
+        a.size.unwrap_or(0),
+        a.mtime().map(i64::from).unwrap_or(0),
+        a.permissions.unwrap_or(0) & 0o7777,
+    )
+}
+
+struct RemoteWalk {
+    snap: RefCell<Snapshot>,
+    tasks: RefCell<Vec<JoinHandle<()>>>,
+    failures: RefCell<Vec<(String, Error)>>,
+    filter: Filter,
+    descend_excluded: bool,
+    read_links: bool,
+}
+
+fn list_remote_dir(
+    sftp: Sftp,
+    open_files: Semaphore,
+    walk: Rc<RemoteWalk>,
+    root: Rc<Vec<u8>>,
+    rel: Vec<u8>,
+    excluded_parent: bool,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()>>> {
+    Box::pin(async move {
+        let dir = if rel.is_empty() {
+            root.to_vec()
+        } else {
+            remote_join(&root, &rel)
+        };
+        let listing = {
+            let _permit = open_files.acquire(1).await;
+            sftp.read_dir(&dir).await
+        };
+        let entries = match listing {
+            Ok(e) => e,
+            Err(e) => {
+                walk.failures
+                    .borrow_mut()
+                    .push((String::from_utf8_lossy(&dir).into_owned(), e));
+                return;
+            }
+        };
+        let mut links = Vec::new();
+        for entry in entries {
+            if let Err(e) = safe_remote_name(&entry.filename) {
+                walk.failures
+                    .borrow_mut()
+                    .push((String::from_utf8_lossy(&remote_join(&dir, &entry.filename)).into_owned(), e));
+                continue;
+            }
+            let child = if rel.is_empty() {
+                entry.filename.clone()
+            } else {
+                remote_join(&rel, &entry.filename)
+            };
+            let (kind, size, mtime, mode) = entry_from_attrs(&entry.attrs);
+            let excluded =
+                excluded_parent || plan::filter_path(&walk.filter, &child, kind == EntryKind::Dir);
+            if kind == EntryKind::Dir && (!excluded || walk.descend_excluded) {
+                let h = spawn(list_remote_dir(
+                    sftp.clone(),
+                    open_files.clone(),
+                    walk.clone(),
+                    root.clone(),
+                    child.clone(),
+                    excluded,
+                ));
+                walk.tasks.borrow_mut().push(h);
+            }
+            if kind == EntryKind::Symlink && walk.read_links && !excluded {
+                links.push(child.clone());
+            }
+            walk.snap.borrow_mut().insert(
+                child,
+                TreeEntry {
+                    kind,
+                    size,
+                    mtime,
+                    mode,
+                    target: None,
+                    excluded,
+                },
+            );
+        }
+        // Link targets are needed to compare links; read them concurrently.
+        let reads = links.into_iter().map(|child| {
+            let sftp = sftp.clone();
+            let path = remote_join(&root, &child);
+            async move { (child, sftp.readlink(&path).await) }
+        });
+        for (child, r) in futures_util::future::join_all(reads).await {
+            match r {
+                Ok(t) => {
+                    if let Some(e) = walk.snap.borrow_mut().get_mut(&child) {
+                        e.target = Some(t);
+                    }
+                }
+                Err(e) => walk
+                    .failures
+                    .borrow_mut()
+                    .push((String::from_utf8_lossy(&child).into_owned(), e)),
+            }
+        }
+    })
+}
+
+/// Snapshots a remote tree, every directory listed by its own task. `Ok(None)` when the
+/// root does not exist. Directories that could not be listed are returned as failures.
+pub async fn snapshot_remote(
+    t: &Transfer,
+    root: &[u8],
+    opts: &MirrorOptions,
+) -> Result<(Option<Snapshot>, Vec<(String, Error)>)> {
+    let walk = Rc::new(RemoteWalk {
+        snap: RefCell::new(Snapshot::new()),
+        tasks: RefCell::new(Vec::new()),
+        failures: RefCell::new(Vec::new()),
+        filter: opts.filter.clone(),
+        descend_excluded: opts.compare.delete_excluded,
+        read_links: true,
+    });
+    let root = Rc::new(root.to_vec());
+    let first = {
+        let _permit = t.open_files.acquire(1).await;
+        t.sftp.read_dir(root.as_slice()).await
+    };
+    match first {
+        Ok(_) => {}
+        Err(e) if e.is_not_found() => return Ok((None, Vec::new())),
+        Err(e) => {
+            // Not a directory, or not readable: say which.
+            return match t.sftp.stat(root.as_slice()).await {
+                Ok(a) if !a.is_dir() => Err(Error::InvalidInput(format!(
+                    "remote {} is not a directory",
+                    String::from_utf8_lossy(&root)
+                ))),
+                _ => Err(e),
+            };
+        }
+    }
+    // The probe above proved the root is a directory; list it (again) as a task like the
+    // others so the code path is one.
+    list_remote_dir(t.sftp.clone(), t.open_files.clone(), walk.clone(), root, Vec::new(), false)
+        .await;
+    loop {
+        let pending: Vec<JoinHandle<()>> = walk.tasks.borrow_mut().drain(..).collect();
+        if pending.is_empty() {
+            break;
+        }
+        for h in pending {
+            h.await;
+        }
+    }
+    let failures = std::mem::take(&mut *walk.failures.borrow_mut());
+    let snap = std::mem::take(&mut *walk.snap.borrow_mut());
+    Ok((Some(snap), failures))
+}
+
+/// The concurrent executor of one phase: at most `limit` actions at once, each its own
+/// task.
+struct Phase {
+    slots: Semaphore,
+    handles: Vec<JoinHandle<()>>,
+}
+
+impl Phase {
+    fn new(limit: usize) -> Self {
+        Phase {
+            slots: Semaphore::new(limit),
+            handles: Vec::new(),
+        }
+    }
+
+    async fn run(&mut self, f: impl std::future::Future<Output = ()> + 'static) {
+        let slot = self.slots.acquire(1).await;
+        self.handles.push(spawn(async move {
+            f.await;
+            drop(slot);
+        }));
+    }
+
+    async fn finish(self) {
+        for h in self.handles {
+            h.await;
+        }
+    }
+}
+
+#[derive(Default)]
+struct Counters {
+    dirs_created: u64,
+    symlinks: u64,
+    chmods: u64,
+    deleted: u64,
+}
+
+fn failure_count(t: &Transfer) -> usize {
+    t.report.borrow().failures.len()
+}
+
+/// Which way a mirror runs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Direction {
+    Up,
+    Down,
+}
+
+/// One side's operations, so the phases are written once for both directions.
+#[derive(Clone)]
+struct Sides {
+    t: Transfer,
+    dir: Direction,
+    local_root: Rc<PathBuf>,
+    remote_root: Rc<Vec<u8>>,
+}
+
+impl Sides {
+    fn local(&self, rel: &[u8]) -> PathBuf {
+        if rel.is_empty() {
+            self.local_root.to_path_buf()
+        } else {
+            self.local_root.join(OsStr::from_bytes(rel))
+        }
+    }
+
+    fn remote(&self, rel: &[u8]) -> Vec<u8> {
+        if rel.is_empty() {
+            self.remote_root.to_vec()
+        } else {
+            remote_join(&self.remote_root, rel)
+        }
+    }
+
+    fn dest_name(&self, rel: &[u8]) -> String {
+        match self.dir {
+            Direction::Up => String::from_utf8_lossy(&self.remote(rel)).into_owned(),
+            Direction::Down => self.local(rel).display().to_string(),
+        }
+    }
+
+    /// Removes whatever is at the destination path (a tree for a directory).
+    async fn remove_dest(&self, rel: &[u8], kind: EntryKind) -> Result<()> {
+        match self.dir {
+            Direction::Up => {
+                let p = self.remote(rel);
+                if kind == EntryKind::Dir {
+                    self.t.remove_remote_tree(&p).await
+                } else {
+                    self.t.sftp.remove(&p).await
+                }
+            }
+            Direction::Down => {
+                let p = self.local(rel);
+                let r = if kind == EntryKind::Dir {
+                    fs::remove_dir_all(&p)
+                } else {
+                    fs::remove_file(&p)
+                };
+                r.map_err(|e| Error::local(format!("cannot remove {}", p.display()), e))
+            }
+        }
+    }
+
+    async fn mkdir(&self, rel: &[u8], mode: Option<u32>) -> Result<()> {
+        match self.dir {
+            Direction::Up => {
+                let p = self.remote(rel);
+                self.t.dirlocks.ensure_dir(&p).await?;
+                if let Some(m) = mode {
+                    self.t.sftp.chmod(&p, m).await?;
+                }
+                Ok(())
+            }
+            Direction::Down => {
+                let p = self.local(rel);
+                let r = match fs::create_dir(&p) {
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && p.is_dir() => Ok(()),
+                    r => r,
+                };
+                r.map_err(|e| Error::local(format!("cannot create directory {}", p.display()), e))?;
+                if let Some(m) = mode {
+                    use std::os::unix::fs::PermissionsExt;
+                    fs::set_permissions(&p, fs::Permissions::from_mode(m))
+                        .map_err(|e| Error::local(format!("cannot chmod {}", p.display()), e))?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    async fn copy(&self, rel: &[u8], src: Option<&TreeEntry>) -> Result<u64> {
+        match self.dir {
+            Direction::Up => self.t.upload(&self.local(rel), &self.remote(rel)).await,
+            Direction::Down => {
+                let dest = self.local(rel);
+                let temp = local_temp(&dest);
+                let attrs = src.map(|e| FileAttributes {
+                    size: Some(e.size),
+                    permissions: Some(e.mode | crate::proto::mode::S_IFREG),
+                    atime_mtime: Some((e.mtime as u32, e.mtime as u32)),
+                    ..Default::default()
+                });
+                let r = self
+                    .t
+                    .download_file(&self.remote(rel), &temp, attrs.as_ref(), true)
+                    .await;
+                match r {
+                    Ok(n) => fs::rename(&temp, &dest)
+                        .map(|_| n)
+                        .map_err(|e| Error::local(format!("cannot rename onto {}", dest.display()), e)),
+                    Err(e) => {
+                        let _ = fs::remove_file(&temp);
+                        Err(e)
+                    }
+                }
+            }
+        }
+    }
+
+    async fn symlink(&self, rel: &[u8], target: &[u8]) -> Result<()> {
+        match self.dir {
+            Direction::Up => self.t.upload_symlink(target, &self.remote(rel)).await,
+            Direction::Down => {
+                let dest = self.local(rel);
+                let temp = local_temp(&dest);
+                let err = |e| Error::local(format!("cannot create symlink {}", dest.display()), e);
+                std::os::unix::fs::symlink(OsStr::from_bytes(target), &temp).map_err(err)?;
+                fs::rename(&temp, &dest).map_err(|e| {
+                    let _ = fs::remove_file(&temp);
+                    err(e)
+                })
+            }
+        }
+    }
+
+    async fn chmod(&self, rel: &[u8], mode: u32) -> Result<()> {
+        match self.dir {
+            Direction::Up => self.t.sftp.chmod(self.remote(rel), mode).await,
+            Direction::Down => {
+                use std::os::unix::fs::PermissionsExt;
+                let p = self.local(rel);
+                fs::set_permissions(&p, fs::Permissions::from_mode(mode))
+                    .map_err(|e| Error::local(format!("cannot chmod {}", p.display()), e))
+            }
+        }
+    }
+
+    async fn delete(&self, rel: &[u8], kind: EntryKind) -> Result<()> {
+        match (self.dir, kind) {
+            (Direction::Up, EntryKind::Dir) => self.t.sftp.rmdir(self.remote(rel)).await,
+            (Direction::Up, _) => match self.t.sftp.remove(self.remote(rel)).await {
+                Err(e) if e.is_not_found() => Ok(()),
+                r => r,
+            },
+            (Direction::Down, EntryKind::Dir) => {
+                let p = self.local(rel);
+                fs::remove_dir(&p).map_err(|e| Error::local(format!("cannot remove {}", p.display()), e))
+            }
+            (Direction::Down, _) => {
+                let p = self.local(rel);
+                match fs::remove_file(&p) {
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                    r => r.map_err(|e| Error::local(format!("cannot remove {}", p.display()), e)),
+                }
+            }
+        }
+    }
+
+    async fn set_dir_mtime(&self, rel: &[u8], mtime: i64) -> Result<()> {
+        let t = mtime.clamp(0, u32::MAX as i64) as u32;
+        match self.dir {
+            Direction::Up => self.t.sftp.set_times(self.remote(rel), t, t).await,
+            Direction::Down => {
+                let p = self.local(rel);
+                let when = std::time::UNIX_EPOCH + Duration::from_secs(t as u64);
+                fs::File::open(&p)
+                    .and_then(|f| f.set_times(fs::FileTimes::new().set_accessed(when).set_modified(when)))
+                    .map_err(|e| Error::local(format!("cannot set times of {}", p.display()), e))
+            }
+        }
+    }
+}
+
+/// A hidden temporary name beside a local file.
+fn local_temp(dest: &Path) -> PathBuf {
+    let name = dest.file_name().map(|n| n.as_bytes()).unwrap_or(b"file");
+    let temp = crate::transfer::temp_name(name);
+    dest.with_file_name(OsStr::from_bytes(&temp))
+}
+
+/// Mirrors the local tree `local_root` into the remote directory `remote_root`.
+pub async fn mirror_up(t: &Transfer, local_root: &Path, remote_root: &[u8], opts: &MirrorOptions) -> MirrorReport {
+    let sides = Sides {
+        t: t.clone(),
+        dir: Direction::Up,
+        local_root: Rc::new(local_root.to_path_buf()),
+        remote_root: Rc::new(remote_root.to_vec()),
+    };
+    run(sides, opts).await
+}
+
+/// Mirrors the remote directory `remote_root` into the local directory `local_root`.
+pub async fn mirror_down(t: &Transfer, remote_root: &[u8], local_root: &Path, opts: &MirrorOptions) -> MirrorReport {
+    let sides = Sides {
+        t: t.clone(),
+        dir: Direction::Down,
+        local_root: Rc::new(local_root.to_path_buf()),
+        remote_root: Rc::new(remote_root.to_vec()),
+    };
+    run(sides, opts).await
+}
+
+async fn run(sides: Sides, opts: &MirrorOptions) -> MirrorReport {
+    let started = Instant::now();
+    let mut report = MirrorReport::default();
+    let t = sides.t.clone();
+    let fail = |report: &mut MirrorReport, path: String, e: Error| {
+        report.failures.push((path, e));
+    };
+
+    // Snapshots: the remote one is listed while nothing else runs; the local walk is cheap.
+    let local = snapshot_local(&sides.local_root, opts);
+    let remote = snapshot_remote(&t, &sides.remote_root, opts).await;
+    let (local, (remote, listing_failures)) = match (local, remote) {
+        (Ok(l), Ok(r)) => (l, r),
+        (Err(e), _) => {
+            fail(&mut report, sides.local_root.display().to_string(), e);
+            report.elapsed = started.elapsed();
+            return report;
+        }
+        (_, Err(e)) => {
+            fail(&mut report, String::from_utf8_lossy(&sides.remote_root).into_owned(), e);
+            report.elapsed = started.elapsed();
+            return report;
+        }
+    };
+    let incomplete_listing = !listing_failures.is_empty();
+    report.failures.extend(listing_failures);
+    let (source, dest, dest_root_exists) = match sides.dir {
+        Direction::Up => {
+            let Some(src) = local else {
+                fail(
+                    &mut report,
+                    sides.local_root.display().to_string(),
+                    Error::local(
+                        format!("cannot read {}", sides.local_root.display()),
+                        std::io::ErrorKind::NotFound.into(),
+                    ),
+                );
+                report.elapsed = started.elapsed();
+                return report;
+            };
+            let exists = remote.is_some();
+            (src, remote.unwrap_or_default(), exists)
+        }
+        Direction::Down => {
+            let Some(src) = remote else {
+                fail(
+                    &mut report,
+                    String::from_utf8_lossy(&sides.remote_root).into_owned(),
+                    Error::Status {
+                        op: "mirror",
+                        path: String::from_utf8_lossy(&sides.remote_root).into_owned(),
+                        code: crate::StatusCode::NoSuchFile,
+                        message: "no such directory".into(),
+                    },
+                );
+                report.elapsed = started.elapsed();
+                return report;
+            };
+            let exists = local.is_some();
+            (src, local.unwrap_or_default(), exists)
+        }
+    };
+
+    let the_plan = plan(&source, &dest, &opts.compare);
+    report.unchanged = the_plan.unchanged;
+    if opts.dry_run {
+        report.plan = the_plan;
+        report.elapsed = started.elapsed();
+        return report;
+    }
+
+    // Tell the directory locks what the listing proved, so no upload probes.
+    if sides.dir == Direction::Up {
+        if dest_root_exists {
+            t.dirlocks.mark_exists(&sides.remote_root);
+        } else {
+            t.dirlocks.mark_missing(&sides.remote_root);
+        }
+        let replaced: HashSet<&[u8]> = the_plan
+            .actions
+            .iter()
+            .filter(|a| matches!(a, Action::Mkdir { .. }))
+            .map(|a| a.path())
+            .collect();
+        for (rel, e) in &dest {
+            if e.kind == EntryKind::Dir && !replaced.contains(rel.as_slice()) {
+                t.dirlocks.mark_exists(&sides.remote(rel));
+            }
+        }
+        for a in &the_plan.actions {
+            if let Action::Mkdir { path, .. } = a {
+                t.dirlocks.mark_missing(&sides.remote(path));
+            }
+        }
+    } else if !dest_root_exists
+        && let Err(e) = fs::create_dir_all(&*sides.local_root)
+    {
+        fail(
+            &mut report,
+            sides.local_root.display().to_string(),
+            Error::local(format!("cannot create {}", sides.local_root.display()), e),
+        );
+        report.elapsed = started.elapsed();
+        return report;
+    }
+
+    let (files, bytes) = the_plan.actions.iter().fold((0, 0), |(f, b), a| match a {
+        Action::Copy { size, .. } => (f + 1, b + size),
+        _ => (f, b),
+    });
+    t.progress.add_total(files, bytes);
+    let counters = Rc::new(RefCell::new(Counters::default()));
+    let limit = t.open_files.capacity() * 2 + 16;
+    let source = Rc::new(source);
+
+    // Phase 1: clear what stands in the way of a type change.
+    let mut phase = Phase::new(limit);
+    for a in &the_plan.actions {
+        let replaces = match a {
+            Action::Copy { replaces: Some(k), .. }
+            | Action::Mkdir { replaces: Some(k), .. }
+            | Action::Symlink { replaces: Some(k), .. } => *k,
+            _ => continue,
+        };
+        // Renames replace files and links atomically; only directories (and a file where
+        // a directory must go) need removing first.
+        if replaces != EntryKind::Dir && !matches!(a, Action::Mkdir { .. }) {
+            continue;
+        }
+        let (s, rel) = (sides.clone(), a.path().to_vec());
+        phase
+            .run(async move {
+                if let Err(e) = s.remove_dest(&rel, replaces).await {
+                    s.t.record_failure(s.dest_name(&rel), e);
+                }
+            })
+            .await;
+    }
+    phase.finish().await;
+
+    // Phase 2 and 3: everything but deletes, `--last` files after the rest.
+    let preserve_mode = opts.compare.preserve_mode;
+    for last_round in [false, true] {
+        if last_round && failure_count(&t) > 0 {
+            let held = the_plan
+                .actions
+                .iter()
+                .filter(|a| matches!(a, Action::Copy { last: true, .. }))
+                .count();
+            if held > 0 {
+                report.last_skipped = Some(format!(
+                    "{held} file(s) matching --last held back because other transfers failed"
+                ));
+            }
+            break;
+        }
+        let mut phase = Phase::new(limit);
+        for a in &the_plan.actions {
+            let s = sides.clone();
+            let counters = counters.clone();
+            let rel = a.path().to_vec();
+            match a {
+                Action::Copy { last, .. } if *last == last_round => {
+                    let src = source.clone();
+                    phase
+                        .run(async move {
+                            let r = s.copy(&rel, src.get(&rel)).await;
+                            s.t.finish_file(s.dest_name(&rel).as_bytes(), r);
+                        })
+                        .await
+                }
+                Action::Mkdir { .. } if !last_round => {
+                    let mode = preserve_mode.then(|| source.get(&rel).map(|e| e.mode)).flatten();
+                    phase
+                        .run(async move {
+                            match s.mkdir(&rel, mode).await {
+                                Ok(()) => counters.borrow_mut().dirs_created += 1,
+                                Err(e) => s.t.record_failure(s.dest_name(&rel), e),
+                            }
+                        })
+                        .await
+                }
+                Action::Symlink { target, .. } if !last_round => {
+                    let target = target.clone();
+                    phase
+                        .run(async move {
+                            match s.symlink(&rel, &target).await {
+                                Ok(()) => counters.borrow_mut().symlinks += 1,
+                                Err(e) => s.t.record_failure(s.dest_name(&rel), e),
+                            }
+                        })
+                        .await
+                }
+                Action::Chmod { mode, .. } if !last_round => {
+                    let mode = *mode;
+                    phase
+                        .run(async move {
+                            match s.chmod(&rel, mode).await {
+                                Ok(()) => counters.borrow_mut().chmods += 1,
+                                Err(e) => s.t.record_failure(s.dest_name(&rel), e),
+                            }
+                        })
+                        .await
+                }
+                _ => {}
+            }
+        }
+        phase.finish().await;
+    }
+
+    // Phase 4: deletes, only when everything else worked and the listing was complete.
+    let deletes: Vec<(Vec<u8>, EntryKind)> = the_plan
+        .actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Delete { path, kind } => Some((path.clone(), *kind)),
+            _ => None,
+        })
+        .collect();
+    if !deletes.is_empty() {
+        if failure_count(&t) > 0 || incomplete_listing {
+            report.deletes_skipped = Some(format!(
+                "{} delete(s) skipped because other operations failed",
+                deletes.len()
+            ));
+        } else if opts.max_delete.is_some_and(|m| deletes.len() > m) {
+            report.deletes_skipped = Some(format!(
+                "refusing to delete {} entries: more than --max-delete {}",
+                deletes.len(),
+                opts.max_delete.unwrap_or(0)
+            ));
+        } else {
+            // Files and links first, then directories deepest first, a level at a time.
+            let mut by_depth: std::collections::BTreeMap<usize, Vec<Vec<u8>>> = Default::default();
+            let mut phase = Phase::new(limit);
+            for (rel, kind) in deletes {
+                if kind == EntryKind::Dir {
+                    let depth = rel.iter().filter(|&&b| b == b'/').count();
+                    by_depth.entry(depth).or_default().push(rel);
+                    continue;
+                }
+                let (s, counters) = (sides.clone(), counters.clone());
+                phase
+                    .run(async move {
+                        match s.delete(&rel, kind).await {
+                            Ok(()) => counters.borrow_mut().deleted += 1,
+                            Err(e) => s.t.record_failure(s.dest_name(&rel), e),
+                        }
+                    })
+                    .await;
+            }
+            phase.finish().await;
+            for (_, dirs) in by_depth.into_iter().rev() {
+                let mut phase = Phase::new(limit);
+                for rel in dirs {
+                    let (s, counters) = (sides.clone(), counters.clone());
+                    phase
+                        .run(async move {
+                            match s.delete(&rel, EntryKind::Dir).await {
+                                Ok(()) => counters.borrow_mut().deleted += 1,
+                                Err(e) => s.t.record_failure(s.dest_name(&rel), e),
+                            }
+                        })
+                        .await;
+                }
+                phase.finish().await;
+            }
+        }
+    }
+
+    // Phase 5: directory times, now that nothing changes inside them.
+    let touched: HashSet<Vec<u8>> = the_plan
+        .actions
+        .iter()
+        .map(|a| {
+            let p = a.path();
+            match p.iter().rposition(|&b| b == b'/') {
+                Some(i) => p[..i].to_vec(),
+                None => Vec::new(),
+            }
+        })
+        .collect();
+    let mut phase = Phase::new(limit);
+    for (rel, e) in source.iter().filter(|(_, e)| e.kind == EntryKind::Dir && !e.excluded) {
+        let stale = dest.get(rel).is_none_or(|d| d.mtime != e.mtime) || touched.contains(rel);
+        if !stale {
+            continue;
+        }
+        let (s, rel, mtime) = (sides.clone(), rel.clone(), e.mtime);
+        phase
+            .run(async move {
+                if let Err(e) = s.set_dir_mtime(&rel, mtime).await {
+                    log::warn!("could not set the time of {}: {e}", s.dest_name(&rel));
+                }
+            })
+            .await;
+    }
+    phase.finish().await;
+
+    let tr = t.take_report();
+    let c = counters.borrow();
+    report.copied = tr.files;
+    report.bytes = tr.bytes;
+    report.dirs_created = c.dirs_created;
+    report.symlinks = c.symlinks;
+    report.chmods = c.chmods;
+    report.deleted = c.deleted;
+    report.failures.extend(tr.failures);
+    report.plan = the_plan;
+    report.elapsed = started.elapsed();
+    report
+}

@@ -1,0 +1,246 @@
+//! Pipelined download of one file.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::Path;
+
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
+
+use super::Transfer;
+use crate::client::read_reply;
+use crate::error::{Error, Result};
+use crate::proto::{FileAttributes, OpenFlags, Request};
+
+/// Tracks which byte ranges arrived, to know the highest offset below which everything
+/// is on disk (what a failed download keeps, and where `--resume` continues).
+struct Received {
+    contiguous: u64,
+    beyond: BTreeMap<u64, u64>,
+}
+
+impl Received {
+    fn new(start: u64) -> Self {
+        Received {
+            contiguous: start,
+            beyond: BTreeMap::new(),
+        }
+    }
+
+    fn add(&mut self, offset: u64, len: u64) {
+        if offset <= self.contiguous {
+            self.contiguous = self.contiguous.max(offset + len);
+        } else {
+            let e = self.beyond.entry(offset).or_insert(0);
+            *e = (*e).max(len);
+        }
+        while let Some((&o, &l)) = self.beyond.first_key_value() {
+            if o > self.contiguous {
+                break;
+            }
+            self.beyond.remove(&o);
+            self.contiguous = self.contiguous.max(o + l);
+        }
+    }
+}
+
+impl Transfer {
+    /// Downloads `remote` to `local` with up to `requests` READs in flight; replies may
+    /// come in any order and are written at their offsets. `attrs` (from a listing) spares
+    /// a round trip for the size. On failure the local file is cut to the highest offset
+    /// below which every byte arrived, so `resume` can continue it.
+    pub async fn download(
+        &self,
+        remote: &[u8],
+        local: &Path,
+        attrs: Option<&FileAttributes>,
+    ) -> Result<u64> {
+        self.download_file(remote, local, attrs, false).await
+    }
+
+    /// [`Transfer::download`]; with `nofollow` a symlink at `local` is refused instead of
+    /// written through (tree downloads, where the server chose the names).
+    pub(crate) async fn download_file(
+        &self,
+        remote: &[u8],
+        local: &Path,
+        attrs: Option<&FileAttributes>,
+        nofollow: bool,
+    ) -> Result<u64> {
+        let permit = self.open_files.acquire(1).await;
+        let handle = self
+            .sftp
+            .open(remote, OpenFlags::READ, &FileAttributes::default())
+            .await?;
+        let attrs = match attrs {
+            Some(a) if a.size.is_some() => a.clone(),
+            _ => self.sftp.fstat(&handle).await?,
+        };
+        let lctx = |e| Error::local(format!("cannot write {}", local.display()), e);
+        let mode = attrs.permissions.unwrap_or(0o644) & 0o777;
+        let mut start = 0;
+        if self.opts.resume {
+            match fs::metadata(local) {
+                Ok(m) if m.is_file() && m.len() <= attrs.size.unwrap_or(u64::MAX) => start = m.len(),
+                _ => {}
+            }
+        }
+        let file = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(start == 0)
+            .mode(mode)
+            .custom_flags(if nofollow { libc::O_NOFOLLOW } else { 0 })
+            .open(local)
+            .map_err(lctx)?;
+
+        let mut received = Received::new(start);
+        let result = self
+            .fetch(&handle, &file, start, attrs.size, &mut received, local)
+            .await;
+        // Reads need no CLOSE verdict: send it without waiting, the slot is free at once
+        // because the server handles this connection's requests in order.
+        drop(handle);
+        drop(permit);
+        match result {
+            Ok(end) => {
+                file.set_len(end).map_err(lctx)?;
+                self.apply_local_attrs(local, &file, &attrs)?;
+                Ok(end - start)
+            }
+            Err(e) => {
+                if let Err(te) = file.set_len(received.contiguous) {
+                    log::warn!("could not truncate {}: {te}", local.display());
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Applies -p (mode and times) to a downloaded file.
+    pub(crate) fn apply_local_attrs(
+        &self,
+        local: &Path,
+        file: &fs::File,
+        attrs: &FileAttributes,
+    ) -> Result<()> {
+        let lctx = |e| Error::local(format!("cannot set attributes of {}", local.display()), e);
+        if self.opts.preserve_mode
+            && let Some(p) = attrs.permissions
+        {
+            use std::os::unix::fs::PermissionsExt;
+            file.set_permissions(fs::Permissions::from_mode(p & 0o7777))
+                .map_err(lctx)?;
+        }
+        if self.opts.preserve_times
+            && let Some((a, m)) = attrs.atime_mtime
+        {
+            let t = |s: u32| std::time::UNIX_EPOCH + std::time::Duration::from_secs(s as u64);
+            let times = fs::FileTimes::new().set_accessed(t(a)).set_modified(t(m));
+            file.set_times(times).map_err(lctx)?;
+        }
+        Ok(())
+    }
+
+    /// Issues READs from `start`, writes replies at their offsets, re-requests the tail of
+    /// short reads, and returns the end of file.
+    async fn fetch(
+        &self,
+        handle: &crate::client::Handle,
+        file: &fs::File,
+        start: u64,
+        size_hint: Option<u64>,
+        received: &mut Received,
+        local: &Path,
+    ) -> Result<u64> {
+        let chunk = self.download_chunk() as u64;
+        let max_requests = self.opts.requests.max(1);
+        let mut size_hint = size_hint;
+        let mut next = start;
+        let mut end: Option<u64> = None;
+        let mut retry: Vec<(u64, u64)> = Vec::new();
+        let mut inflight = FuturesUnordered::new();
+        loop {
+            while inflight.len() < max_requests {
+                let (offset, len) = if let Some(r) = retry.pop() {
+                    r
+                } else if end.is_none() && size_hint.is_none_or(|s| next <= s) {
+                    // Past the expected size, one more READ confirms the end (or finds
+                    // that the file grew, and then reading goes on without a size).
+                    let len = match size_hint {
+                        Some(s) if next < s => chunk.min(s - next),
+                        _ => chunk,
+                    };
+                    let o = next;
+                    next += len;
+                    (o, len)
+                } else {
+                    break;
+                };
+                let permit = self.budget.acquire(len as usize).await;
+                let pending = self
+                    .sftp
+                    .submit(&Request::Read {
+                        handle: handle.raw().to_vec(),
+                        offset,
+                        len: len as u32,
+                    })
+                    .await?;
+                inflight.push(async move {
+                    let r = pending.await;
+                    (offset, len, r, permit)
+                });
+            }
+            let Some((offset, len, r, _permit)) = inflight.next().await else {
+                break;
+            };
+            match read_reply(handle.path(), r?)? {
+                Some(data) if !data.is_empty() => {
+                    let n = (data.len() as u64).min(len);
+                    file.write_all_at(&data[..n as usize], offset)
+                        .map_err(|e| Error::local(format!("cannot write {}", local.display()), e))?;
+                    received.add(offset, n);
+                    self.progress.transferred(n);
+                    if size_hint.is_some_and(|s| offset + n > s) {
+                        size_hint = None;
+                    }
+                    if n < len && end.is_none_or(|e| offset + n < e) {
+                        retry.push((offset + n, len - n));
+                    }
+                }
+                _ => {
+                    end = Some(end.map_or(offset, |e| e.min(offset)));
+                    retry.retain(|&(o, _)| o < offset);
+                }
+            }
+        }
+        let end = end.unwrap_or(next);
+        if received.contiguous < end {
+            return Err(Error::Protocol(format!(
+                "{}: server ended the file at {end} but sent only {} contiguous bytes",
+                String::from_utf8_lossy(handle.path()),
+                received.contiguous
+            )));
+        }
+        Ok(end)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Received;
+
+    #[test]
+    fn contiguous_offset_follows_out_of_order_ranges() {
+        let mut r = Received::new(0);
+        r.add(20, 10);
+        assert_eq!(r.contiguous, 0);
+        r.add(0, 10);
+        assert_eq!(r.contiguous, 10);
+        r.add(10, 10);
+        assert_eq!(r.contiguous, 30);
+        r.add(25, 10);
+        assert_eq!(r.contiguous, 35);
+    }
+}

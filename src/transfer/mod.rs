@@ -1,0 +1,270 @@
+//! Moving file contents: pipelined single-file upload and download, and many files at once
+//! over one connection.
+//!
+//! A [`Transfer`] holds what concurrent file tasks share: the [`DirLocks`] that create
+//! remote parents once, a [`Semaphore`] bounding open remote handles, and another bounding
+//! bytes in flight, so memory stays flat however many files or how large they are.
+
+mod download;
+mod tree;
+mod upload;
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use crate::client::Sftp;
+use crate::error::Error;
+use crate::task::{DirLocks, Semaphore};
+
+pub use upload::temp_name;
+pub use tree::{LocalEntry, LocalKind, safe_remote_name, walk_local, walk_local_with};
+
+/// Requests in flight per file by default (as OpenSSH's sftp).
+pub const DEFAULT_REQUESTS: usize = 64;
+/// Bytes in flight over all files by default: enough to keep an ssh channel (which holds
+/// about 2 MiB) full many times over, small enough to keep memory flat.
+pub const DEFAULT_BYTES_IN_FLIGHT: usize = 24 << 20;
+/// Open handles when the server does not state its limit.
+pub const DEFAULT_MAX_OPEN: usize = 64;
+/// The most handles sftpipe opens at once, whatever the server allows.
+pub const MAX_OPEN_CAP: usize = 1024;
+
+/// How to transfer.
+#[derive(Debug, Clone)]
+pub struct TransferOptions {
+    /// READ/WRITE requests in flight per file.
+    pub requests: usize,
+    /// Bytes per request; `None` takes the server's limits (else 32 KiB).
+    pub chunk: Option<usize>,
+    /// Copy modification and access times.
+    pub preserve_times: bool,
+    /// Copy permission bits exactly (without, new files get the source's mode under the
+    /// destination's umask).
+    pub preserve_mode: bool,
+    /// Send `fsync@openssh.com` before closing an uploaded file.
+    pub fsync: bool,
+    /// Continue partial files: downloads from the local size, uploads (in place) from the
+    /// remote size.
+    pub resume: bool,
+    /// Write uploads straight to the final name instead of a temporary name + rename.
+    pub inplace: bool,
+    /// Open remote handles at most; `None` derives it from `limits@openssh.com`.
+    pub max_open: Option<usize>,
+    /// Bytes in flight over all files.
+    pub max_bytes_in_flight: usize,
+    /// Follow local symlinks (upload what they point to) instead of recreating them.
+    pub follow_links: bool,
+}
+
+impl Default for TransferOptions {
+    fn default() -> Self {
+        TransferOptions {
+            requests: DEFAULT_REQUESTS,
+            chunk: None,
+            preserve_times: false,
+            preserve_mode: false,
+            fsync: false,
+            resume: false,
+            inplace: false,
+            max_open: None,
+            max_bytes_in_flight: DEFAULT_BYTES_IN_FLIGHT,
+            follow_links: false,
+        }
+    }
+}
+
+/// Receives progress from a transfer (all methods default to doing nothing).
+pub trait Progress {
+    /// More work was discovered: files and bytes to move.
+    fn add_total(&self, _files: u64, _bytes: u64) {}
+    /// Bytes were acknowledged by the server (upload) or written locally (download).
+    fn transferred(&self, _bytes: u64) {}
+    /// A file finished, successfully or not.
+    fn file_done(&self, _path: &str, _bytes: u64, _error: Option<&Error>) {}
+}
+
+/// A progress sink that ignores everything.
+pub struct NoProgress;
+impl Progress for NoProgress {}
+
+/// The outcome of a batch.
+#[derive(Debug, Default)]
+pub struct Report {
+    /// Files moved.
+    pub files: u64,
+    /// Bytes moved.
+    pub bytes: u64,
+    /// Directories created.
+    pub dirs: u64,
+    /// Symlinks created.
+    pub symlinks: u64,
+    /// Every failed path with its error.
+    pub failures: Vec<(String, Error)>,
+    /// Wall time.
+    pub elapsed: Duration,
+}
+
+impl Report {
+    /// True when nothing failed.
+    pub fn is_ok(&self) -> bool {
+        self.failures.is_empty()
+    }
+
+    /// Turns failures into [`Error::Partial`].
+    pub fn into_result(self) -> crate::Result<Report> {
+        if self.failures.is_empty() {
+            Ok(self)
+        } else {
+            let total = (self.files + self.symlinks + self.dirs) as usize + self.failures.len();
+            Err(Error::Partial {
+                total,
+                failures: self.failures,
+            })
+        }
+    }
+}
+
+/// Shared state of concurrent file tasks on one connection.
+#[derive(Clone)]
+pub struct Transfer {
+    pub(crate) sftp: Sftp,
+    pub(crate) opts: Rc<TransferOptions>,
+    pub(crate) dirlocks: DirLocks,
+    pub(crate) open_files: Semaphore,
+    pub(crate) budget: Semaphore,
+    pub(crate) progress: Rc<dyn Progress>,
+    pub(crate) report: Rc<RefCell<Report>>,
+    started: Instant,
+}
+
+impl Transfer {
+    /// A transfer context over `sftp`.
+    pub fn new(sftp: &Sftp, opts: TransferOptions) -> Self {
+        Self::with_progress(sftp, opts, Rc::new(NoProgress))
+    }
+
+    /// A transfer context reporting to `progress`.
+    pub fn with_progress(sftp: &Sftp, opts: TransferOptions, progress: Rc<dyn Progress>) -> Self {
+        let max_open = opts.max_open.unwrap_or_else(|| default_max_open(sftp));
+        log::debug!(
+            "transfer: {} requests/file, chunk {}, {} open files, {} bytes in flight",
+            opts.requests,
+            opts.chunk.unwrap_or(sftp.write_chunk()),
+            max_open,
+            opts.max_bytes_in_flight
+        );
+        Transfer {
+            sftp: sftp.clone(),
+            dirlocks: DirLocks::new(sftp.clone()),
+            open_files: Semaphore::new(max_open),
+            budget: Semaphore::new(opts.max_bytes_in_flight.max(MIN_BUDGET)),
+            opts: Rc::new(opts),
+            progress,
+            report: Rc::new(RefCell::new(Report::default())),
+            started: Instant::now(),
+        }
+    }
+
+    /// The connection.
+    pub fn sftp(&self) -> &Sftp {
+        &self.sftp
+    }
+
+    /// The directory locks (shared with other work on the same tree).
+    pub fn dirlocks(&self) -> &DirLocks {
+        &self.dirlocks
+    }
+
+    /// The options.
+    pub fn options(&self) -> &TransferOptions {
+        &self.opts
+    }
+
+    /// Takes the accumulated report: everything recorded since the last take, by all the
+    /// tasks sharing this context (tree calls take it when they finish, so concurrent tree
+    /// calls on one context should use separate contexts to keep separate counts).
+    pub fn take_report(&self) -> Report {
+        let mut r = std::mem::take(&mut *self.report.borrow_mut());
+        r.elapsed = self.started.elapsed();
+        r
+    }
+
+    /// Records a failure in the report and tells the progress sink.
+    pub fn record_failure(&self, path: String, e: Error) {
+        self.progress.file_done(&path, 0, Some(&e));
+        self.report.borrow_mut().failures.push((path, e));
+    }
+
+    fn upload_chunk(&self) -> usize {
+        self.opts
+            .chunk
+            .unwrap_or_else(|| self.sftp.write_chunk())
+            .clamp(512, crate::client::MAX_CHUNK)
+    }
+
+    fn download_chunk(&self) -> usize {
+        self.opts
+            .chunk
+            .unwrap_or_else(|| self.sftp.read_chunk())
+            .clamp(512, crate::client::MAX_CHUNK)
+    }
+}
+
+/// The byte budget must admit at least one full chunk.
+const MIN_BUDGET: usize = crate::client::MAX_CHUNK;
+
+/// Open handles by default: most of what the server allows (leaving room for others and
+/// for directory handles), capped; 64 when the server does not say.
+pub fn default_max_open(sftp: &Sftp) -> usize {
+    match sftp.max_open_handles() {
+        Some(n) => {
+            let n = n.min(MAX_OPEN_CAP as u64 * 2) as usize;
+            (n - n / 4).clamp(1, MAX_OPEN_CAP)
+        }
+        None => DEFAULT_MAX_OPEN,
+    }
+}
+
+/// Joins a remote directory and a name.
+pub fn remote_join(dir: &[u8], name: &[u8]) -> Vec<u8> {
+    let mut p = dir.to_vec();
+    if !p.is_empty() && !p.ends_with(b"/") {
+        p.push(b'/');
+    }
+    p.extend_from_slice(name);
+    p
+}
+
+/// The last component of a remote path.
+pub fn remote_basename(path: &[u8]) -> &[u8] {
+    let mut end = path.len();
+    while end > 1 && path[end - 1] == b'/' {
+        end -= 1;
+    }
+    let p = &path[..end];
+    match p.iter().rposition(|&b| b == b'/') {
+        Some(i) if i + 1 < p.len() => &p[i + 1..],
+        Some(_) => p,
+        None => p,
+    }
+}
+
+pub(crate) fn lossy(p: &[u8]) -> String {
+    String::from_utf8_lossy(p).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn joins_and_basenames() {
+        assert_eq!(remote_join(b"/a", b"b"), b"/a/b");
+        assert_eq!(remote_join(b"/a/", b"b"), b"/a/b");
+        assert_eq!(remote_join(b"", b"b"), b"b");
+        assert_eq!(remote_basename(b"/a/b/"), b"b");
+        assert_eq!(remote_basename(b"b"), b"b");
+        assert_eq!(remote_basename(b"/"), b"/");
+    }
+}

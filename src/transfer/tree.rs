@@ -1,0 +1,505 @@
+//! Many files at once: whole trees up and down, one task per file, over one connection.
+
+use std::ffi::{OsStr, OsString};
+use std::fs;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+use super::upload::temp_name;
+use super::{Report, Transfer, lossy, remote_join};
+use crate::error::{Error, Result};
+use crate::proto::{FileAttributes, FileType, NameEntry};
+use crate::task::dirlock::parent_dir;
+use crate::task::{JoinHandle, Semaphore, spawn};
+
+/// What a local tree entry is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LocalKind {
+    /// A regular file of this size.
+    File {
+        /// Bytes.
+        size: u64,
+    },
+    /// A directory.
+    Dir,
+    /// A symlink with this target (recreated as a link, not followed).
+    Symlink {
+        /// The link's text.
+        target: PathBuf,
+    },
+}
+
+/// One entry of a local tree, relative to its root.
+#[derive(Debug, Clone)]
+pub struct LocalEntry {
+    /// Path relative to the root (never empty, never `..`).
+    pub rel: PathBuf,
+    /// Its kind.
+    pub kind: LocalKind,
+    /// Modification time, seconds since the epoch.
+    pub mtime: i64,
+    /// Permission bits.
+    pub mode: u32,
+    /// Matched an exclude pattern.
+    pub excluded: bool,
+}
+
+/// Lists a local tree depth-first (parents before children), without following symlinks
+/// unless `follow_links`. Sockets, FIFOs and devices are skipped with a warning.
+pub fn walk_local(root: &Path, follow_links: bool) -> Result<Vec<LocalEntry>> {
+    walk_local_with(root, follow_links, &|_, _| (false, true))
+}
+
+/// [`walk_local`] with a classifier: `classify(rel, is_dir)` returns whether the entry is
+/// excluded (it is then reported with `excluded` set) and whether to descend into it.
+pub fn walk_local_with(
+    root: &Path,
+    follow_links: bool,
+    classify: &dyn Fn(&Path, bool) -> (bool, bool),
+) -> Result<Vec<LocalEntry>> {
+    let mut out = Vec::new();
+    let mut stack = vec![PathBuf::new()];
+    while let Some(rel) = stack.pop() {
+        let dir = root.join(&rel);
+        let rd = fs::read_dir(&dir)
+            .map_err(|e| Error::local(format!("cannot list {}", dir.display()), e))?;
+        let mut names: Vec<OsString> = Vec::new();
+        for ent in rd {
+            let ent = ent.map_err(|e| Error::local(format!("cannot list {}", dir.display()), e))?;
+            names.push(ent.file_name());
+        }
+        names.sort();
+        let mut subdirs = Vec::new();
+        for name in names {
+            let path = dir.join(&name);
+            let rel_path = rel.join(&name);
+            let lmeta = fs::symlink_metadata(&path)
+                .map_err(|e| Error::local(format!("cannot stat {}", path.display()), e))?;
+            let meta = if lmeta.file_type().is_symlink() && follow_links {
+                match fs::metadata(&path) {
+                    Ok(m) => m,
+                    Err(e) => {
+                        log::warn!("skipping dangling symlink {}: {e}", path.display());
+                        continue;
+                    }
+                }
+            } else {
+                lmeta
+            };
+            use std::os::unix::fs::MetadataExt;
+            let ft = meta.file_type();
+            let (excluded, descend) = classify(&rel_path, ft.is_dir());
+            let kind = if ft.is_file() {
+                LocalKind::File { size: meta.len() }
+            } else if ft.is_dir() {
+                if descend {
+                    subdirs.push(rel_path.clone());
+                }
+                LocalKind::Dir
+            } else if ft.is_symlink() {
+                let target = fs::read_link(&path)
+                    .map_err(|e| Error::local(format!("cannot read link {}", path.display()), e))?;
+                LocalKind::Symlink { target }
+            } else {
+                log::warn!("skipping {}: not a file, directory or symlink", path.display());
+                continue;
+            };
+            out.push(LocalEntry {
+                rel: rel_path,
+                kind,
+                mtime: meta.mtime(),
+                mode: meta.permissions().mode() & 0o7777,
+                excluded,
+            });
+        }
+        // Reverse so the stack pops them in sorted order.
+        stack.extend(subdirs.into_iter().rev());
+    }
+    Ok(out)
+}
+
+/// Checks a name the server sent before it becomes part of a local path: no `.`, `..`,
+/// empty name, `/` or NUL.
+pub fn safe_remote_name(name: &[u8]) -> Result<&OsStr> {
+    if name.is_empty() || name == b"." || name == b".." || name.contains(&b'/') || name.contains(&0)
+    {
+        return Err(Error::Protocol(format!(
+            "server sent an unsafe file name {:?}; refusing to use it as a local path",
+            String::from_utf8_lossy(name)
+        )));
+    }
+    Ok(OsStr::from_bytes(name))
+}
+
+fn rel_to_remote(root: &[u8], rel: &Path) -> Vec<u8> {
+    remote_join(root, rel.as_os_str().as_bytes())
+}
+
+/// Runs at most `limit` file tasks at once, so a tree of a million files holds a bounded
+/// number of suspended tasks (each file still gets its own task).
+struct Spawner {
+    slots: Semaphore,
+    handles: Vec<JoinHandle<()>>,
+}
+
+impl Spawner {
+    fn new(limit: usize) -> Self {
+        Spawner {
+            slots: Semaphore::new(limit),
+            handles: Vec::new(),
+        }
+    }
+
+    async fn spawn(&mut self, f: impl std::future::Future<Output = ()> + 'static) {
+        let slot = self.slots.acquire(1).await;
+        self.handles.push(spawn(async move {
+            f.await;
+            drop(slot);
+        }));
+        if self.handles.len() > 4096 {
+            // Reap finished handles so the list stays short.
+            let mut keep = Vec::new();
+            for mut h in self.handles.drain(..) {
+                let w = futures_util::task::noop_waker();
+                let mut cx = std::task::Context::from_waker(&w);
+                if std::pin::Pin::new(&mut h).poll(&mut cx).is_pending() {
+                    keep.push(h);
+                }
+            }
+            self.handles = keep;
+        }
+    }
+
+    async fn join(self) {
+        for h in self.handles {
+            h.await;
+        }
+    }
+}
+
+use std::future::Future as _;
+
+impl Transfer {
+    fn task_limit(&self) -> usize {
+        self.open_files.capacity() * 2 + 16
+    }
+
+    /// Uploads the contents of `local_root` into `remote_root` (created if missing):
+    /// files, empty directories and symlinks, all concurrently. Failures are collected per
+    /// path in the returned report; the run goes on.
+    pub async fn upload_tree(&self, local_root: &Path, remote_root: &[u8]) -> Report {
+        let entries = match walk_local(local_root, self.opts.follow_links) {
+            Ok(e) => e,
+            Err(e) => {
+                self.record_failure(local_root.display().to_string(), e);
+                return self.take_report();
+            }
+        };
+        self.upload_entries(local_root, remote_root, entries).await;
+        self.take_report()
+    }
+
+    /// Uploads the given entries of `local_root` under `remote_root`; results accumulate
+    /// in this context's report.
+    pub async fn upload_entries(&self, local_root: &Path, remote_root: &[u8], entries: Vec<LocalEntry>) {
+        let (files, bytes) = entries.iter().fold((0, 0), |(f, b), e| match e.kind {
+            LocalKind::File { size } => (f + 1, b + size),
+            _ => (f, b),
+        });
+        self.progress.add_total(files, bytes);
+        let has_children: std::collections::HashSet<PathBuf> = entries
+            .iter()
+            .filter_map(|e| e.rel.parent().map(Path::to_path_buf))
+            .collect();
+        let mut spawner = Spawner::new(self.task_limit());
+        if entries.is_empty() {
+            if let Err(e) = self.dirlocks.ensure_dir(remote_root).await {
+                self.record_failure(lossy(remote_root), e);
+            }
+            return;
+        }
+        for entry in entries.into_iter().filter(|e| !e.excluded) {
+            let remote = rel_to_remote(remote_root, &entry.rel);
+            let local = local_root.join(&entry.rel);
+            let t = self.clone();
+            match entry.kind {
+                LocalKind::File { .. } => {
+                    spawner
+                        .spawn(async move {
+                            let r = t.upload(&local, &remote).await;
+                            t.finish_file(&remote, r);
+                        })
+                        .await
+                }
+                // Directories with entries are created on demand by their children's locks.
+                LocalKind::Dir if has_children.contains(&entry.rel) => {}
+                LocalKind::Dir => {
+                    spawner
+                        .spawn(async move {
+                            match t.dirlocks.ensure_dir(&remote).await {
+                                Ok(()) => t.report.borrow_mut().dirs += 1,
+                                Err(e) => t.record_failure(lossy(&remote), e),
+                            }
+                        })
+                        .await
+                }
+                LocalKind::Symlink { target } => {
+                    spawner
+                        .spawn(async move {
+                            let r = t.upload_symlink(target.as_os_str().as_bytes(), &remote).await;
+                            match r {
+                                Ok(()) => t.report.borrow_mut().symlinks += 1,
+                                Err(e) => t.record_failure(lossy(&remote), e),
+                            }
+                        })
+                        .await
+                }
+            }
+        }
+        spawner.join().await;
+    }
+
+    /// Records a finished file in the report and tells the progress sink; for callers
+    /// running single-file [`Transfer::upload`]/[`Transfer::download`] tasks themselves.
+    pub fn finish_file(&self, remote: &[u8], r: Result<u64>) {
+        match r {
+            Ok(n) => {
+                let mut rep = self.report.borrow_mut();
+                rep.files += 1;
+                rep.bytes += n;
+                drop(rep);
+                self.progress.file_done(&lossy(remote), n, None);
+            }
+            Err(e) => self.record_failure(lossy(remote), e),
+        }
+    }
+
+    /// Creates (or atomically replaces) a remote symlink `remote` → `target`: the link is
+    /// made under a temporary name, then renamed over the final one.
+    pub async fn upload_symlink(&self, target: &[u8], remote: &[u8]) -> Result<()> {
+        let temp = temp_name(remote);
+        let dir = parent_dir(&temp).unwrap_or(b".").to_vec();
+        self.dirlocks
+            .within(&dir, || self.sftp.symlink(target, &temp))
+            .await?;
+        if let Err(e) = self.sftp.rename_replace(&temp, remote).await {
+            let _ = self.sftp.remove(&temp).await;
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Downloads the contents of `remote_root` into `local_root` (created if missing).
+    /// Directories are listed concurrently, each as its own task; names from the server
+    /// are checked before use, and remote symlinks become local symlinks (never followed).
+    pub async fn download_tree(&self, remote_root: &[u8], local_root: &Path) -> Report {
+        if let Err(e) = make_local_dir(local_root) {
+            self.record_failure(local_root.display().to_string(), e);
+            return self.take_report();
+        }
+        let spawner = Rc::new(std::cell::RefCell::new(Vec::<JoinHandle<()>>::new()));
+        let slots = Semaphore::new(self.task_limit());
+        self.clone()
+            .list_and_fetch(remote_root.to_vec(), local_root.to_path_buf(), spawner.clone(), slots)
+            .await;
+        loop {
+            let pending: Vec<JoinHandle<()>> = spawner.borrow_mut().drain(..).collect();
+            if pending.is_empty() {
+                break;
+            }
+            for h in pending {
+                h.await;
+            }
+        }
+        self.take_report()
+    }
+
+    fn list_and_fetch(
+        self,
+        remote_dir: Vec<u8>,
+        local_dir: PathBuf,
+        tasks: Rc<std::cell::RefCell<Vec<JoinHandle<()>>>>,
+        slots: Semaphore,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()>>> {
+        Box::pin(async move {
+            let entries = {
+                let _permit = self.open_files.acquire(1).await;
+                self.sftp.read_dir(&remote_dir).await
+            };
+            let entries: Vec<NameEntry> = match entries {
+                Ok(e) => e,
+                Err(e) => {
+                    self.record_failure(lossy(&remote_dir), e);
+                    return;
+                }
+            };
+            let (files, bytes) = entries.iter().fold((0, 0), |(f, b), e| {
+                if e.attrs.file_type() == FileType::File {
+                    (f + 1, b + e.attrs.size.unwrap_or(0))
+                } else {
+                    (f, b)
+                }
+            });
+            self.progress.add_total(files, bytes);
+            for entry in entries {
+                let remote = remote_join(&remote_dir, &entry.filename);
+                let name = match safe_remote_name(&entry.filename) {
+                    Ok(n) => n,
+                    Err(e) => {
+                        self.record_failure(lossy(&remote), e);
+                        continue;
+                    }
+                };
+                let local = local_dir.join(name);
+                let t = self.clone();
+                match entry.attrs.file_type() {
+                    FileType::Dir => {
+                        if let Err(e) = make_local_dir(&local) {
+                            self.record_failure(local.display().to_string(), e);
+                            continue;
+                        }
+                        self.report.borrow_mut().dirs += 1;
+                        let h = spawn(t.list_and_fetch(remote, local, tasks.clone(), slots.clone()));
+                        tasks.borrow_mut().push(h);
+                    }
+                    FileType::Symlink => {
+                        let slot = slots.acquire(1).await;
+                        let h = spawn(async move {
+                            let _slot = slot;
+                            match t.download_symlink(&remote, &local).await {
+                                Ok(()) => t.report.borrow_mut().symlinks += 1,
+                                Err(e) => t.record_failure(lossy(&remote), e),
+                            }
+                        });
+                        tasks.borrow_mut().push(h);
+                    }
+                    FileType::File | FileType::Unknown => {
+                        let slot = slots.acquire(1).await;
+                        let attrs = entry.attrs.clone();
+                        let h = spawn(async move {
+                            let _slot = slot;
+                            let r = t.download_file(&remote, &local, Some(&attrs), true).await;
+                            t.finish_file(&remote, r);
+                        });
+                        tasks.borrow_mut().push(h);
+                    }
+                    FileType::Other => {
+                        log::warn!("skipping {}: not a file, directory or symlink", lossy(&remote));
+                    }
+                }
+            }
+        })
+    }
+
+    async fn download_symlink(&self, remote: &[u8], local: &Path) -> Result<()> {
+        let target = self.sftp.readlink(remote).await?;
+        if target.contains(&0) {
+            return Err(Error::Protocol(format!("symlink {} has a NUL in its target", lossy(remote))));
+        }
+        let target = PathBuf::from(OsString::from_vec(target));
+        let lctx = |e| Error::local(format!("cannot create symlink {}", local.display()), e);
+        match fs::symlink_metadata(local) {
+            Ok(m) if m.is_dir() => {
+                return Err(Error::local(
+                    format!("cannot replace directory {} by a symlink", local.display()),
+                    std::io::ErrorKind::AlreadyExists.into(),
+                ));
+            }
+            Ok(_) => fs::remove_file(local).map_err(lctx)?,
+            Err(_) => {}
+        }
+        std::os::unix::fs::symlink(&target, local).map_err(lctx)
+    }
+
+    /// Removes a remote directory and everything below it (`rm -r`), children
+    /// concurrently. Symlinks are removed, never followed.
+    pub fn remove_remote_tree<'a>(
+        &'a self,
+        dir: &'a [u8],
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + 'a>> {
+        Box::pin(async move {
+            let entries = {
+                let _permit = self.open_files.acquire(1).await;
+                self.sftp.read_dir(dir).await?
+            };
+            let mut subdirs = Vec::new();
+            let mut removals = futures_util::stream::FuturesUnordered::new();
+            for e in entries {
+                let path = remote_join(dir, &e.filename);
+                if e.attrs.is_dir() {
+                    subdirs.push(path);
+                } else {
+                    removals.push(async move {
+                        let r = self.sftp.remove(&path).await;
+                        (path, r)
+                    });
+                }
+            }
+            use futures_util::StreamExt;
+            let mut first_error = None;
+            while let Some((_, r)) = removals.next().await {
+                if let Err(e) = r
+                    && !e.is_not_found()
+                {
+                    first_error.get_or_insert(e);
+                }
+            }
+            for sub in subdirs {
+                if let Err(e) = self.remove_remote_tree(&sub).await {
+                    first_error.get_or_insert(e);
+                }
+            }
+            if let Some(e) = first_error {
+                return Err(e);
+            }
+            self.sftp.rmdir(dir).await
+        })
+    }
+
+    /// Applies attributes (mode, times) to a remote path, e.g. after a mirror upload.
+    pub async fn set_remote_attrs(&self, remote: &[u8], attrs: &FileAttributes) -> Result<()> {
+        self.sftp.setstat(remote, attrs).await
+    }
+}
+
+/// Creates a local directory for a download; refuses to descend through a symlink.
+fn make_local_dir(dir: &Path) -> Result<()> {
+    match fs::symlink_metadata(dir) {
+        Ok(m) if m.is_dir() => Ok(()),
+        Ok(_) => Err(Error::local(
+            format!("{} exists and is not a directory", dir.display()),
+            std::io::ErrorKind::AlreadyExists.into(),
+        )),
+        Err(_) => fs::create_dir_all(dir)
+            .map_err(|e| Error::local(format!("cannot create directory {}", dir.display()), e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unsafe_names_are_refused() {
+        for bad in [&b""[..], b".", b"..", b"a/b", b"/etc", b"a\0b"] {
+            assert!(safe_remote_name(bad).is_err(), "{bad:?}");
+        }
+        assert!(safe_remote_name(b"ok name \xe2\x9c\x93\n").is_ok());
+    }
+
+    #[test]
+    fn walks_parents_first_in_sorted_order() {
+        let d = tempfile::tempdir().unwrap();
+        fs::create_dir_all(d.path().join("b/c")).unwrap();
+        fs::write(d.path().join("a"), b"1").unwrap();
+        fs::write(d.path().join("b/c/f"), b"22").unwrap();
+        std::os::unix::fs::symlink("a", d.path().join("l")).unwrap();
+        let e = walk_local(d.path(), false).unwrap();
+        let rels: Vec<_> = e.iter().map(|e| e.rel.to_string_lossy().into_owned()).collect();
+        assert_eq!(rels, ["a", "b", "l", "b/c", "b/c/f"]);
+        assert_eq!(e[4].kind, LocalKind::File { size: 2 });
+        assert_eq!(e[2].kind, LocalKind::Symlink { target: "a".into() });
+    }
+}

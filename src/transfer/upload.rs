@@ -1,0 +1,263 @@
+//! Pipelined upload of one file, atomic by default.
+
+use std::fs;
+use std::io::Read;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
+
+use super::{Transfer, lossy, remote_basename, remote_join};
+use crate::client::{Handle, write_reply};
+use crate::error::{Error, Result};
+use crate::proto::{FileAttributes, OpenFlags, Request};
+use crate::task::dirlock::parent_dir;
+
+static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// A temporary name beside `remote`: hidden, unique per process and call, and within
+/// NAME_MAX however long the final name is.
+pub fn temp_name(remote: &[u8]) -> Vec<u8> {
+    let base = remote_basename(remote);
+    let base = &base[..base.len().min(180)];
+    let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let mut name = b".".to_vec();
+    name.extend_from_slice(base);
+    name.extend_from_slice(format!(".{:x}{:x}{n:x}.sftpipe-tmp", std::process::id(), nanos).as_bytes());
+    match parent_dir(remote) {
+        Some(dir) if remote.contains(&b'/') => remote_join(dir, &name),
+        _ => name,
+    }
+}
+
+/// Seconds since the epoch as SFTP v3's u32 (clamped: times before 1970 or after 2106 do
+/// not fit).
+pub(crate) fn to_u32_time(secs: i64) -> u32 {
+    secs.clamp(0, u32::MAX as i64) as u32
+}
+
+impl Transfer {
+    /// Uploads one local file to `remote`, creating missing remote parents. Returns the
+    /// bytes sent. Unless `inplace`, the data goes to a temporary name that is renamed onto
+    /// `remote` only after every WRITE and the CLOSE succeeded, so `remote` is never seen
+    /// half-written; on failure the temporary file is removed.
+    pub async fn upload(&self, local: &Path, remote: &[u8]) -> Result<u64> {
+        let ctx = |e| Error::local(format!("cannot read {}", local.display()), e);
+        // The permit is taken before the local file is opened, so the limit also bounds
+        // local descriptors however many uploads are queued.
+        let permit = self.open_files.acquire(1).await;
+        let mut file = fs::File::open(local).map_err(ctx)?;
+        let meta = file.metadata().map_err(ctx)?;
+        if !meta.is_file() {
+            return Err(Error::InvalidInput(format!(
+                "{} is not a regular file",
+                local.display()
+            )));
+        }
+        let size = meta.len();
+        let mode = meta.permissions().mode() & 0o7777;
+
+        let mut start = 0u64;
+        let mut inplace = self.opts.inplace;
+        if self.opts.resume {
+            match self.sftp.stat(remote).await {
+                Ok(a) if a.is_file() => {
+                    let remote_size = a.size.unwrap_or(0);
+                    if remote_size == size && a.mtime() == Some(to_u32_time(meta.mtime())) {
+                        log::info!("{}: already complete", lossy(remote));
+                        return Ok(0);
+                    }
+                    if remote_size <= size {
+                        start = remote_size;
+                        inplace = true;
+                    }
+                }
+                Ok(_) => {}
+                Err(e) if e.is_not_found() => {}
+                Err(e) => return Err(e),
+            }
+        }
+
+        let target = if inplace { remote.to_vec() } else { temp_name(remote) };
+        let dir = parent_dir(&target).unwrap_or(b".").to_vec();
+        let mut flags = OpenFlags::WRITE | OpenFlags::CREAT;
+        if start == 0 {
+            flags |= OpenFlags::TRUNC;
+        }
+        let create_attrs = FileAttributes::with_permissions(mode & 0o777);
+
+        let handle = self
+            .dirlocks
+            .within(&dir, || self.sftp.open(&target, flags, &create_attrs))
+            .await?;
+        if start > 0 {
+            std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(start)).map_err(ctx)?;
+        }
+
+        let result = self.send_contents(&mut file, &handle, start, local, &meta, mode).await;
+        drop(permit);
+        let sent = match result {
+            Ok(n) => n,
+            Err(e) => {
+                if !inplace {
+                    self.discard_temp(&target).await;
+                }
+                return Err(e);
+            }
+        };
+        if !inplace && let Err(e) = self.sftp.rename_replace(&target, remote).await {
+            self.discard_temp(&target).await;
+            return Err(e);
+        }
+        Ok(sent)
+    }
+
+    async fn discard_temp(&self, temp: &[u8]) {
+        if self.sftp.channel().is_dead() {
+            return;
+        }
+        if let Err(e) = self.sftp.remove(temp).await
+            && !e.is_not_found()
+        {
+            log::warn!("could not remove temporary file {}: {e}", lossy(temp));
+        }
+    }
+
+    /// Streams the file with up to `requests` WRITEs in flight, then (pipelined behind
+    /// them) FSETSTAT, FSYNC and CLOSE. Every reply is checked: nothing counts as done
+    /// unless all WRITEs and the CLOSE succeeded.
+    async fn send_contents(
+        &self,
+        file: &mut fs::File,
+        handle: &Handle,
+        start: u64,
+        local: &Path,
+        meta: &fs::Metadata,
+        mode: u32,
+    ) -> Result<u64> {
+        let chunk = self.upload_chunk();
+        let max_requests = self.opts.requests.max(1);
+        let mut inflight = FuturesUnordered::new();
+        let mut offset = start;
+        let mut eof = false;
+        let mut acked = 0u64;
+        let mut buf = vec![0u8; chunk];
+        loop {
+            while !eof && inflight.len() < max_requests {
+                let permit = self.budget.acquire(chunk).await;
+                let n = read_full(file, &mut buf).map_err(|e| {
+                    Error::local(format!("cannot read {}", local.display()), e)
+                })?;
+                if n == 0 {
+                    eof = true;
+                    break;
+                }
+                eof = n < chunk;
+                let pending = self.sftp.submit_write(handle, offset, &buf[..n]).await?;
+                inflight.push(async move {
+                    let r = pending.await;
+                    drop(permit);
+                    (n, r)
+                });
+                offset += n as u64;
+            }
+            if eof {
+                break;
+            }
+            match inflight.next().await {
+                Some((n, r)) => {
+                    write_reply(handle.path(), r?)?;
+                    acked += n as u64;
+                    self.progress.transferred(n as u64);
+                }
+                None => break,
+            }
+        }
+
+        // The tail: attribute, sync and close requests go out right behind the last WRITE
+        // (the server handles one handle's requests in order), saving round trips.
+        let mut attrs = FileAttributes::default();
+        if self.opts.preserve_times {
+            attrs.atime_mtime = Some((to_u32_time(meta.atime()), to_u32_time(meta.mtime())));
+        }
+        if self.opts.preserve_mode {
+            attrs.permissions = Some(mode);
+        }
+        let setstat = if attrs.flags().is_empty() {
+            None
+        } else {
+            Some(
+                self.sftp
+                    .submit(&Request::Fsetstat {
+                        handle: handle.raw().to_vec(),
+                        attrs,
+                    })
+                    .await?,
+            )
+        };
+        let fsync = if self.opts.fsync && self.sftp.has_extension(crate::proto::ext::FSYNC) {
+            Some(
+                self.sftp
+                    .submit(&Request::Extended(crate::proto::ExtendedRequest::Fsync {
+                        handle: handle.raw().to_vec(),
+                    }))
+                    .await?,
+            )
+        } else {
+            if self.opts.fsync {
+                log::warn!("server lacks fsync@openssh.com; {} not synced", local.display());
+            }
+            None
+        };
+        let close = self.sftp.submit_close(handle).await?;
+        while let Some((n, r)) = inflight.next().await {
+            write_reply(handle.path(), r?)?;
+            acked += n as u64;
+            self.progress.transferred(n as u64);
+        }
+        if let Some(p) = setstat {
+            crate::client::expect_ok_reply("fsetstat", handle.path(), p.await?)?;
+        }
+        if let Some(p) = fsync {
+            crate::client::expect_ok_reply("fsync", handle.path(), p.await?)?;
+        }
+        crate::client::expect_ok_reply("close", handle.path(), close.await?)?;
+        Ok(acked)
+    }
+}
+
+/// Reads until `buf` is full or end of file.
+fn read_full(file: &mut fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match file.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn temp_names_stay_beside_the_target_and_short() {
+        let t = temp_name(b"/srv/repo/dists/InRelease");
+        assert!(t.starts_with(b"/srv/repo/dists/.InRelease."));
+        let long = vec![b'x'; 255];
+        let t = temp_name(&long);
+        assert!(t.len() < 255);
+        assert_ne!(temp_name(b"a"), temp_name(b"a"));
+        assert!(!temp_name(b"a").contains(&b'/'));
+    }
+}

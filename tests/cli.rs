@@ -1,0 +1,787 @@
+//! End-to-end tests of the `sftpipe` binary: against a local `sftp-server` (`-D`) and
+//! through a real sshd (the harness in `tests/common`). The "remote" is this machine, so
+//! every effect is checked on the local file system.
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use common::{Sshd, TEST_USER, random_bytes, read_file, sftp_server_path, write_file};
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn explain(out: &Output) -> String {
+    format!(
+        "status {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+        out.status,
+        text(&out.stdout),
+        text(&out.stderr)
+    )
+}
+
+fn run_in(dir: Option<&Path>, args: &[&str]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sftpipe"));
+    cmd.args(args).env_remove("RUST_LOG").stdin(Stdio::null());
+    if let Some(d) = dir {
+        cmd.current_dir(d);
+    }
+    cmd.output().expect("run sftpipe")
+}
+
+/// Runs `sftpipe -D sftp-server ARGS`.
+fn local(args: &[&str]) -> Output {
+    let server = sftp_server_path().display().to_string();
+    let mut all = vec!["-D", server.as_str()];
+    all.extend_from_slice(args);
+    run_in(None, &all)
+}
+
+fn ok(out: Output) -> Output {
+    assert!(out.status.success(), "{}", explain(&out));
+    out
+}
+
+fn code(out: &Output) -> i32 {
+    out.status.code().unwrap_or(-1)
+}
+
+fn p(path: &Path) -> String {
+    path.display().to_string()
+}
+
+fn mode_of(path: &Path) -> u32 {
+    fs::symlink_metadata(path).unwrap().permissions().mode() & 0o7777
+}
+
+fn set_mode(path: &Path, mode: u32) {
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
+}
+
+fn set_mtime(path: &Path, secs: u64) {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs);
+    let f = fs::File::options().write(true).open(path).unwrap();
+    f.set_times(fs::FileTimes::new().set_modified(t).set_accessed(t))
+        .unwrap();
+}
+
+/// A small tree: a.txt, b.bin, .hidden, sub/c.txt, sub/deeper/d.bin, link -> a.txt.
+fn make_tree(root: &Path) {
+    write_file(root.join("a.txt"), b"alpha\n");
+    write_file(root.join("b.bin"), random_bytes(70_000, 1));
+    write_file(root.join(".hidden"), b"h");
+    write_file(root.join("sub/c.txt"), b"gamma");
+    write_file(root.join("sub/deeper/d.bin"), random_bytes(300_000, 2));
+    std::os::unix::fs::symlink("a.txt", root.join("link")).unwrap();
+}
+
+fn assert_same_tree(a: &Path, b: &Path) {
+    for rel in ["a.txt", "b.bin", ".hidden", "sub/c.txt", "sub/deeper/d.bin"] {
+        assert_eq!(read_file(a.join(rel)), read_file(b.join(rel)), "{rel}");
+    }
+    assert_eq!(
+        fs::read_link(b.join("link")).unwrap(),
+        PathBuf::from("a.txt")
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Listing and attributes
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn ls_lists_sorted_names_and_hides_dotfiles() {
+    let d = tempfile::tempdir().unwrap();
+    make_tree(d.path());
+    let out = ok(local(&["ls", &p(d.path())]));
+    let lines: Vec<String> = text(&out.stdout).lines().map(str::to_string).collect();
+    assert_eq!(lines, ["a.txt", "b.bin", "link", "sub"]);
+
+    let out = ok(local(&["ls", "-a", "-1", &p(d.path())]));
+    assert!(text(&out.stdout).lines().any(|l| l == ".hidden"));
+
+    // A file operand lists just itself.
+    let f = p(&d.path().join("a.txt"));
+    let out = ok(local(&["ls", &f]));
+    assert_eq!(text(&out.stdout).trim(), f);
+}
+
+#[test]
+fn ls_long_shows_modes_sizes_and_link_targets() {
+    let d = tempfile::tempdir().unwrap();
+    make_tree(d.path());
+    set_mode(&d.path().join("a.txt"), 0o640);
+    set_mode(&d.path().join("sub"), 0o751);
+    let out = ok(local(&["ls", "-l", &p(d.path())]));
+    let s = text(&out.stdout);
+    let line = |name: &str| {
+        s.lines()
+            .find(|l| l.ends_with(name))
+            .unwrap_or_else(|| panic!("no {name} in {s}"))
+            .to_string()
+    };
+    assert!(line(" a.txt").starts_with("-rw-r----- "), "{s}");
+    assert!(line(" a.txt").contains(" 6 "), "{s}");
+    assert!(line(" sub").starts_with("drwxr-x--x "), "{s}");
+    assert!(line("link -> a.txt").starts_with("lrwxrwxrwx "), "{s}");
+    assert!(line(" b.bin").contains(" 70000 "), "{s}");
+}
+
+#[test]
+fn ls_of_several_operands_prints_headers_and_fails_softly() {
+    let d = tempfile::tempdir().unwrap();
+    make_tree(d.path());
+    let sub = p(&d.path().join("sub"));
+    let missing = p(&d.path().join("missing"));
+    let out = local(&["ls", &p(d.path()), &sub, &missing]);
+    assert_eq!(code(&out), 1, "{}", explain(&out));
+    let s = text(&out.stdout);
+    assert!(s.contains(&format!("{sub}:\nc.txt\ndeeper\n")), "{s}");
+    assert!(text(&out.stderr).contains("missing"), "{}", explain(&out));
+}
+
+#[test]
+fn stat_shows_type_size_mode_and_times() {
+    let d = tempfile::tempdir().unwrap();
+    make_tree(d.path());
+    let a = d.path().join("a.txt");
+    set_mode(&a, 0o604);
+    set_mtime(&a, 1_700_000_000);
+    let out = ok(local(&["stat", &p(&a), &p(&d.path().join("link"))]));
+    let s = text(&out.stdout);
+    assert!(s.contains("Type: regular file"), "{s}");
+    assert!(s.contains("Size: 6"), "{s}");
+    assert!(s.contains("Mode: 0604 (-rw----r--)"), "{s}");
+    assert!(s.contains("Uid: 0"), "{s}");
+    assert!(s.contains("Modify: 2023-11-14T22:13:20Z"), "{s}");
+    assert!(s.contains("link -> a.txt"), "{s}");
+    assert!(s.contains("Type: symbolic link"), "{s}");
+}
+
+#[test]
+fn df_and_realpath() {
+    let d = tempfile::tempdir().unwrap();
+    fs::create_dir(d.path().join("x")).unwrap();
+    let out = ok(local(&["df", &p(d.path())]));
+    let s = text(&out.stdout);
+    assert!(s.starts_with("1K-blocks"), "{s}");
+    assert!(s.contains('%'), "{s}");
+    let out = ok(local(&["df", "-h", "-i", &p(d.path())]));
+    assert!(text(&out.stdout).starts_with("Inodes") || text(&out.stdout).contains("Inodes"));
+    let out = ok(local(&["df", "-h", &p(d.path())]));
+    assert!(text(&out.stdout).starts_with("Size"), "{}", explain(&out));
+
+    let canonical = fs::canonicalize(d.path()).unwrap();
+    let twisted = format!("{}/x/../x/.", p(d.path()));
+    let out = ok(local(&["realpath", &twisted]));
+    assert_eq!(text(&out.stdout).trim(), p(&canonical.join("x")));
+}
+
+// ---------------------------------------------------------------------------------------
+// Transfers
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn get_single_file_into_directory_and_to_a_name() {
+    let d = tempfile::tempdir().unwrap();
+    let data = random_bytes(200_000, 7);
+    write_file(d.path().join("remote/f.bin"), &data);
+    let dest = d.path().join("dl");
+    fs::create_dir(&dest).unwrap();
+    let remote = p(&d.path().join("remote/f.bin"));
+    ok(local(&["get", &remote, &p(&dest)]));
+    assert_eq!(read_file(dest.join("f.bin")), data);
+    ok(local(&["get", &remote, &p(&dest.join("renamed"))]));
+    assert_eq!(read_file(dest.join("renamed")), data);
+}
+
+#[test]
+fn get_preserves_mode_and_mtime_with_p() {
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("f");
+    write_file(&src, b"keep me");
+    set_mode(&src, 0o751);
+    set_mtime(&src, 1_000_000_000);
+    let dest = d.path().join("copy");
+    ok(local(&["get", "-p", &p(&src), &p(&dest)]));
+    assert_eq!(read_file(&dest), b"keep me");
+    let m = fs::metadata(&dest).unwrap();
+    assert_eq!(m.mtime(), 1_000_000_000);
+    assert_eq!(mode_of(&dest), 0o751);
+}
+
+#[test]
+fn get_directory_needs_r_and_copies_the_tree() {
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("tree");
+    make_tree(&src);
+    let dl = d.path().join("dl");
+    fs::create_dir(&dl).unwrap();
+    let out = local(&["get", &p(&src), &p(&dl)]);
+    assert_eq!(code(&out), 2, "{}", explain(&out));
+    assert!(text(&out.stderr).contains("-r"), "{}", explain(&out));
+
+    // Into an existing directory: dl/tree.
+    ok(local(&["get", "-r", &p(&src), &p(&dl)]));
+    assert_same_tree(&src, &dl.join("tree"));
+    // To a new name.
+    let fresh = d.path().join("fresh");
+    ok(local(&[
+        "get",
+        "-r",
+        "--progress=none",
+        &p(&src),
+        &p(&fresh),
+    ]));
+    assert_same_tree(&src, &fresh);
+}
+
+#[test]
+fn put_single_file_and_several_into_a_new_directory() {
+    let d = tempfile::tempdir().unwrap();
+    let a = d.path().join("a");
+    let b = d.path().join("b");
+    write_file(&a, random_bytes(100_000, 3));
+    write_file(&b, b"bee");
+    let remote = d.path().join("remote");
+    fs::create_dir(&remote).unwrap();
+
+    // REMOTE an existing directory: goes in under its name.
+    ok(local(&["put", &p(&a), &p(&remote)]));
+    assert_eq!(read_file(remote.join("a")), read_file(&a));
+    // REMOTE a new name.
+    ok(local(&["put", &p(&b), &p(&remote.join("b2"))]));
+    assert_eq!(read_file(remote.join("b2")), b"bee");
+    // Several files into "new/" (created).
+    let target = format!("{}/", p(&remote.join("new")));
+    ok(local(&["put", &p(&a), &p(&b), &target]));
+    assert_eq!(read_file(remote.join("new/a")), read_file(&a));
+    assert_eq!(read_file(remote.join("new/b")), b"bee");
+    // Several files to something that is not a directory: usage error.
+    let out = local(&["put", &p(&a), &p(&b), &p(&remote.join("nodir"))]);
+    assert_eq!(code(&out), 2, "{}", explain(&out));
+}
+
+#[test]
+fn put_preserves_mode_and_mtime_with_p() {
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("f");
+    write_file(&src, b"xyz");
+    set_mode(&src, 0o604);
+    set_mtime(&src, 1_234_567_890);
+    let dest = d.path().join("up");
+    ok(local(&["put", "-p", &p(&src), &p(&dest)]));
+    assert_eq!(read_file(&dest), b"xyz");
+    assert_eq!(fs::metadata(&dest).unwrap().mtime(), 1_234_567_890);
+    assert_eq!(mode_of(&dest), 0o604);
+}
+
+#[test]
+fn put_tree_needs_r_and_copies_it() {
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("tree");
+    make_tree(&src);
+    let remote = d.path().join("remote");
+    fs::create_dir(&remote).unwrap();
+    let out = local(&["put", &p(&src), &p(&remote)]);
+    assert_eq!(code(&out), 2, "{}", explain(&out));
+
+    ok(local(&["put", "-r", &p(&src), &p(&remote)]));
+    assert_same_tree(&src, &remote.join("tree"));
+    // To a new name, with tuning flags.
+    let fresh = d.path().join("fresh");
+    ok(local(&[
+        "put",
+        "-r",
+        "--buffer",
+        "32K",
+        "--requests",
+        "4",
+        "--max-open",
+        "2",
+        &p(&src),
+        &p(&fresh),
+    ]));
+    assert_same_tree(&src, &fresh);
+}
+
+#[test]
+fn progress_json_lines_parse() {
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("tree");
+    make_tree(&src);
+    let out = ok(local(&[
+        "put",
+        "-r",
+        "--progress=json",
+        &p(&src),
+        &p(&d.path().join("up")),
+    ]));
+    let mut files = 0;
+    let mut summary = None;
+    for line in text(&out.stdout).lines() {
+        let v: serde_json::Value = serde_json::from_str(line).expect(line);
+        match v["event"].as_str() {
+            Some("file") => {
+                assert_eq!(v["ok"], true, "{line}");
+                assert!(v["path"].is_string() && v["bytes"].is_u64(), "{line}");
+                files += 1;
+            }
+            Some("summary") => summary = Some(v),
+            _ => panic!("unexpected line {line}"),
+        }
+    }
+    assert_eq!(files, 5);
+    let s = summary.expect("summary line");
+    assert_eq!(s["files"], 5);
+    assert_eq!(s["failed"], 0);
+    assert_eq!(s["bytes"], 6 + 70_000 + 1 + 5 + 300_000);
+    assert!(s["elapsed_ms"].is_u64());
+
+    // A failure is an event with an error, and the summary counts it.
+    let out = local(&[
+        "get",
+        "--progress=json",
+        &p(&d.path().join("missing")),
+        &p(d.path()),
+    ]);
+    assert_eq!(code(&out), 3, "{}", explain(&out));
+    let out = local(&[
+        "put",
+        "--progress=json",
+        &p(&src.join("a.txt")),
+        &p(&d.path().join("nodir/x/")),
+    ]);
+    // REMOTE ending in "/" is created, parents included.
+    assert!(out.status.success(), "{}", explain(&out));
+}
+
+#[test]
+fn failures_in_a_tree_are_listed_and_exit_1() {
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("tree");
+    make_tree(&src);
+    // A local directory where a file must go makes that one file fail.
+    let dest = d.path().join("dest");
+    fs::create_dir_all(dest.join("tree/a.txt")).unwrap();
+
+    let out = local(&["get", "-r", "--progress=json", &p(&src), &p(&dest)]);
+    assert_eq!(code(&out), 1, "{}", explain(&out));
+    let lines: Vec<serde_json::Value> = text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect(l))
+        .collect();
+    let failed: Vec<_> = lines.iter().filter(|v| v["ok"] == false).collect();
+    assert_eq!(failed.len(), 1, "{}", explain(&out));
+    assert!(failed[0]["path"].as_str().unwrap().ends_with("a.txt"));
+    assert!(failed[0]["error"].as_str().unwrap().contains("a.txt"));
+    let summary = lines.last().unwrap();
+    assert_eq!(
+        (summary["failed"].as_u64(), summary["files"].as_u64()),
+        (Some(1), Some(4))
+    );
+    assert_eq!(
+        read_file(dest.join("tree/sub/deeper/d.bin")),
+        read_file(src.join("sub/deeper/d.bin"))
+    );
+
+    // Without JSON: each failure on stderr, then the count.
+    let out = local(&["get", "-r", &p(&src), &p(&dest)]);
+    assert_eq!(code(&out), 1, "{}", explain(&out));
+    let err = text(&out.stderr);
+    assert!(err.contains("a.txt: "), "{err}");
+    assert!(err.contains("1 of 5 files failed"), "{err}");
+    assert!(out.stdout.is_empty());
+}
+
+#[test]
+fn resume_continues_partial_files() {
+    let d = tempfile::tempdir().unwrap();
+    let data = random_bytes(150_000, 9);
+    let src = d.path().join("src.bin");
+    write_file(&src, &data);
+    // Download: the local file holds the first part.
+    let dl = d.path().join("dl.bin");
+    write_file(&dl, &data[..60_000]);
+    ok(local(&["get", "-a", &p(&src), &p(&dl)]));
+    assert_eq!(read_file(&dl), data);
+    // Upload: the remote file holds the first part.
+    let up = d.path().join("up.bin");
+    write_file(&up, &data[..70_000]);
+    ok(local(&["put", "--resume", "--fsync", &p(&src), &p(&up)]));
+    assert_eq!(read_file(&up), data);
+    // --inplace writes straight to the name.
+    let inplace = d.path().join("inplace.bin");
+    ok(local(&["put", "--inplace", &p(&src), &p(&inplace)]));
+    assert_eq!(read_file(&inplace), data);
+}
+
+// ---------------------------------------------------------------------------------------
+// Simple operations
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn rm_removes_files_and_f_ignores_missing() {
+    let d = tempfile::tempdir().unwrap();
+    make_tree(d.path());
+    let a = d.path().join("a.txt");
+    let link = d.path().join("link");
+    ok(local(&["rm", &p(&a), &p(&link)]));
+    assert!(!a.exists());
+    assert!(fs::symlink_metadata(&link).is_err());
+    let out = local(&["rm", &p(&a)]);
+    assert_eq!(code(&out), 3, "{}", explain(&out));
+    ok(local(&["rm", "-f", &p(&a)]));
+}
+
+#[test]
+fn mkdir_p_m_and_rmdir() {
+    let d = tempfile::tempdir().unwrap();
+    let deep = d.path().join("x/y/z");
+    let out = local(&["mkdir", &p(&deep)]);
+    assert_eq!(code(&out), 3, "{}", explain(&out));
+    ok(local(&["mkdir", "-p", &p(&deep)]));
+    assert!(deep.is_dir());
+    ok(local(&["mkdir", "-p", &p(&deep)]));
+    let m = d.path().join("moded");
+    ok(local(&["mkdir", "-m", "0705", &p(&m)]));
+    assert_eq!(mode_of(&m), 0o705);
+    // mkdir of an existing directory without -p fails.
+    let out = local(&["mkdir", &p(&m)]);
+    assert_eq!(code(&out), 1, "{}", explain(&out));
+
+    ok(local(&["rmdir", &p(&deep), &p(&m)]));
+    assert!(!deep.exists() && !m.exists());
+    let out = local(&["rmdir", &p(&d.path().join("x"))]);
+    assert!(!out.status.success(), "{}", explain(&out));
+    assert!(d.path().join("x/y").is_dir());
+}
+
+#[test]
+fn mv_replaces_an_existing_target_and_moves_into_directories() {
+    let d = tempfile::tempdir().unwrap();
+    let a = d.path().join("a");
+    let b = d.path().join("b");
+    write_file(&a, b"new");
+    write_file(&b, b"old");
+    ok(local(&["mv", &p(&a), &p(&b)]));
+    assert!(!a.exists());
+    assert_eq!(read_file(&b), b"new");
+
+    let dir = d.path().join("dir");
+    fs::create_dir(&dir).unwrap();
+    ok(local(&["mv", &p(&b), &p(&dir)]));
+    assert_eq!(read_file(dir.join("b")), b"new");
+}
+
+#[test]
+fn ln_hard_and_symbolic() {
+    let d = tempfile::tempdir().unwrap();
+    let a = d.path().join("a");
+    write_file(&a, b"x");
+    let hard = d.path().join("hard");
+    ok(local(&["ln", &p(&a), &p(&hard)]));
+    assert_eq!(
+        fs::metadata(&a).unwrap().ino(),
+        fs::metadata(&hard).unwrap().ino()
+    );
+    let soft = d.path().join("soft");
+    ok(local(&["ln", "-s", "some/where", &p(&soft)]));
+    assert_eq!(fs::read_link(&soft).unwrap(), PathBuf::from("some/where"));
+}
+
+#[test]
+fn chmod_sets_modes() {
+    let d = tempfile::tempdir().unwrap();
+    let a = d.path().join("a");
+    let b = d.path().join("b");
+    write_file(&a, b"x");
+    write_file(&b, b"y");
+    ok(local(&["chmod", "600", &p(&a), &p(&b)]));
+    assert_eq!((mode_of(&a), mode_of(&b)), (0o600, 0o600));
+    ok(local(&["chmod", "0755", &p(&a)]));
+    assert_eq!(mode_of(&a), 0o755);
+    let out = local(&["chmod", "u+x", &p(&a)]);
+    assert_eq!(code(&out), 2, "{}", explain(&out));
+}
+
+// ---------------------------------------------------------------------------------------
+// Exit codes and refusals
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn exit_codes_for_usage_missing_and_local_errors() {
+    let d = tempfile::tempdir().unwrap();
+    // clap's own errors.
+    assert_eq!(code(&run_in(None, &["ls"])), 2);
+    assert_eq!(code(&run_in(None, &["frobnicate"])), 2);
+    assert_eq!(code(&run_in(None, &["get", "--buffer", "3X", "h:x"])), 2);
+    assert_eq!(code(&run_in(None, &["--help"])), 0);
+    assert_eq!(code(&run_in(None, &["--version"])), 0);
+    // A remote operand without a host (and no -D).
+    let out = run_in(None, &["ls", "/tmp"]);
+    assert_eq!(code(&out), 2, "{}", explain(&out));
+    // Two hosts in one command.
+    let out = run_in(None, &["rm", "a:/x", "b:/y"]);
+    assert_eq!(code(&out), 2, "{}", explain(&out));
+    // Missing remote file.
+    let out = local(&["get", &p(&d.path().join("nope")), &p(d.path())]);
+    assert_eq!(code(&out), 3, "{}", explain(&out));
+    assert!(
+        text(&out.stderr).starts_with("sftpipe: "),
+        "{}",
+        explain(&out)
+    );
+    let out = local(&["stat", &p(&d.path().join("nope"))]);
+    assert_eq!(code(&out), 3, "{}", explain(&out));
+    // Missing local file.
+    let out = local(&["put", &p(&d.path().join("nope")), &p(d.path())]);
+    assert_eq!(code(&out), 7, "{}", explain(&out));
+    // Local write error: downloading into a missing directory.
+    write_file(d.path().join("f"), b"1");
+    let out = local(&[
+        "get",
+        &p(&d.path().join("f")),
+        &p(&d.path().join("no/such/dir/f")),
+    ]);
+    assert_eq!(code(&out), 7, "{}", explain(&out));
+    // A server command that does not exist.
+    let out = run_in(None, &["-D", "/nonexistent/sftp-server", "ls", "/"]);
+    assert_eq!(code(&out), 5, "{}", explain(&out));
+}
+
+#[test]
+fn option_like_hosts_are_refused_before_anything_runs() {
+    let d = tempfile::tempdir().unwrap();
+    let marker = d.path().join("pwned");
+    for operand in [
+        "-oProxyCommand=touch pwned:x",
+        "sftp://-oProxyCommand=touch%20pwned/x",
+        "x@-oProxyCommand=touch pwned:y",
+    ] {
+        // After "--" clap passes it on; the location parser must refuse it.
+        let out = run_in(Some(d.path()), &["ls", "--", operand]);
+        assert_eq!(code(&out), 2, "{operand}: {}", explain(&out));
+        assert!(text(&out.stderr).contains("refusing"), "{}", explain(&out));
+        let out = run_in(Some(d.path()), &["get", "--", operand, "."]);
+        assert_eq!(code(&out), 2, "{operand}: {}", explain(&out));
+        let out = run_in(Some(d.path()), &["put", "--", "local", operand]);
+        assert_eq!(code(&out), 2, "{operand}: {}", explain(&out));
+    }
+    // Without "--", clap refuses it as an unknown option.
+    let out = run_in(Some(d.path()), &["ls", "-oProxyCommand=touch pwned:x"]);
+    assert_eq!(code(&out), 2, "{}", explain(&out));
+    // -l with a dash is refused by the library before spawning.
+    let out = run_in(
+        Some(d.path()),
+        &["-l", "-oProxyCommand=touch pwned", "ls", "h:x"],
+    );
+    assert_eq!(code(&out), 2, "{}", explain(&out));
+    assert!(!marker.exists(), "a ProxyCommand ran");
+}
+
+#[test]
+fn closed_port_is_a_connection_failure_with_ssh_stderr() {
+    let out = run_in(
+        None,
+        &[
+            "-P",
+            "1",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "ConnectTimeout=5",
+            "ls",
+            "127.0.0.1:/",
+        ],
+    );
+    assert_eq!(code(&out), 5, "{}", explain(&out));
+    assert!(
+        text(&out.stderr).contains("Connection refused"),
+        "{}",
+        explain(&out)
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Through a real sshd
+// ---------------------------------------------------------------------------------------
+
+/// Runs sftpipe with the harness's connection options (`-P port -i key -o ...`).
+fn over_ssh(sshd: &Sshd, args: &[&str]) -> Output {
+    let mut all: Vec<String> = sshd.sftp_args();
+    all.extend(args.iter().map(|s| s.to_string()));
+    let refs: Vec<&str> = all.iter().map(String::as_str).collect();
+    run_in(None, &refs)
+}
+
+fn ok_ssh(sshd: &Sshd, args: &[&str]) -> Output {
+    let out = over_ssh(sshd, args);
+    assert!(
+        out.status.success(),
+        "{}\n--- sshd log ---\n{}",
+        explain(&out),
+        sshd.log()
+    );
+    out
+}
+
+fn at(path: &Path) -> String {
+    format!("127.0.0.1:{}", path.display())
+}
+
+#[test]
+fn ssh_every_command_round_trip() {
+    if !common::sshd_available() {
+        return;
+    }
+    let sshd = Sshd::start();
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("src");
+    make_tree(&src);
+    let remote = d.path().join("remote");
+
+    // put -r, then ls and ls -l.
+    ok_ssh(&sshd, &["put", "-r", "-p", &p(&src), &at(&remote)]);
+    assert_same_tree(&src, &remote);
+    let out = ok_ssh(&sshd, &["ls", &at(&remote)]);
+    assert_eq!(
+        text(&out.stdout).lines().collect::<Vec<_>>(),
+        ["a.txt", "b.bin", "link", "sub"]
+    );
+    let out = ok_ssh(
+        &sshd,
+        &["ls", "-l", &format!("sftp://root@127.0.0.1/{}", p(&remote))],
+    );
+    let s = text(&out.stdout);
+    assert!(s.contains("lrwxrwxrwx root root"), "{s}");
+    assert!(s.contains("link -> a.txt"), "{s}");
+
+    // get a file and the tree back.
+    let back = d.path().join("back");
+    ok_ssh(&sshd, &["get", "-r", &at(&remote), &p(&back)]);
+    assert_same_tree(&src, &back);
+    let one = d.path().join("one.bin");
+    ok_ssh(&sshd, &["get", &at(&remote.join("b.bin")), &p(&one)]);
+    assert_eq!(read_file(&one), read_file(src.join("b.bin")));
+
+    // stat, chmod, mkdir -p, mv, ln, ln -s, rm, rmdir, df, realpath.
+    let out = ok_ssh(&sshd, &["stat", &at(&remote.join("a.txt"))]);
+    assert!(text(&out.stdout).contains("Type: regular file"));
+    ok_ssh(&sshd, &["chmod", "600", &at(&remote.join("a.txt"))]);
+    assert_eq!(mode_of(&remote.join("a.txt")), 0o600);
+    ok_ssh(&sshd, &["mkdir", "-p", &at(&remote.join("n/e/w"))]);
+    assert!(remote.join("n/e/w").is_dir());
+    // The second operand inherits the host.
+    ok_ssh(
+        &sshd,
+        &[
+            "mv",
+            &at(&remote.join("a.txt")),
+            &p(&remote.join("sub/c.txt")),
+        ],
+    );
+    assert_eq!(read_file(remote.join("sub/c.txt")), b"alpha\n");
+    ok_ssh(
+        &sshd,
+        &[
+            "ln",
+            &at(&remote.join("b.bin")),
+            &at(&remote.join("b.hard")),
+        ],
+    );
+    assert_eq!(
+        fs::metadata(remote.join("b.bin")).unwrap().ino(),
+        fs::metadata(remote.join("b.hard")).unwrap().ino()
+    );
+    ok_ssh(&sshd, &["ln", "-s", "b.bin", &at(&remote.join("b.soft"))]);
+    assert_eq!(
+        fs::read_link(remote.join("b.soft")).unwrap(),
+        PathBuf::from("b.bin")
+    );
+    ok_ssh(
+        &sshd,
+        &[
+            "rm",
+            &at(&remote.join("b.hard")),
+            &at(&remote.join("b.soft")),
+        ],
+    );
+    assert!(!remote.join("b.hard").exists());
+    ok_ssh(&sshd, &["rmdir", &at(&remote.join("n/e/w"))]);
+    assert!(!remote.join("n/e/w").exists());
+    let out = ok_ssh(&sshd, &["df", "-h", &at(&remote)]);
+    assert!(text(&out.stdout).starts_with("Size"));
+    let out = ok_ssh(&sshd, &["realpath", "127.0.0.1:"]);
+    assert_eq!(text(&out.stdout).trim(), "/root");
+
+    // Missing remote file through ssh: 3.
+    let out = over_ssh(&sshd, &["get", &at(&remote.join("missing")), &p(d.path())]);
+    assert_eq!(code(&out), 3, "{}", explain(&out));
+}
+
+#[test]
+fn ssh_put_several_files_concurrently_with_json_progress() {
+    if !common::sshd_available() {
+        return;
+    }
+    let sshd = Sshd::start();
+    let d = tempfile::tempdir().unwrap();
+    let mut locals = Vec::new();
+    for i in 0..12 {
+        let f = d.path().join(format!("f{i}"));
+        write_file(&f, random_bytes(10_000 + i * 1000, i as u64));
+        locals.push(p(&f));
+    }
+    let dest = d.path().join("dest");
+    let target = format!("{}/", at(&dest));
+    let mut args = vec!["put", "--progress=json"];
+    args.extend(locals.iter().map(String::as_str));
+    args.push(&target);
+    let out = ok_ssh(&sshd, &args);
+    let lines: Vec<serde_json::Value> = text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect(l))
+        .collect();
+    assert_eq!(lines.len(), 13);
+    assert_eq!(lines[12]["event"], "summary");
+    assert_eq!(lines[12]["files"], 12);
+    for i in 0..12 {
+        assert_eq!(
+            read_file(dest.join(format!("f{i}"))),
+            read_file(d.path().join(format!("f{i}")))
+        );
+    }
+}
+
+#[test]
+fn ssh_permission_denied_is_4() {
+    if !common::sshd_available() {
+        return;
+    }
+    let sshd = Sshd::start_as(TEST_USER);
+    let d = tempfile::tempdir().unwrap();
+    sshd.chown_to_user(d.path());
+    let secret = d.path().join("secret");
+    write_file(&secret, b"root only");
+    // Root-owned, mode 0600: the test user may not read it.
+    std::os::unix::fs::chown(&secret, Some(0), Some(0)).unwrap();
+    set_mode(&secret, 0o600);
+    let out = over_ssh(
+        &sshd,
+        &[
+            "get",
+            &format!("{TEST_USER}@127.0.0.1:{}", p(&secret)),
+            &p(&d.path().join("x")),
+        ],
+    );
+    assert_eq!(code(&out), 4, "{}\n{}", explain(&out), sshd.log());
+}
