@@ -65,6 +65,11 @@ impl Session {
         &self.options
     }
 
+    /// The event loop, to register further descriptors ([`crate::reactor::AsyncFd`]).
+    pub fn reactor(&self) -> &Rc<crate::reactor::Reactor> {
+        self.rt.reactor()
+    }
+
     /// Runs a future (and every task it spawns) on this session's runtime.
     pub fn run<F: Future>(&self, future: F) -> F::Output {
         self.rt.block_on(future)

@@ -10,6 +10,7 @@
 
 pub mod exit;
 pub mod format;
+pub mod mirror;
 pub mod ops;
 pub mod progress;
 pub mod transfer;
@@ -111,6 +112,8 @@ pub enum Command {
     Df(ops::DfArgs),
     /// Print canonical absolute remote paths
     Realpath(ops::RealpathArgs),
+    /// Make DEST an exact copy of SRC (local → remote, or remote → local)
+    Mirror(mirror::MirrorArgs),
 }
 
 /// Transfer tuning shared by `get`, `put` (and `mirror`).
@@ -284,6 +287,7 @@ pub fn run(cli: Cli) -> i32 {
         Command::Chmod(a) => ops::chmod(g, &a),
         Command::Df(a) => ops::df(g, &a),
         Command::Realpath(a) => ops::realpath(g, &a),
+        Command::Mirror(a) => mirror::mirror(g, &a),
     };
     match result {
         Ok(code) => code,

@@ -571,8 +571,10 @@ async fn run(sides: Sides, opts: &MirrorOptions) -> MirrorReport {
     let started = Instant::now();
     let mut report = MirrorReport::default();
     let t = sides.t.clone();
+    // Every failure goes through the transfer context, so progress sinks see them all.
     let fail = |report: &mut MirrorReport, path: String, e: Error| {
-        report.failures.push((path, e));
+        t.record_failure(path, e);
+        report.elapsed = started.elapsed();
     };
 
     // Snapshots: the remote one is listed while nothing else runs; the local walk is cheap.
@@ -582,17 +584,17 @@ async fn run(sides: Sides, opts: &MirrorOptions) -> MirrorReport {
         (Ok(l), Ok(r)) => (l, r),
         (Err(e), _) => {
             fail(&mut report, sides.local_root.display().to_string(), e);
-            report.elapsed = started.elapsed();
-            return report;
+            return finish(report, &t);
         }
         (_, Err(e)) => {
             fail(&mut report, String::from_utf8_lossy(&sides.remote_root).into_owned(), e);
-            report.elapsed = started.elapsed();
-            return report;
+            return finish(report, &t);
         }
     };
     let incomplete_listing = !listing_failures.is_empty();
-    report.failures.extend(listing_failures);
+    for (path, e) in listing_failures {
+        t.record_failure(path, e);
+    }
     let (source, dest, dest_root_exists) = match sides.dir {
         Direction::Up => {
             let Some(src) = local else {
@@ -604,8 +606,7 @@ async fn run(sides: Sides, opts: &MirrorOptions) -> MirrorReport {
                         std::io::ErrorKind::NotFound.into(),
                     ),
                 );
-                report.elapsed = started.elapsed();
-                return report;
+                return finish(report, &t);
             };
             let exists = remote.is_some();
             (src, remote.unwrap_or_default(), exists)
@@ -622,8 +623,7 @@ async fn run(sides: Sides, opts: &MirrorOptions) -> MirrorReport {
                         message: "no such directory".into(),
                     },
                 );
-                report.elapsed = started.elapsed();
-                return report;
+                return finish(report, &t);
             };
             let exists = local.is_some();
             (src, local.unwrap_or_default(), exists)
@@ -635,7 +635,7 @@ async fn run(sides: Sides, opts: &MirrorOptions) -> MirrorReport {
     if opts.dry_run {
         report.plan = the_plan;
         report.elapsed = started.elapsed();
-        return report;
+        return finish(report, &t);
     }
 
     // Tell the directory locks what the listing proved, so no upload probes.
@@ -669,8 +669,7 @@ async fn run(sides: Sides, opts: &MirrorOptions) -> MirrorReport {
             sides.local_root.display().to_string(),
             Error::local(format!("cannot create {}", sides.local_root.display()), e),
         );
-        report.elapsed = started.elapsed();
-        return report;
+        return finish(report, &t);
     }
 
     let (files, bytes) = the_plan.actions.iter().fold((0, 0), |(f, b), a| match a {
@@ -864,18 +863,50 @@ async fn run(sides: Sides, opts: &MirrorOptions) -> MirrorReport {
             })
             .await;
     }
+    // The root itself, when something inside it changed.
+    if touched.contains(&Vec::new()) {
+        let root_mtime = match sides.dir {
+            Direction::Up => fs::metadata(&*sides.local_root).ok().map(|m| {
+                use std::os::unix::fs::MetadataExt;
+                m.mtime()
+            }),
+            Direction::Down => t
+                .sftp
+                .stat(sides.remote_root.as_slice())
+                .await
+                .ok()
+                .and_then(|a| a.mtime().map(i64::from)),
+        };
+        if let Some(m) = root_mtime {
+            let s = sides.clone();
+            phase
+                .run(async move {
+                    if let Err(e) = s.set_dir_mtime(b"", m).await {
+                        log::warn!("could not set the time of {}: {e}", s.dest_name(b""));
+                    }
+                })
+                .await;
+        }
+    }
     phase.finish().await;
 
-    let tr = t.take_report();
-    let c = counters.borrow();
-    report.copied = tr.files;
-    report.bytes = tr.bytes;
-    report.dirs_created = c.dirs_created;
-    report.symlinks = c.symlinks;
-    report.chmods = c.chmods;
-    report.deleted = c.deleted;
-    report.failures.extend(tr.failures);
+    {
+        let c = counters.borrow();
+        report.dirs_created = c.dirs_created;
+        report.symlinks = c.symlinks;
+        report.chmods = c.chmods;
+        report.deleted = c.deleted;
+    }
     report.plan = the_plan;
     report.elapsed = started.elapsed();
+    finish(report, &t)
+}
+
+/// Moves the transfer context's counts and failures into the report.
+fn finish(mut report: MirrorReport, t: &Transfer) -> MirrorReport {
+    let tr = t.take_report();
+    report.copied = tr.files;
+    report.bytes = tr.bytes;
+    report.failures.extend(tr.failures);
     report
 }
