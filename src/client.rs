@@ -185,9 +185,7 @@ pub fn read_reply(path: &[u8], r: Response) -> Result<Option<Vec<u8>>> {
             code: StatusCode::Eof,
             ..
         } => Ok(None),
-        Response::Status { code, message, .. } => {
-            Err(status_error("read", path, code, &message))
-        }
+        Response::Status { code, message, .. } => Err(status_error("read", path, code, &message)),
         other => Err(unexpected("read", &other)),
     }
 }
@@ -227,7 +225,9 @@ impl Sftp {
             }),
         };
         if sftp.has_extension(ext::LIMITS) {
-            let r = sftp.call(Request::Extended(ExtendedRequest::Limits)).await?;
+            let r = sftp
+                .call(Request::Extended(ExtendedRequest::Limits))
+                .await?;
             let limits = Limits::decode(&expect_extended("limits", b"", r)?)?;
             log::debug!("server limits {limits:?}");
             if limits.max_packet_length > 0 {
@@ -324,7 +324,11 @@ impl Sftp {
 
     /// Queues CLOSE for `h` and returns its reply to await; the handle counts as closed.
     pub async fn submit_close(&self, h: &Handle) -> Result<PendingReply> {
-        let p = self.submit(&Request::Close { handle: h.raw.clone() }).await?;
+        let p = self
+            .submit(&Request::Close {
+                handle: h.raw.clone(),
+            })
+            .await?;
         h.closed.set(true);
         Ok(p)
     }
@@ -360,7 +364,9 @@ impl Sftp {
             .await?;
         match r {
             Response::Handle(raw) => Ok(self.handle(raw, path)),
-            Response::Status { code, message, .. } => Err(status_error("open", path, code, &message)),
+            Response::Status { code, message, .. } => {
+                Err(status_error("open", path, code, &message))
+            }
             other => Err(unexpected("open", &other)),
         }
     }
@@ -369,7 +375,11 @@ impl Sftp {
     /// failed CLOSE can mean lost data).
     pub async fn close(&self, h: Handle) -> Result<()> {
         h.closed.set(true);
-        let r = self.call(Request::Close { handle: h.raw.clone() }).await?;
+        let r = self
+            .call(Request::Close {
+                handle: h.raw.clone(),
+            })
+            .await?;
         expect_ok("close", &h.path, r)
     }
 
@@ -395,20 +405,32 @@ impl Sftp {
     /// Attributes, following symlinks.
     pub async fn stat(&self, path: impl AsRef<[u8]>) -> Result<FileAttributes> {
         let path = path.as_ref();
-        let r = self.call(Request::Stat { path: path.to_vec() }).await?;
+        let r = self
+            .call(Request::Stat {
+                path: path.to_vec(),
+            })
+            .await?;
         expect_attrs("stat", path, r)
     }
 
     /// Attributes of the link itself.
     pub async fn lstat(&self, path: impl AsRef<[u8]>) -> Result<FileAttributes> {
         let path = path.as_ref();
-        let r = self.call(Request::Lstat { path: path.to_vec() }).await?;
+        let r = self
+            .call(Request::Lstat {
+                path: path.to_vec(),
+            })
+            .await?;
         expect_attrs("lstat", path, r)
     }
 
     /// Attributes of an open file.
     pub async fn fstat(&self, h: &Handle) -> Result<FileAttributes> {
-        let r = self.call(Request::Fstat { handle: h.raw.clone() }).await?;
+        let r = self
+            .call(Request::Fstat {
+                handle: h.raw.clone(),
+            })
+            .await?;
         expect_attrs("fstat", &h.path, r)
     }
 
@@ -461,7 +483,9 @@ impl Sftp {
             uid_gid: Some((uid, gid)),
             ..Default::default()
         };
-        self.setstat(path, &attrs).await.map_err(|e| relabel(e, "chown"))
+        self.setstat(path, &attrs)
+            .await
+            .map_err(|e| relabel(e, "chown"))
     }
 
     /// Sets access and modification times (seconds since the epoch).
@@ -470,7 +494,9 @@ impl Sftp {
             atime_mtime: Some((atime, mtime)),
             ..Default::default()
         };
-        self.setstat(path, &attrs).await.map_err(|e| relabel(e, "utimes"))
+        self.setstat(path, &attrs)
+            .await
+            .map_err(|e| relabel(e, "utimes"))
     }
 
     /// Truncates or extends a file to `size` bytes.
@@ -479,13 +505,19 @@ impl Sftp {
             size: Some(size),
             ..Default::default()
         };
-        self.setstat(path, &attrs).await.map_err(|e| relabel(e, "truncate"))
+        self.setstat(path, &attrs)
+            .await
+            .map_err(|e| relabel(e, "truncate"))
     }
 
     /// Opens a directory for [`Sftp::readdir`].
     pub async fn opendir(&self, path: impl AsRef<[u8]>) -> Result<Handle> {
         let path = path.as_ref();
-        let r = self.call(Request::Opendir { path: path.to_vec() }).await?;
+        let r = self
+            .call(Request::Opendir {
+                path: path.to_vec(),
+            })
+            .await?;
         match r {
             Response::Handle(raw) => Ok(self.handle(raw, path)),
             Response::Status { code, message, .. } => {
@@ -497,7 +529,11 @@ impl Sftp {
 
     /// The next batch of entries; `None` when the directory is exhausted.
     pub async fn readdir(&self, h: &Handle) -> Result<Option<Vec<NameEntry>>> {
-        let r = self.call(Request::Readdir { handle: h.raw.clone() }).await?;
+        let r = self
+            .call(Request::Readdir {
+                handle: h.raw.clone(),
+            })
+            .await?;
         match r {
             Response::Name(n) => Ok(Some(n)),
             Response::Status {
@@ -529,7 +565,9 @@ impl Sftp {
             while pending.len() < READDIRS_IN_FLIGHT {
                 pending.push_back(self.submit(&readdir).await?);
             }
-            let Some(reply) = pending.pop_front() else { break };
+            let Some(reply) = pending.pop_front() else {
+                break;
+            };
             match reply.await? {
                 Response::Name(batch) => all.extend(
                     batch
@@ -556,7 +594,11 @@ impl Sftp {
     /// Removes a file (or symlink).
     pub async fn remove(&self, path: impl AsRef<[u8]>) -> Result<()> {
         let path = path.as_ref();
-        let r = self.call(Request::Remove { path: path.to_vec() }).await?;
+        let r = self
+            .call(Request::Remove {
+                path: path.to_vec(),
+            })
+            .await?;
         expect_ok("remove", path, r)
     }
 
@@ -575,14 +617,22 @@ impl Sftp {
     /// Removes an empty directory.
     pub async fn rmdir(&self, path: impl AsRef<[u8]>) -> Result<()> {
         let path = path.as_ref();
-        let r = self.call(Request::Rmdir { path: path.to_vec() }).await?;
+        let r = self
+            .call(Request::Rmdir {
+                path: path.to_vec(),
+            })
+            .await?;
         expect_ok("rmdir", path, r)
     }
 
     /// The canonical absolute form of a path.
     pub async fn realpath(&self, path: impl AsRef<[u8]>) -> Result<Vec<u8>> {
         let path = path.as_ref();
-        let r = self.call(Request::Realpath { path: path.to_vec() }).await?;
+        let r = self
+            .call(Request::Realpath {
+                path: path.to_vec(),
+            })
+            .await?;
         expect_one_name("realpath", path, r)
     }
 
@@ -666,7 +716,11 @@ impl Sftp {
     /// Reads a symlink's target.
     pub async fn readlink(&self, path: impl AsRef<[u8]>) -> Result<Vec<u8>> {
         let path = path.as_ref();
-        let r = self.call(Request::Readlink { path: path.to_vec() }).await?;
+        let r = self
+            .call(Request::Readlink {
+                path: path.to_vec(),
+            })
+            .await?;
         expect_one_name("readlink", path, r)
     }
 

@@ -22,8 +22,8 @@
 
 pub mod client;
 pub mod error;
-pub mod mirror;
 pub mod location;
+pub mod mirror;
 pub mod proto;
 pub mod reactor;
 pub mod session;

@@ -105,7 +105,10 @@ impl Reactor {
                     Err(e) => return Err(e),
                 }
             }
-            events.iter().map(|e| (e.token().0 / 4, e.clone())).collect()
+            events
+                .iter()
+                .map(|e| (e.token().0 / 4, e.clone()))
+                .collect()
         };
         let poll = self.poll.borrow();
         for (slot, ev) in fired {
@@ -191,7 +194,8 @@ const T_STDERR: usize = 2;
 impl Channel {
     /// Takes the child's pipes, makes them non-blocking and registers them.
     pub fn new(reactor: &Reactor, mut pipes: ChildPipes) -> Result<Rc<Channel>> {
-        let io_err = |what: &str, e: io::Error| Error::local(format!("{what} of {}", pipes.label), e);
+        let io_err =
+            |what: &str, e: io::Error| Error::local(format!("{what} of {}", pipes.label), e);
         let stderr = pipes.child.stderr.take();
         pipes
             .sock
@@ -207,14 +211,15 @@ impl Channel {
             }
             None => None,
         };
-        reactor.with_registry(|reg| -> io::Result<()> {
-            reg.register(&mut sock, Token(slot * 4 + T_SOCK), Interest::READABLE)?;
-            if let Some(e) = stderr.as_mut() {
-                reg.register(e, Token(slot * 4 + T_STDERR), Interest::READABLE)?;
-            }
-            Ok(())
-        })
-        .map_err(|e| io_err("registering pipes", e))?;
+        reactor
+            .with_registry(|reg| -> io::Result<()> {
+                reg.register(&mut sock, Token(slot * 4 + T_SOCK), Interest::READABLE)?;
+                if let Some(e) = stderr.as_mut() {
+                    reg.register(e, Token(slot * 4 + T_STDERR), Interest::READABLE)?;
+                }
+                Ok(())
+            })
+            .map_err(|e| io_err("registering pipes", e))?;
         let chan = Rc::new(Channel {
             slot,
             state: RefCell::new(State {
@@ -349,7 +354,8 @@ impl Channel {
                 if let Some(e) = Self::dead_error(&st) {
                     return Poll::Ready(Err(e));
                 }
-                st.inflight.insert(id, Slot::Waiting(Some(cx.waker().clone())));
+                st.inflight
+                    .insert(id, Slot::Waiting(Some(cx.waker().clone())));
                 Poll::Pending
             }
             None => Poll::Ready(Err(Self::dead_error(&st).unwrap_or_else(|| {
@@ -471,7 +477,10 @@ impl Channel {
                 Err(e) => return Err(e.to_string()),
             };
             match packet {
-                ServerPacket::Version { version, extensions } => {
+                ServerPacket::Version {
+                    version,
+                    extensions,
+                } => {
                     if st.version_seen {
                         return Err("second SSH_FXP_VERSION".into());
                     }
@@ -502,7 +511,9 @@ impl Channel {
     fn read_stderr(st: &mut State) {
         let mut buf = [0u8; 8192];
         loop {
-            let Some(stderr) = st.stderr.as_mut() else { return };
+            let Some(stderr) = st.stderr.as_mut() else {
+                return;
+            };
             match stderr.read(&mut buf) {
                 Ok(0) => {
                     Self::stderr_bytes(st, b"\n");
@@ -519,7 +530,9 @@ impl Channel {
     fn stderr_bytes(st: &mut State, data: &[u8]) {
         for &b in data {
             if b == b'\n' {
-                let line = String::from_utf8_lossy(&st.stderr_partial).trim_end().to_string();
+                let line = String::from_utf8_lossy(&st.stderr_partial)
+                    .trim_end()
+                    .to_string();
                 st.stderr_partial.clear();
                 if line.is_empty() {
                     continue;
@@ -614,10 +627,9 @@ impl OutQueue {
 
     /// Appends whatever `encode` writes.
     fn push_with(&mut self, encode: impl FnOnce(&mut Vec<u8>)) {
-        let reuse_last = self
-            .segments
-            .back()
-            .is_some_and(|last| last.len() < SEGMENT && !(self.segments.len() == 1 && self.front_pos > 0));
+        let reuse_last = self.segments.back().is_some_and(|last| {
+            last.len() < SEGMENT && !(self.segments.len() == 1 && self.front_pos > 0)
+        });
         if !reuse_last {
             let v = self.spare.pop().unwrap_or_default();
             self.segments.push_back(v);
@@ -662,7 +674,9 @@ impl OutQueue {
     fn consume(&mut self, mut n: usize) {
         self.len -= n;
         while n > 0 {
-            let Some(front) = self.segments.front() else { break };
+            let Some(front) = self.segments.front() else {
+                break;
+            };
             let left = front.len() - self.front_pos;
             if n < left {
                 self.front_pos += n;
@@ -715,7 +729,11 @@ impl Source for Channel {
         let want_write = !st.out.is_empty();
         if want_write != st.write_registered {
             let token = Token(self.slot * 4 + T_SOCK);
-            let State { sock, write_registered, .. } = &mut *st;
+            let State {
+                sock,
+                write_registered,
+                ..
+            } = &mut *st;
             if let Some(sock) = sock.as_mut() {
                 let interest = if want_write {
                     Interest::READABLE | Interest::WRITABLE

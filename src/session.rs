@@ -199,26 +199,46 @@ impl Session {
     }
 
     /// Uploads one file (pipelined; atomic unless `opts.inplace`). Returns bytes sent.
-    pub fn put(&self, local: &Path, remote: impl AsRef<[u8]>, opts: &TransferOptions) -> Result<u64> {
+    pub fn put(
+        &self,
+        local: &Path,
+        remote: impl AsRef<[u8]>,
+        opts: &TransferOptions,
+    ) -> Result<u64> {
         let t = Transfer::new(&self.sftp, opts.clone());
         self.run(t.upload(local, remote.as_ref()))
     }
 
     /// Downloads one file (pipelined). Returns bytes received.
-    pub fn get(&self, remote: impl AsRef<[u8]>, local: &Path, opts: &TransferOptions) -> Result<u64> {
+    pub fn get(
+        &self,
+        remote: impl AsRef<[u8]>,
+        local: &Path,
+        opts: &TransferOptions,
+    ) -> Result<u64> {
         let t = Transfer::new(&self.sftp, opts.clone());
         self.run(t.download(remote.as_ref(), local, None))
     }
 
     /// Uploads the contents of a local directory into a remote one, all files concurrently.
-    pub fn put_tree(&self, local_dir: &Path, remote_dir: impl AsRef<[u8]>, opts: &TransferOptions) -> Report {
+    pub fn put_tree(
+        &self,
+        local_dir: &Path,
+        remote_dir: impl AsRef<[u8]>,
+        opts: &TransferOptions,
+    ) -> Report {
         let t = Transfer::new(&self.sftp, opts.clone());
         self.run(t.upload_tree(local_dir, remote_dir.as_ref()))
     }
 
     /// Downloads the contents of a remote directory into a local one, all files
     /// concurrently.
-    pub fn get_tree(&self, remote_dir: impl AsRef<[u8]>, local_dir: &Path, opts: &TransferOptions) -> Report {
+    pub fn get_tree(
+        &self,
+        remote_dir: impl AsRef<[u8]>,
+        local_dir: &Path,
+        opts: &TransferOptions,
+    ) -> Report {
         let t = Transfer::new(&self.sftp, opts.clone());
         self.run(t.download_tree(remote_dir.as_ref(), local_dir))
     }
@@ -349,7 +369,10 @@ impl Seek for File<'_> {
             }
         };
         self.pos = new.ok_or_else(|| {
-            io::Error::new(io::ErrorKind::InvalidInput, "seek before the start of the file")
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "seek before the start of the file",
+            )
         })?;
         Ok(self.pos)
     }

@@ -109,7 +109,10 @@ impl ConnectOptions {
         args.push("--".to_string());
         args.push(host.to_string());
         args.push("sftp".to_string());
-        let program = self.ssh_program.clone().unwrap_or_else(|| "ssh".to_string());
+        let program = self
+            .ssh_program
+            .clone()
+            .unwrap_or_else(|| "ssh".to_string());
         Ok((program, args))
     }
 
@@ -217,7 +220,10 @@ mod tests {
     fn option_like_hosts_are_refused() {
         for h in ["-oProxyCommand=touch /tmp/pwned", "-v", "", "a b"] {
             let o = ConnectOptions::host(h);
-            assert!(matches!(o.command_line(), Err(Error::InvalidInput(_))), "{h}");
+            assert!(
+                matches!(o.command_line(), Err(Error::InvalidInput(_))),
+                "{h}"
+            );
         }
         let o = ConnectOptions {
             host: Some("h".into()),

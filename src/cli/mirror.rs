@@ -6,12 +6,16 @@ use std::path::PathBuf;
 use clap::Args;
 use sftpipe::Error;
 use sftpipe::location::{Operand, parse_operand};
-use sftpipe::mirror::{Compare, Filter, MirrorOptions, MirrorReport, PatternSet, mirror_down, mirror_up};
+use sftpipe::mirror::{
+    Compare, Filter, MirrorOptions, MirrorReport, PatternSet, mirror_down, mirror_up,
+};
 
 use super::exit::{self, CliError};
 use super::format::human_size;
 use super::progress::{ProgressMode, Tracker};
-use super::{GlobalArgs, TransferArgs, UploadArgs, connect, expand_tilde, remote_operands, utf8_operand};
+use super::{
+    GlobalArgs, TransferArgs, UploadArgs, connect, expand_tilde, remote_operands, utf8_operand,
+};
 
 /// `mirror` arguments.
 #[derive(Debug, Args)]
@@ -98,7 +102,11 @@ pub fn mirror(g: &GlobalArgs, a: &MirrorArgs) -> Result<i32, CliError> {
             )));
         }
     };
-    let (local_op, remote_op) = if upload { (&a.source, dst) } else { (&a.dest, src) };
+    let (local_op, remote_op) = if upload {
+        (&a.source, dst)
+    } else {
+        (&a.dest, src)
+    };
     let local = match parse_operand(&local_op.to_string_lossy())? {
         Operand::Local(p) => p,
         Operand::Remote(_) => PathBuf::from(local_op),
@@ -129,7 +137,11 @@ pub fn mirror(g: &GlobalArgs, a: &MirrorArgs) -> Result<i32, CliError> {
     let mut topts = a.transfer.options();
     a.upload.apply(&mut topts);
     topts.preserve_times = true;
-    let mode = if a.dry_run { ProgressMode::None } else { a.transfer.progress };
+    let mode = if a.dry_run {
+        ProgressMode::None
+    } else {
+        a.transfer.progress
+    };
     let tracker = Tracker::new(mode, g.quiet);
     let t = session.transfer(topts, tracker.clone());
     let report = if upload {
@@ -143,11 +155,15 @@ pub fn mirror(g: &GlobalArgs, a: &MirrorArgs) -> Result<i32, CliError> {
         let mut out = std::io::stdout().lock();
         for action in &report.plan.actions {
             use std::io::Write;
-            writeln!(out, "{}", exit::sanitize(&action.describe(verb))).map_err(exit::stdout_error)?;
+            writeln!(out, "{}", exit::sanitize(&action.describe(verb)))
+                .map_err(exit::stdout_error)?;
         }
     }
     let code = tracker.finish(false);
-    for skipped in [&report.deletes_skipped, &report.last_skipped].into_iter().flatten() {
+    for skipped in [&report.deletes_skipped, &report.last_skipped]
+        .into_iter()
+        .flatten()
+    {
         exit::report(skipped);
     }
     if !g.quiet && mode != ProgressMode::Json {
@@ -186,7 +202,11 @@ fn exit_code(report: &MirrorReport, batch: i32) -> i32 {
             .unwrap_or(exit::FAILED);
     }
     if !report.failures.is_empty() || !report.is_ok() {
-        return if batch == exit::CONNECTION { batch } else { exit::FAILED };
+        return if batch == exit::CONNECTION {
+            batch
+        } else {
+            exit::FAILED
+        };
     }
     exit::SUCCESS
 }

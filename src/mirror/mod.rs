@@ -118,15 +118,13 @@ pub fn snapshot_local(root: &Path, opts: &MirrorOptions) -> Result<Option<Snapsh
     let mut excluded_dirs: Vec<Vec<u8>> = Vec::new();
     for e in entries {
         let rel = rel_str(&e.rel);
-        let below_excluded = excluded_dirs.iter().any(|d| {
-            rel.len() > d.len() && rel.starts_with(d) && rel[d.len()] == b'/'
-        });
+        let below_excluded = excluded_dirs
+            .iter()
+            .any(|d| rel.len() > d.len() && rel.starts_with(d) && rel[d.len()] == b'/');
         let (kind, size, target) = match e.kind {
             LocalKind::File { size } => (EntryKind::File, size, None),
             LocalKind::Dir => (EntryKind::Dir, 0, None),
-            LocalKind::Symlink { target } => {
-                (EntryKind::Symlink, 0, Some(rel_str(&target)))
-            }
+            LocalKind::Symlink { target } => (EntryKind::Symlink, 0, Some(rel_str(&target))),
         };
         if e.excluded && kind == EntryKind::Dir {
             excluded_dirs.push(rel.clone());
@@ -200,9 +198,10 @@ fn list_remote_dir(
         let mut links = Vec::new();
         for entry in entries {
             if let Err(e) = safe_remote_name(&entry.filename) {
-                walk.failures
-                    .borrow_mut()
-                    .push((String::from_utf8_lossy(&remote_join(&dir, &entry.filename)).into_owned(), e));
+                walk.failures.borrow_mut().push((
+                    String::from_utf8_lossy(&remote_join(&dir, &entry.filename)).into_owned(),
+                    e,
+                ));
                 continue;
             }
             let child = if rel.is_empty() {
@@ -297,8 +296,15 @@ pub async fn snapshot_remote(
     }
     // The probe above proved the root is a directory; list it (again) as a task like the
     // others so the code path is one.
-    list_remote_dir(t.sftp.clone(), t.open_files.clone(), walk.clone(), root, Vec::new(), false)
-        .await;
+    list_remote_dir(
+        t.sftp.clone(),
+        t.open_files.clone(),
+        walk.clone(),
+        root,
+        Vec::new(),
+        false,
+    )
+    .await;
     loop {
         let pending: Vec<JoinHandle<()>> = walk.tasks.borrow_mut().drain(..).collect();
         if pending.is_empty() {
@@ -462,9 +468,9 @@ impl Sides {
                     .download_file(&self.remote(rel), &temp, attrs.as_ref(), true)
                     .await;
                 match r {
-                    Ok(n) => fs::rename(&temp, &dest)
-                        .map(|_| n)
-                        .map_err(|e| Error::local(format!("cannot rename onto {}", dest.display()), e)),
+                    Ok(n) => fs::rename(&temp, &dest).map(|_| n).map_err(|e| {
+                        Error::local(format!("cannot rename onto {}", dest.display()), e)
+                    }),
                     Err(e) => {
                         let _ = fs::remove_file(&temp);
                         Err(e)
@@ -511,7 +517,8 @@ impl Sides {
             },
             (Direction::Down, EntryKind::Dir) => {
                 let p = self.local(rel);
-                fs::remove_dir(&p).map_err(|e| Error::local(format!("cannot remove {}", p.display()), e))
+                fs::remove_dir(&p)
+                    .map_err(|e| Error::local(format!("cannot remove {}", p.display()), e))
             }
             (Direction::Down, _) => {
                 let p = self.local(rel);
@@ -531,7 +538,9 @@ impl Sides {
                 let p = self.local(rel);
                 let when = std::time::UNIX_EPOCH + Duration::from_secs(t as u64);
                 fs::File::open(&p)
-                    .and_then(|f| f.set_times(fs::FileTimes::new().set_accessed(when).set_modified(when)))
+                    .and_then(|f| {
+                        f.set_times(fs::FileTimes::new().set_accessed(when).set_modified(when))
+                    })
                     .map_err(|e| Error::local(format!("cannot set times of {}", p.display()), e))
             }
         }
@@ -546,7 +555,12 @@ fn local_temp(dest: &Path) -> PathBuf {
 }
 
 /// Mirrors the local tree `local_root` into the remote directory `remote_root`.
-pub async fn mirror_up(t: &Transfer, local_root: &Path, remote_root: &[u8], opts: &MirrorOptions) -> MirrorReport {
+pub async fn mirror_up(
+    t: &Transfer,
+    local_root: &Path,
+    remote_root: &[u8],
+    opts: &MirrorOptions,
+) -> MirrorReport {
     let sides = Sides {
         t: t.clone(),
         dir: Direction::Up,
@@ -557,7 +571,12 @@ pub async fn mirror_up(t: &Transfer, local_root: &Path, remote_root: &[u8], opts
 }
 
 /// Mirrors the remote directory `remote_root` into the local directory `local_root`.
-pub async fn mirror_down(t: &Transfer, remote_root: &[u8], local_root: &Path, opts: &MirrorOptions) -> MirrorReport {
+pub async fn mirror_down(
+    t: &Transfer,
+    remote_root: &[u8],
+    local_root: &Path,
+    opts: &MirrorOptions,
+) -> MirrorReport {
     let sides = Sides {
         t: t.clone(),
         dir: Direction::Down,
@@ -587,7 +606,11 @@ async fn run(sides: Sides, opts: &MirrorOptions) -> MirrorReport {
             return finish(report, &t);
         }
         (_, Err(e)) => {
-            fail(&mut report, String::from_utf8_lossy(&sides.remote_root).into_owned(), e);
+            fail(
+                &mut report,
+                String::from_utf8_lossy(&sides.remote_root).into_owned(),
+                e,
+            );
             return finish(report, &t);
         }
     };
@@ -661,9 +684,7 @@ async fn run(sides: Sides, opts: &MirrorOptions) -> MirrorReport {
                 t.dirlocks.mark_missing(&sides.remote(path));
             }
         }
-    } else if !dest_root_exists
-        && let Err(e) = fs::create_dir_all(&*sides.local_root)
-    {
+    } else if !dest_root_exists && let Err(e) = fs::create_dir_all(&*sides.local_root) {
         fail(
             &mut report,
             sides.local_root.display().to_string(),
@@ -685,9 +706,15 @@ async fn run(sides: Sides, opts: &MirrorOptions) -> MirrorReport {
     let mut phase = Phase::new(limit);
     for a in &the_plan.actions {
         let replaces = match a {
-            Action::Copy { replaces: Some(k), .. }
-            | Action::Mkdir { replaces: Some(k), .. }
-            | Action::Symlink { replaces: Some(k), .. } => *k,
+            Action::Copy {
+                replaces: Some(k), ..
+            }
+            | Action::Mkdir {
+                replaces: Some(k), ..
+            }
+            | Action::Symlink {
+                replaces: Some(k), ..
+            } => *k,
             _ => continue,
         };
         // Renames replace files and links atomically; only directories (and a file where
@@ -738,7 +765,9 @@ async fn run(sides: Sides, opts: &MirrorOptions) -> MirrorReport {
                         .await
                 }
                 Action::Mkdir { .. } if !last_round => {
-                    let mode = preserve_mode.then(|| source.get(&rel).map(|e| e.mode)).flatten();
+                    let mode = preserve_mode
+                        .then(|| source.get(&rel).map(|e| e.mode))
+                        .flatten();
                     phase
                         .run(async move {
                             match s.mkdir(&rel, mode).await {
@@ -849,7 +878,10 @@ async fn run(sides: Sides, opts: &MirrorOptions) -> MirrorReport {
         })
         .collect();
     let mut phase = Phase::new(limit);
-    for (rel, e) in source.iter().filter(|(_, e)| e.kind == EntryKind::Dir && !e.excluded) {
+    for (rel, e) in source
+        .iter()
+        .filter(|(_, e)| e.kind == EntryKind::Dir && !e.excluded)
+    {
         let stale = dest.get(rel).is_none_or(|d| d.mtime != e.mtime) || touched.contains(rel);
         if !stale {
             continue;

@@ -106,7 +106,12 @@ impl Action {
             _ => "",
         };
         match self {
-            Action::Copy { size, replaces, last, .. } => format!(
+            Action::Copy {
+                size,
+                replaces,
+                last,
+                ..
+            } => format!(
                 "{verb} {p} ({size} bytes){}{}",
                 replacing(replaces),
                 if *last { " [last]" } else { "" }
@@ -173,7 +178,9 @@ pub fn plan(source: &Snapshot, dest: &Snapshot, cmp: &Compare) -> Plan {
     // non-directory there: nothing below them needs its own delete.
     let mut removed_dirs: Vec<&[u8]> = Vec::new();
     for (path, src) in source.iter().filter(|(_, e)| !e.excluded) {
-        let dst = dest.get(path).filter(|d| !d.excluded || cmp.delete_excluded);
+        let dst = dest
+            .get(path)
+            .filter(|d| !d.excluded || cmp.delete_excluded);
         let dst_kind = dst.map(|d| d.kind);
         let replaces = match (src.kind, dst_kind) {
             (EntryKind::Dir, Some(k)) if k != EntryKind::Dir => Some(k),
@@ -201,9 +208,7 @@ pub fn plan(source: &Snapshot, dest: &Snapshot, cmp: &Compare) -> Plan {
             EntryKind::File => {
                 let changed = match dst {
                     Some(d) if d.kind == EntryKind::File => {
-                        cmp.all
-                            || d.size != src.size
-                            || (!cmp.size_only && d.mtime != src.mtime)
+                        cmp.all || d.size != src.size || (!cmp.size_only && d.mtime != src.mtime)
                     }
                     _ => true,
                 };
@@ -226,7 +231,8 @@ pub fn plan(source: &Snapshot, dest: &Snapshot, cmp: &Compare) -> Plan {
                 }
             }
             EntryKind::Symlink => {
-                let same = dst.is_some_and(|d| d.kind == EntryKind::Symlink && d.target == src.target);
+                let same =
+                    dst.is_some_and(|d| d.kind == EntryKind::Symlink && d.target == src.target);
                 if same {
                     out.unchanged += 1;
                 } else {
@@ -318,8 +324,18 @@ mod tests {
 
     #[test]
     fn new_changed_unchanged_and_deleted() {
-        let src = snap(&[("a", file(1, 10)), ("d", dir()), ("d/b", file(2, 20)), ("l", link("a"))]);
-        let dst = snap(&[("a", file(1, 10)), ("d", dir()), ("d/b", file(2, 21)), ("old", file(5, 1))]);
+        let src = snap(&[
+            ("a", file(1, 10)),
+            ("d", dir()),
+            ("d/b", file(2, 20)),
+            ("l", link("a")),
+        ]);
+        let dst = snap(&[
+            ("a", file(1, 10)),
+            ("d", dir()),
+            ("d/b", file(2, 21)),
+            ("old", file(5, 1)),
+        ]);
         let cmp = Compare {
             delete: true,
             ..Default::default()
@@ -330,17 +346,43 @@ mod tests {
             ["upload d/b (2 bytes)", "symlink l -> a", "delete old"]
         );
         assert_eq!(p.unchanged, 1);
-        let size_only = plan(&src, &dst, &Compare { size_only: true, ..Default::default() });
+        let size_only = plan(
+            &src,
+            &dst,
+            &Compare {
+                size_only: true,
+                ..Default::default()
+            },
+        );
         assert_eq!(lines(&size_only), ["symlink l -> a"]);
-        let all = plan(&src, &dst, &Compare { all: true, ..Default::default() });
+        let all = plan(
+            &src,
+            &dst,
+            &Compare {
+                all: true,
+                ..Default::default()
+            },
+        );
         assert_eq!(all.actions.len(), 3);
     }
 
     #[test]
     fn type_changes_replace_and_skip_deletes_below_removed_dirs() {
         let src = snap(&[("x", file(1, 1)), ("y", dir()), ("z", link("t"))]);
-        let dst = snap(&[("x", dir()), ("x/inner", file(1, 1)), ("y", file(1, 1)), ("z", file(3, 3))]);
-        let p = plan(&src, &dst, &Compare { delete: true, ..Default::default() });
+        let dst = snap(&[
+            ("x", dir()),
+            ("x/inner", file(1, 1)),
+            ("y", file(1, 1)),
+            ("z", file(3, 3)),
+        ]);
+        let p = plan(
+            &src,
+            &dst,
+            &Compare {
+                delete: true,
+                ..Default::default()
+            },
+        );
         assert_eq!(
             lines(&p),
             [
@@ -357,7 +399,14 @@ mod tests {
         ex.excluded = true;
         let src = snap(&[("keep", file(1, 1))]);
         let dst = snap(&[("keep", file(1, 1)), ("cache.tmp", ex)]);
-        let p = plan(&src, &dst, &Compare { delete: true, ..Default::default() });
+        let p = plan(
+            &src,
+            &dst,
+            &Compare {
+                delete: true,
+                ..Default::default()
+            },
+        );
         assert!(p.actions.is_empty());
         let p = plan(
             &src,
@@ -383,6 +432,9 @@ mod tests {
             ..Default::default()
         };
         let p = plan(&src, &dst, &cmp);
-        assert_eq!(lines(&p), ["upload dists/x/InRelease (1 bytes) [last]", "chmod 0600 f"]);
+        assert_eq!(
+            lines(&p),
+            ["upload dists/x/InRelease (1 bytes) [last]", "chmod 0600 f"]
+        );
     }
 }

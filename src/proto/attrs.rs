@@ -224,9 +224,18 @@ mod tests {
 
     #[test]
     fn file_types() {
-        assert_eq!(FileAttributes::with_permissions(0o040755).file_type(), FileType::Dir);
-        assert_eq!(FileAttributes::with_permissions(0o120777).file_type(), FileType::Symlink);
-        assert_eq!(FileAttributes::with_permissions(0o020666).file_type(), FileType::Other);
+        assert_eq!(
+            FileAttributes::with_permissions(0o040755).file_type(),
+            FileType::Dir
+        );
+        assert_eq!(
+            FileAttributes::with_permissions(0o120777).file_type(),
+            FileType::Symlink
+        );
+        assert_eq!(
+            FileAttributes::with_permissions(0o020666).file_type(),
+            FileType::Other
+        );
         assert_eq!(FileAttributes::default().file_type(), FileType::Unknown);
     }
 }

@@ -120,7 +120,10 @@ mod tests {
         f.push(&[0, 0, 0x10, 0]);
         assert_eq!(
             f.next_packet(),
-            Err(DecodeError::BadLength { len: 4096, max: 1000 })
+            Err(DecodeError::BadLength {
+                len: 4096,
+                max: 1000
+            })
         );
     }
 

@@ -13,8 +13,8 @@ pub mod wire;
 pub use attrs::{AttrFlags, FileAttributes, FileType, mode};
 pub use framing::Framer;
 pub use packet::{
-    ClientPacket, ExtendedRequest, Limits, NameEntry, OpenFlags, Request, Response,
-    ServerPacket, StatusCode, Statvfs, encode_write,
+    ClientPacket, ExtendedRequest, Limits, NameEntry, OpenFlags, Request, Response, ServerPacket,
+    StatusCode, Statvfs, encode_write,
 };
 
 /// Extension name/value pairs of INIT and VERSION.

@@ -155,7 +155,10 @@ pub enum ExtendedRequest {
     /// `fsync@openssh.com`.
     Fsync { handle: Vec<u8> },
     /// `lsetstat@openssh.com`: setstat without following a final symlink.
-    Lsetstat { path: Vec<u8>, attrs: FileAttributes },
+    Lsetstat {
+        path: Vec<u8>,
+        attrs: FileAttributes,
+    },
     /// `limits@openssh.com`.
     Limits,
     /// `expand-path@openssh.com`: realpath that also expands `~`.
@@ -275,21 +278,39 @@ impl ExtendedRequest {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
     /// SSH_FXP_OPEN.
-    Open { path: Vec<u8>, flags: OpenFlags, attrs: FileAttributes },
+    Open {
+        path: Vec<u8>,
+        flags: OpenFlags,
+        attrs: FileAttributes,
+    },
     /// SSH_FXP_CLOSE.
     Close { handle: Vec<u8> },
     /// SSH_FXP_READ.
-    Read { handle: Vec<u8>, offset: u64, len: u32 },
+    Read {
+        handle: Vec<u8>,
+        offset: u64,
+        len: u32,
+    },
     /// SSH_FXP_WRITE.
-    Write { handle: Vec<u8>, offset: u64, data: Vec<u8> },
+    Write {
+        handle: Vec<u8>,
+        offset: u64,
+        data: Vec<u8>,
+    },
     /// SSH_FXP_LSTAT.
     Lstat { path: Vec<u8> },
     /// SSH_FXP_FSTAT.
     Fstat { handle: Vec<u8> },
     /// SSH_FXP_SETSTAT.
-    Setstat { path: Vec<u8>, attrs: FileAttributes },
+    Setstat {
+        path: Vec<u8>,
+        attrs: FileAttributes,
+    },
     /// SSH_FXP_FSETSTAT.
-    Fsetstat { handle: Vec<u8>, attrs: FileAttributes },
+    Fsetstat {
+        handle: Vec<u8>,
+        attrs: FileAttributes,
+    },
     /// SSH_FXP_OPENDIR.
     Opendir { path: Vec<u8> },
     /// SSH_FXP_READDIR.
@@ -297,7 +318,10 @@ pub enum Request {
     /// SSH_FXP_REMOVE.
     Remove { path: Vec<u8> },
     /// SSH_FXP_MKDIR.
-    Mkdir { path: Vec<u8>, attrs: FileAttributes },
+    Mkdir {
+        path: Vec<u8>,
+        attrs: FileAttributes,
+    },
     /// SSH_FXP_RMDIR.
     Rmdir { path: Vec<u8> },
     /// SSH_FXP_REALPATH.
@@ -364,9 +388,9 @@ impl Request {
                 out.put_u32(flags.bits());
                 attrs.encode(out);
             }
-            Request::Close { handle }
-            | Request::Fstat { handle }
-            | Request::Readdir { handle } => out.put_string(handle),
+            Request::Close { handle } | Request::Fstat { handle } | Request::Readdir { handle } => {
+                out.put_string(handle)
+            }
             Request::Read {
                 handle,
                 offset,
@@ -426,7 +450,11 @@ pub fn encode_write(id: u32, handle: &[u8], offset: u64, data: &[u8], out: &mut 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Response {
     /// SSH_FXP_STATUS.
-    Status { code: StatusCode, message: Vec<u8>, language: Vec<u8> },
+    Status {
+        code: StatusCode,
+        message: Vec<u8>,
+        language: Vec<u8>,
+    },
     /// SSH_FXP_HANDLE.
     Handle(Vec<u8>),
     /// SSH_FXP_DATA.
@@ -488,7 +516,10 @@ impl Response {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ClientPacket {
     /// SSH_FXP_INIT with the client's version and extension pairs.
-    Init { version: u32, extensions: Vec<(Vec<u8>, Vec<u8>)> },
+    Init {
+        version: u32,
+        extensions: Vec<(Vec<u8>, Vec<u8>)>,
+    },
     /// A request with its id.
     Request { id: u32, request: Request },
 }
@@ -525,7 +556,9 @@ impl ClientPacket {
                 flags: OpenFlags::from_bits_retain(r.u32()?),
                 attrs: FileAttributes::decode(&mut r)?,
             },
-            kind::CLOSE => Request::Close { handle: r.string()? },
+            kind::CLOSE => Request::Close {
+                handle: r.string()?,
+            },
             kind::READ => Request::Read {
                 handle: r.string()?,
                 offset: r.u64()?,
@@ -537,7 +570,9 @@ impl ClientPacket {
                 data: r.string()?,
             },
             kind::LSTAT => Request::Lstat { path: r.string()? },
-            kind::FSTAT => Request::Fstat { handle: r.string()? },
+            kind::FSTAT => Request::Fstat {
+                handle: r.string()?,
+            },
             kind::SETSTAT => Request::Setstat {
                 path: r.string()?,
                 attrs: FileAttributes::decode(&mut r)?,
@@ -547,7 +582,9 @@ impl ClientPacket {
                 attrs: FileAttributes::decode(&mut r)?,
             },
             kind::OPENDIR => Request::Opendir { path: r.string()? },
-            kind::READDIR => Request::Readdir { handle: r.string()? },
+            kind::READDIR => Request::Readdir {
+                handle: r.string()?,
+            },
             kind::REMOVE => Request::Remove { path: r.string()? },
             kind::MKDIR => Request::Mkdir {
                 path: r.string()?,
@@ -582,7 +619,10 @@ impl ClientPacket {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ServerPacket {
     /// SSH_FXP_VERSION with the server's version and extension pairs.
-    Version { version: u32, extensions: Vec<(Vec<u8>, Vec<u8>)> },
+    Version {
+        version: u32,
+        extensions: Vec<(Vec<u8>, Vec<u8>)>,
+    },
     /// A reply to request `id`.
     Response { id: u32, response: Response },
 }

@@ -107,9 +107,10 @@ impl DirLocks {
 
     /// Records that `dir` exists (e.g. it was just listed), sparing a probe.
     pub fn mark_exists(&self, dir: &[u8]) {
-        self.states
-            .borrow_mut()
-            .insert(trim_trailing_slashes(dir).to_vec(), DirState::Exists { new: false });
+        self.states.borrow_mut().insert(
+            trim_trailing_slashes(dir).to_vec(),
+            DirState::Exists { new: false },
+        );
     }
 
     /// Records that `dir` does not exist (e.g. a STAT said so), so that everything below

@@ -82,7 +82,9 @@ impl Transfer {
         let mut start = 0;
         if self.opts.resume {
             match fs::metadata(local) {
-                Ok(m) if m.is_file() && m.len() <= attrs.size.unwrap_or(u64::MAX) => start = m.len(),
+                Ok(m) if m.is_file() && m.len() <= attrs.size.unwrap_or(u64::MAX) => {
+                    start = m.len()
+                }
                 _ => {}
             }
         }
@@ -199,7 +201,9 @@ impl Transfer {
                 Some(data) if !data.is_empty() => {
                     let n = (data.len() as u64).min(len);
                     file.write_all_at(&data[..n as usize], offset)
-                        .map_err(|e| Error::local(format!("cannot write {}", local.display()), e))?;
+                        .map_err(|e| {
+                            Error::local(format!("cannot write {}", local.display()), e)
+                        })?;
                     received.add(offset, n);
                     self.progress.transferred(n);
                     if size_hint.is_some_and(|s| offset + n > s) {

@@ -17,8 +17,8 @@ use crate::client::Sftp;
 use crate::error::Error;
 use crate::task::{DirLocks, Semaphore};
 
-pub use upload::temp_name;
 pub use tree::{LocalEntry, LocalKind, safe_remote_name, walk_local, walk_local_with};
+pub use upload::temp_name;
 
 /// Requests in flight per file by default (as OpenSSH's sftp).
 pub const DEFAULT_REQUESTS: usize = 64;

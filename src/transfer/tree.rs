@@ -103,7 +103,10 @@ pub fn walk_local_with(
                     .map_err(|e| Error::local(format!("cannot read link {}", path.display()), e))?;
                 LocalKind::Symlink { target }
             } else {
-                log::warn!("skipping {}: not a file, directory or symlink", path.display());
+                log::warn!(
+                    "skipping {}: not a file, directory or symlink",
+                    path.display()
+                );
                 continue;
             };
             out.push(LocalEntry {
@@ -203,7 +206,12 @@ impl Transfer {
 
     /// Uploads the given entries of `local_root` under `remote_root`; results accumulate
     /// in this context's report.
-    pub async fn upload_entries(&self, local_root: &Path, remote_root: &[u8], entries: Vec<LocalEntry>) {
+    pub async fn upload_entries(
+        &self,
+        local_root: &Path,
+        remote_root: &[u8],
+        entries: Vec<LocalEntry>,
+    ) {
         let (files, bytes) = entries.iter().fold((0, 0), |(f, b), e| match e.kind {
             LocalKind::File { size } => (f + 1, b + size),
             _ => (f, b),
@@ -248,7 +256,9 @@ impl Transfer {
                 LocalKind::Symlink { target } => {
                     spawner
                         .spawn(async move {
-                            let r = t.upload_symlink(target.as_os_str().as_bytes(), &remote).await;
+                            let r = t
+                                .upload_symlink(target.as_os_str().as_bytes(), &remote)
+                                .await;
                             match r {
                                 Ok(()) => t.report.borrow_mut().symlinks += 1,
                                 Err(e) => t.record_failure(lossy(&remote), e),
@@ -302,7 +312,12 @@ impl Transfer {
         let spawner = Rc::new(std::cell::RefCell::new(Vec::<JoinHandle<()>>::new()));
         let slots = Semaphore::new(self.task_limit());
         self.clone()
-            .list_and_fetch(remote_root.to_vec(), local_root.to_path_buf(), spawner.clone(), slots)
+            .list_and_fetch(
+                remote_root.to_vec(),
+                local_root.to_path_buf(),
+                spawner.clone(),
+                slots,
+            )
             .await;
         loop {
             let pending: Vec<JoinHandle<()>> = spawner.borrow_mut().drain(..).collect();
@@ -361,7 +376,8 @@ impl Transfer {
                             continue;
                         }
                         self.report.borrow_mut().dirs += 1;
-                        let h = spawn(t.list_and_fetch(remote, local, tasks.clone(), slots.clone()));
+                        let h =
+                            spawn(t.list_and_fetch(remote, local, tasks.clone(), slots.clone()));
                         tasks.borrow_mut().push(h);
                     }
                     FileType::Symlink => {
@@ -386,7 +402,10 @@ impl Transfer {
                         tasks.borrow_mut().push(h);
                     }
                     FileType::Other => {
-                        log::warn!("skipping {}: not a file, directory or symlink", lossy(&remote));
+                        log::warn!(
+                            "skipping {}: not a file, directory or symlink",
+                            lossy(&remote)
+                        );
                     }
                 }
             }
@@ -396,7 +415,10 @@ impl Transfer {
     async fn download_symlink(&self, remote: &[u8], local: &Path) -> Result<()> {
         let target = self.sftp.readlink(remote).await?;
         if target.contains(&0) {
-            return Err(Error::Protocol(format!("symlink {} has a NUL in its target", lossy(remote))));
+            return Err(Error::Protocol(format!(
+                "symlink {} has a NUL in its target",
+                lossy(remote)
+            )));
         }
         let target = PathBuf::from(OsString::from_vec(target));
         let lctx = |e| Error::local(format!("cannot create symlink {}", local.display()), e);
@@ -497,7 +519,10 @@ mod tests {
         fs::write(d.path().join("b/c/f"), b"22").unwrap();
         std::os::unix::fs::symlink("a", d.path().join("l")).unwrap();
         let e = walk_local(d.path(), false).unwrap();
-        let rels: Vec<_> = e.iter().map(|e| e.rel.to_string_lossy().into_owned()).collect();
+        let rels: Vec<_> = e
+            .iter()
+            .map(|e| e.rel.to_string_lossy().into_owned())
+            .collect();
         assert_eq!(rels, ["a", "b", "l", "b/c", "b/c/f"]);
         assert_eq!(e[4].kind, LocalKind::File { size: 2 });
         assert_eq!(e[2].kind, LocalKind::Symlink { target: "a".into() });

@@ -29,7 +29,9 @@ pub fn temp_name(remote: &[u8]) -> Vec<u8> {
         .unwrap_or(0);
     let mut name = b".".to_vec();
     name.extend_from_slice(base);
-    name.extend_from_slice(format!(".{:x}{:x}{n:x}.sftpipe-tmp", std::process::id(), nanos).as_bytes());
+    name.extend_from_slice(
+        format!(".{:x}{:x}{n:x}.sftpipe-tmp", std::process::id(), nanos).as_bytes(),
+    );
     match parent_dir(remote) {
         Some(dir) if remote.contains(&b'/') => remote_join(dir, &name),
         _ => name,
@@ -84,7 +86,11 @@ impl Transfer {
             }
         }
 
-        let target = if inplace { remote.to_vec() } else { temp_name(remote) };
+        let target = if inplace {
+            remote.to_vec()
+        } else {
+            temp_name(remote)
+        };
         let dir = parent_dir(&target).unwrap_or(b".").to_vec();
         let mut flags = OpenFlags::WRITE | OpenFlags::CREAT;
         if start == 0 {
@@ -100,7 +106,9 @@ impl Transfer {
             std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(start)).map_err(ctx)?;
         }
 
-        let result = self.send_contents(&mut file, &handle, start, local, &meta, mode).await;
+        let result = self
+            .send_contents(&mut file, &handle, start, local, &meta, mode)
+            .await;
         drop(permit);
         let sent = match result {
             Ok(n) => n,
@@ -151,9 +159,8 @@ impl Transfer {
         loop {
             while !eof && inflight.len() < max_requests {
                 let permit = self.budget.acquire(chunk).await;
-                let n = read_full(file, &mut buf).map_err(|e| {
-                    Error::local(format!("cannot read {}", local.display()), e)
-                })?;
+                let n = read_full(file, &mut buf)
+                    .map_err(|e| Error::local(format!("cannot read {}", local.display()), e))?;
                 if n == 0 {
                     eof = true;
                     break;
@@ -211,7 +218,10 @@ impl Transfer {
             )
         } else {
             if self.opts.fsync {
-                log::warn!("server lacks fsync@openssh.com; {} not synced", local.display());
+                log::warn!(
+                    "server lacks fsync@openssh.com; {} not synced",
+                    local.display()
+                );
             }
             None
         };

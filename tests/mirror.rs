@@ -1,0 +1,563 @@
+//! `sftpipe mirror`: trees end up identical (content, mtimes, symlinks, empty
+//! directories) in both directions, changes converge, deletes respect excludes and
+//! `--max-delete`, `--dry-run` changes nothing, and a mirror killed midway never shows a
+//! partial file under a final name and converges when rerun.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use common::{Sshd, random_bytes, sftp_server_path, write_file};
+
+fn run(server: &str, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_sftpipe"))
+        .arg("-D")
+        .arg(server)
+        .args(args)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run sftpipe")
+}
+
+fn local(args: &[&str]) -> Output {
+    run(&sftp_server_path().display().to_string(), args)
+}
+
+fn explain(out: &Output) -> String {
+    format!(
+        "status {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn ok(out: Output) -> Output {
+    assert!(out.status.success(), "{}", explain(&out));
+    out
+}
+
+fn s(p: &Path) -> String {
+    p.display().to_string()
+}
+
+fn remote(p: &Path) -> String {
+    format!(":{}", p.display())
+}
+
+/// What a tree looks like: per relative path, its kind and content / target, mtime and
+/// mode (directories' mtimes included, to the second as SFTP v3 carries them).
+#[derive(Debug, PartialEq, Eq)]
+enum Node {
+    File {
+        data: Vec<u8>,
+        mtime: i64,
+        mode: u32,
+    },
+    Dir {
+        mtime: i64,
+    },
+    Link {
+        target: PathBuf,
+    },
+}
+
+fn scan(root: &Path) -> BTreeMap<PathBuf, Node> {
+    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<PathBuf, Node>) {
+        for e in fs::read_dir(dir).unwrap() {
+            let e = e.unwrap();
+            let path = e.path();
+            let rel = path.strip_prefix(root).unwrap().to_path_buf();
+            let m = fs::symlink_metadata(&path).unwrap();
+            if m.file_type().is_symlink() {
+                out.insert(
+                    rel,
+                    Node::Link {
+                        target: fs::read_link(&path).unwrap(),
+                    },
+                );
+            } else if m.is_dir() {
+                walk(root, &path, out);
+                out.insert(rel, Node::Dir { mtime: m.mtime() });
+            } else {
+                out.insert(
+                    rel,
+                    Node::File {
+                        data: fs::read(&path).unwrap(),
+                        mtime: m.mtime(),
+                        mode: m.permissions().mode() & 0o7777,
+                    },
+                );
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(root, root, &mut out);
+    out
+}
+
+fn assert_identical(a: &Path, b: &Path) {
+    let (ta, tb) = (scan(a), scan(b));
+    let keys_a: Vec<_> = ta.keys().collect();
+    let keys_b: Vec<_> = tb.keys().collect();
+    assert_eq!(
+        keys_a,
+        keys_b,
+        "different entries in {} and {}",
+        a.display(),
+        b.display()
+    );
+    for (k, va) in &ta {
+        assert_eq!(Some(va), tb.get(k), "{} differs", k.display());
+    }
+    assert_eq!(
+        fs::metadata(a).unwrap().mtime(),
+        fs::metadata(b).unwrap().mtime(),
+        "root mtimes differ"
+    );
+}
+
+fn make_tree(root: &Path) {
+    write_file(root.join("top.txt"), b"top\n");
+    write_file(root.join("a/one"), random_bytes(70_000, 1));
+    write_file(root.join("a/b/c/deep"), random_bytes(300_000, 2));
+    write_file(root.join("with space/ünï cødé ✓"), b"unicode\n");
+    write_file(root.join("a/.hidden"), b"h");
+    write_file(root.join("empty-file"), b"");
+    fs::create_dir_all(root.join("empty/dir")).unwrap();
+    std::os::unix::fs::symlink("a/one", root.join("link")).unwrap();
+    std::os::unix::fs::symlink("../top.txt", root.join("a/uplink")).unwrap();
+    fs::set_permissions(root.join("a/one"), fs::Permissions::from_mode(0o600)).unwrap();
+    // Old times everywhere, so a copy that forgot them would show.
+    for (rel, t) in [
+        ("top.txt", 1_500_000_000),
+        ("a/one", 1_600_000_000),
+        ("a/b/c/deep", 1_400_000_000),
+    ] {
+        set_mtime(&root.join(rel), t);
+    }
+}
+
+fn set_mtime(p: &Path, secs: u64) {
+    let t = std::time::UNIX_EPOCH + Duration::from_secs(secs);
+    fs::File::options()
+        .write(true)
+        .open(p)
+        .or_else(|_| fs::File::open(p))
+        .unwrap()
+        .set_times(fs::FileTimes::new().set_modified(t).set_accessed(t))
+        .unwrap();
+}
+
+#[test]
+fn mirror_up_then_down_gives_identical_trees() {
+    let d = tempfile::tempdir().unwrap();
+    let (src, dst, back) = (
+        d.path().join("src"),
+        d.path().join("dst"),
+        d.path().join("back"),
+    );
+    make_tree(&src);
+    ok(local(&["mirror", "-p", &s(&src), &remote(&dst)]));
+    assert_identical(&src, &dst);
+    ok(local(&["mirror", "-p", &remote(&dst), &s(&back)]));
+    assert_identical(&src, &back);
+}
+
+#[test]
+fn changes_additions_and_deletions_converge() {
+    let d = tempfile::tempdir().unwrap();
+    let (src, dst) = (d.path().join("src"), d.path().join("dst"));
+    make_tree(&src);
+    ok(local(&["mirror", "-p", &s(&src), &remote(&dst)]));
+
+    // Same size, new content and time; a new file; a deletion; a type change of each kind.
+    fs::write(src.join("top.txt"), b"TOP\n").unwrap();
+    set_mtime(&src.join("top.txt"), 1_700_000_000);
+    write_file(src.join("a/b/new"), b"new file\n");
+    fs::remove_file(src.join("empty-file")).unwrap();
+    fs::remove_file(src.join("link")).unwrap();
+    fs::create_dir(src.join("link")).unwrap(); // symlink -> directory
+    fs::remove_dir_all(src.join("empty")).unwrap();
+    fs::write(src.join("empty"), b"now a file").unwrap(); // directory -> file
+    fs::remove_file(src.join("a/one")).unwrap();
+    std::os::unix::fs::symlink("b/new", src.join("a/one")).unwrap(); // file -> symlink
+
+    let out = ok(local(&[
+        "mirror",
+        "-p",
+        "--delete",
+        &s(&src),
+        &remote(&dst),
+    ]));
+    assert_identical(&src, &dst);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("deleted"), "{err}");
+
+    // A no-op mirror changes nothing and says so.
+    let out = ok(local(&[
+        "mirror",
+        "-p",
+        "--delete",
+        &s(&src),
+        &remote(&dst),
+    ]));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("mirror: 0 uploaded"), "{err}");
+    assert_identical(&src, &dst);
+}
+
+#[test]
+fn size_only_ignores_times_and_all_recopies() {
+    let d = tempfile::tempdir().unwrap();
+    let (src, dst) = (d.path().join("src"), d.path().join("dst"));
+    write_file(src.join("f"), b"12345");
+    ok(local(&["mirror", &s(&src), &remote(&dst)]));
+    fs::write(src.join("f"), b"abcde").unwrap();
+    set_mtime(&src.join("f"), 1_000_000_000);
+    ok(local(&["mirror", "--size-only", &s(&src), &remote(&dst)]));
+    assert_eq!(fs::read(dst.join("f")).unwrap(), b"12345");
+    ok(local(&["mirror", &s(&src), &remote(&dst)]));
+    assert_eq!(fs::read(dst.join("f")).unwrap(), b"abcde");
+    fs::write(dst.join("f"), b"XXXXX").unwrap();
+    set_mtime(&dst.join("f"), 1_000_000_000);
+    ok(local(&["mirror", "--all", &s(&src), &remote(&dst)]));
+    assert_eq!(fs::read(dst.join("f")).unwrap(), b"abcde");
+}
+
+#[test]
+fn delete_respects_excludes_includes_and_max_delete() {
+    let d = tempfile::tempdir().unwrap();
+    let (src, dst) = (d.path().join("src"), d.path().join("dst"));
+    write_file(src.join("keep"), b"k");
+    write_file(src.join("skip.tmp"), b"local tmp");
+    write_file(src.join("cache/x"), b"c");
+    write_file(dst.join("stale"), b"s");
+    write_file(dst.join("remote.tmp"), b"r");
+    write_file(dst.join("keep.log"), b"l");
+    write_file(dst.join("cache/old"), b"o");
+    let excludes = [
+        "--exclude",
+        "*.tmp",
+        "--exclude",
+        "cache/",
+        "--exclude",
+        "*.log",
+        "--include",
+        "keep.log",
+    ];
+
+    // --max-delete 1 refuses both deletes (stale, keep.log): exit 1, nothing removed.
+    let mut args = vec!["mirror", "--delete", "--max-delete", "1"];
+    args.extend(excludes);
+    let (s_src, r_dst) = (s(&src), remote(&dst));
+    args.extend([s_src.as_str(), r_dst.as_str()]);
+    let out = local(&args);
+    assert_eq!(out.status.code(), Some(1), "{}", explain(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("max-delete"),
+        "{}",
+        explain(&out)
+    );
+    assert!(dst.join("stale").exists());
+
+    let mut args = vec!["mirror", "--delete"];
+    args.extend(excludes);
+    args.extend([s_src.as_str(), r_dst.as_str()]);
+    ok(local(&args));
+    assert!(dst.join("keep").exists());
+    assert!(!dst.join("stale").exists(), "not excluded: deleted");
+    assert!(!dst.join("keep.log").exists(), "re-included: deleted");
+    assert!(dst.join("remote.tmp").exists(), "excluded: kept");
+    assert!(dst.join("cache/old").exists(), "excluded dir: kept");
+    assert!(!dst.join("skip.tmp").exists(), "excluded: not uploaded");
+    assert!(!dst.join("cache/x").exists(), "excluded dir: not uploaded");
+
+    let mut args = vec!["mirror", "--delete", "--delete-excluded"];
+    args.extend(excludes);
+    args.extend([s_src.as_str(), r_dst.as_str()]);
+    ok(local(&args));
+    assert!(!dst.join("remote.tmp").exists());
+    assert!(!dst.join("cache").exists());
+}
+
+#[test]
+fn exclude_from_file() {
+    let d = tempfile::tempdir().unwrap();
+    let (src, dst) = (d.path().join("src"), d.path().join("dst"));
+    write_file(src.join("a.o"), b"o");
+    write_file(src.join("b.c"), b"c");
+    let list = d.path().join("excludes");
+    fs::write(&list, "# objects\n*.o\n\n").unwrap();
+    ok(local(&[
+        "mirror",
+        "--exclude-from",
+        &s(&list),
+        &s(&src),
+        &remote(&dst),
+    ]));
+    assert!(dst.join("b.c").exists() && !dst.join("a.o").exists());
+}
+
+#[test]
+fn dry_run_prints_every_action_and_changes_nothing() {
+    let d = tempfile::tempdir().unwrap();
+    let (src, dst) = (d.path().join("src"), d.path().join("dst"));
+    make_tree(&src);
+    write_file(dst.join("extra"), b"x");
+    fs::create_dir_all(dst.join("a")).unwrap();
+    write_file(dst.join("a/one"), b"old");
+    fs::set_permissions(dst.join("a/one"), fs::Permissions::from_mode(0o644)).unwrap();
+    let before = scan(&dst);
+    let out = ok(local(&[
+        "mirror",
+        "-n",
+        "-p",
+        "--delete",
+        &s(&src),
+        &remote(&dst),
+    ]));
+    assert_eq!(scan(&dst), before, "dry run changed the destination");
+    let text = String::from_utf8_lossy(&out.stdout);
+    for want in [
+        "upload top.txt (4 bytes)",
+        "upload a/one (70000 bytes)",
+        "mkdir empty/",
+        "mkdir empty/dir/",
+        "symlink link -> a/one",
+        "delete extra",
+    ] {
+        assert!(
+            text.lines().any(|l| l == want),
+            "missing '{want}' in:\n{text}"
+        );
+    }
+    // Mode only: same size and time, other mode.
+    let d2 = tempfile::tempdir().unwrap();
+    let (s2, t2) = (d2.path().join("s"), d2.path().join("t"));
+    write_file(s2.join("f"), b"same");
+    ok(local(&["mirror", &s(&s2), &remote(&t2)]));
+    fs::set_permissions(s2.join("f"), fs::Permissions::from_mode(0o600)).unwrap();
+    let out = ok(local(&["mirror", "-n", "-p", &s(&s2), &remote(&t2)]));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("chmod 0600 f"),
+        "{}",
+        explain(&out)
+    );
+}
+
+#[test]
+fn last_files_land_after_everything_else() {
+    let d = tempfile::tempdir().unwrap();
+    let (src, dst) = (d.path().join("src"), d.path().join("dst"));
+    for i in 0..50 {
+        write_file(src.join(format!("pool/p{i}.deb")), random_bytes(10_000, i));
+    }
+    write_file(src.join("dists/test/InRelease"), b"index");
+    let out = ok(local(&[
+        "mirror",
+        "--last",
+        "dists/*/InRelease",
+        "--progress=json",
+        &s(&src),
+        &remote(&dst),
+    ]));
+    // JSON lines come in completion order: the index must be the last file.
+    let files: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["event"] == "file")
+        .map(|v| v["path"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(files.len(), 51, "{files:?}");
+    assert!(
+        files.last().unwrap().ends_with("dists/test/InRelease"),
+        "{files:?}"
+    );
+    let summary = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["event"] == "mirror")
+        .expect("mirror summary line");
+    assert_eq!(summary["copied"], 51);
+    assert_eq!(summary["failed"], 0);
+}
+
+#[test]
+fn missing_source_or_bad_operands_have_distinct_codes() {
+    let d = tempfile::tempdir().unwrap();
+    let out = local(&[
+        "mirror",
+        &s(&d.path().join("nope")),
+        &remote(&d.path().join("dst")),
+    ]);
+    assert_eq!(out.status.code(), Some(7), "{}", explain(&out));
+    let out = local(&[
+        "mirror",
+        &remote(&d.path().join("nope")),
+        &s(&d.path().join("dst")),
+    ]);
+    assert_eq!(out.status.code(), Some(3), "{}", explain(&out));
+    let out = Command::new(env!("CARGO_BIN_EXE_sftpipe"))
+        .args(["mirror", "a", "b"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", explain(&out));
+}
+
+#[test]
+fn mirror_down_deletes_local_extras_and_replaces_types() {
+    let d = tempfile::tempdir().unwrap();
+    let (src, dst) = (d.path().join("remote"), d.path().join("local"));
+    make_tree(&src);
+    write_file(dst.join("extra/file"), b"x");
+    write_file(dst.join("top.txt/inner"), b"dir where a file goes");
+    ok(local(&[
+        "mirror",
+        "-p",
+        "--delete",
+        &remote(&src),
+        &s(&dst),
+    ]));
+    assert_identical(&src, &dst);
+}
+
+/// A server command that dies (SIGKILL) after `ms` milliseconds, mid-transfer. The
+/// server gets the script's stdin through fd 3: a shell gives a background job /dev/null
+/// as stdin, and applies that before any `<&0`.
+fn dying_server(dir: &Path, ms: u64) -> String {
+    let script = dir.join(format!("dying-server-{ms}.sh"));
+    fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nexec 3<&0\n{} <&3 >&1 3<&- &\npid=$!\nsleep {}\nkill -9 $pid\nwait\n",
+            sftp_server_path().display(),
+            ms as f64 / 1000.0
+        ),
+    )
+    .unwrap();
+    fs::set_permissions(&script, fs::Permissions::from_mode(0o755)).unwrap();
+    script.display().to_string()
+}
+
+fn temp_files(root: &Path) -> Vec<PathBuf> {
+    scan(root)
+        .into_keys()
+        .filter(|p| p.to_string_lossy().ends_with(".sftpipe-tmp"))
+        .collect()
+}
+
+#[test]
+fn killed_mirror_never_shows_partial_files_and_converges_on_rerun() {
+    let d = tempfile::tempdir().unwrap();
+    let (src, dst) = (d.path().join("src"), d.path().join("dst"));
+    let mut expected = BTreeMap::new();
+    for i in 0..400u64 {
+        let rel = format!("d{}/f{i}", i % 8);
+        let data = random_bytes(200_000 + (i as usize % 7) * 1000, i);
+        write_file(src.join(&rel), &data);
+        expected.insert(rel, data);
+    }
+    // A watcher checks, over and over while mirrors run, that every file under a final
+    // name is complete (temporary names may hold anything).
+    let stop = Arc::new(AtomicBool::new(false));
+    let watcher = {
+        let (stop, dst, expected) = (stop.clone(), dst.clone(), expected.clone());
+        std::thread::spawn(move || {
+            let mut checks = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                for (rel, data) in &expected {
+                    if let Ok(got) = fs::read(dst.join(rel)) {
+                        assert_eq!(&got, data, "partial or wrong file visible under {rel}");
+                        checks += 1;
+                    }
+                }
+            }
+            checks
+        })
+    };
+    let mut interrupted = 0;
+    for ms in [100, 250] {
+        let out = run(
+            &dying_server(d.path(), ms),
+            &["mirror", &s(&src), &remote(&dst)],
+        );
+        if out.status.success() {
+            continue;
+        }
+        assert_eq!(out.status.code(), Some(5), "{}", explain(&out));
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("connection lost"),
+            "{}",
+            explain(&out)
+        );
+        // Proof that the kill hit uploads in flight: their temporary files remain.
+        if !temp_files(&dst).is_empty() {
+            interrupted += 1;
+        }
+    }
+    assert!(interrupted > 0, "the server was never killed mid-upload");
+
+    // A plain rerun completes every file; the killed runs' temporary files stay (nothing
+    // knows they are abandoned) until a mirror with --delete removes them.
+    ok(local(&["mirror", &s(&src), &remote(&dst)]));
+    stop.store(true, Ordering::Relaxed);
+    let checks = watcher.join().expect("watcher saw a partial file");
+    assert!(checks > 0);
+    for (rel, data) in &expected {
+        assert_eq!(&fs::read(dst.join(rel)).unwrap(), data, "{rel}");
+    }
+    ok(local(&["mirror", "--delete", &s(&src), &remote(&dst)]));
+    assert!(temp_files(&dst).is_empty());
+    assert_identical(&src, &dst);
+}
+
+#[test]
+fn mirror_through_sshd() {
+    let sshd = Sshd::start();
+    let d = tempfile::tempdir().unwrap();
+    let (src, dst, back) = (
+        d.path().join("src"),
+        d.path().join("dst"),
+        d.path().join("back"),
+    );
+    make_tree(&src);
+    let mut args: Vec<String> = vec![
+        "-P".into(),
+        sshd.port().to_string(),
+        "-i".into(),
+        s(&sshd.key_path()),
+    ];
+    for o in [
+        "StrictHostKeyChecking=no",
+        "UserKnownHostsFile=/dev/null",
+        "BatchMode=yes",
+        "LogLevel=ERROR",
+        "IdentitiesOnly=yes",
+    ] {
+        args.push("-o".into());
+        args.push(o.into());
+    }
+    let go = |extra: &[String]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_sftpipe"))
+            .args(&args)
+            .args(extra)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        ok(out)
+    };
+    let r = format!("127.0.0.1:{}", dst.display());
+    go(&["mirror".into(), "-p".into(), s(&src), r.clone()]);
+    assert_identical(&src, &dst);
+    go(&["mirror".into(), "-p".into(), r, s(&back)]);
+    assert_identical(&src, &back);
+}
