@@ -190,6 +190,47 @@ pub fn read_reply(path: &[u8], r: Response) -> Result<Option<Vec<u8>>> {
     }
 }
 
+/// Reads from `file` at `offset` into the spare capacity of `dst` (at most `max` bytes,
+/// fewer only at end of file), growing its length by the count read.
+fn pread_full(
+    file: &std::fs::File,
+    dst: &mut Vec<u8>,
+    offset: u64,
+    max: usize,
+) -> std::io::Result<usize> {
+    use std::os::fd::AsRawFd;
+    dst.reserve(max);
+    let want = max;
+    let mut got = 0;
+    while got < want {
+        let spare = dst.spare_capacity_mut();
+        // SAFETY: `spare` is `want - got` writable bytes owned by `dst`; the kernel writes
+        // at most that many, and only the count it reports is marked initialised below.
+        let n = unsafe {
+            libc::pread(
+                file.as_raw_fd(),
+                spare.as_mut_ptr().cast(),
+                want - got,
+                (offset + got as u64) as libc::off_t,
+            )
+        };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if n == 0 {
+            break;
+        }
+        // SAFETY: the kernel initialised `n` bytes of the spare capacity.
+        unsafe { dst.set_len(dst.len() + n as usize) };
+        got += n as usize;
+    }
+    Ok(got)
+}
+
 /// Interprets the reply to a WRITE.
 pub fn write_reply(path: &[u8], r: Response) -> Result<()> {
     expect_ok("write", path, r)
@@ -331,6 +372,42 @@ impl Sftp {
             .await?;
         h.closed.set(true);
         Ok(p)
+    }
+
+    /// Queues a WRITE whose data is read by `pread` from `file` at `file_offset`, straight
+    /// into the outgoing queue (no intermediate buffer): up to `max` bytes, written at
+    /// `offset` in the remote file. Returns `None` at end of file, else the reply to await
+    /// and the byte count.
+    pub async fn submit_write_from_file(
+        &self,
+        h: &Handle,
+        offset: u64,
+        file: &std::fs::File,
+        file_offset: u64,
+        max: usize,
+    ) -> Result<Option<(PendingReply, usize)>> {
+        let chan = &self.inner.chan;
+        std::future::poll_fn(|cx| chan.poll_space(cx)).await?;
+        let mut count = 0;
+        let id = chan.try_send_with(|id, out| {
+            let (n, queued) =
+                proto::encode_write_with(id, &h.raw, offset, max, out, |dst, max| {
+                    pread_full(file, dst, file_offset, max)
+                })
+            .map_err(|e| Error::local("cannot read the file being uploaded", e))?;
+            count = n;
+            Ok(queued)
+        })?;
+        Ok(id.map(|id| {
+            (
+                PendingReply {
+                    chan: chan.clone(),
+                    id,
+                    done: false,
+                },
+                count,
+            )
+        }))
     }
 
     /// Sends a request and waits for its reply.

@@ -340,6 +340,29 @@ impl Channel {
         Ok(id)
     }
 
+    /// Like [`Channel::send_with`], but `encode` may decline (`Ok(false)`: nothing is
+    /// queued, `Ok(None)` returned) or fail (its error is returned); either way the bytes
+    /// it wrote are taken back and no id is used.
+    pub fn try_send_with(
+        &self,
+        encode: impl FnOnce(u32, &mut Vec<u8>) -> Result<bool>,
+    ) -> Result<Option<u32>> {
+        let mut st = self.state.borrow_mut();
+        if let Some(e) = Self::dead_error(&st) {
+            return Err(e);
+        }
+        let mut id = st.next_id;
+        while st.inflight.contains_key(&id) {
+            id = id.wrapping_add(1);
+        }
+        if !st.out.try_push_with(|v| encode(id, v))? {
+            return Ok(None);
+        }
+        st.next_id = id.wrapping_add(1);
+        st.inflight.insert(id, Slot::Waiting(None));
+        Ok(Some(id))
+    }
+
     /// Queues a request.
     pub fn send(&self, req: &Request) -> Result<u32> {
         self.send_with(|id, out| req.encode(id, out))
@@ -627,6 +650,15 @@ impl OutQueue {
 
     /// Appends whatever `encode` writes.
     fn push_with(&mut self, encode: impl FnOnce(&mut Vec<u8>)) {
+        let _ = self.try_push_with(|v| {
+            encode(v);
+            Ok::<bool, ()>(true)
+        });
+    }
+
+    /// Appends whatever `encode` writes, unless it returns `Ok(false)` or an error: then
+    /// its bytes are taken back.
+    fn try_push_with<E>(&mut self, encode: impl FnOnce(&mut Vec<u8>) -> Result<bool, E>) -> Result<bool, E> {
         let reuse_last = self.segments.back().is_some_and(|last| {
             last.len() < SEGMENT && !(self.segments.len() == 1 && self.front_pos > 0)
         });
@@ -634,11 +666,17 @@ impl OutQueue {
             let v = self.spare.pop().unwrap_or_default();
             self.segments.push_back(v);
         }
-        if let Some(last) = self.segments.back_mut() {
-            let before = last.len();
-            encode(last);
+        let Some(last) = self.segments.back_mut() else {
+            return Ok(false);
+        };
+        let before = last.len();
+        let r = encode(last);
+        if matches!(r, Ok(true)) {
             self.len += last.len() - before;
+        } else {
+            last.truncate(before);
         }
+        r
     }
 
     /// Writes as much as the pipe takes; returns the count written.

@@ -13,6 +13,7 @@ pub mod format;
 pub mod mirror;
 pub mod ops;
 pub mod progress;
+pub mod serve;
 pub mod transfer;
 
 use std::ffi::OsString;
@@ -114,6 +115,8 @@ pub enum Command {
     Realpath(ops::RealpathArgs),
     /// Make DEST an exact copy of SRC (local → remote, or remote → local)
     Mirror(mirror::MirrorArgs),
+    /// Serve a JSON command protocol on stdin/stdout (for other programs)
+    Serve(serve::ServeArgs),
 }
 
 /// Transfer tuning shared by `get`, `put` (and `mirror`).
@@ -288,6 +291,7 @@ pub fn run(cli: Cli) -> i32 {
         Command::Df(a) => ops::df(g, &a),
         Command::Realpath(a) => ops::realpath(g, &a),
         Command::Mirror(a) => mirror::mirror(g, &a),
+        Command::Serve(a) => serve::serve(g, &a),
     };
     match result {
         Ok(code) => code,

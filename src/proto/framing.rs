@@ -2,6 +2,10 @@
 
 use super::DecodeError;
 
+/// The framer's buffer is at least this large, so compacting it (moving a partial
+/// packet to the front) happens once per several megabytes rather than once per read.
+const MIN_BUFFER: usize = 4 << 20;
+
 /// Accumulates bytes from the server and yields whole packet bodies.
 ///
 /// The length prefix is checked against `max_packet` before any byte of the body is kept,
@@ -56,13 +60,16 @@ impl Framer {
             self.end = 0;
         }
         if self.buf.len() - self.end < want {
-            if self.start > 0 {
+            // Move the unconsumed tail (less than one packet) to the front only when it
+            // is small against the buffer, so each byte is moved rarely, not once per read.
+            if self.start > 0 && self.end - self.start <= self.buf.len() / 4 {
                 self.buf.copy_within(self.start..self.end, 0);
                 self.end -= self.start;
                 self.start = 0;
             }
             if self.buf.len() - self.end < want {
-                self.buf.resize(self.end + want, 0);
+                let size = (self.end + want).max(MIN_BUFFER).max(self.buf.len() * 2);
+                self.buf.resize(size, 0);
             }
         }
         &mut self.buf[self.end..]

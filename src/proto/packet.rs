@@ -444,6 +444,34 @@ pub fn encode_write(id: u32, handle: &[u8], offset: u64, data: &[u8], out: &mut 
     end_packet(out, start);
 }
 
+/// Encodes SSH_FXP_WRITE whose data `fill` produces in place: `fill(out, max)` gets `out`
+/// with at least `max` bytes of spare capacity, appends at most `max` bytes, and returns
+/// how many it appended. With zero bytes the packet is not sent (`Ok((0, false))`; the caller
+/// takes the header back). Returns the data length and whether a packet was encoded.
+pub fn encode_write_with<E>(
+    id: u32,
+    handle: &[u8],
+    offset: u64,
+    max: usize,
+    out: &mut Vec<u8>,
+    fill: impl FnOnce(&mut Vec<u8>, usize) -> Result<usize, E>,
+) -> Result<(usize, bool), E> {
+    out.reserve(4 + 1 + 4 + 4 + handle.len() + 8 + 4 + max);
+    let start = begin_packet(out, kind::WRITE);
+    out.put_u32(id);
+    out.put_string(handle);
+    out.put_u64(offset);
+    let len_at = out.len();
+    out.put_u32(0);
+    let n = fill(out, max)?;
+    if n == 0 {
+        return Ok((0, false));
+    }
+    out[len_at..len_at + 4].copy_from_slice(&(n as u32).to_be_bytes());
+    end_packet(out, start);
+    Ok((n, true))
+}
+
 /// A server reply (every packet a server sends except VERSION).
 // Field names are the protocol's own; see the draft.
 #[allow(missing_docs)]

@@ -1,7 +1,6 @@
 //! Pipelined upload of one file, atomic by default.
 
 use std::fs;
-use std::io::Read;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -54,7 +53,7 @@ impl Transfer {
         // The permit is taken before the local file is opened, so the limit also bounds
         // local descriptors however many uploads are queued.
         let permit = self.open_files.acquire(1).await;
-        let mut file = fs::File::open(local).map_err(ctx)?;
+        let file = fs::File::open(local).map_err(ctx)?;
         let meta = file.metadata().map_err(ctx)?;
         if !meta.is_file() {
             return Err(Error::InvalidInput(format!(
@@ -102,12 +101,9 @@ impl Transfer {
             .dirlocks
             .within(&dir, || self.sftp.open(&target, flags, &create_attrs))
             .await?;
-        if start > 0 {
-            std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(start)).map_err(ctx)?;
-        }
 
         let result = self
-            .send_contents(&mut file, &handle, start, local, &meta, mode)
+            .send_contents(&file, &handle, start, local, &meta, mode)
             .await;
         drop(permit);
         let sent = match result {
@@ -142,7 +138,7 @@ impl Transfer {
     /// unless all WRITEs and the CLOSE succeeded.
     async fn send_contents(
         &self,
-        file: &mut fs::File,
+        file: &fs::File,
         handle: &Handle,
         start: u64,
         local: &Path,
@@ -155,18 +151,19 @@ impl Transfer {
         let mut offset = start;
         let mut eof = false;
         let mut acked = 0u64;
-        let mut buf = vec![0u8; chunk];
         loop {
             while !eof && inflight.len() < max_requests {
                 let permit = self.budget.acquire(chunk).await;
-                let n = read_full(file, &mut buf)
-                    .map_err(|e| Error::local(format!("cannot read {}", local.display()), e))?;
-                if n == 0 {
+                let Some((pending, n)) = self
+                    .sftp
+                    .submit_write_from_file(handle, offset, file, offset, chunk)
+                    .await
+                    .map_err(|e| relabel_local(e, local))?
+                else {
                     eof = true;
                     break;
-                }
+                };
                 eof = n < chunk;
-                let pending = self.sftp.submit_write(handle, offset, &buf[..n]).await?;
                 inflight.push(async move {
                     let r = pending.await;
                     drop(permit);
@@ -242,18 +239,12 @@ impl Transfer {
     }
 }
 
-/// Reads until `buf` is full or end of file.
-fn read_full(file: &mut fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match file.read(&mut buf[n..]) {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
+/// Names the local file in a read error from the upload path.
+fn relabel_local(e: Error, local: &Path) -> Error {
+    match e {
+        Error::Local { source, .. } => Error::local(format!("cannot read {}", local.display()), source),
+        e => e,
     }
-    Ok(n)
 }
 
 #[cfg(test)]
