@@ -390,10 +390,9 @@ impl Sftp {
         std::future::poll_fn(|cx| chan.poll_space(cx)).await?;
         let mut count = 0;
         let id = chan.try_send_with(|id, out| {
-            let (n, queued) =
-                proto::encode_write_with(id, &h.raw, offset, max, out, |dst, max| {
-                    pread_full(file, dst, file_offset, max)
-                })
+            let (n, queued) = proto::encode_write_with(id, &h.raw, offset, max, out, |dst, max| {
+                pread_full(file, dst, file_offset, max)
+            })
             .map_err(|e| Error::local("cannot read the file being uploaded", e))?;
             count = n;
             Ok(queued)

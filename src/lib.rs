@@ -26,6 +26,7 @@ pub mod location;
 pub mod mirror;
 pub mod proto;
 pub mod reactor;
+pub mod reprepro;
 pub mod serve;
 pub mod session;
 pub mod task;

@@ -658,7 +658,10 @@ impl OutQueue {
 
     /// Appends whatever `encode` writes, unless it returns `Ok(false)` or an error: then
     /// its bytes are taken back.
-    fn try_push_with<E>(&mut self, encode: impl FnOnce(&mut Vec<u8>) -> Result<bool, E>) -> Result<bool, E> {
+    fn try_push_with<E>(
+        &mut self,
+        encode: impl FnOnce(&mut Vec<u8>) -> Result<bool, E>,
+    ) -> Result<bool, E> {
         let reuse_last = self.segments.back().is_some_and(|last| {
             last.len() < SEGMENT && !(self.segments.len() == 1 && self.front_pos > 0)
         });

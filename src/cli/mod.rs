@@ -13,6 +13,7 @@ pub mod format;
 pub mod mirror;
 pub mod ops;
 pub mod progress;
+pub mod reprepro;
 pub mod serve;
 pub mod transfer;
 
@@ -117,6 +118,9 @@ pub enum Command {
     Mirror(mirror::MirrorArgs),
     /// Serve a JSON command protocol on stdin/stdout (for other programs)
     Serve(serve::ServeArgs),
+    /// reprepro outhook: publish a reprepro repository's changes over SFTP, atomically
+    #[command(name = "reprepro-hook")]
+    RepreproHook(reprepro::HookArgs),
 }
 
 /// Transfer tuning shared by `get`, `put` (and `mirror`).
@@ -292,6 +296,7 @@ pub fn run(cli: Cli) -> i32 {
         Command::Realpath(a) => ops::realpath(g, &a),
         Command::Mirror(a) => mirror::mirror(g, &a),
         Command::Serve(a) => serve::serve(g, &a),
+        Command::RepreproHook(a) => reprepro::hook(g, &a),
     };
     match result {
         Ok(code) => code,

@@ -115,6 +115,22 @@ pub fn snapshot_local(root: &Path, opts: &MirrorOptions) -> Result<Option<Snapsh
     };
     let entries = walk_local_with(root, opts.copy_links, &classify)?;
     let mut snap = Snapshot::new();
+    let meta = fs::metadata(root)
+        .map_err(|e| Error::local(format!("cannot read {}", root.display()), e))?;
+    {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        snap.insert(
+            Vec::new(),
+            TreeEntry {
+                kind: EntryKind::Dir,
+                size: 0,
+                mtime: meta.mtime(),
+                mode: meta.permissions().mode() & 0o7777,
+                target: None,
+                excluded: false,
+            },
+        );
+    }
     let mut excluded_dirs: Vec<Vec<u8>> = Vec::new();
     for e in entries {
         let rel = rel_str(&e.rel);
@@ -175,6 +191,7 @@ fn list_remote_dir(
     root: Rc<Vec<u8>>,
     rel: Vec<u8>,
     excluded_parent: bool,
+    prefetched: Option<Result<Vec<crate::proto::NameEntry>>>,
 ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()>>> {
     Box::pin(async move {
         let dir = if rel.is_empty() {
@@ -182,9 +199,12 @@ fn list_remote_dir(
         } else {
             remote_join(&root, &rel)
         };
-        let listing = {
-            let _permit = open_files.acquire(1).await;
-            sftp.read_dir(&dir).await
+        let listing = match prefetched {
+            Some(l) => l,
+            None => {
+                let _permit = open_files.acquire(1).await;
+                sftp.read_dir(&dir).await
+            }
         };
         let entries = match listing {
             Ok(e) => e,
@@ -220,6 +240,7 @@ fn list_remote_dir(
                     root.clone(),
                     child.clone(),
                     excluded,
+                    None,
                 ));
                 walk.tasks.borrow_mut().push(h);
             }
@@ -276,26 +297,37 @@ pub async fn snapshot_remote(
         read_links: true,
     });
     let root = Rc::new(root.to_vec());
-    let first = {
+    // The root's attributes and its listing in one round trip.
+    let (attrs, listing) = {
         let _permit = t.open_files.acquire(1).await;
-        t.sftp.read_dir(root.as_slice()).await
+        futures_util::join!(
+            t.sftp.stat(root.as_slice()),
+            t.sftp.read_dir(root.as_slice())
+        )
     };
-    match first {
-        Ok(_) => {}
-        Err(e) if e.is_not_found() => return Ok((None, Vec::new())),
-        Err(e) => {
-            // Not a directory, or not readable: say which.
-            return match t.sftp.stat(root.as_slice()).await {
-                Ok(a) if !a.is_dir() => Err(Error::InvalidInput(format!(
-                    "remote {} is not a directory",
-                    String::from_utf8_lossy(&root)
-                ))),
-                _ => Err(e),
-            };
+    let attrs = match attrs {
+        Ok(a) if a.is_dir() => a,
+        Ok(_) => {
+            return Err(Error::InvalidInput(format!(
+                "remote {} is not a directory",
+                String::from_utf8_lossy(&root)
+            )));
         }
-    }
-    // The probe above proved the root is a directory; list it (again) as a task like the
-    // others so the code path is one.
+        Err(e) if e.is_not_found() => return Ok((None, Vec::new())),
+        Err(e) => return Err(e),
+    };
+    let (_, _, mtime, mode) = entry_from_attrs(&attrs);
+    walk.snap.borrow_mut().insert(
+        Vec::new(),
+        TreeEntry {
+            kind: EntryKind::Dir,
+            size: 0,
+            mtime,
+            mode,
+            target: None,
+            excluded: false,
+        },
+    );
     list_remote_dir(
         t.sftp.clone(),
         t.open_files.clone(),
@@ -303,6 +335,7 @@ pub async fn snapshot_remote(
         root,
         Vec::new(),
         false,
+        Some(listing),
     )
     .await;
     loop {
@@ -615,8 +648,13 @@ async fn run(sides: Sides, opts: &MirrorOptions) -> MirrorReport {
         }
     };
     let incomplete_listing = !listing_failures.is_empty();
+    let connection_lost = listing_failures.iter().any(|(_, e)| e.is_connection());
     for (path, e) in listing_failures {
         t.record_failure(path, e);
+    }
+    if connection_lost {
+        // Nothing more can be done; the listing's errors already say why.
+        return finish(report, &t);
     }
     let (source, dest, dest_root_exists) = match sides.dir {
         Direction::Up => {
@@ -894,31 +932,6 @@ async fn run(sides: Sides, opts: &MirrorOptions) -> MirrorReport {
                 }
             })
             .await;
-    }
-    // The root itself, when something inside it changed.
-    if touched.contains(&Vec::new()) {
-        let root_mtime = match sides.dir {
-            Direction::Up => fs::metadata(&*sides.local_root).ok().map(|m| {
-                use std::os::unix::fs::MetadataExt;
-                m.mtime()
-            }),
-            Direction::Down => t
-                .sftp
-                .stat(sides.remote_root.as_slice())
-                .await
-                .ok()
-                .and_then(|a| a.mtime().map(i64::from)),
-        };
-        if let Some(m) = root_mtime {
-            let s = sides.clone();
-            phase
-                .run(async move {
-                    if let Err(e) = s.set_dir_mtime(b"", m).await {
-                        log::warn!("could not set the time of {}: {e}", s.dest_name(b""));
-                    }
-                })
-                .await;
-        }
     }
     phase.finish().await;
 

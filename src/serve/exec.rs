@@ -1,9 +1,7 @@
 //! Running a [`Command`] over the connection and turning the outcome into an answer.
 
-use std::cell::RefCell;
 use std::fs;
 use std::path::Path;
-use std::rc::Rc;
 
 use serde_json::{Value, json};
 
@@ -232,17 +230,12 @@ impl Executor {
     /// own directory locks (a lock remembers "exists" or "failed" for good, which must
     /// not outlive the command: a later RMDIR or chmod may change the answer).
     fn fork(&self, preserve: bool, preserve_times: bool) -> Transfer {
-        let mut t = self.transfer.clone();
-        t.dirlocks = DirLocks::new(self.sftp.clone());
-        t.report = Rc::new(RefCell::new(Report::default()));
-        if preserve || preserve_times {
-            t.opts = Rc::new(TransferOptions {
-                preserve_times: true,
-                preserve_mode: preserve,
-                ..(*t.opts).clone()
-            });
-        }
-        t
+        let base = self.transfer.options();
+        self.transfer.fork(TransferOptions {
+            preserve_times: preserve || preserve_times || base.preserve_times,
+            preserve_mode: preserve || base.preserve_mode,
+            ..base.clone()
+        })
     }
 
     /// Runs one command to its answer.
@@ -283,16 +276,24 @@ impl Executor {
                 parents: false,
                 mode,
             } => {
-                let attrs = mode.map(FileAttributes::with_permissions).unwrap_or_default();
+                let attrs = mode
+                    .map(FileAttributes::with_permissions)
+                    .unwrap_or_default();
                 done(sftp.mkdir(&path, &attrs).await)
             }
             Command::Rmdir { path } => done(sftp.rmdir(&path).await),
             Command::Rename { source, dest } => done(sftp.rename_replace(&source, &dest).await),
             Command::Symlink { target, path } => done(sftp.symlink(&target, &path).await),
-            Command::Readlink { path } => to_reply(sftp.readlink(&path).await.map(|t| json!(lossy(&t)))),
-            Command::Realpath { path } => to_reply(sftp.realpath(&path).await.map(|t| json!(lossy(&t)))),
+            Command::Readlink { path } => {
+                to_reply(sftp.readlink(&path).await.map(|t| json!(lossy(&t))))
+            }
+            Command::Realpath { path } => {
+                to_reply(sftp.realpath(&path).await.map(|t| json!(lossy(&t))))
+            }
             Command::Chmod { path, mode } => done(sftp.chmod(&path, mode).await),
-            Command::Statvfs { path } => to_reply(sftp.statvfs(&path).await.map(|s| statvfs_json(&s))),
+            Command::Statvfs { path } => {
+                to_reply(sftp.statvfs(&path).await.map(|s| statvfs_json(&s)))
+            }
             Command::Mirror {
                 source,
                 dest,
@@ -430,7 +431,11 @@ mod tests {
         assert_eq!((r.status, r.code), ("error", Some("not_found")));
         let r = batch_reply(json!({}), 3, vec![("/a".into(), nf()), ("/b".into(), nf())]);
         assert_eq!(r.code, Some("partial"));
-        assert!(r.message.starts_with("2 of 5 operations failed"), "{}", r.message);
+        assert!(
+            r.message.starts_with("2 of 5 operations failed"),
+            "{}",
+            r.message
+        );
         assert_eq!(r.data["failures"].as_array().map(Vec::len), Some(2));
         assert_eq!(batch_reply(json!({}), 3, vec![]).status, "ok");
     }

@@ -376,7 +376,13 @@ mod tests {
         );
         let mut d = Decoder::new(None, 100);
         d.feed(&[0, 0]);
-        assert_eq!(d.finish(), Some(Frame::Truncated { have: 2, want: None }));
+        assert_eq!(
+            d.finish(),
+            Some(Frame::Truncated {
+                have: 2,
+                want: None
+            })
+        );
     }
 
     #[test]
@@ -385,6 +391,9 @@ mod tests {
         let t = encode(Framing::Text, &v);
         assert_eq!(t.iter().filter(|&&b| b == b'\n').count(), 1);
         let b = encode(Framing::Binary, &v);
-        assert_eq!(u32::from_be_bytes(b[..4].try_into().unwrap()) as usize, b.len() - 4);
+        assert_eq!(
+            u32::from_be_bytes(b[..4].try_into().unwrap()) as usize,
+            b.len() - 4
+        );
     }
 }

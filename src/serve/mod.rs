@@ -225,9 +225,7 @@ async fn dispatch(
         Frame::Oversized { framing, max, .. } => (
             framing,
             None,
-            Work::Fail(format!(
-                "line exceeds the maximum of {max} bytes; skipped"
-            )),
+            Work::Fail(format!("line exceeds the maximum of {max} bytes; skipped")),
         ),
         Frame::Truncated { have, want } => (
             Framing::Binary,

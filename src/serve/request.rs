@@ -173,7 +173,10 @@ impl Args<'_> {
         match self.present(key) {
             None => Ok(None),
             Some(Value::Number(n)) => {
-                let m = n.as_u64().filter(|&m| m <= u32::MAX as u64).ok_or_else(bad)?;
+                let m = n
+                    .as_u64()
+                    .filter(|&m| m <= u32::MAX as u64)
+                    .ok_or_else(bad)?;
                 Ok(Some(m as u32 & 0o7777))
             }
             Some(Value::String(s)) => {
@@ -357,7 +360,8 @@ mod tests {
                 mode: 0o755
             }
         );
-        let r = parse(json!({"command": "chmod", "args": {"path": "x", "mode": 0o100644}})).unwrap();
+        let r =
+            parse(json!({"command": "chmod", "args": {"path": "x", "mode": 0o100644}})).unwrap();
         assert!(matches!(r.command, Command::Chmod { mode: 0o644, .. }));
     }
 
@@ -367,18 +371,42 @@ mod tests {
         assert_eq!(e.id, Some(json!("x")));
         assert!(e.message.contains("unknown command"), "{}", e.message);
         for (v, want) in [
-            (json!({"command": "STAT", "args": {}}), "missing argument 'path'"),
-            (json!({"command": "STAT", "args": {"path": 1}}), "must be a string"),
+            (
+                json!({"command": "STAT", "args": {}}),
+                "missing argument 'path'",
+            ),
+            (
+                json!({"command": "STAT", "args": {"path": 1}}),
+                "must be a string",
+            ),
             (json!({"command": "STAT", "args": {"path": ""}}), "is empty"),
-            (json!({"command": "STAT", "args": {"path": "a\u{0}b"}}), "NUL"),
-            (json!({"command": "STAT", "args": []}), "'args' must be an object"),
+            (
+                json!({"command": "STAT", "args": {"path": "a\u{0}b"}}),
+                "NUL",
+            ),
+            (
+                json!({"command": "STAT", "args": []}),
+                "'args' must be an object",
+            ),
             (json!({"command": 5}), "'command' must be a string"),
             (json!({"args": {}}), "missing 'command'"),
             (json!([1]), "must be a JSON object"),
-            (json!({"command": "GET", "args": {"source": "a", "dest": "b", "recursive": 1}}), "true or false"),
-            (json!({"command": "CHMOD", "args": {"path": "a", "mode": "9"}}), "mode"),
-            (json!({"command": "CHMOD", "args": {"path": "a"}}), "missing argument 'mode'"),
-            (json!({"command": "MIRROR", "args": {"source": "a", "dest": "b", "exclude": "x"}}), "list of strings"),
+            (
+                json!({"command": "GET", "args": {"source": "a", "dest": "b", "recursive": 1}}),
+                "true or false",
+            ),
+            (
+                json!({"command": "CHMOD", "args": {"path": "a", "mode": "9"}}),
+                "mode",
+            ),
+            (
+                json!({"command": "CHMOD", "args": {"path": "a"}}),
+                "missing argument 'mode'",
+            ),
+            (
+                json!({"command": "MIRROR", "args": {"source": "a", "dest": "b", "exclude": "x"}}),
+                "list of strings",
+            ),
         ] {
             let e = parse(v.clone()).unwrap_err();
             assert!(e.message.contains(want), "{v}: {}", e.message);

@@ -195,6 +195,10 @@ impl Runtime {
             let busy = main.0.load(Ordering::Acquire) || !self.shared.ready.is_empty();
             match self.reactor.turn(!busy) {
                 Ok(true) => {}
+                // Preparing the sources may itself have woken tasks (a connection found
+                // dead wakes everyone waiting on it): only a loop with nothing runnable
+                // and no I/O to wait for is stuck.
+                Ok(false) if main.0.load(Ordering::Acquire) || !self.shared.ready.is_empty() => {}
                 Ok(false) => panic!(
                     "sftpipe: all {} tasks are waiting and no I/O is pending (internal deadlock)",
                     self.shared.live.get()
@@ -290,4 +294,45 @@ pub async fn yield_now() {
         }
     })
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::reactor::Source;
+
+    /// A source that, like a connection found dead while flushing, wakes its waiter from
+    /// `prepare` and reports that it expects nothing more.
+    struct WakesInPrepare(Rc<RefCell<Option<Waker>>>);
+
+    impl Source for WakesInPrepare {
+        fn prepare(&self, _: &mio::Registry) -> bool {
+            if let Some(w) = self.0.borrow_mut().take() {
+                w.wake();
+            }
+            false
+        }
+        fn ready(&self, _: &mio::Registry, _: &mio::event::Event) {}
+    }
+
+    #[test]
+    fn a_wake_during_prepare_is_not_mistaken_for_a_deadlock() {
+        let rt = Runtime::new().unwrap();
+        let parked = Rc::new(RefCell::new(None));
+        let src: Rc<dyn Source> = Rc::new(WakesInPrepare(parked.clone()));
+        let slot = rt.reactor().reserve();
+        rt.reactor().install(slot, &src);
+        let mut polls = 0;
+        rt.block_on(std::future::poll_fn(|cx| {
+            polls += 1;
+            if polls == 1 {
+                // Park with the waker where only `prepare` will find it.
+                *parked.borrow_mut() = Some(cx.waker().clone());
+                Poll::Pending
+            } else {
+                Poll::Ready(())
+            }
+        }));
+        assert_eq!(polls, 2);
+    }
 }

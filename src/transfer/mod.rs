@@ -166,6 +166,22 @@ impl Transfer {
         }
     }
 
+    /// A sibling context for an independent batch: it shares this one's limits (open
+    /// handles, bytes in flight) and progress sink, but has its own report, options and
+    /// directory locks (whose knowledge of what exists is only valid within a batch).
+    pub fn fork(&self, opts: TransferOptions) -> Transfer {
+        Transfer {
+            sftp: self.sftp.clone(),
+            opts: Rc::new(opts),
+            dirlocks: DirLocks::new(self.sftp.clone()),
+            open_files: self.open_files.clone(),
+            budget: self.budget.clone(),
+            progress: self.progress.clone(),
+            report: Rc::new(RefCell::new(Report::default())),
+            started: Instant::now(),
+        }
+    }
+
     /// The connection.
     pub fn sftp(&self) -> &Sftp {
         &self.sftp

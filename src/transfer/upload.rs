@@ -242,7 +242,9 @@ impl Transfer {
 /// Names the local file in a read error from the upload path.
 fn relabel_local(e: Error, local: &Path) -> Error {
     match e {
-        Error::Local { source, .. } => Error::local(format!("cannot read {}", local.display()), source),
+        Error::Local { source, .. } => {
+            Error::local(format!("cannot read {}", local.display()), source)
+        }
         e => e,
     }
 }
