@@ -449,6 +449,9 @@ fn dying_server(dir: &Path, ms: u64) -> String {
 }
 
 fn temp_files(root: &Path) -> Vec<PathBuf> {
+    if !root.exists() {
+        return Vec::new();
+    }
     scan(root)
         .into_keys()
         .filter(|p| p.to_string_lossy().ends_with(".sftpipe-tmp"))

@@ -920,7 +920,10 @@ async fn run(sides: Sides, opts: &MirrorOptions) -> MirrorReport {
         .iter()
         .filter(|(_, e)| e.kind == EntryKind::Dir && !e.excluded)
     {
-        let stale = dest.get(rel).is_none_or(|d| d.mtime != e.mtime) || touched.contains(rel);
+        let stale = dest
+            .get(rel)
+            .is_none_or(|d| d.kind != EntryKind::Dir || d.mtime != e.mtime)
+            || touched.contains(rel);
         if !stale {
             continue;
         }
