@@ -198,35 +198,34 @@ impl DirLocks {
         let Some(mut held) = self.acquire(dir).await? else {
             return attempt().await;
         };
-        if known_missing {
-            match self.create(dir).await {
-                Ok(()) => held.settle(Some(DirState::Exists { new: true })),
-                Err(e) => {
-                    held.settle(Some(DirState::Failed(e.duplicate())));
-                    return Err(e);
+        if !known_missing {
+            match attempt().await {
+                Ok(v) => {
+                    held.settle(Some(DirState::Exists { new: false }));
+                    return Ok(v);
                 }
+                Err(e) if e.is_not_found() => {}
+                // Not about the directory (permission on the file, say): the next task
+                // probes again.
+                Err(e) => return Err(e),
             }
-            drop(held);
-            return attempt().await;
         }
-        match attempt().await {
-            Ok(v) => {
-                held.settle(Some(DirState::Exists { new: false }));
-                Ok(v)
+        self.create_held(held).await?;
+        attempt().await
+    }
+
+    /// Creates `held`'s directory and settles its lock with the outcome.
+    async fn create_held(&self, mut held: Holding<'_>) -> Result<()> {
+        let dir = held.dir.clone();
+        match self.create(&dir).await {
+            Ok(()) => {
+                held.settle(Some(DirState::Exists { new: true }));
+                Ok(())
             }
-            Err(e) if e.is_not_found() => {
-                match self.create(dir).await {
-                    Ok(()) => held.settle(Some(DirState::Exists { new: true })),
-                    Err(e) => {
-                        held.settle(Some(DirState::Failed(e.duplicate())));
-                        return Err(e);
-                    }
-                }
-                drop(held);
-                attempt().await
+            Err(e) => {
+                held.settle(Some(DirState::Failed(e.duplicate())));
+                Err(e)
             }
-            // Not about the directory (permission on the file, say): let the next task probe.
-            Err(e) => Err(e),
         }
     }
 
@@ -236,18 +235,9 @@ impl DirLocks {
         if is_root(dir) {
             return Ok(());
         }
-        let Some(mut held) = self.acquire(dir).await? else {
-            return Ok(());
-        };
-        match self.create(dir).await {
-            Ok(()) => {
-                held.settle(Some(DirState::Exists { new: true }));
-                Ok(())
-            }
-            Err(e) => {
-                held.settle(Some(DirState::Failed(e.duplicate())));
-                Err(e)
-            }
+        match self.acquire(dir).await? {
+            Some(held) => self.create_held(held).await,
+            None => Ok(()),
         }
     }
 
