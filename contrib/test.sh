@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs sftpipe's whole test suite: installs what the tests need (OpenSSH server and
-# sftp-server, run as a throwaway sshd on 127.0.0.1 by the tests themselves), checks
+# sftp-server, run as a throwaway sshd on 127.0.0.1 by the tests themselves; reprepro for
+# the publish hook's end-to-end test), checks
 # formatting and lints, then runs every unit and integration test.
 #
 #   contrib/test.sh            # everything
@@ -16,6 +17,9 @@ need=()
 [[ -x /usr/lib/openssh/sftp-server ]] || need+=(openssh-sftp-server)
 command -v ssh >/dev/null || need+=(openssh-client)
 command -v setpriv >/dev/null || need+=(util-linux)
+command -v reprepro >/dev/null || need+=(reprepro)
+command -v dpkg-deb >/dev/null || need+=(dpkg)
+command -v python3 >/dev/null || need+=(python3)
 if ((${#need[@]})); then
     if [[ $(id -u) -ne 0 ]]; then
         echo "contrib/test.sh: needs ${need[*]}; run as root or install them" >&2

@@ -257,6 +257,12 @@ impl Ctx {
         }
     }
 
+    fn uploaded(&self, bytes: u64) {
+        let mut r = self.report.borrow_mut();
+        r.uploaded += 1;
+        r.bytes += bytes;
+    }
+
     fn failed(&self) -> bool {
         !self.report.borrow().failures.is_empty()
     }
@@ -278,10 +284,7 @@ impl Ctx {
         let remote = self.remote(&u.key);
         match self.put_pool_file(&u.local, &remote, u.replace).await {
             Ok(PoolOutcome::Uploaded(n)) => {
-                let mut r = self.report.borrow_mut();
-                r.uploaded += 1;
-                r.bytes += n;
-                drop(r);
+                self.uploaded(n);
                 self.record(u.log, "done", &u.key)
             }
             Ok(PoolOutcome::Present) => {
@@ -429,10 +432,7 @@ impl Ctx {
         let new = self.remote(&format!("{}.new", f.key));
         match self.transfer.upload(&f.local, &new).await {
             Ok(n) => {
-                let mut r = self.report.borrow_mut();
-                r.uploaded += 1;
-                r.bytes += n;
-                drop(r);
+                self.uploaded(n);
                 self.record(f.log, AS_DOT_NEW, &f.key)
             }
             Err(e) => {
@@ -452,10 +452,7 @@ impl Ctx {
             log::info!("{}.new is gone; uploading it again", f.key);
             r = match self.transfer.upload(&f.local, &new).await {
                 Ok(n) => {
-                    let mut rep = self.report.borrow_mut();
-                    rep.uploaded += 1;
-                    rep.bytes += n;
-                    drop(rep);
+                    self.uploaded(n);
                     self.sftp.posix_rename(&new, &fin).await
                 }
                 Err(e) => Err(e),

@@ -780,7 +780,7 @@ mod tests {
         assert!(sel(&[&b], o).is_err(), "older pending logs refuse");
         assert_eq!(
             sel(&[&c], o).unwrap(),
-            [c.clone()],
+            std::slice::from_ref(&c),
             "newer pending logs do not matter"
         );
         let auto = SelectOptions {
@@ -792,12 +792,12 @@ mod tests {
             force_order: true,
             ..o
         };
-        assert_eq!(sel(&[&b], force).unwrap(), [b.clone()]);
+        assert_eq!(sel(&[&b], force).unwrap(), std::slice::from_ref(&b));
         let ignore = SelectOptions {
             ignore_pending: true,
             ..o
         };
-        assert_eq!(sel(&[&b], ignore).unwrap(), [b.clone()]);
+        assert_eq!(sel(&[&b], ignore).unwrap(), std::slice::from_ref(&b));
         assert!(sel(&[&b, &a], ignore).is_err(), "out of order");
         assert_eq!(sel(&[&b, &a], force).unwrap(), [b.clone(), a.clone()]);
         let pending = SelectOptions { pending: true, ..o };
