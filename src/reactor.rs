@@ -478,6 +478,12 @@ impl Channel {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                // The child exited with our requests unread in its socket: as good as an
+                // end of file, and its exit status says why.
+                Err(e) if e.kind() == io::ErrorKind::ConnectionReset => {
+                    self.fail(st, None);
+                    return;
+                }
                 Err(e) => {
                     self.fail(st, Some(format!("reading from {} failed: {e}", st.label)));
                     return;
@@ -736,6 +742,14 @@ impl OutQueue {
     }
 }
 
+/// A write error that means the child closed its end: its exit status will say why.
+fn child_went_away(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
+    )
+}
+
 /// Waits up to `limit` for the child to exit, then kills it.
 fn reap(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
     let deadline = Instant::now() + limit;
@@ -759,7 +773,7 @@ impl Source for Channel {
             return false;
         }
         if let Err(e) = Self::flush(&mut st) {
-            let msg = if e.kind() == io::ErrorKind::BrokenPipe {
+            let msg = if child_went_away(&e) {
                 None
             } else {
                 Some(format!("writing to {} failed: {e}", st.label))
@@ -797,7 +811,7 @@ impl Source for Channel {
                 if event.is_writable() {
                     st.stdin_writable = true;
                     if let Err(e) = Self::flush(&mut st) {
-                        let msg = (e.kind() != io::ErrorKind::BrokenPipe)
+                        let msg = (!child_went_away(&e))
                             .then(|| format!("writing to {} failed: {e}", st.label));
                         // A broken pipe means the child died; reading tells why.
                         self.read_stdout(&mut st);

@@ -158,19 +158,26 @@ impl Transfer {
     ) -> Result<u64> {
         let chunk = self.download_chunk() as u64;
         let max_requests = self.opts.requests.max(1);
-        let mut size_hint = size_hint;
+        let mut st = Fetch {
+            handle,
+            file,
+            local,
+            received,
+            size_hint,
+            end: None,
+            retry: Vec::new(),
+            progress: &*self.progress,
+        };
         let mut next = start;
-        let mut end: Option<u64> = None;
-        let mut retry: Vec<(u64, u64)> = Vec::new();
         let mut inflight = FuturesUnordered::new();
         loop {
             while inflight.len() < max_requests {
-                let (offset, len) = if let Some(r) = retry.pop() {
+                let (offset, len) = if let Some(r) = st.retry.pop() {
                     r
-                } else if end.is_none() && size_hint.is_none_or(|s| next <= s) {
+                } else if st.end.is_none() && st.size_hint.is_none_or(|s| next <= s) {
                     // Past the expected size, one more READ confirms the end (or finds
                     // that the file grew, and then reading goes on without a size).
-                    let len = match size_hint {
+                    let len = match st.size_hint {
                         Some(s) if next < s => chunk.min(s - next),
                         _ => chunk,
                     };
@@ -180,7 +187,9 @@ impl Transfer {
                 } else {
                     break;
                 };
-                let permit = self.budget.acquire(len as usize).await;
+                let permit = self
+                    .budget_while_draining(len as usize, &mut inflight, |item| st.complete(item))
+                    .await?;
                 let pending = self
                     .sftp
                     .submit(&Request::Read {
@@ -191,43 +200,69 @@ impl Transfer {
                     .await?;
                 inflight.push(async move {
                     let r = pending.await;
-                    (offset, len, r, permit)
+                    drop(permit);
+                    (offset, len, r)
                 });
             }
-            let Some((offset, len, r, _permit)) = inflight.next().await else {
-                break;
-            };
-            match read_reply(handle.path(), r?)? {
-                Some(data) if !data.is_empty() => {
-                    let n = (data.len() as u64).min(len);
-                    file.write_all_at(&data[..n as usize], offset)
-                        .map_err(|e| {
-                            Error::local(format!("cannot write {}", local.display()), e)
-                        })?;
-                    received.add(offset, n);
-                    self.progress.transferred(n);
-                    if size_hint.is_some_and(|s| offset + n > s) {
-                        size_hint = None;
-                    }
-                    if n < len && end.is_none_or(|e| offset + n < e) {
-                        retry.push((offset + n, len - n));
-                    }
-                }
-                _ => {
-                    end = Some(end.map_or(offset, |e| e.min(offset)));
-                    retry.retain(|&(o, _)| o < offset);
-                }
+            match inflight.next().await {
+                Some(item) => st.complete(item)?,
+                None => break,
             }
         }
-        let end = end.unwrap_or(next);
-        if received.contiguous < end {
+        let end = st.end.unwrap_or(next);
+        if st.received.contiguous < end {
             return Err(Error::Protocol(format!(
                 "{}: server ended the file at {end} but sent only {} contiguous bytes",
                 String::from_utf8_lossy(handle.path()),
-                received.contiguous
+                st.received.contiguous
             )));
         }
         Ok(end)
+    }
+}
+
+/// The state of one download's pipeline, updated as each READ completes.
+struct Fetch<'a> {
+    handle: &'a crate::client::Handle,
+    file: &'a fs::File,
+    local: &'a Path,
+    received: &'a mut Received,
+    size_hint: Option<u64>,
+    end: Option<u64>,
+    /// Tails of short reads still to request.
+    retry: Vec<(u64, u64)>,
+    progress: &'a dyn super::Progress,
+}
+
+impl Fetch<'_> {
+    /// Writes a READ's data at its offset, or notes where the file ends.
+    fn complete(
+        &mut self,
+        (offset, len, r): (u64, u64, Result<crate::proto::Response>),
+    ) -> Result<()> {
+        match read_reply(self.handle.path(), r?)? {
+            Some(data) if !data.is_empty() => {
+                let n = (data.len() as u64).min(len);
+                self.file
+                    .write_all_at(&data[..n as usize], offset)
+                    .map_err(|e| {
+                        Error::local(format!("cannot write {}", self.local.display()), e)
+                    })?;
+                self.received.add(offset, n);
+                self.progress.transferred(n);
+                if self.size_hint.is_some_and(|s| offset + n > s) {
+                    self.size_hint = None;
+                }
+                if n < len && self.end.is_none_or(|e| offset + n < e) {
+                    self.retry.push((offset + n, len - n));
+                }
+            }
+            _ => {
+                self.end = Some(self.end.map_or(offset, |e| e.min(offset)));
+                self.retry.retain(|&(o, _)| o < offset);
+            }
+        }
+        Ok(())
     }
 }
 

@@ -15,7 +15,11 @@ use std::time::{Duration, Instant};
 
 use crate::client::Sftp;
 use crate::error::Error;
-use crate::task::{DirLocks, Semaphore};
+use futures_util::StreamExt;
+use futures_util::future::{Either, select};
+use futures_util::stream::FuturesUnordered;
+
+use crate::task::{DirLocks, Permit, Semaphore};
 
 pub use tree::{LocalEntry, LocalKind, safe_remote_name, walk_local, walk_local_with};
 pub use upload::temp_name;
@@ -210,6 +214,32 @@ impl Transfer {
     pub fn record_failure(&self, path: String, e: Error) {
         self.progress.file_done(&path, 0, Some(&e));
         self.report.borrow_mut().failures.push((path, e));
+    }
+
+    /// Waits for `bytes` of the in-flight budget while still collecting completions of
+    /// `inflight`, each handed to `done`. Budget held by this file's own requests comes back
+    /// only as their replies are collected, so waiting without collecting could wait
+    /// forever once the budget is spent.
+    pub(crate) async fn budget_while_draining<F, T>(
+        &self,
+        bytes: usize,
+        inflight: &mut FuturesUnordered<F>,
+        mut done: impl FnMut(T) -> crate::Result<()>,
+    ) -> crate::Result<Permit>
+    where
+        F: std::future::Future<Output = T>,
+    {
+        let mut acquire = self.budget.acquire(bytes);
+        loop {
+            if inflight.is_empty() {
+                return Ok(acquire.await);
+            }
+            match select(&mut acquire, inflight.next()).await {
+                Either::Left((permit, _)) => return Ok(permit),
+                Either::Right((Some(item), _)) => done(item)?,
+                Either::Right((None, _)) => {}
+            }
+        }
     }
 
     fn upload_chunk(&self) -> usize {

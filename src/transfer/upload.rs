@@ -151,9 +151,17 @@ impl Transfer {
         let mut offset = start;
         let mut eof = false;
         let mut acked = 0u64;
+        let collect = |acked: &mut u64, (n, r): (usize, Result<crate::proto::Response>)| {
+            write_reply(handle.path(), r?)?;
+            *acked += n as u64;
+            self.progress.transferred(n as u64);
+            Ok(())
+        };
         loop {
             while !eof && inflight.len() < max_requests {
-                let permit = self.budget.acquire(chunk).await;
+                let permit = self
+                    .budget_while_draining(chunk, &mut inflight, |item| collect(&mut acked, item))
+                    .await?;
                 let Some((pending, n)) = self
                     .sftp
                     .submit_write_from_file(handle, offset, file, offset, chunk)
@@ -175,11 +183,7 @@ impl Transfer {
                 break;
             }
             match inflight.next().await {
-                Some((n, r)) => {
-                    write_reply(handle.path(), r?)?;
-                    acked += n as u64;
-                    self.progress.transferred(n as u64);
-                }
+                Some(item) => collect(&mut acked, item)?,
                 None => break,
             }
         }
@@ -223,10 +227,8 @@ impl Transfer {
             None
         };
         let close = self.sftp.submit_close(handle).await?;
-        while let Some((n, r)) = inflight.next().await {
-            write_reply(handle.path(), r?)?;
-            acked += n as u64;
-            self.progress.transferred(n as u64);
+        while let Some(item) = inflight.next().await {
+            collect(&mut acked, item)?;
         }
         if let Some(p) = setstat {
             crate::client::expect_ok_reply("fsetstat", handle.path(), p.await?)?;
