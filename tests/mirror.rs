@@ -491,13 +491,20 @@ fn killed_mirror_never_shows_partial_files_and_converges_on_rerun() {
     // depends on the machine's load); a run that finished resets the destination.
     let mut interrupted = 0;
     for ms in [60, 100, 150, 250, 400, 600, 900, 1400] {
-        let out = run(&dying_server(d.path(), ms), &["mirror", &s(&src), &remote(&dst)]);
+        let out = run(
+            &dying_server(d.path(), ms),
+            &["mirror", &s(&src), &remote(&dst)],
+        );
         if out.status.success() {
             fs::remove_dir_all(&dst).unwrap();
             continue;
         }
         assert_eq!(out.status.code(), Some(5), "{}", explain(&out));
-        assert!(String::from_utf8_lossy(&out.stderr).contains("connection lost"), "{}", explain(&out));
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("connection lost"),
+            "{}",
+            explain(&out)
+        );
         // Proof that the kill hit uploads in flight: their temporary files remain.
         if !temp_files(&dst).is_empty() {
             interrupted += 1;
