@@ -1,0 +1,639 @@
+#!/usr/bin/env bash
+# sftpipe benchmark: sftpipe and its peers side by side, in one run, against a throwaway sshd.
+#
+# Usage: contrib/bench/run.sh [--quick] [--only loopback|rtt20] [--repeat N] [--out FILE]
+#                             [--timeout SECS] [--max-time SECS] [--keep]
+#
+#   --quick          smoke run: 128 MiB big file, no 5,000-file trees, no 2 GiB / 10,000-file memory
+#                    runs (memory is then measured on the 128 MiB file and the 500-file tree, and
+#                    "one changed file" uses the 500-file tree); takes a few minutes
+#   --only COND      run only one network condition: loopback or rtt20
+#   --repeat N       time every command N times (peers interleaved) and report the median (default 1)
+#   --out FILE       also write the Markdown report to FILE (it always goes to stdout)
+#   --timeout SECS   per-command limit (default 300); a command that hits it is reported FAILED
+#   --max-time SECS  overall budget (default 2400); cases not started by then are reported SKIPPED
+#   --keep           keep the work directory (/tmp/sftpipe-bench.*) for inspection
+#
+# Environment: SFTPIPE=/path/to/sftpipe skips the cargo build; CARGO_TARGET_DIR is honoured.
+#
+# Needs root (it starts its own sshd and may apt-get install openssh-server, openssh-sftp-server,
+# rsync, lftp, time, python3 when missing) and a Debian-like system. It builds sftpipe in release
+# mode, starts sshd on 127.0.0.1 on a free port with fresh host/user keys, and runs every workload
+# under two network conditions, each a full round:
+#   loopback  direct TCP to 127.0.0.1
+#   rtt20     ssh ProxyCommand contrib/bench/delay-relay.py holding each direction 10 ms (RTT 20 ms)
+# Every tool gets the same ssh options (incl. the ProxyCommand): ssh/scp/sftp -o, rsync -e "ssh ...",
+# lftp sftp:connect-program "ssh -a -x ...", sftpipe -o. All data lives in one mktemp -d under /tmp
+# ("remote" paths are on the same machine); sshd and the work directory are removed on exit.
+#
+# Workloads (wall time of one command, destination removed before each timed run, untimed):
+#   1. one 512 MiB random file, up and down: ssh 'cat', sftp -b put/get, scp, rsync -a, sftpipe
+#      put/get; ratio vs sftp
+#   2. 500 files of 4 KiB in 10 dirs, up and down: sftp -b put -r/get -r, scp -r, rsync -a,
+#      lftp mirror [-R] --parallel=8, sftpipe put -r/get -r, sftpipe mirror; ratio vs rsync -a
+#   3. mirror (upload; rsync -a vs lftp mirror -R --parallel=8 vs sftpipe mirror; ratio vs rsync):
+#      (a) fresh 500-file tree, (b) no-op re-mirror onto each tool's own copy, (c) one changed file
+#      (grown by one byte) in a 5,000-file tree (50 dirs) each tool mirrored before (untimed),
+#      (d) loopback only: fresh 5,000-file tree
+#   4. memory (sftpipe only, loopback): peak RSS (/usr/bin/time %M: the largest of sftpipe and
+#      its ssh child) of put/get of a 2 GiB file (/dev/zero data) and put -r/get -r of 10,000
+#      files of 1 KiB in 100 dirs
+# Copies are verified (cmp / diff -r) for every peer; a peer that fails or whose copy differs is
+# reported as FAILED with the first line of its stderr, and the run goes on.
+#
+# Output: a Markdown report on stdout: one table per condition (workload | peer | seconds | ratio),
+# the memory table and the targets (PASS/FAIL): 512 MiB put/get <= 1.0x sftp (both conditions);
+# 500 files put -r at rtt20 <= 1.0x rsync; mirror fresh / no-op / one changed at rtt20 <= 1.0x rsync;
+# 5,000 files fresh mirror on loopback <= 1.0x rsync; peak RSS < 64 MiB. Progress goes to stderr.
+# A full run takes roughly 10 minutes on a quiet 2-core machine; absolute numbers on a busy
+# machine are noisy, use --repeat 3 on a quiet one for numbers worth quoting.
+#
+# Peer quirks worth knowing: lftp needs "open -u root, sftp://..." (empty password) or it tries to
+# ask for a password without a terminal; its sftp:connect-program is split by lftp honouring quotes,
+# so the ProxyCommand is single-quoted inside it. scp (OpenSSH >= 9.0) speaks SFTP by default.
+# ProxyCommand values are %-expanded by ssh, so no '%' may appear in them (none does here).
+
+{ # the whole script is one compound command: bash parses it all before running, so editing this
+  # file during a run cannot derail the run
+set -euo pipefail
+export LC_ALL=C
+
+BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(cd "$BENCH_DIR/../.." && pwd)
+T_START=${EPOCHREALTIME:?bash 5 or newer is needed (EPOCHREALTIME)}
+
+usage() { awk 'NR == 1 { next } /^#/ { sub(/^# ?/, ""); print; next } { exit }' "${BASH_SOURCE[0]}"; }
+
+QUICK=0 ONLY="" REPEAT=1 OUT="" CMD_TIMEOUT=300 MAX_TIME=2400 KEEP=0
+while (($#)); do
+    case $1 in
+        --only | --repeat | --out | --timeout | --max-time)
+            (($# >= 2)) || { echo "run.sh: $1 needs a value (see --help)" >&2; exit 2; } ;;
+    esac
+    case $1 in
+        --quick) QUICK=1 ;;
+        --only) ONLY=${2:-}; shift ;;
+        --only=*) ONLY=${1#*=} ;;
+        --repeat) REPEAT=${2:-}; shift ;;
+        --repeat=*) REPEAT=${1#*=} ;;
+        --out) OUT=${2:-}; shift ;;
+        --out=*) OUT=${1#*=} ;;
+        --timeout) CMD_TIMEOUT=${2:-}; shift ;;
+        --timeout=*) CMD_TIMEOUT=${1#*=} ;;
+        --max-time) MAX_TIME=${2:-}; shift ;;
+        --max-time=*) MAX_TIME=${1#*=} ;;
+        --keep) KEEP=1 ;;
+        -h | --help) usage; exit 0 ;;
+        *) echo "run.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
+    esac
+    shift
+done
+case $ONLY in "" | loopback | rtt20) ;; *) echo "run.sh: --only takes loopback or rtt20" >&2; exit 2 ;; esac
+for v in REPEAT CMD_TIMEOUT MAX_TIME; do
+    [[ ${!v} =~ ^[1-9][0-9]*$ ]] || { echo "run.sh: ${v,,} must be a positive integer" >&2; exit 2; }
+done
+if [ -n "$OUT" ]; then
+    case $OUT in /*) ;; *) OUT=$PWD/$OUT ;; esac
+    : >"$OUT" || { echo "run.sh: cannot write $OUT" >&2; exit 2; }
+fi
+
+elapsed() { local e=$(( ${EPOCHREALTIME/./} - ${T_START/./} )); echo $((e / 1000000)); }
+log() { printf '[%s +%ss] %s\n' "$(date +%H:%M:%S)" "$(elapsed)" "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+# ---------------------------------------------------------------------------------------------
+# Prerequisites
+
+[ "$(id -u)" = 0 ] || die "run as root (starts its own sshd, may apt-get install peers)"
+pkgs=()
+[ -x /usr/sbin/sshd ] || pkgs+=(openssh-server)
+[ -x /usr/lib/openssh/sftp-server ] || pkgs+=(openssh-sftp-server)
+for c in ssh scp sftp ssh-keygen; do command -v $c >/dev/null || { pkgs+=(openssh-client); break; }; done
+command -v rsync >/dev/null || pkgs+=(rsync)
+command -v lftp >/dev/null || pkgs+=(lftp)
+[ -x /usr/bin/time ] || pkgs+=(time)
+[ -x /usr/bin/python3 ] || command -v python3 >/dev/null || pkgs+=(python3)
+if ((${#pkgs[@]})); then
+    command -v apt-get >/dev/null || die "missing ${pkgs[*]} and no apt-get to install them"
+    log "installing ${pkgs[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    timeout 600 apt-get update >&2 || die "apt-get update failed"
+    timeout 900 apt-get install -y "${pkgs[@]}" >&2 || die "apt-get install ${pkgs[*]} failed"
+fi
+PY=/usr/bin/python3
+[ -x $PY ] || PY=$(python3 -c 'import sys; print(sys.executable)') # not a pyenv shim: no startup tax
+
+if [ -n "${SFTPIPE:-}" ]; then
+    BIN=$SFTPIPE
+else
+    command -v cargo >/dev/null || die "cargo not found (or set SFTPIPE=/path/to/sftpipe)"
+    log "building sftpipe (cargo build --release)"
+    (cd "$REPO" && timeout 1800 cargo build --release >&2) || die "cargo build --release failed"
+    TARGET_DIR=${CARGO_TARGET_DIR:-target}
+    case $TARGET_DIR in /*) ;; *) TARGET_DIR=$REPO/$TARGET_DIR ;; esac
+    BIN=$TARGET_DIR/release/sftpipe
+fi
+[ -x "$BIN" ] || die "no sftpipe binary at $BIN"
+
+# ---------------------------------------------------------------------------------------------
+# Work directory, sshd, cleanup
+
+WORK=$(mktemp -d /tmp/sftpipe-bench.XXXXXX)
+SSHD_PID="" CHILD=""
+cleanup() {
+    local rc=$?
+    trap - EXIT INT TERM
+    if [ -n "$CHILD" ]; then kill -TERM -- "-$CHILD" 2>/dev/null || true; fi
+    if [ -n "$SSHD_PID" ]; then
+        kill "$SSHD_PID" 2>/dev/null || true
+        for _ in 1 2 3 4 5 6 7 8 9 10; do kill -0 "$SSHD_PID" 2>/dev/null || break; sleep 0.1; done
+    fi
+    if ((KEEP)); then log "work directory kept: $WORK"; else rm -rf "$WORK"; fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+mkdir -p "$WORK"/{ssh,src,remote,local,log}
+KEY=$WORK/ssh/id_ed25519
+RELAY=$WORK/ssh/delay-relay.py # a copy: its path is then free of spaces, quotes and '%'
+cp "$BENCH_DIR/delay-relay.py" "$RELAY"
+ssh-keygen -q -t ed25519 -N '' -C sftpipe-bench-host -f "$WORK/ssh/host_ed25519"
+ssh-keygen -q -t ed25519 -N '' -C sftpipe-bench-user -f "$KEY"
+cp "$KEY.pub" "$WORK/ssh/authorized_keys"
+mkdir -p /run/sshd && chmod 0755 /run/sshd
+
+free_port() { "$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+H=root@127.0.0.1
+BASE_OPTS=(-F /dev/null -i "$KEY" -o IdentitiesOnly=yes -o StrictHostKeyChecking=no
+    -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR -o BatchMode=yes -o ConnectTimeout=30)
+
+start_sshd() {
+    local attempt cfg=$WORK/ssh/sshd_config pidfile=$WORK/ssh/sshd.pid
+    for attempt in 1 2 3 4 5; do
+        PORT=$(free_port)
+        cat >"$cfg" <<EOF
+ListenAddress 127.0.0.1
+Port $PORT
+HostKey $WORK/ssh/host_ed25519
+AuthorizedKeysFile $WORK/ssh/authorized_keys
+StrictModes no
+UsePAM no
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+PubkeyAuthentication yes
+PermitRootLogin yes
+PidFile $pidfile
+PrintMotd no
+PrintLastLog no
+UseDNS no
+X11Forwarding no
+MaxStartups 100
+MaxSessions 100
+Subsystem sftp /usr/lib/openssh/sftp-server
+EOF
+        rm -f "$pidfile"
+        /usr/sbin/sshd -f "$cfg" -E "$WORK/ssh/sshd.log" || continue
+        for _ in $(seq 50); do [ -s "$pidfile" ] && break; sleep 0.1; done
+        [ -s "$pidfile" ] || continue
+        SSHD_PID=$(cat "$pidfile")
+        for _ in $(seq 50); do
+            if timeout 10 ssh -p "$PORT" "${BASE_OPTS[@]}" "$H" true </dev/null 2>/dev/null; then
+                return 0
+            fi
+            sleep 0.1
+        done
+        kill "$SSHD_PID" 2>/dev/null || true
+        SSHD_PID=""
+    done
+    tail -5 "$WORK/ssh/sshd.log" >&2 || true
+    die "could not start sshd"
+}
+log "starting sshd"
+start_sshd
+log "sshd pid $SSHD_PID on 127.0.0.1:$PORT, work dir $WORK"
+
+# ---------------------------------------------------------------------------------------------
+# Test data
+
+if ((QUICK)); then BIG_MIB=128; else BIG_MIB=512; fi
+BIG=$WORK/src/big T500=$WORK/src/t500 T5K=$WORK/src/t5k T10K=$WORK/src/t10k HUGE=$WORK/src/huge
+
+gen_tree() { # DIR NDIRS FILES_PER_DIR FILE_SIZE: random files DIR/dNN/fNNNN
+    local dir=$1 ndirs=$2 n=$3 size=$4 d sub
+    mkdir -p "$dir"
+    for ((d = 0; d < ndirs; d++)); do
+        printf -v sub '%s/d%02d' "$dir" "$d"
+        mkdir -p "$sub"
+        head -c $((n * size)) /dev/urandom | split -b "$size" -d -a 4 - "$sub/f"
+    done
+}
+log "creating test data (${BIG_MIB} MiB file, 500-file tree$( ((QUICK)) || echo ', 5,000-file tree'))"
+head -c "${BIG_MIB}M" /dev/urandom >"$BIG"
+gen_tree "$T500" 10 50 4096
+((QUICK)) || gen_tree "$T5K" 50 100 4096
+sync -f "$WORK" # no writeback of fresh test data during the first timed runs
+
+# ---------------------------------------------------------------------------------------------
+# Peers. Each takes SOURCE DEST (remote paths are plain paths on the same machine).
+
+TO() { timeout --foreground -k 5 "$CMD_TIMEOUT" "$@"; }
+
+setup_round() { # loopback | rtt20: per-tool command prefixes with identical ssh options
+    ROUND=$1
+    local opts=("${BASE_OPTS[@]}") str="${BASE_OPTS[*]}"
+    if [ "$ROUND" = rtt20 ]; then
+        local pc="ProxyCommand=$PY $RELAY 127.0.0.1 $PORT 0.010"
+        opts+=(-o "$pc")
+        str+=" -o '$pc'"
+    fi
+    SSH=(ssh -p "$PORT" "${opts[@]}")
+    SCP=(scp -q -P "$PORT" "${opts[@]}")
+    SFTP=(sftp -q -P "$PORT" "${opts[@]}")
+    RSYNC=(rsync -a -e "ssh -p $PORT $str")
+    LFTP_OPEN="set cmd:fail-exit yes; set cmd:interactive no; set net:max-retries 2;"
+    LFTP_OPEN+=" set net:reconnect-interval-base 1; set net:timeout 60; set sftp:auto-confirm yes;"
+    LFTP_OPEN+=" set sftp:connect-program \"ssh -a -x $str\"; open -u root, sftp://127.0.0.1:$PORT"
+    SP=("$BIN" -P "$PORT" "${opts[@]}")
+    R=$WORK/remote/$ROUND L=$WORK/local/$ROUND
+    mkdir -p "$R" "$L"
+}
+
+ssh_up() { TO "${SSH[@]}" "$H" "cat > $2" <"$1"; }
+ssh_down() { TO "${SSH[@]}" "$H" "cat $1" >"$2"; }
+sftp_batch() { printf '%s\n' "$@" >"$WORK/log/batch"; TO "${SFTP[@]}" -b "$WORK/log/batch" "$H"; }
+sftp_up() { sftp_batch "put $1 $2"; }
+sftp_down() { sftp_batch "get $1 $2"; }
+sftp_up_r() { sftp_batch "-mkdir ${2%/*}" "put -r $1 $2"; }
+sftp_down_r() { sftp_batch "get -r $1 $2"; }
+scp_up() { TO "${SCP[@]}" "$1" "$H:$2"; }
+scp_down() { TO "${SCP[@]}" "$H:$1" "$2"; }
+scp_up_r() { TO "${SCP[@]}" -r "$1" "$H:$2"; }
+scp_down_r() { TO "${SCP[@]}" -r "$H:$1" "$2"; }
+rsync_up() { TO "${RSYNC[@]}" "$1" "$H:$2"; }         # trees: pass SRC/ DEST/
+rsync_down() { TO "${RSYNC[@]}" "$H:$1" "$2"; }
+lftp_up() { TO lftp --norc -c "$LFTP_OPEN; mirror -R --parallel=8 $1 $2"; }
+lftp_down() { TO lftp --norc -c "$LFTP_OPEN; mirror --parallel=8 $1 $2"; }
+sp_put() { TO "${SP[@]}" put --progress=none "$1" "$H:$2"; }
+sp_get() { TO "${SP[@]}" get --progress=none "$H:$1" "$2"; }
+sp_put_r() { TO "${SP[@]}" put -r --progress=none "$1" "$H:$2"; }
+sp_get_r() { TO "${SP[@]}" get -r --progress=none "$H:$1" "$2"; }
+sp_mirror_up() { TO "${SP[@]}" mirror --progress=none "$1" "$H:$2"; }
+sp_mirror_down() { TO "${SP[@]}" mirror --progress=none "$H:$1" "$2"; }
+# memory: peak RSS in KiB goes to $WORK/log/rss
+rss() { TO /usr/bin/time -o "$WORK/log/rss" -f %M "$@"; }
+mem_put() { rss "${SP[@]}" put --progress=none "$1" "$H:$2"; }
+mem_get() { rss "${SP[@]}" get --progress=none "$H:$1" "$2"; }
+mem_put_r() { rss "${SP[@]}" put -r --progress=none "$1" "$H:$2"; }
+mem_get_r() { rss "${SP[@]}" get -r --progress=none "$H:$1" "$2"; }
+
+# preparation / verification helpers (untimed)
+rmrf() { rm -rf -- "$@"; }
+same_file() { cmp -s -- "$1" "$2" || { echo "copy differs from the source ($(stat -c %s -- "$2" 2>&1))"; return 1; }; }
+same_file_rm() { same_file "$1" "$2"; rm -f -- "$2"; }
+same_tree() {
+    local d
+    d=$(diff -rq -- "$1" "$2" 2>&1) && return 0
+    echo "tree differs: $(head -1 <<<"$d") ($(wc -l <<<"$d") differences)"
+    return 1
+}
+grow_one() { printf 'x' >>"$1/d$(printf %02d $(($2 % 10)))/f0007"; } # TREE REP: one file, new size+mtime
+prep_ok() { [ -z "${INIT_FAIL[$*]:-}" ] || { echo "initial mirror failed: ${INIT_FAIL[$*]}"; return 1; }; }
+mkhuge() { [ -s "$HUGE" ] || { head -c 2G /dev/zero >"$HUGE" && sync -f "$HUGE"; }; rm -rf -- "$@"; }
+
+# ---------------------------------------------------------------------------------------------
+# Runner
+
+declare -A RES=() REF=() RSS=() INIT_FAIL=()
+ORDER=() MEMORDER=()
+
+first_line() { # FILE: first non-blank line, at most 140 characters
+    local l
+    l=$(grep -m1 -v '^[[:space:]]*$' "$1" 2>/dev/null || true)
+    printf '%s' "${l:0:140}"
+}
+
+# try OUT ERR WORDS...: run WORDS (split on blanks) with set -e in a subshell of its own process
+# group; stdout/stderr to OUT/ERR. Sets TRY_RC, TRY_SECS (wall time of the command alone).
+try() {
+    local out=$1 err=$2 t0 t1
+    local -a w
+    read -r -a w <<<"$3"
+    set +e
+    t0=$EPOCHREALTIME
+    set -m
+    (set -e; "${w[@]}") </dev/null >"$out" 2>"$err" &
+    CHILD=$!
+    set +m
+    wait "$CHILD"
+    TRY_RC=$?
+    t1=$EPOCHREALTIME
+    kill -TERM -- "-$CHILD" 2>/dev/null # stragglers (e.g. a relay after a timeout)
+    CHILD=""
+    set -e
+    TRY_SECS=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", b - a }')
+}
+
+# run_case PREP CMD CHECK: sets RUN_SECS (success) or RUN_ERR
+run_case() {
+    RUN_SECS="" RUN_ERR=""
+    rm -f "$WORK/log/rss"
+    local lo=$WORK/log/out le=$WORK/log/err
+    if [ "$1" != - ]; then
+        try "$lo" "$le" "$1"
+        if ((TRY_RC)); then RUN_ERR="prep: $(first_line "$lo") $(first_line "$le")"; return; fi
+    fi
+    try "$lo" "$le" "$2"
+    if ((TRY_RC)); then
+        local msg
+        msg=$(first_line "$le")
+        [ -n "$msg" ] || msg=$(first_line "$lo")
+        if ((TRY_RC == 124 || TRY_RC == 137)); then RUN_ERR="timed out after ${CMD_TIMEOUT}s"
+        else RUN_ERR="exit $TRY_RC${msg:+: $msg}"; fi
+        return
+    fi
+    local secs=$TRY_SECS
+    if [ "$3" != - ]; then
+        try "$lo" "$le" "$3"
+        if ((TRY_RC)); then RUN_ERR="verify: $(first_line "$lo")$(first_line "$le")"; return; fi
+    fi
+    RUN_SECS=$secs
+}
+
+over_budget() { (($(elapsed) >= MAX_TIME)); }
+
+median() { tr ' ' '\n' | grep . | sort -g | awk '{ v[NR] = $1 } END { m = int((NR + 1) / 2); printf "%.3f", (NR % 2) ? v[m] : (v[m] + v[m + 1]) / 2 }'; }
+
+# bench WORKLOAD REFPEER REPPREP SPEC...; SPEC is "peer|prep|command|check" ('-' = none);
+# REPPREP runs once before each repetition (all peers), untimed.
+bench() {
+    local workload=$1 ref=$2 repprep=$3
+    shift 3
+    local -a label=() prep=() cmd=() check=() times=() fail=()
+    local s i rep
+    local -a f
+    for s in "$@"; do
+        IFS='|' read -r -a f <<<"$s"
+        label+=("${f[0]}") prep+=("${f[1]}") cmd+=("${f[2]}") check+=("${f[3]}") times+=("") fail+=("")
+    done
+    REF[$ROUND|$workload]=$ref
+    for ((rep = 1; rep <= REPEAT; rep++)); do
+        if [ "$repprep" != - ]; then
+            try "$WORK/log/out" "$WORK/log/err" "$repprep $rep"
+            ((TRY_RC == 0)) || log "warning: '$repprep' failed: $(first_line "$WORK/log/err")"
+        fi
+        for i in "${!label[@]}"; do
+            [ -z "${fail[i]}" ] || continue
+            if over_budget; then fail[i]="SKIPPED (over --max-time)"; continue; fi
+            run_case "${prep[i]}" "${cmd[i]}" "${check[i]}"
+            if [ -n "$RUN_ERR" ]; then
+                fail[i]="FAILED ($RUN_ERR)"
+                log "$ROUND | $workload | ${label[i]} | ${fail[i]}"
+            else
+                times[i]+=" $RUN_SECS"
+                local note=""
+                ((REPEAT == 1)) || note=" (run $rep/$REPEAT)"
+                if [ -s "$WORK/log/rss" ]; then
+                    RSS[$ROUND|$workload|${label[i]}]=$(tail -1 "$WORK/log/rss")
+                    note+=", peak RSS $(tail -1 "$WORK/log/rss") KiB"
+                fi
+                log "$ROUND | $workload | ${label[i]} | ${RUN_SECS} s$note"
+            fi
+        done
+    done
+    for i in "${!label[@]}"; do
+        local key="$ROUND|$workload|${label[i]}"
+        ORDER+=("$key")
+        if [ -n "${fail[i]}" ]; then RES[$key]=${fail[i]}; else RES[$key]=$(median <<<"${times[i]}"); fi
+    done
+}
+
+# initial (untimed) mirror per tool; a failure makes that peer FAILED in the next bench
+init_mirror() { # LABEL CMD
+    try "$WORK/log/out" "$WORK/log/err" "$2"
+    if ((TRY_RC)); then INIT_FAIL[$1]="exit $TRY_RC: $(first_line "$WORK/log/err")"; else unset "INIT_FAIL[$1]"; fi
+    log "$ROUND | initial mirror | $1 | ${TRY_SECS} s (untimed, exit $TRY_RC)"
+}
+
+# ---------------------------------------------------------------------------------------------
+# Rounds
+
+BIGW="${BIG_MIB} MiB file"
+run_round() {
+    setup_round "$1"
+    log "=== round $ROUND ==="
+    if ! TO "${SSH[@]}" "$H" true </dev/null 2>"$WORK/log/err"; then # warm-up / connectivity
+        log "warning: ssh to the test sshd fails in round $ROUND: $(first_line "$WORK/log/err")"
+    fi
+
+    bench "$BIGW, upload" sftp - \
+        "ssh cat|rmrf $R/big.ssh|ssh_up $BIG $R/big.ssh|same_file_rm $BIG $R/big.ssh" \
+        "sftp|rmrf $R/big.sftp|sftp_up $BIG $R/big.sftp|same_file_rm $BIG $R/big.sftp" \
+        "scp|rmrf $R/big.scp|scp_up $BIG $R/big.scp|same_file_rm $BIG $R/big.scp" \
+        "rsync -a|rmrf $R/big.rsync|rsync_up $BIG $R/big.rsync|same_file_rm $BIG $R/big.rsync" \
+        "sftpipe put|rmrf $R/big.sp|sp_put $BIG $R/big.sp|same_file_rm $BIG $R/big.sp"
+    bench "$BIGW, download" sftp - \
+        "ssh cat|rmrf $L/big.ssh|ssh_down $BIG $L/big.ssh|same_file_rm $BIG $L/big.ssh" \
+        "sftp|rmrf $L/big.sftp|sftp_down $BIG $L/big.sftp|same_file_rm $BIG $L/big.sftp" \
+        "scp|rmrf $L/big.scp|scp_down $BIG $L/big.scp|same_file_rm $BIG $L/big.scp" \
+        "rsync -a|rmrf $L/big.rsync|rsync_down $BIG $L/big.rsync|same_file_rm $BIG $L/big.rsync" \
+        "sftpipe get|rmrf $L/big.sp|sp_get $BIG $L/big.sp|same_file_rm $BIG $L/big.sp"
+
+    bench "500 files, upload" "rsync -a" - \
+        "sftp put -r|rmrf $R/t500.sftp|sftp_up_r $T500 $R/t500.sftp|same_tree $T500 $R/t500.sftp" \
+        "scp -r|rmrf $R/t500.scp|scp_up_r $T500 $R/t500.scp|same_tree $T500 $R/t500.scp" \
+        "rsync -a|rmrf $R/t500.rsync|rsync_up $T500/ $R/t500.rsync/|same_tree $T500 $R/t500.rsync" \
+        "lftp mirror -R|rmrf $R/t500.lftp|lftp_up $T500 $R/t500.lftp|same_tree $T500 $R/t500.lftp" \
+        "sftpipe put -r|rmrf $R/t500.sp|sp_put_r $T500 $R/t500.sp|same_tree $T500 $R/t500.sp" \
+        "sftpipe mirror|rmrf $R/t500.spm|sp_mirror_up $T500 $R/t500.spm|same_tree $T500 $R/t500.spm"
+    bench "500 files, download" "rsync -a" - \
+        "sftp get -r|rmrf $L/t500.sftp|sftp_down_r $T500 $L/t500.sftp|same_tree $T500 $L/t500.sftp" \
+        "scp -r|rmrf $L/t500.scp|scp_down_r $T500 $L/t500.scp|same_tree $T500 $L/t500.scp" \
+        "rsync -a|rmrf $L/t500.rsync|rsync_down $T500/ $L/t500.rsync/|same_tree $T500 $L/t500.rsync" \
+        "lftp mirror|rmrf $L/t500.lftp|lftp_down $T500 $L/t500.lftp|same_tree $T500 $L/t500.lftp" \
+        "sftpipe get -r|rmrf $L/t500.sp|sp_get_r $T500 $L/t500.sp|same_tree $T500 $L/t500.sp" \
+        "sftpipe mirror|rmrf $L/t500.spm|sp_mirror_down $T500 $L/t500.spm|same_tree $T500 $L/t500.spm"
+    rm -rf "$R"/t500.* "$L"/t500.*
+
+    # mirror (a) fresh and (b) no-op, 500 files, each tool onto its own destination
+    bench "mirror: fresh, 500 files" "rsync -a" - \
+        "rsync -a|rmrf $R/m500.rsync|rsync_up $T500/ $R/m500.rsync/|same_tree $T500 $R/m500.rsync" \
+        "lftp mirror -R|rmrf $R/m500.lftp|lftp_up $T500 $R/m500.lftp|same_tree $T500 $R/m500.lftp" \
+        "sftpipe mirror|rmrf $R/m500.sp|sp_mirror_up $T500 $R/m500.sp|same_tree $T500 $R/m500.sp"
+    bench "mirror: no-op, 500 files" "rsync -a" - \
+        "rsync -a|-|rsync_up $T500/ $R/m500.rsync/|same_tree $T500 $R/m500.rsync" \
+        "lftp mirror -R|-|lftp_up $T500 $R/m500.lftp|same_tree $T500 $R/m500.lftp" \
+        "sftpipe mirror|-|sp_mirror_up $T500 $R/m500.sp|same_tree $T500 $R/m500.sp"
+
+    # (d) fresh 5,000 files (loopback only), then (c) one changed file in that tree
+    local ct=$T500 cn=500 cd=m500
+    if ((!QUICK)); then
+        ct=$T5K cn=5,000 cd=m5k
+        if [ "$ROUND" = loopback ]; then
+            bench "mirror: fresh, 5,000 files" "rsync -a" - \
+                "rsync -a|rmrf $R/m5k.rsync|rsync_up $T5K/ $R/m5k.rsync/|same_tree $T5K $R/m5k.rsync" \
+                "lftp mirror -R|rmrf $R/m5k.lftp|lftp_up $T5K $R/m5k.lftp|same_tree $T5K $R/m5k.lftp" \
+                "sftpipe mirror|rmrf $R/m5k.sp|sp_mirror_up $T5K $R/m5k.sp|same_tree $T5K $R/m5k.sp"
+        fi
+        # each tool mirrors the tree once, untimed: a no-op sync onto the fresh copies of (d) on
+        # loopback, a full mirror at rtt20 (rounds have their own destinations; lftp needs ~40 s)
+        init_mirror "rsync -a" "rsync_up $T5K/ $R/m5k.rsync/"
+        init_mirror "lftp mirror -R" "lftp_up $T5K $R/m5k.lftp"
+        init_mirror "sftpipe mirror" "sp_mirror_up $T5K $R/m5k.sp"
+    else
+        INIT_FAIL=()
+    fi
+    bench "mirror: 1 changed of $cn files" "rsync -a" "grow_one $ct" \
+        "rsync -a|prep_ok rsync -a|rsync_up $ct/ $R/$cd.rsync/|same_tree $ct $R/$cd.rsync" \
+        "lftp mirror -R|prep_ok lftp mirror -R|lftp_up $ct $R/$cd.lftp|same_tree $ct $R/$cd.lftp" \
+        "sftpipe mirror|prep_ok sftpipe mirror|sp_mirror_up $ct $R/$cd.sp|same_tree $ct $R/$cd.sp"
+    rm -rf "$R"/m500.*
+}
+
+run_memory() {
+    setup_round loopback
+    ROUND=memory
+    log "=== memory (sftpipe, loopback) ==="
+    if ((QUICK)); then
+        bench "put $BIGW" - - "sftpipe put|rmrf $R/mem.big|mem_put $BIG $R/mem.big|same_file_rm $BIG $R/mem.big"
+        bench "get $BIGW" - - "sftpipe get|rmrf $L/mem.big|mem_get $BIG $L/mem.big|same_file_rm $BIG $L/mem.big"
+        bench "put -r 500 files" - - "sftpipe put -r|rmrf $R/mem.t|mem_put_r $T500 $R/mem.t|same_tree $T500 $R/mem.t"
+        bench "get -r 500 files" - - "sftpipe get -r|rmrf $L/mem.t|mem_get_r $T500 $L/mem.t|same_tree $T500 $L/mem.t"
+    else
+        log "creating a 2 GiB file and 10,000 files of 1 KiB"
+        bench "put 2 GiB file" - - "sftpipe put|mkhuge $R/mem.huge|mem_put $HUGE $R/mem.huge|same_file_rm $HUGE $R/mem.huge"
+        bench "get 2 GiB file" - - "sftpipe get|mkhuge $L/mem.huge|mem_get $HUGE $L/mem.huge|same_file_rm $HUGE $L/mem.huge"
+        rm -f "$HUGE" "$R/mem.huge" "$L/mem.huge"
+        gen_tree "$T10K" 100 100 1024
+        sync -f "$WORK"
+        bench "put -r 10,000 files" - - "sftpipe put -r|rmrf $R/mem.t|mem_put_r $T10K $R/mem.t|same_tree $T10K $R/mem.t"
+        bench "get -r 10,000 files" - - "sftpipe get -r|rmrf $L/mem.t|mem_get_r $T10K $L/mem.t|same_tree $T10K $L/mem.t"
+        rm -rf "$T10K"
+    fi
+    rm -rf "$R/mem.t" "$L/mem.t"
+}
+
+LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
+if [ "$ONLY" != rtt20 ]; then run_round loopback; fi
+if [ "$ONLY" != loopback ]; then run_round rtt20; fi
+if [ "$ONLY" != rtt20 ]; then run_memory; fi
+LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
+TOTAL=$(elapsed)
+
+# ---------------------------------------------------------------------------------------------
+# Report
+
+isnum() { [[ $1 =~ ^[0-9]+(\.[0-9]+)?$ ]]; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
+
+declare -a TARGETS=()
+target() { # NAME KEY REFKEY
+    local name=$1 v=${RES[$2]:-} r=${RES[$3]:-} q result value
+    if [ -z "$v" ] || [ -z "$r" ]; then
+        TARGETS+=("| $name | – | SKIPPED (not run) |")
+        return
+    fi
+    if ! isnum "$v"; then TARGETS+=("| $name | sftpipe: ${v%% (*} | FAIL |"); return; fi
+    if ! isnum "$r"; then TARGETS+=("| $name | reference: ${r%% (*} | n/a |"); return; fi
+    q=$(ratio "$v" "$r")
+    value="$(printf '%.2f' "$v") s vs $(printf '%.2f' "$r") s = ${q}×"
+    if awk -v a="$v" -v b="$r" 'BEGIN { exit !(a <= b) }'; then result=PASS; else result=FAIL; fi
+    TARGETS+=("| $name | $value | $result |")
+}
+
+report() {
+    local round key workload peer v ref rv cur=""
+    echo "# sftpipe benchmark"
+    echo
+    echo "- date: $(date -u '+%Y-%m-%d %H:%M UTC'); host: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'), $(awk '/MemTotal/ { printf "%.0f GiB RAM", $2 / 1048576 }' /proc/meminfo)"
+    echo "- load average at start: $LOAD_START; at end: $LOAD_END (other load makes numbers noisy)"
+    echo "- sftpipe: $("$BIN" --version 2>&1 | head -1) ($(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$REPO" diff --quiet HEAD 2>/dev/null || echo ', modified tree')); $(ssh -V 2>&1); $(rsync --version | head -1 | sed 's/  */ /g'); lftp $(lftp --version | head -1 | sed -n 's/.*Version \([^ ]*\).*/\1/p')"
+    echo "- ssh cipher: $(ssh -v -p "$PORT" "${BASE_OPTS[@]}" "$H" true </dev/null 2>&1 | sed -n 's/.*kex: client->server cipher: \([^ ]*\).*/\1/p' | head -1)"
+    echo "- options: repeat=$REPEAT (median)$( ((QUICK)) && echo ', --quick')${ONLY:+, --only $ONLY}; total run time ${TOTAL} s"
+    echo "- rtt20 = ssh ProxyCommand delay-relay.py, 10 ms each way; ratio = seconds / seconds of the reference peer (1.00 = as fast; lower is better)"
+    for key in "${ORDER[@]}"; do
+        IFS='|' read -r round workload peer <<<"$key"
+        [ "$round" != memory ] || continue
+        if [ "$round" != "$cur" ]; then
+            cur=$round
+            echo
+            if [ "$round" = loopback ]; then echo "## loopback (direct)"; else echo "## rtt20 (20 ms RTT)"; fi
+            echo
+            echo "| workload | peer | seconds | ratio |"
+            echo "|---|---|---:|---:|"
+        fi
+        v=${RES[$key]}
+        ref=${REF[$round|$workload]}
+        rv=${RES[$round|$workload|$ref]:-}
+        if isnum "$v"; then
+            if isnum "$rv"; then
+                echo "| $workload | $peer | $(printf '%.2f' "$v") | $(ratio "$v" "$rv")× vs $ref |"
+            else
+                echo "| $workload | $peer | $(printf '%.2f' "$v") | n/a |"
+            fi
+        else
+            echo "| $workload | $peer | ${v//|/\\|} | – |"
+        fi
+    done
+    echo
+    echo "## memory (sftpipe, loopback)"
+    echo
+    if [ "$ONLY" = rtt20 ]; then
+        echo "not run (--only rtt20)"
+    else
+        echo "| workload | peak RSS | seconds | < 64 MiB |"
+        echo "|---|---:|---:|---|"
+        for key in "${ORDER[@]}"; do
+            IFS='|' read -r round workload peer <<<"$key"
+            [ "$round" = memory ] || continue
+            v=${RES[$key]}
+            local kb=${RSS[$key]:-}
+            if isnum "$v" && isnum "$kb"; then
+                local res=FAIL
+                ((kb < 65536)) && res=PASS
+                echo "| $workload | $(awk -v k="$kb" 'BEGIN { printf "%.1f MiB", k / 1024 }') | $(printf '%.2f' "$v") | $res |"
+                TARGETS+=("| peak RSS, $workload < 64 MiB | $(awk -v k="$kb" 'BEGIN { printf "%.1f MiB", k / 1024 }') | $res |")
+            else
+                echo "| $workload | – | ${v//|/\\|} | FAIL |"
+                TARGETS+=("| peak RSS, $workload < 64 MiB | ${v%% (*} | FAIL |")
+            fi
+        done
+    fi
+    echo
+    echo "## targets"
+    echo
+    echo "| target | measured | result |"
+    echo "|---|---|---|"
+    printf '%s\n' "${TARGETS[@]}"
+    local pass fail skip
+    pass=$(printf '%s\n' "${TARGETS[@]}" | grep -c '| PASS |$' || true)
+    fail=$(printf '%s\n' "${TARGETS[@]}" | grep -c '| FAIL |$' || true)
+    skip=$((${#TARGETS[@]} - pass - fail))
+    echo
+    echo "$pass passed, $fail failed, $skip not evaluated"
+    local nfail=0
+    for key in "${ORDER[@]}"; do [[ ${RES[$key]} != FAILED* ]] || nfail=$((nfail + 1)); done
+    ((nfail == 0)) || echo "$nfail measurement(s) FAILED (see the tables)"
+}
+
+for c in loopback rtt20; do
+    target "512 MiB put ≤ 1.0× sftp ($c)" "$c|$BIGW, upload|sftpipe put" "$c|$BIGW, upload|sftp"
+    target "512 MiB get ≤ 1.0× sftp ($c)" "$c|$BIGW, download|sftpipe get" "$c|$BIGW, download|sftp"
+done
+if ((QUICK)); then
+    for i in 0 1 2 3; do TARGETS[i]=${TARGETS[i]//512 MiB/$BIGW}; done
+fi
+target "500 files put -r ≤ 1.0× rsync (rtt20)" "rtt20|500 files, upload|sftpipe put -r" "rtt20|500 files, upload|rsync -a"
+target "mirror fresh 500 files ≤ 1.0× rsync (rtt20)" "rtt20|mirror: fresh, 500 files|sftpipe mirror" "rtt20|mirror: fresh, 500 files|rsync -a"
+target "mirror no-op 500 files ≤ 1.0× rsync (rtt20)" "rtt20|mirror: no-op, 500 files|sftpipe mirror" "rtt20|mirror: no-op, 500 files|rsync -a"
+if ((QUICK)); then cw="mirror: 1 changed of 500 files"; else cw="mirror: 1 changed of 5,000 files"; fi
+target "$cw ≤ 1.0× rsync (rtt20)" "rtt20|$cw|sftpipe mirror" "rtt20|$cw|rsync -a"
+target "mirror fresh 5,000 files ≤ 1.0× rsync (loopback)" "loopback|mirror: fresh, 5,000 files|sftpipe mirror" "loopback|mirror: fresh, 5,000 files|rsync -a"
+
+report >"$WORK/report.md"
+cat "$WORK/report.md"
+if [ -n "$OUT" ]; then cp "$WORK/report.md" "$OUT"; fi
+log "done in ${TOTAL} s"
+exit
+}
