@@ -22,11 +22,18 @@ pub const MAX_CHUNK: usize = 256 * 1024;
 /// The largest packet sftpipe accepts, whatever the server claims.
 const MAX_PACKET_CAP: usize = 16 << 20;
 
+/// The answer to `limits@openssh.com`, shared by everyone who awaits it.
+type LimitsReply =
+    futures_util::future::Shared<futures_util::future::LocalBoxFuture<'static, Option<Limits>>>;
+
 struct Inner {
     chan: Rc<Channel>,
     version: u32,
     extensions: Vec<(String, String)>,
-    limits: Option<Limits>,
+    /// In flight from the handshake on; `None` when the server does not offer it.
+    limits_reply: Option<LimitsReply>,
+    /// Set once the reply arrived, for the synchronous accessors.
+    limits: Rc<Cell<Option<Limits>>>,
 }
 
 /// A connection to an SFTP server, usable from any number of concurrent tasks.
@@ -237,8 +244,8 @@ pub fn write_reply(path: &[u8], r: Response) -> Result<()> {
 }
 
 impl Sftp {
-    /// Runs the SFTP handshake on a fresh channel: INIT/VERSION, then `limits@openssh.com`
-    /// when offered, which sets chunk sizes and the packet maximum.
+    /// Runs the SFTP handshake on a fresh channel: INIT/VERSION; `limits@openssh.com`, when
+    /// offered, is asked for without waiting (see [`Sftp::limits`]).
     pub async fn handshake(chan: Rc<Channel>) -> Result<Sftp> {
         chan.send_init()?;
         let (version, raw_ext) = std::future::poll_fn(|cx| chan.poll_version(cx)).await?;
@@ -257,30 +264,63 @@ impl Sftp {
             })
             .collect();
         log::debug!("server version {version}, extensions {extensions:?}");
+        let limits = Rc::new(Cell::new(None));
         let mut sftp = Sftp {
             inner: Rc::new(Inner {
                 chan: chan.clone(),
                 version,
                 extensions,
-                limits: None,
+                limits_reply: None,
+                limits: limits.clone(),
             }),
         };
         if sftp.has_extension(ext::LIMITS) {
-            let r = sftp
-                .call(Request::Extended(ExtendedRequest::Limits))
+            // Asked now, awaited only by whoever needs the answer: the round trip overlaps
+            // with the first operations (a listing, a STAT) instead of preceding them.
+            let pending = sftp
+                .submit(&Request::Extended(ExtendedRequest::Limits))
                 .await?;
-            let limits = Limits::decode(&expect_extended("limits", b"", r)?)?;
-            log::debug!("server limits {limits:?}");
-            if limits.max_packet_length > 0 {
-                let max = (limits.max_packet_length as usize)
-                    .clamp(proto::DEFAULT_MAX_PACKET, MAX_PACKET_CAP);
-                chan.set_max_packet(max);
-            }
+            let reply = async move {
+                let decoded = match pending.await {
+                    Ok(r) => expect_extended("limits", b"", r)
+                        .and_then(|payload| Ok(Limits::decode(&payload)?)),
+                    Err(e) => Err(e),
+                };
+                match decoded {
+                    Ok(l) => {
+                        log::debug!("server limits {l:?}");
+                        if l.max_packet_length > 0 {
+                            let max = (l.max_packet_length as usize)
+                                .clamp(proto::DEFAULT_MAX_PACKET, MAX_PACKET_CAP);
+                            chan.set_max_packet(max);
+                        }
+                        limits.set(Some(l));
+                        Some(l)
+                    }
+                    Err(e) => {
+                        log::warn!("limits@openssh.com failed ({e}); using defaults");
+                        None
+                    }
+                }
+            };
             if let Some(inner) = Rc::get_mut(&mut sftp.inner) {
-                inner.limits = Some(limits);
+                inner.limits_reply = Some(futures_util::FutureExt::shared(
+                    futures_util::FutureExt::boxed_local(reply),
+                ));
             }
         }
         Ok(sftp)
+    }
+
+    /// Waits for the server's `limits@openssh.com` answer (asked during the handshake) and
+    /// returns it; `None` when the server does not offer the extension. The synchronous
+    /// accessors below ([`Sftp::read_chunk`], ...) reflect it only once this completed:
+    /// transfers await it first.
+    pub async fn limits(&self) -> Option<Limits> {
+        match &self.inner.limits_reply {
+            Some(reply) => reply.clone().await,
+            None => None,
+        }
     }
 
     /// The protocol version the server announced.
@@ -304,14 +344,15 @@ impl Sftp {
             .any(|(k, v)| k == name && v == want)
     }
 
-    /// The server's `limits@openssh.com` answer, if it offered the extension.
+    /// The server's `limits@openssh.com` answer, if it offered the extension and the
+    /// answer has arrived (see [`Sftp::limits`]).
     pub fn server_limits(&self) -> Option<Limits> {
-        self.inner.limits
+        self.inner.limits.get()
     }
 
     /// Bytes per READ request.
     pub fn read_chunk(&self) -> usize {
-        match self.inner.limits {
+        match self.inner.limits.get() {
             Some(l) if l.max_read_length > 0 => (l.max_read_length as usize).min(MAX_CHUNK),
             _ => DEFAULT_CHUNK,
         }
@@ -319,7 +360,7 @@ impl Sftp {
 
     /// Bytes per WRITE request.
     pub fn write_chunk(&self) -> usize {
-        match self.inner.limits {
+        match self.inner.limits.get() {
             Some(l) if l.max_write_length > 0 => (l.max_write_length as usize).min(MAX_CHUNK),
             _ => DEFAULT_CHUNK,
         }
@@ -329,6 +370,7 @@ impl Sftp {
     pub fn max_open_handles(&self) -> Option<u64> {
         self.inner
             .limits
+            .get()
             .and_then(|l| (l.max_open_handles > 0).then_some(l.max_open_handles))
     }
 

@@ -77,7 +77,7 @@ impl Session {
 
     /// The server's limits, when it offers `limits@openssh.com`.
     pub fn limits(&self) -> Option<Limits> {
-        self.sftp.server_limits()
+        self.run(self.sftp.limits())
     }
 
     /// Attributes, following symlinks.
@@ -250,7 +250,11 @@ impl Session {
         flags: OpenFlags,
         attrs: &FileAttributes,
     ) -> Result<File<'_>> {
-        let handle = self.run(self.sftp.open(path, flags, attrs))?;
+        let handle = self.run(async {
+            // File reads and writes size themselves by the server's limits.
+            self.sftp.limits().await;
+            self.sftp.open(path, flags, attrs).await
+        })?;
         Ok(File {
             session: self,
             handle: Some(handle),

@@ -213,6 +213,7 @@ pub fn put(g: &GlobalArgs, a: &PutArgs) -> Result<i32, CliError> {
     opts.resume = a.resume;
     a.upload.apply(&mut opts);
     let follow_links = opts.follow_links;
+    session.limits();
     let task_limit = opts
         .max_open
         .unwrap_or_else(|| default_max_open(session.sftp()))

@@ -692,6 +692,7 @@ async fn run(sides: Sides, opts: &MirrorOptions) -> MirrorReport {
     };
 
     let the_plan = plan(&source, &dest, &opts.compare);
+    t.ready().await;
     report.unchanged = the_plan.unchanged;
     if opts.dry_run {
         report.plan = the_plan;

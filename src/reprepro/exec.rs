@@ -563,6 +563,7 @@ pub async fn same_contents(sftp: &Sftp, remote: &[u8], local: &Path, size: u64) 
     let h = sftp
         .open(remote, OpenFlags::READ, &FileAttributes::default())
         .await?;
+    sftp.limits().await;
     let chunk = sftp.read_chunk() as u64;
     let mut pending = VecDeque::new();
     let mut next = 0u64;

@@ -18,7 +18,8 @@ struct Waiter {
 }
 
 struct State {
-    available: usize,
+    /// Negative after a shrink below what is held, until enough permits come back.
+    available: isize,
     capacity: usize,
     waiters: VecDeque<Waiter>,
     next_id: u64,
@@ -36,7 +37,7 @@ impl Semaphore {
         let capacity = capacity.max(1);
         Semaphore {
             state: Rc::new(RefCell::new(State {
-                available: capacity,
+                available: capacity as isize,
                 capacity,
                 waiters: VecDeque::new(),
                 next_id: 0,
@@ -46,7 +47,21 @@ impl Semaphore {
 
     /// Permits currently free.
     pub fn available(&self) -> usize {
-        self.state.borrow().available
+        self.state.borrow().available.max(0) as usize
+    }
+
+    /// Changes the number of permits (at least 1). Shrinking below what is held takes
+    /// effect as permits come back; waiters asking for more than the new capacity are
+    /// served with the capacity.
+    pub fn set_capacity(&self, capacity: usize) {
+        let capacity = capacity.max(1);
+        let mut st = self.state.borrow_mut();
+        st.available += capacity as isize - st.capacity as isize;
+        st.capacity = capacity;
+        for w in st.waiters.iter_mut() {
+            w.want = w.want.min(capacity);
+        }
+        Self::wake_head(&mut st);
     }
 
     /// Total permits.
@@ -67,13 +82,13 @@ impl Semaphore {
 
     fn release(&self, n: usize) {
         let mut st = self.state.borrow_mut();
-        st.available += n;
+        st.available += n as isize;
         Self::wake_head(&mut st);
     }
 
     fn wake_head(st: &mut State) {
         if let Some(head) = st.waiters.front_mut()
-            && head.want <= st.available
+            && head.want as isize <= st.available
             && let Some(w) = head.waker.take()
         {
             w.wake();
@@ -98,8 +113,9 @@ impl Future for Acquire {
             None => st.waiters.is_empty(),
             Some(id) => st.waiters.front().map(|w| w.id) == Some(id),
         };
-        if at_head && st.available >= want {
-            st.available -= want;
+        let want = want.min(st.capacity);
+        if at_head && st.available >= want as isize {
+            st.available -= want as isize;
             if self.id.take().is_some() {
                 st.waiters.pop_front();
             }
@@ -209,6 +225,24 @@ mod tests {
             drop(held);
             let again = sem.acquire(1).await;
             assert_eq!(again.count(), 1);
+        });
+    }
+
+    #[test]
+    fn capacity_can_grow_and_shrink_while_permits_are_held() {
+        let rt = Runtime::new().unwrap();
+        let sem = Semaphore::new(2);
+        rt.block_on(async {
+            let a = sem.acquire(1).await;
+            let b = sem.acquire(1).await;
+            sem.set_capacity(4);
+            let c = sem.acquire(2).await;
+            assert_eq!(sem.available(), 0);
+            sem.set_capacity(1);
+            drop((a, b, c));
+            assert_eq!(sem.available(), 1);
+            let d = sem.acquire(5).await;
+            assert_eq!(d.count(), 1);
         });
     }
 

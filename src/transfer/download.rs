@@ -68,6 +68,7 @@ impl Transfer {
         attrs: Option<&FileAttributes>,
         nofollow: bool,
     ) -> Result<u64> {
+        self.ready().await;
         let permit = self.open_files.acquire(1).await;
         let handle = self
             .sftp

@@ -139,6 +139,8 @@ pub struct Transfer {
     pub(crate) budget: Semaphore,
     pub(crate) progress: Rc<dyn Progress>,
     pub(crate) report: Rc<RefCell<Report>>,
+    /// Whether the server's limits were applied to `open_files` (shared by forks).
+    limits_applied: Rc<std::cell::Cell<bool>>,
     started: Instant,
 }
 
@@ -150,24 +152,41 @@ impl Transfer {
 
     /// A transfer context reporting to `progress`.
     pub fn with_progress(sftp: &Sftp, opts: TransferOptions, progress: Rc<dyn Progress>) -> Self {
+        // Until the server's limits are known (see `ready`), listings run under the
+        // conservative default.
         let max_open = opts.max_open.unwrap_or_else(|| default_max_open(sftp));
-        log::debug!(
-            "transfer: {} requests/file, chunk {}, {} open files, {} bytes in flight",
-            opts.requests,
-            opts.chunk.unwrap_or(sftp.write_chunk()),
-            max_open,
-            opts.max_bytes_in_flight
-        );
         Transfer {
             sftp: sftp.clone(),
             dirlocks: DirLocks::new(sftp.clone()),
             open_files: Semaphore::new(max_open),
             budget: Semaphore::new(opts.max_bytes_in_flight.max(MIN_BUDGET)),
+            limits_applied: Rc::new(std::cell::Cell::new(
+                opts.max_open.is_some() || sftp.server_limits().is_some(),
+            )),
             opts: Rc::new(opts),
             progress,
             report: Rc::new(RefCell::new(Report::default())),
             started: Instant::now(),
         }
+    }
+
+    /// Waits for the server's limits (asked during the handshake) and sizes the open-file
+    /// limit from them. Every transfer calls it before choosing chunk sizes.
+    pub async fn ready(&self) {
+        if self.limits_applied.get() {
+            return;
+        }
+        self.sftp.limits().await;
+        if !self.limits_applied.replace(true) && self.opts.max_open.is_none() {
+            self.open_files.set_capacity(default_max_open(&self.sftp));
+        }
+        log::debug!(
+            "transfer: {} requests/file, chunk {}, {} open files, {} bytes in flight",
+            self.opts.requests,
+            self.upload_chunk(),
+            self.open_files.capacity(),
+            self.opts.max_bytes_in_flight
+        );
     }
 
     /// A sibling context for an independent batch: it shares this one's limits (open
@@ -182,6 +201,7 @@ impl Transfer {
             budget: self.budget.clone(),
             progress: self.progress.clone(),
             report: Rc::new(RefCell::new(Report::default())),
+            limits_applied: self.limits_applied.clone(),
             started: Instant::now(),
         }
     }

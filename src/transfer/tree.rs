@@ -212,6 +212,7 @@ impl Transfer {
         remote_root: &[u8],
         entries: Vec<LocalEntry>,
     ) {
+        self.ready().await;
         let (files, bytes) = entries.iter().fold((0, 0), |(f, b), e| match e.kind {
             LocalKind::File { size } => (f + 1, b + size),
             _ => (f, b),
@@ -305,6 +306,7 @@ impl Transfer {
     /// Directories are listed concurrently, each as its own task; names from the server
     /// are checked before use, and remote symlinks become local symlinks (never followed).
     pub async fn download_tree(&self, remote_root: &[u8], local_root: &Path) -> Report {
+        self.ready().await;
         if let Err(e) = make_local_dir(local_root) {
             self.record_failure(local_root.display().to_string(), e);
             return self.take_report();

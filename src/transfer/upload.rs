@@ -49,6 +49,7 @@ impl Transfer {
     /// `remote` only after every WRITE and the CLOSE succeeded, so `remote` is never seen
     /// half-written; on failure the temporary file is removed.
     pub async fn upload(&self, local: &Path, remote: &[u8]) -> Result<u64> {
+        self.ready().await;
         let ctx = |e| Error::local(format!("cannot read {}", local.display()), e);
         // The permit is taken before the local file is opened, so the limit also bounds
         // local descriptors however many uploads are queued.
