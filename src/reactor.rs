@@ -417,14 +417,46 @@ impl Channel {
     /// Closes stdin and waits (bounded) for the child to exit; kills it if it lingers.
     pub fn shutdown(&self, reactor: &Reactor) {
         let mut st = self.state.borrow_mut();
-        // Flush what is queued (e.g. CLOSE of abandoned handles), bounded in time.
-        let deadline = Instant::now() + Duration::from_secs(2);
-        while st.dead.is_none() && !st.out.is_empty() && Instant::now() < deadline {
+        // Everything queued must reach the server (CLOSEs of dropped handles, requests sent
+        // without waiting) and be answered before the server sees the end of its input:
+        // OpenSSH's sftp-server handles one request per turn of its loop and exits at end
+        // of input, dropping requests it read but had not handled yet. So: flush and read
+        // until every request is answered (bounded), then half-close, and read until the
+        // server closes its side.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let unanswered = |st: &State| {
+            st.inflight
+                .values()
+                .any(|slot| matches!(slot, Slot::Waiting(_) | Slot::Abandoned))
+        };
+        while st.dead.is_none()
+            && (!st.out.is_empty() || unanswered(&st))
+            && Instant::now() < deadline
+        {
+            st.stdin_writable = true;
             if Self::flush(&mut st).is_err() {
                 break;
             }
-            if !st.out.is_empty() {
+            self.read_stdout(&mut st);
+            if !st.out.is_empty() || unanswered(&st) {
                 std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        if st.dead.is_none()
+            && let Some(sock) = st.sock.as_mut()
+        {
+            let _ = sock.shutdown(std::net::Shutdown::Write);
+            let mut scratch = vec![0u8; 64 * 1024];
+            while Instant::now() < deadline {
+                match sock.read(&mut scratch) {
+                    Ok(0) => break,
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        std::thread::sleep(Duration::from_millis(1))
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(_) => break,
+                }
             }
         }
         reactor.with_registry(|reg| {

@@ -1420,3 +1420,39 @@ fn local_server_printing_garbage_is_a_protocol_error_not_a_hang() {
         );
     }
 }
+
+/// Requests sent without waiting for their replies (dropped handles' CLOSEs, fire-and-forget
+/// SETSTATs) must all be applied before the session ends: OpenSSH's sftp-server exits at
+/// end of input and drops requests it read but had not handled yet, so the session must
+/// not close its side until every request is answered.
+#[test]
+fn requests_not_awaited_are_applied_before_the_session_ends() {
+    for via in [Via::Local, Via::Sshd] {
+        let Env {
+            session,
+            dir: tmp,
+            _sshd,
+        } = connect(via);
+        let dir = tmp.path().to_path_buf();
+        let sftp = session.sftp().clone();
+        session.run(async {
+            for i in 0..200 {
+                let path = dir.join(format!("d{i}"));
+                let req = sftpipe::proto::Request::Mkdir {
+                    path: r(&path).to_vec(),
+                    attrs: FileAttributes::default(),
+                };
+                // The reply is dropped unread.
+                drop(sftp.submit(&req).await.expect("queue a MKDIR"));
+            }
+        });
+        drop(sftp);
+        drop(session);
+        for i in 0..200 {
+            assert!(
+                dir.join(format!("d{i}")).is_dir(),
+                "MKDIR {i} was dropped ({via:?})"
+            );
+        }
+    }
+}

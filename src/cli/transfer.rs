@@ -228,7 +228,11 @@ pub fn put(g: &GlobalArgs, a: &PutArgs) -> Result<i32, CliError> {
     } else {
         match session.stat(&remote) {
             Ok(s) => s.is_dir(),
-            Err(e) if e.is_not_found() => false,
+            Err(e) if e.is_not_found() => {
+                // Everything below a missing target is new: no probing needed.
+                t.dirlocks().mark_missing(&remote);
+                false
+            }
             Err(e) => return Err(e.into()),
         }
     };

@@ -916,7 +916,10 @@ async fn run(sides: Sides, opts: &MirrorOptions) -> MirrorReport {
             }
         })
         .collect();
-    let mut phase = Phase::new(limit);
+    // Remote times are sent without waiting for the replies: the server applies them in
+    // order after everything above, and nothing after them depends on the outcome; a task
+    // logs failures when the replies arrive.
+    let mut pending_times = Vec::new();
     for (rel, e) in source
         .iter()
         .filter(|(_, e)| e.kind == EntryKind::Dir && !e.excluded)
@@ -928,16 +931,45 @@ async fn run(sides: Sides, opts: &MirrorOptions) -> MirrorReport {
         if !stale {
             continue;
         }
-        let (s, rel, mtime) = (sides.clone(), rel.clone(), e.mtime);
-        phase
-            .run(async move {
-                if let Err(e) = s.set_dir_mtime(&rel, mtime).await {
-                    log::warn!("could not set the time of {}: {e}", s.dest_name(&rel));
+        match sides.dir {
+            Direction::Up => {
+                let t32 = e.mtime.clamp(0, u32::MAX as i64) as u32;
+                let path = sides.remote(rel);
+                let req = crate::proto::Request::Setstat {
+                    path: path.clone(),
+                    attrs: FileAttributes {
+                        atime_mtime: Some((t32, t32)),
+                        ..Default::default()
+                    },
+                };
+                match t.sftp.submit(&req).await {
+                    Ok(reply) => pending_times.push((path, reply)),
+                    Err(e) => log::warn!("could not set the time of {}: {e}", sides.dest_name(rel)),
                 }
-            })
-            .await;
+            }
+            Direction::Down => {
+                if let Err(err) = sides.set_dir_mtime(rel, e.mtime).await {
+                    log::warn!("could not set the time of {}: {err}", sides.dest_name(rel));
+                }
+            }
+        }
     }
-    phase.finish().await;
+    if !pending_times.is_empty() {
+        drop(spawn(async move {
+            for (path, reply) in pending_times {
+                let r = match reply.await {
+                    Ok(r) => crate::client::expect_ok_reply("setstat", &path, r),
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = r {
+                    log::warn!(
+                        "could not set the time of {}: {e}",
+                        String::from_utf8_lossy(&path)
+                    );
+                }
+            }
+        }));
+    }
 
     {
         let c = counters.borrow();

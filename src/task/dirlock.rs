@@ -1,15 +1,22 @@
 //! Directory locks: make sure a remote directory exists, creating it (and its parents)
 //! at most once however many tasks need it, and without a STAT per file.
 //!
-//! The first task to need an unknown directory probes it with its own operation (the OPEN
-//! of its file, say) while later tasks wait. Success proves the directory exists;
-//! NO_SUCH_FILE makes the prober create it — MKDIR, recursing upward on NO_SUCH_FILE like
-//! `mkdir -p` — and then retry. A failure is remembered and handed to every waiter, so a
-//! directory that cannot be created costs one attempt, not one per file. Below a directory
-//! this batch created (or one known to be missing), nothing can exist yet, so directories
-//! there are created top-down straight away, without probes. A task that fails
-//! or is cancelled while holding a lock releases it (the lock is a guard), so it never
-//! stalls its siblings.
+//! The first task to need a directory of unknown existence probes it with its own
+//! operation (the OPEN of its file, say) while later tasks wait. Success proves the
+//! directory exists; NO_SUCH_FILE makes the prober create it — MKDIR, recursing upward on
+//! NO_SUCH_FILE like `mkdir -p` — and then retry. A failure is remembered and handed to
+//! every waiter, so a directory that cannot be created costs one attempt, not one per file.
+//!
+//! Below a directory this batch created (or one known to be missing, such as the root of
+//! an upload a STAT found absent), nothing can exist yet. There the MKDIRs of the missing
+//! chain are sent top-down without waiting for their replies, and the files' OPENs go out
+//! right behind them: the server handles one connection's requests in order, so a fresh
+//! tree costs no round trip per directory level. Should an OPEN still meet NO_SUCH_FILE
+//! (a server that reorders), the task waits for the MKDIR's verdict and reports its error
+//! or tries once more.
+//!
+//! A task that fails or is cancelled while holding a lock releases it (the lock is a
+//! guard), so it never stalls its siblings.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -18,9 +25,15 @@ use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Poll, Waker};
 
+use futures_util::FutureExt;
+use futures_util::future::{LocalBoxFuture, Shared};
+
 use crate::client::Sftp;
 use crate::error::{Error, Result};
-use crate::proto::{FileAttributes, StatusCode};
+use crate::proto::{FileAttributes, Request, StatusCode};
+
+/// The verdict of a MKDIR sent without waiting, awaitable by every task that needs it.
+type MkdirOutcome = Shared<LocalBoxFuture<'static, std::result::Result<(), Rc<Error>>>>;
 
 enum DirState {
     /// A task is probing or creating it; these wait.
@@ -30,6 +43,8 @@ enum DirState {
     Exists { new: bool },
     /// Known not to exist (e.g. the root of an upload whose STAT said so).
     Missing,
+    /// Its MKDIR is on the way: requests sent from now on reach the server after it.
+    Submitted(MkdirOutcome),
     /// Could not be created: every later task gets this error.
     Failed(Error),
 }
@@ -62,6 +77,16 @@ impl Drop for Holding<'_> {
             self.locks.set(&self.dir, None);
         }
     }
+}
+
+/// What [`DirLocks::acquire`] found.
+enum Acquired<'a> {
+    /// The directory exists.
+    Exists,
+    /// Its MKDIR is on the way.
+    Submitted(MkdirOutcome),
+    /// Unknown: this task now holds it.
+    Held(Holding<'a>),
 }
 
 /// The parent of a remote path, or `None` for a root (`/`, `.`, ``).
@@ -125,19 +150,23 @@ impl DirLocks {
         }
     }
 
-    /// True when `dir` cannot exist: it is marked missing, or lies below a directory that
-    /// is missing or was created by this batch.
+    /// True when `dir` cannot exist yet and nobody has started creating it: it is marked
+    /// missing, or lies below a directory that is missing, new, or being created.
     fn known_missing(&self, dir: &[u8]) -> bool {
         let states = self.states.borrow();
-        if matches!(states.get(dir), Some(DirState::Missing)) {
-            return true;
+        match states.get(dir) {
+            Some(DirState::Missing) => return true,
+            Some(_) => return false,
+            None => {}
         }
         let mut cur = dir;
         while let Some(parent) = parent_dir(cur) {
             match states.get(parent) {
-                Some(DirState::Missing) | Some(DirState::Exists { new: true }) => return true,
+                Some(DirState::Missing)
+                | Some(DirState::Exists { new: true })
+                | Some(DirState::Submitted(_)) => return true,
                 Some(DirState::Busy(_)) | None => cur = parent,
-                Some(_) => return false,
+                Some(DirState::Exists { new: false }) | Some(DirState::Failed(_)) => return false,
             }
         }
         false
@@ -156,13 +185,16 @@ impl DirLocks {
         }
     }
 
-    /// Waits while another task holds `dir`; then takes it if unknown. Returns the settled
-    /// state (`Ok(true)` exists), or a guard when this task now holds the lock.
-    async fn acquire(&self, dir: &[u8]) -> Result<Option<Holding<'_>>> {
+    /// Waits while another task holds `dir`; then reports what is known, taking the lock
+    /// when nothing is.
+    async fn acquire(&self, dir: &[u8]) -> Result<Acquired<'_>> {
         std::future::poll_fn(|cx| {
             let mut states = self.states.borrow_mut();
             match states.get_mut(dir) {
-                Some(DirState::Exists { .. }) => Poll::Ready(Ok(None)),
+                Some(DirState::Exists { .. }) => Poll::Ready(Ok(Acquired::Exists)),
+                Some(DirState::Submitted(outcome)) => {
+                    Poll::Ready(Ok(Acquired::Submitted(outcome.clone())))
+                }
                 Some(DirState::Failed(e)) => Poll::Ready(Err(e.duplicate())),
                 Some(DirState::Busy(wakers)) => {
                     wakers.push(cx.waker().clone());
@@ -170,7 +202,7 @@ impl DirLocks {
                 }
                 None | Some(DirState::Missing) => {
                     states.insert(dir.to_vec(), DirState::Busy(Vec::new()));
-                    Poll::Ready(Ok(Some(Holding {
+                    Poll::Ready(Ok(Acquired::Held(Holding {
                         locks: self,
                         dir: dir.to_vec(),
                         settled: false,
@@ -184,7 +216,8 @@ impl DirLocks {
     /// Runs `attempt`, an operation that needs directory `dir` to exist (such as opening a
     /// new file inside it). If the directory's existence is unknown, this task's own
     /// attempt is the probe; on NO_SUCH_FILE the directory is created and the attempt
-    /// repeated once.
+    /// repeated once. Below a new or missing directory, the MKDIRs go out first without
+    /// waiting and the attempt right behind them.
     pub async fn within<T, F, Fut>(&self, dir: &[u8], mut attempt: F) -> Result<T>
     where
         F: FnMut() -> Fut,
@@ -194,24 +227,35 @@ impl DirLocks {
         if is_root(dir) {
             return attempt().await;
         }
-        let known_missing = self.known_missing(dir);
-        let Some(mut held) = self.acquire(dir).await? else {
-            return attempt().await;
+        let acquired = if self.known_missing(dir) {
+            Acquired::Submitted(self.submit_chain(dir).await?)
+        } else {
+            self.acquire(dir).await?
         };
-        if !known_missing {
-            match attempt().await {
-                Ok(v) => {
-                    held.settle(Some(DirState::Exists { new: false }));
-                    return Ok(v);
+        match acquired {
+            Acquired::Exists => attempt().await,
+            Acquired::Submitted(outcome) => match attempt().await {
+                Err(e) if e.is_not_found() => {
+                    outcome.await.map_err(|mkdir| mkdir.duplicate())?;
+                    attempt().await
                 }
-                Err(e) if e.is_not_found() => {}
-                // Not about the directory (permission on the file, say): the next task
-                // probes again.
-                Err(e) => return Err(e),
+                r => r,
+            },
+            Acquired::Held(mut held) => {
+                match attempt().await {
+                    Ok(v) => {
+                        held.settle(Some(DirState::Exists { new: false }));
+                        return Ok(v);
+                    }
+                    Err(e) if e.is_not_found() => {}
+                    // Not about the directory (permission on the file, say): the next task
+                    // probes again.
+                    Err(e) => return Err(e),
+                }
+                self.create_held(held).await?;
+                attempt().await
             }
         }
-        self.create_held(held).await?;
-        attempt().await
     }
 
     /// Creates `held`'s directory and settles its lock with the outcome.
@@ -235,9 +279,78 @@ impl DirLocks {
         if is_root(dir) {
             return Ok(());
         }
-        match self.acquire(dir).await? {
-            Some(held) => self.create_held(held).await,
-            None => Ok(()),
+        let acquired = if self.known_missing(dir) {
+            Acquired::Submitted(self.submit_chain(dir).await?)
+        } else {
+            self.acquire(dir).await?
+        };
+        match acquired {
+            Acquired::Exists => Ok(()),
+            Acquired::Submitted(outcome) => outcome.await.map_err(|e| e.duplicate()),
+            Acquired::Held(held) => self.create_held(held).await,
+        }
+    }
+
+    /// Sends the MKDIRs of `dir` and of its ancestors that are known missing, top-down,
+    /// without waiting for replies; returns `dir`'s verdict.
+    async fn submit_chain(&self, dir: &[u8]) -> Result<MkdirOutcome> {
+        // The missing chain, from `dir` up to the first ancestor that exists, is on its
+        // way, or is being created by someone else.
+        let mut chain = vec![dir.to_vec()];
+        let mut cur = dir;
+        while let Some(parent) = parent_dir(cur) {
+            if is_root(parent) || !self.known_missing(parent) {
+                break;
+            }
+            chain.push(parent.to_vec());
+            cur = parent;
+        }
+        let mut last = None;
+        for d in chain.iter().rev() {
+            match self.acquire(d).await? {
+                Acquired::Exists => last = None,
+                Acquired::Submitted(o) => last = Some(o),
+                Acquired::Held(mut held) => {
+                    let attrs = match self.dir_mode {
+                        Some(m) => FileAttributes::with_permissions(m),
+                        None => FileAttributes::default(),
+                    };
+                    let pending = self
+                        .sftp
+                        .submit(&Request::Mkdir {
+                            path: d.clone(),
+                            attrs,
+                        })
+                        .await?;
+                    let (locks, path) = (self.clone(), d.clone());
+                    let outcome: MkdirOutcome = async move {
+                        let r = match pending.await {
+                            Ok(reply) => crate::client::expect_ok_reply("mkdir", &path, reply),
+                            Err(e) => Err(e),
+                        };
+                        let r = match r {
+                            Ok(()) => Ok(()),
+                            // The top of the chain had a missing parent after all: create
+                            // upward the slow way (requests queued behind will retry).
+                            Err(e) if e.is_not_found() => locks.create(&path).await,
+                            Err(e) => locks.exists_anyway(&path, e).await,
+                        };
+                        if r.is_ok() {
+                            log::debug!("created directory {}", String::from_utf8_lossy(&path));
+                        }
+                        r.map_err(Rc::new)
+                    }
+                    .boxed_local()
+                    .shared();
+                    held.settle(Some(DirState::Submitted(outcome.clone())));
+                    last = Some(outcome);
+                }
+            }
+        }
+        match last {
+            Some(o) => Ok(o),
+            // `dir` turned out to exist meanwhile: an outcome that is already done.
+            None => Ok(async { Ok(()) }.boxed_local().shared()),
         }
     }
 
@@ -248,11 +361,6 @@ impl DirLocks {
                 Some(m) => FileAttributes::with_permissions(m),
                 None => FileAttributes::default(),
             };
-            if let Some(parent) = parent_dir(dir)
-                && self.known_missing(parent)
-            {
-                self.ensure_dir(parent).await?;
-            }
             match self.sftp.mkdir(dir, &attrs).await {
                 Ok(()) => {
                     log::debug!("created directory {}", String::from_utf8_lossy(dir));
