@@ -788,7 +788,7 @@ fn reap(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> 
     loop {
         match child.try_wait() {
             Ok(Some(s)) => return Some(s),
-            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(1)),
             Ok(None) => {
                 let _ = child.kill();
                 return child.wait().ok();

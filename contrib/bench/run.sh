@@ -344,6 +344,9 @@ run_case() {
         try "$lo" "$le" "$1"
         if ((TRY_RC)); then RUN_ERR="prep: $(first_line "$lo") $(first_line "$le")"; return; fi
     fi
+    # Settle the disk first: the untimed preparation (often an rm -rf of the last copy) must
+    # not be written back during the timed command. Fair to every peer.
+    sync
     try "$lo" "$le" "$2"
     if ((TRY_RC)); then
         local msg

@@ -213,12 +213,7 @@ pub fn put(g: &GlobalArgs, a: &PutArgs) -> Result<i32, CliError> {
     opts.resume = a.resume;
     a.upload.apply(&mut opts);
     let follow_links = opts.follow_links;
-    session.limits();
-    let task_limit = opts
-        .max_open
-        .unwrap_or_else(|| default_max_open(session.sftp()))
-        * 2
-        + 16;
+    let max_open = opts.max_open;
     let tracker = Tracker::new(a.transfer.progress, g.quiet);
     let t = session.transfer(opts, tracker.clone());
 
@@ -236,6 +231,9 @@ pub fn put(g: &GlobalArgs, a: &PutArgs) -> Result<i32, CliError> {
             Err(e) => return Err(e.into()),
         }
     };
+    // After the STAT, whose round trip overlapped the LIMITS reply's.
+    session.limits();
+    let task_limit = max_open.unwrap_or_else(|| default_max_open(session.sftp())) * 2 + 16;
     if a.locals.len() > 1 && !into_dir {
         return Err(CliError::Usage(format!(
             "target '{remote_op}' is not a directory (end it with '/' to create it)"
