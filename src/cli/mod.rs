@@ -54,6 +54,25 @@ pub struct Cli {
 /// are OpenSSH sftp's.
 #[derive(Debug, Clone, Default, Args)]
 pub struct GlobalArgs {
+    /// How ssh reaches the server.
+    #[command(flatten)]
+    pub ssh: SshArgs,
+    /// Run this local SFTP server command instead of ssh (e.g. /usr/lib/openssh/sftp-server);
+    /// remote operands are then plain paths and hosts in them are ignored
+    #[arg(short = 'D', value_name = "SERVER_COMMAND")]
+    pub server_command: Option<String>,
+    /// More log output: -v info, -vv debug, -vvv trace (RUST_LOG overrides)
+    #[arg(short = 'v', long = "verbose", action = ArgAction::Count)]
+    pub verbose: u8,
+    /// Print errors only (and no progress bar)
+    #[arg(short = 'q', long = "quiet", conflicts_with = "verbose")]
+    pub quiet: bool,
+}
+
+/// ssh's connection flags with OpenSSH sftp's letters, shared by the global options and
+/// `reprepro-hook` (which reprepro runs with arguments of its own).
+#[derive(Debug, Clone, Default, Args)]
+pub struct SshArgs {
     /// ssh configuration file
     #[arg(short = 'F', value_name = "CONFIGFILE")]
     pub config_file: Option<PathBuf>,
@@ -75,16 +94,6 @@ pub struct GlobalArgs {
     /// ssh program to run instead of "ssh"
     #[arg(short = 'S', value_name = "PROGRAM")]
     pub ssh_program: Option<String>,
-    /// Run this local SFTP server command instead of ssh (e.g. /usr/lib/openssh/sftp-server);
-    /// remote operands are then plain paths and hosts in them are ignored
-    #[arg(short = 'D', value_name = "SERVER_COMMAND")]
-    pub server_command: Option<String>,
-    /// More log output: -v info, -vv debug, -vvv trace (RUST_LOG overrides)
-    #[arg(short = 'v', long = "verbose", action = ArgAction::Count)]
-    pub verbose: u8,
-    /// Print errors only (and no progress bar)
-    #[arg(short = 'q', long = "quiet", conflicts_with = "verbose")]
-    pub quiet: bool,
 }
 
 /// The commands.
@@ -393,19 +402,19 @@ pub fn connect_options(
     spec: Option<&RemoteSpec>,
 ) -> Result<ConnectOptions, CliError> {
     let mut o = ConnectOptions {
-        config_file: global.config_file.clone(),
-        identities: global.identities.clone(),
-        ssh_options: global.ssh_options.clone(),
-        jump: global.jump.clone(),
-        ssh_program: global.ssh_program.clone(),
+        config_file: global.ssh.config_file.clone(),
+        identities: global.ssh.identities.clone(),
+        ssh_options: global.ssh.ssh_options.clone(),
+        jump: global.ssh.jump.clone(),
+        ssh_program: global.ssh.ssh_program.clone(),
         server_command: global.server_command.clone(),
         ..ConnectOptions::default()
     };
     if o.server_command.is_none() {
         let spec = spec.ok_or_else(|| no_host(""))?;
         o.host = spec.host.clone();
-        o.user = spec.user.clone().or_else(|| global.user.clone());
-        o.port = spec.port.or(global.port);
+        o.user = spec.user.clone().or_else(|| global.ssh.user.clone());
+        o.port = spec.port.or(global.ssh.port);
     }
     Ok(o)
 }
@@ -530,8 +539,11 @@ mod tests {
     #[test]
     fn operand_user_and_port_win_over_flags() {
         let g = GlobalArgs {
-            user: Some("flag".into()),
-            port: Some(22),
+            ssh: SshArgs {
+                user: Some("flag".into()),
+                port: Some(22),
+                ..SshArgs::default()
+            },
             ..global()
         };
         let (ep, _) = remote_operands(&g, &["sftp://op@h:2222/x"], false).unwrap();

@@ -6,7 +6,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::rc::Rc;
 
-use clap::{ArgAction, Args};
+use clap::Args;
 use sftpipe::reprepro::{
     self, DirOptions, Dirs, ExecOptions, ExecReport, HookConfig, Outlog, OutlogRecorder, Plan,
     PlanContext, SelectOptions,
@@ -95,27 +95,9 @@ pub struct HookArgs {
     /// Accepted for compatibility with outsftphook.py; above 0 acts like --verbose
     #[arg(long = "debug-sftp", value_name = "N", hide = true)]
     pub debug_sftp: Option<u32>,
-    /// ssh configuration file
-    #[arg(short = 'F', value_name = "CONFIGFILE")]
-    pub config_file: Option<PathBuf>,
-    /// ssh option, e.g. -o ConnectTimeout=10 (repeatable)
-    #[arg(short = 'o', value_name = "OPTION", action = ArgAction::Append)]
-    pub ssh_options: Vec<String>,
-    /// Identity (private key) file (repeatable)
-    #[arg(short = 'i', value_name = "IDENTITY", action = ArgAction::Append)]
-    pub identities: Vec<PathBuf>,
-    /// Port to connect to
-    #[arg(short = 'P', value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
-    pub port: Option<u16>,
-    /// Remote user
-    #[arg(short = 'l', value_name = "USER")]
-    pub user: Option<String>,
-    /// Jump host(s), as ssh -J
-    #[arg(short = 'J', value_name = "JUMP")]
-    pub jump: Option<String>,
-    /// ssh program to run instead of "ssh"
-    #[arg(short = 'S', value_name = "PROGRAM")]
-    pub ssh_program: Option<String>,
+    /// ssh flags (they win over the configuration file's)
+    #[command(flatten)]
+    pub ssh: super::SshArgs,
     /// Remote files open at once; default: from the server's limits (else 64)
     #[arg(long = "max-open", value_name = "N")]
     pub max_open: Option<usize>,
@@ -134,19 +116,27 @@ impl HookArgs {
 
     /// The ssh options of the command line: those before the command, then these.
     fn cli_connect(&self, g: &GlobalArgs) -> ConnectOptions {
-        let mut ssh_options = g.ssh_options.clone();
-        ssh_options.extend(self.ssh_options.iter().cloned());
-        let mut identities = g.identities.clone();
-        identities.extend(self.identities.iter().cloned());
+        let mut ssh_options = g.ssh.ssh_options.clone();
+        ssh_options.extend(self.ssh.ssh_options.iter().cloned());
+        let mut identities = g.ssh.identities.clone();
+        identities.extend(self.ssh.identities.iter().cloned());
         ConnectOptions {
             host: None,
-            user: self.user.clone().or_else(|| g.user.clone()),
-            port: self.port.or(g.port),
-            config_file: self.config_file.clone().or_else(|| g.config_file.clone()),
+            user: self.ssh.user.clone().or_else(|| g.ssh.user.clone()),
+            port: self.ssh.port.or(g.ssh.port),
+            config_file: self
+                .ssh
+                .config_file
+                .clone()
+                .or_else(|| g.ssh.config_file.clone()),
             identities,
             ssh_options,
-            jump: self.jump.clone().or_else(|| g.jump.clone()),
-            ssh_program: self.ssh_program.clone().or_else(|| g.ssh_program.clone()),
+            jump: self.ssh.jump.clone().or_else(|| g.ssh.jump.clone()),
+            ssh_program: self
+                .ssh
+                .ssh_program
+                .clone()
+                .or_else(|| g.ssh.ssh_program.clone()),
             server_command: g.server_command.clone(),
         }
     }
