@@ -374,18 +374,26 @@ impl Ctx {
         same_contents(&self.sftp, remote, local, size).await
     }
 
-    async fn pool_delete(&self, d: &PoolDelete) -> bool {
-        let remote = self.remote(&d.key);
-        let message = match self.sftp.remove(&remote).await {
+    /// Removes a remote file for a delete record: NO_SUCH_FILE counts as done. Returns the
+    /// DONE message, or `None` after recording the failure.
+    async fn remove_for(&self, remote: &[u8], key: &str) -> Option<&'static str> {
+        match self.sftp.remove(remote).await {
             Ok(()) => {
                 self.report.borrow_mut().deleted += 1;
-                "deleted"
+                Some("deleted")
             }
-            Err(e) if e.is_not_found() => "already deleted",
+            Err(e) if e.is_not_found() => Some("already deleted"),
             Err(e) => {
-                self.fail(&d.key, e);
-                return false;
+                self.fail(key, e);
+                None
             }
+        }
+    }
+
+    async fn pool_delete(&self, d: &PoolDelete) -> bool {
+        let remote = self.remote(&d.key);
+        let Some(message) = self.remove_for(&remote, &d.key).await else {
+            return false;
         };
         // An upload of it interrupted earlier may have left its temporary file.
         self.discard(&hidden_temp(&remote)).await;
@@ -506,16 +514,8 @@ impl Ctx {
     }
 
     async fn dist_delete(&self, d: &DistDelete) -> bool {
-        let message = match self.sftp.remove(self.remote(&d.key)).await {
-            Ok(()) => {
-                self.report.borrow_mut().deleted += 1;
-                "deleted"
-            }
-            Err(e) if e.is_not_found() => "already deleted",
-            Err(e) => {
-                self.fail(&d.key, e);
-                return false;
-            }
+        let Some(message) = self.remove_for(&self.remote(&d.key), &d.key).await else {
+            return false;
         };
         self.record(d.log, message, &d.key)
     }
