@@ -2,7 +2,7 @@
 //! [`Runtime`](crate::task::Runtime). [`Sftp`] is a cheap handle; clone it into as many
 //! tasks as you like — they all share one connection and one request table.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
@@ -34,6 +34,9 @@ struct Inner {
     limits_reply: Option<LimitsReply>,
     /// Set once the reply arrived, for the synchronous accessors.
     limits: Rc<Cell<Option<Limits>>>,
+    /// STATs sent with INIT (see [`Sftp::handshake_prefetching`]), each taken by the first
+    /// [`Sftp::stat`] of its path.
+    prefetched_stats: RefCell<Vec<(Vec<u8>, PendingReply)>>,
 }
 
 /// A connection to an SFTP server, usable from any number of concurrent tasks.
@@ -244,10 +247,35 @@ pub fn write_reply(path: &[u8], r: Response) -> Result<()> {
 }
 
 impl Sftp {
-    /// Runs the SFTP handshake on a fresh channel: INIT/VERSION; `limits@openssh.com`, when
-    /// offered, is asked for without waiting (see [`Sftp::limits`]).
+    /// Runs the SFTP handshake on a fresh channel: INIT/VERSION, with `limits@openssh.com`
+    /// asked right behind INIT (see [`Sftp::limits`]).
     pub async fn handshake(chan: Rc<Channel>) -> Result<Sftp> {
+        Self::handshake_prefetching(chan, &[]).await
+    }
+
+    /// [`Sftp::handshake`], also sending a STAT of each of `stats` right behind INIT,
+    /// before the server's VERSION arrives: the answers come with it, saving a round trip
+    /// for a caller that knows what it will look at first (a mirror's root, a `put`
+    /// target). The first [`Sftp::stat`] of each path takes its answer.
+    ///
+    /// Requests sent before VERSION are plain version 3 requests (any server speaking
+    /// version 3 reads them in order after INIT); `limits@openssh.com` is asked that way
+    /// too, and a server that does not know it answers OP_UNSUPPORTED, which is ignored.
+    pub async fn handshake_prefetching(chan: Rc<Channel>, stats: &[Vec<u8>]) -> Result<Sftp> {
         chan.send_init()?;
+        let early = |req: &Request| -> Result<PendingReply> {
+            Ok(PendingReply {
+                chan: chan.clone(),
+                id: chan.send(req)?,
+                done: false,
+            })
+        };
+        let limits_pending = early(&Request::Extended(ExtendedRequest::Limits))?;
+        let mut prefetched = Vec::new();
+        for path in stats {
+            let pending = early(&Request::Stat { path: path.clone() })?;
+            prefetched.push((path.clone(), pending));
+        }
         let (version, raw_ext) = std::future::poll_fn(|cx| chan.poll_version(cx)).await?;
         if version < proto::SFTP_VERSION {
             return Err(Error::Protocol(format!(
@@ -272,14 +300,13 @@ impl Sftp {
                 extensions,
                 limits_reply: None,
                 limits: limits.clone(),
+                prefetched_stats: RefCell::new(prefetched),
             }),
         };
         if sftp.has_extension(ext::LIMITS) {
-            // Asked now, awaited only by whoever needs the answer: the round trip overlaps
-            // with the first operations (a listing, a STAT) instead of preceding them.
-            let pending = sftp
-                .submit(&Request::Extended(ExtendedRequest::Limits))
-                .await?;
+            // Awaited only by whoever needs the answer: the round trip overlaps the
+            // handshake's and the first operations' instead of preceding them.
+            let pending = limits_pending;
             let reply = async move {
                 let decoded = match pending.await {
                     Ok(r) => expect_extended("limits", b"", r)
@@ -321,6 +348,16 @@ impl Sftp {
             Some(reply) => reply.clone().await,
             None => None,
         }
+    }
+
+    /// Whether a STAT of `path` was sent with the handshake and not yet taken by
+    /// [`Sftp::stat`] (whose answer then costs no round trip).
+    pub fn has_prefetched_stat(&self, path: &[u8]) -> bool {
+        self.inner
+            .prefetched_stats
+            .borrow()
+            .iter()
+            .any(|(q, _)| q == path)
     }
 
     /// The protocol version the server announced.
@@ -523,6 +560,15 @@ impl Sftp {
     /// Attributes, following symlinks.
     pub async fn stat(&self, path: impl AsRef<[u8]>) -> Result<FileAttributes> {
         let path = path.as_ref();
+        let early = {
+            let mut p = self.inner.prefetched_stats.borrow_mut();
+            p.iter()
+                .position(|(q, _)| q == path)
+                .map(|i| p.swap_remove(i).1)
+        };
+        if let Some(pending) = early {
+            return expect_attrs("stat", path, pending.await?);
+        }
         let r = self
             .call(Request::Stat {
                 path: path.to_vec(),

@@ -168,6 +168,10 @@ struct State {
     /// doomed `writev` per loop turn.
     stdin_writable: bool,
     out: OutQueue,
+    /// A request sent with nothing queued before it, timed to measure the round trip.
+    rtt_probe: Option<(u32, Instant)>,
+    /// The smallest round trip measured.
+    rtt_min: Option<Duration>,
     framer: Framer,
     inflight: HashMap<u32, Slot>,
     next_id: u32,
@@ -230,6 +234,8 @@ impl Channel {
                 write_registered: false,
                 stdin_writable: true,
                 out: OutQueue::default(),
+                rtt_probe: None,
+                rtt_min: None,
                 framer: Framer::new(proto::DEFAULT_MAX_PACKET),
                 inflight: HashMap::new(),
                 next_id: 1,
@@ -335,7 +341,13 @@ impl Channel {
             id = id.wrapping_add(1);
         }
         st.next_id = id.wrapping_add(1);
-        st.out.push_with(|v| encode(id, v));
+        let queue_was_empty = st.out.is_empty();
+        Self::maybe_probe(&mut st, id, queue_was_empty);
+        st.out.push_with(|v| {
+            let start = v.len();
+            encode(id, v);
+            trace_sent(id, &v[start..]);
+        });
         st.inflight.insert(id, Slot::Waiting(None));
         Ok(id)
     }
@@ -355,12 +367,36 @@ impl Channel {
         while st.inflight.contains_key(&id) {
             id = id.wrapping_add(1);
         }
-        if !st.out.try_push_with(|v| encode(id, v))? {
+        let queue_was_empty = st.out.is_empty();
+        let sent = st.out.try_push_with(|v| {
+            let start = v.len();
+            let queued = encode(id, v)?;
+            if queued {
+                trace_sent(id, &v[start..]);
+            }
+            Ok::<bool, Error>(queued)
+        })?;
+        if !sent {
             return Ok(None);
         }
         st.next_id = id.wrapping_add(1);
+        Self::maybe_probe(&mut st, id, queue_was_empty);
         st.inflight.insert(id, Slot::Waiting(None));
         Ok(Some(id))
+    }
+
+    /// Times request `id` if nothing is queued before it (so local queueing does not
+    /// count) and no other probe is out. Requests sent before the server's VERSION wait
+    /// for the connection to be set up, so they are not timed.
+    fn maybe_probe(st: &mut State, id: u32, queue_was_empty: bool) {
+        if queue_was_empty && st.rtt_probe.is_none() && st.version_seen {
+            st.rtt_probe = Some((id, Instant::now()));
+        }
+    }
+
+    /// The smallest request round trip measured so far (server time included).
+    pub fn rtt_min(&self) -> Option<Duration> {
+        self.state.borrow().rtt_min
     }
 
     /// Queues a request.
@@ -488,6 +524,7 @@ impl Channel {
             return Ok(());
         }
         let n = st.out.write_to(sock)?;
+        log::trace!(target: "sftpipe::wire", "wrote {n} bytes, {} queued", st.out.len());
         st.bytes_out += n as u64;
         st.stdin_writable = st.out.is_empty();
         if st.out.len() < OUT_HIGH_WATER / 2 {
@@ -522,6 +559,7 @@ impl Channel {
                 }
             };
             st.framer.commit(n);
+            log::trace!(target: "sftpipe::wire", "read {n} bytes");
             st.bytes_in += n as u64;
             if let Err(msg) = Self::dispatch_packets(st) {
                 self.fail(st, Some(format!("protocol error from {}: {msg}", st.label)));
@@ -551,7 +589,8 @@ impl Channel {
                         w.wake();
                     }
                 }
-                ServerPacket::Response { id, response } => match st.inflight.remove(&id) {
+                ServerPacket::Response { id, response } => match Self::take_slot(st, id, &response)
+                {
                     Some(Slot::Waiting(waker)) => {
                         st.inflight.insert(id, Slot::Done(response));
                         if let Some(w) = waker {
@@ -567,6 +606,19 @@ impl Channel {
                 },
             }
         }
+    }
+
+    /// Removes the slot a reply is for; times the round-trip probe when it is that one.
+    fn take_slot(st: &mut State, id: u32, response: &Response) -> Option<Slot> {
+        log::trace!(target: "sftpipe::wire", "<- #{id} {}", proto::kind::name(response.kind()));
+        if let Some((probe, sent)) = st.rtt_probe
+            && probe == id
+        {
+            let rtt = sent.elapsed();
+            st.rtt_min = Some(st.rtt_min.map_or(rtt, |m| m.min(rtt)));
+            st.rtt_probe = None;
+        }
+        st.inflight.remove(&id)
     }
 
     fn read_stderr(st: &mut State) {
@@ -771,6 +823,14 @@ impl OutQueue {
                 self.spare.push(seg);
             }
         }
+    }
+}
+
+/// Logs a queued request (type and id) at trace level, for latency diagnosis with `-vvv`.
+fn trace_sent(id: u32, packet: &[u8]) {
+    if log::log_enabled!(target: "sftpipe::wire", log::Level::Trace) {
+        let kind = packet.get(4).copied().unwrap_or(0);
+        log::trace!(target: "sftpipe::wire", "-> #{id} {} ({} bytes)", proto::kind::name(kind), packet.len());
     }
 }
 

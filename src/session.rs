@@ -40,7 +40,8 @@ impl Session {
         let pipes = options.spawn()?;
         let rt = Runtime::new().map_err(|e| Error::local("creating the event loop", e))?;
         let chan = Channel::new(rt.reactor(), pipes)?;
-        let sftp = match rt.block_on(Sftp::handshake(chan.clone())) {
+        let handshake = Sftp::handshake_prefetching(chan.clone(), &options.prefetch_stats);
+        let sftp = match rt.block_on(handshake) {
             Ok(s) => s,
             Err(e) => {
                 chan.shutdown(rt.reactor());

@@ -40,6 +40,9 @@ pub struct ConnectOptions {
     /// `-D`: a local command speaking SFTP on its stdio, run instead of ssh; split on
     /// white space like OpenSSH's `sftp -D`.
     pub server_command: Option<String>,
+    /// Remote paths to STAT right behind INIT, answered with the handshake (see
+    /// [`crate::Sftp::handshake_prefetching`]): what the first operation looks at.
+    pub prefetch_stats: Vec<Vec<u8>>,
 }
 
 impl ConnectOptions {
@@ -136,14 +139,6 @@ impl ConnectOptions {
         log::debug!("running {program} {}", args.join(" "));
         let (ours, theirs) = UnixStream::pair()
             .map_err(|e| Error::local("cannot create a socketpair for the child", e))?;
-        if let Ok(v) = std::env::var("SFTPIPE_SOCKBUF") {
-            let v: usize = v.parse().unwrap_or(0);
-            use nix::sys::socket::{setsockopt, sockopt};
-            let _ = setsockopt(&ours, sockopt::SndBuf, &v);
-            let _ = setsockopt(&ours, sockopt::RcvBuf, &v);
-            let _ = setsockopt(&theirs, sockopt::SndBuf, &v);
-            let _ = setsockopt(&theirs, sockopt::RcvBuf, &v);
-        }
         let theirs_out = theirs
             .try_clone()
             .map_err(|e| Error::local("cannot duplicate a socket", e))?;

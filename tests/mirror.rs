@@ -362,6 +362,15 @@ fn last_files_land_after_everything_else() {
         write_file(src.join(format!("pool/p{i}.deb")), random_bytes(10_000, i));
     }
     write_file(src.join("dists/test/InRelease"), b"index");
+    // Old directory times: they are sent as soon as the last rename is queued, which with
+    // --last is only after the held-back round.
+    for (rel, t) in [
+        ("dists/test", 1_400_000_000),
+        ("dists", 1_500_000_000),
+        ("", 1_600_000_000),
+    ] {
+        set_mtime(&src.join(rel), t);
+    }
     let out = ok(local(&[
         "mirror",
         "--last",
@@ -389,6 +398,7 @@ fn last_files_land_after_everything_else() {
         .expect("mirror summary line");
     assert_eq!(summary["copied"], 51);
     assert_eq!(summary["failed"], 0);
+    assert_identical(&src, &dst);
 }
 
 #[test]

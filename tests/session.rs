@@ -105,8 +105,13 @@ fn scratch() -> tempfile::TempDir {
 }
 
 fn connect(via: Via) -> Env {
+    connect_with(via, |_, _| {})
+}
+
+/// Connects after `tweak` adjusted the options (it sees the scratch directory).
+fn connect_with(via: Via, tweak: impl FnOnce(&mut ConnectOptions, &Path)) -> Env {
     let dir = scratch();
-    let (options, sshd) = match via {
+    let (mut options, sshd) = match via {
         Via::Local => (local_options(), None),
         Via::LocalAsUser => (local_as_user_options(), None),
         Via::Sshd => {
@@ -118,6 +123,7 @@ fn connect(via: Via) -> Env {
             (sshd_options(&sshd), Some(sshd))
         }
     };
+    tweak(&mut options, dir.path());
     let session = match Session::connect(&options) {
         Ok(s) => s,
         Err(e) => panic!(
@@ -1455,4 +1461,47 @@ fn requests_not_awaited_are_applied_before_the_session_ends() {
             );
         }
     }
+}
+
+/// STATs sent with INIT are answered with the handshake and taken by the first `stat` of
+/// their path; later ones, and other paths, go to the server as usual.
+fn prefetched_stats(via: Via) {
+    let env = connect_with(via, |o, dir| {
+        fs::write(dir.join("there"), b"12345").unwrap();
+        o.prefetch_stats = vec![
+            r(&dir.join("there")).to_vec(),
+            r(&dir.join("absent")).to_vec(),
+        ];
+    });
+    let (s, dir) = (&env.session, env.dir.path());
+    let sftp = s.sftp();
+    let there = r(&dir.join("there")).to_vec();
+    let absent = r(&dir.join("absent")).to_vec();
+    assert!(sftp.has_prefetched_stat(&there));
+    assert!(sftp.has_prefetched_stat(&absent));
+    assert!(!sftp.has_prefetched_stat(r(dir)));
+    assert_eq!(s.stat(&there).unwrap().size, Some(5));
+    assert!(!sftp.has_prefetched_stat(&there), "taken once");
+    let e = expect_err(s.stat(&absent), "stat of a missing path");
+    assert_status(
+        &e,
+        StatusCode::NoSuchFile,
+        io::ErrorKind::NotFound,
+        &dir.join("absent"),
+    );
+    // The next STAT asks the server again and sees the change.
+    fs::write(dir.join("there"), b"1234567").unwrap();
+    assert_eq!(s.stat(&there).unwrap().size, Some(7));
+    // The limits asked for right behind INIT arrived as well.
+    assert!(s.limits().is_some_and(|l| l.max_open_handles > 0));
+}
+
+#[test]
+fn prefetched_stats_via_local_server() {
+    prefetched_stats(Via::Local);
+}
+
+#[test]
+fn prefetched_stats_via_sshd() {
+    prefetched_stats(Via::Sshd);
 }

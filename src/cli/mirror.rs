@@ -14,7 +14,8 @@ use super::exit::{self, CliError};
 use super::format::human_size;
 use super::progress::{ProgressMode, Tracker};
 use super::{
-    GlobalArgs, TransferArgs, UploadArgs, connect, expand_tilde, remote_operands, utf8_operand,
+    GlobalArgs, TransferArgs, UploadArgs, connect_prefetching, expand_tilde, remote_operands,
+    utf8_operand,
 };
 
 /// `mirror` arguments.
@@ -132,7 +133,8 @@ pub fn mirror(g: &GlobalArgs, a: &MirrorArgs) -> Result<i32, CliError> {
     };
 
     let (ep, paths) = remote_operands(g, &[remote_op], false)?;
-    let session = connect(g, ep.as_ref())?;
+    // The remote root is the first thing the mirror looks at.
+    let session = connect_prefetching(g, ep.as_ref(), &[&paths[0]])?;
     let remote = expand_tilde(&session, &paths[0])?;
     let mut topts = a.transfer.options();
     a.upload.apply(&mut topts);

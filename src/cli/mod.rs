@@ -270,13 +270,15 @@ pub fn init_logging(global: &GlobalArgs) {
         }
     };
     let detailed = global.verbose >= 2;
+    let start = std::time::Instant::now();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level))
         .format(move |buf, record| {
             let level = record.level().as_str().to_ascii_lowercase();
             if detailed {
                 writeln!(
                     buf,
-                    "sftpipe: {level}: [{}] {}",
+                    "sftpipe: {:9.6} {level}: [{}] {}",
+                    start.elapsed().as_secs_f64(),
                     record.target(),
                     record.args()
                 )
@@ -421,7 +423,22 @@ pub fn connect_options(
 
 /// Connects to the server `spec` names (or runs the `-D` command).
 pub fn connect(global: &GlobalArgs, spec: Option<&RemoteSpec>) -> Result<Session, CliError> {
-    let o = connect_options(global, spec)?;
+    connect_prefetching(global, spec, &[])
+}
+
+/// [`connect`], with a STAT of each of `paths` answered along with the handshake (paths
+/// starting with `~` are left out: they are expanded after connecting).
+pub fn connect_prefetching(
+    global: &GlobalArgs,
+    spec: Option<&RemoteSpec>,
+    paths: &[&[u8]],
+) -> Result<Session, CliError> {
+    let mut o = connect_options(global, spec)?;
+    o.prefetch_stats = paths
+        .iter()
+        .filter(|p| !p.starts_with(b"~"))
+        .map(|p| p.to_vec())
+        .collect();
     log::info!("connecting: {}", o.label());
     Ok(Session::connect(&o)?)
 }

@@ -27,10 +27,11 @@ use std::time::{Duration, Instant};
 pub use filter::{Filter, PatternSet};
 pub use plan::{Action, Compare, EntryKind, Plan, Snapshot, TreeEntry, plan};
 
+use crate::client::PendingReply;
 use crate::client::Sftp;
 use crate::error::{Error, Result};
 use crate::proto::{FileAttributes, FileType};
-use crate::task::{JoinHandle, Semaphore, spawn};
+use crate::task::{Countdown, JoinHandle, Semaphore, Token, spawn};
 use crate::transfer::{LocalKind, Transfer, remote_join, safe_remote_name, walk_local_with};
 
 /// What to mirror and how.
@@ -297,13 +298,24 @@ pub async fn snapshot_remote(
         read_links: true,
     });
     let root = Rc::new(root.to_vec());
-    // The root's attributes and its listing in one round trip.
+    // The root's attributes and its listing in one round trip; when the STAT came with
+    // the handshake, a missing root (a first mirror) costs none.
     let (attrs, listing) = {
         let _permit = t.open_files.acquire(1).await;
-        futures_util::join!(
-            t.sftp.stat(root.as_slice()),
-            t.sftp.read_dir(root.as_slice())
-        )
+        if t.sftp.has_prefetched_stat(&root) {
+            let attrs = t.sftp.stat(root.as_slice()).await;
+            let listing = match &attrs {
+                Ok(a) if a.is_dir() => t.sftp.read_dir(root.as_slice()).await,
+                // Not used: the root's attributes decide.
+                _ => Ok(Vec::new()),
+            };
+            (attrs, listing)
+        } else {
+            futures_util::join!(
+                t.sftp.stat(root.as_slice()),
+                t.sftp.read_dir(root.as_slice())
+            )
+        }
     };
     let attrs = match attrs {
         Ok(a) if a.is_dir() => a,
@@ -484,9 +496,20 @@ impl Sides {
         }
     }
 
-    async fn copy(&self, rel: &[u8], src: Option<&TreeEntry>) -> Result<u64> {
+    /// Copies one file; `committed` is released once nothing more of this copy changes
+    /// the destination directory (see [`Transfer::upload_committing`]).
+    async fn copy(
+        &self,
+        rel: &[u8],
+        src: Option<&TreeEntry>,
+        committed: Option<&Token>,
+    ) -> Result<u64> {
         match self.dir {
-            Direction::Up => self.t.upload(&self.local(rel), &self.remote(rel)).await,
+            Direction::Up => {
+                self.t
+                    .upload_committing(&self.local(rel), &self.remote(rel), committed)
+                    .await
+            }
             Direction::Down => {
                 let dest = self.local(rel);
                 let temp = local_temp(&dest);
@@ -772,6 +795,38 @@ async fn run(sides: Sides, opts: &MirrorOptions) -> MirrorReport {
     }
     phase.finish().await;
 
+    // Directory times go last. Remote ones can go out as soon as every action of phases 2
+    // and 3 has queued its last request that changes a directory (the server applies
+    // requests in order), saving the round trip of waiting for those replies; with deletes
+    // to come, or locally, they wait for the end.
+    let stale_dirs = stale_dir_times(&source, &dest, &the_plan);
+    let has_deletes = the_plan
+        .actions
+        .iter()
+        .any(|a| matches!(a, Action::Delete { .. }));
+    let writers = Countdown::new();
+    let mut tokens: Vec<Option<Token>> = Vec::new();
+    let early_times =
+        (sides.dir == Direction::Up && !has_deletes && !stale_dirs.is_empty()).then(|| {
+            // Only actions that add entries to a directory move its time.
+            tokens = the_plan
+                .actions
+                .iter()
+                .map(|a| {
+                    matches!(
+                        a,
+                        Action::Copy { .. } | Action::Mkdir { .. } | Action::Symlink { .. }
+                    )
+                    .then(|| writers.token())
+                })
+                .collect();
+            let (s, writers, dirs) = (sides.clone(), writers.clone(), stale_dirs.clone());
+            spawn(async move {
+                writers.wait().await;
+                submit_remote_dir_times(&s, &dirs).await
+            })
+        });
+
     // Phase 2 and 3: everything but deletes, `--last` files after the rest.
     let preserve_mode = opts.compare.preserve_mode;
     for last_round in [false, true] {
@@ -789,16 +844,19 @@ async fn run(sides: Sides, opts: &MirrorOptions) -> MirrorReport {
             break;
         }
         let mut phase = Phase::new(limit);
-        for a in &the_plan.actions {
+        for (i, a) in the_plan.actions.iter().enumerate() {
             let s = sides.clone();
             let counters = counters.clone();
             let rel = a.path().to_vec();
+            // Held by the action's task; released early by uploads, else when it ends.
+            let mut token = || tokens.get_mut(i).and_then(Option::take);
             match a {
                 Action::Copy { last, .. } if *last == last_round => {
                     let src = source.clone();
+                    let token = token();
                     phase
                         .run(async move {
-                            let r = s.copy(&rel, src.get(&rel)).await;
+                            let r = s.copy(&rel, src.get(&rel), token.as_ref()).await;
                             s.t.finish_file(s.dest_name(&rel).as_bytes(), r);
                         })
                         .await
@@ -807,8 +865,10 @@ async fn run(sides: Sides, opts: &MirrorOptions) -> MirrorReport {
                     let mode = preserve_mode
                         .then(|| source.get(&rel).map(|e| e.mode))
                         .flatten();
+                    let token = token();
                     phase
                         .run(async move {
+                            let _token = token;
                             match s.mkdir(&rel, mode).await {
                                 Ok(()) => counters.borrow_mut().dirs_created += 1,
                                 Err(e) => s.t.record_failure(s.dest_name(&rel), e),
@@ -818,8 +878,10 @@ async fn run(sides: Sides, opts: &MirrorOptions) -> MirrorReport {
                 }
                 Action::Symlink { target, .. } if !last_round => {
                     let target = target.clone();
+                    let token = token();
                     phase
                         .run(async move {
+                            let _token = token;
                             match s.symlink(&rel, &target).await {
                                 Ok(()) => counters.borrow_mut().symlinks += 1,
                                 Err(e) => s.t.record_failure(s.dest_name(&rel), e),
@@ -843,6 +905,8 @@ async fn run(sides: Sides, opts: &MirrorOptions) -> MirrorReport {
         }
         phase.finish().await;
     }
+    // Actions that did not run (a skipped `--last` round, deletes) hold up nothing.
+    drop(tokens);
 
     // Phase 4: deletes, only when everything else worked and the listing was complete.
     let deletes: Vec<(Vec<u8>, EntryKind)> = the_plan
@@ -905,55 +969,20 @@ async fn run(sides: Sides, opts: &MirrorOptions) -> MirrorReport {
     }
 
     // Phase 5: directory times, now that nothing changes inside them.
-    let touched: HashSet<Vec<u8>> = the_plan
-        .actions
-        .iter()
-        .map(|a| {
-            let p = a.path();
-            match p.iter().rposition(|&b| b == b'/') {
-                Some(i) => p[..i].to_vec(),
-                None => Vec::new(),
-            }
-        })
-        .collect();
-    // Remote times are sent without waiting for the replies: the server applies them in
-    // order after everything above, and nothing after them depends on the outcome; a task
-    // logs failures when the replies arrive.
-    let mut pending_times = Vec::new();
-    for (rel, e) in source
-        .iter()
-        .filter(|(_, e)| e.kind == EntryKind::Dir && !e.excluded)
-    {
-        let stale = dest
-            .get(rel)
-            .is_none_or(|d| d.kind != EntryKind::Dir || d.mtime != e.mtime)
-            || touched.contains(rel);
-        if !stale {
-            continue;
-        }
-        match sides.dir {
-            Direction::Up => {
-                let t32 = e.mtime.clamp(0, u32::MAX as i64) as u32;
-                let path = sides.remote(rel);
-                let req = crate::proto::Request::Setstat {
-                    path: path.clone(),
-                    attrs: FileAttributes {
-                        atime_mtime: Some((t32, t32)),
-                        ..Default::default()
-                    },
-                };
-                match t.sftp.submit(&req).await {
-                    Ok(reply) => pending_times.push((path, reply)),
-                    Err(e) => log::warn!("could not set the time of {}: {e}", sides.dest_name(rel)),
-                }
-            }
-            Direction::Down => {
-                if let Err(err) = sides.set_dir_mtime(rel, e.mtime).await {
+    let pending_times = match early_times {
+        Some(job) => job.await,
+        None if sides.dir == Direction::Up => submit_remote_dir_times(&sides, &stale_dirs).await,
+        None => {
+            for (rel, mtime) in &stale_dirs {
+                if let Err(err) = sides.set_dir_mtime(rel, *mtime).await {
                     log::warn!("could not set the time of {}: {err}", sides.dest_name(rel));
                 }
             }
+            Vec::new()
         }
-    }
+    };
+    // Remote times are not waited for: nothing after them depends on the outcome, and the
+    // session's shutdown collects every reply; a task logs failures as they arrive.
     if !pending_times.is_empty() {
         drop(spawn(async move {
             for (path, reply) in pending_times {
@@ -981,6 +1010,57 @@ async fn run(sides: Sides, opts: &MirrorOptions) -> MirrorReport {
     report.plan = the_plan;
     report.elapsed = started.elapsed();
     finish(report, &t)
+}
+
+/// Source directories whose destination time must be set: new, of another kind, with
+/// another time, or changed inside by the plan (which moves their time). Excluded ones
+/// are left alone.
+fn stale_dir_times(source: &Snapshot, dest: &Snapshot, the_plan: &Plan) -> Vec<(Vec<u8>, i64)> {
+    let touched: HashSet<&[u8]> = the_plan
+        .actions
+        .iter()
+        .map(|a| {
+            let p = a.path();
+            match p.iter().rposition(|&b| b == b'/') {
+                Some(i) => &p[..i],
+                None => &p[..0],
+            }
+        })
+        .collect();
+    source
+        .iter()
+        .filter(|(_, e)| e.kind == EntryKind::Dir && !e.excluded)
+        .filter(|(rel, e)| {
+            dest.get(*rel)
+                .is_none_or(|d| d.kind != EntryKind::Dir || d.mtime != e.mtime)
+                || touched.contains(rel.as_slice())
+        })
+        .map(|(rel, e)| (rel.clone(), e.mtime))
+        .collect()
+}
+
+/// Queues a SETSTAT of each remote directory's time, without waiting for the replies.
+async fn submit_remote_dir_times(
+    sides: &Sides,
+    dirs: &[(Vec<u8>, i64)],
+) -> Vec<(Vec<u8>, PendingReply)> {
+    let mut pending = Vec::new();
+    for (rel, mtime) in dirs {
+        let t32 = (*mtime).clamp(0, u32::MAX as i64) as u32;
+        let path = sides.remote(rel);
+        let req = crate::proto::Request::Setstat {
+            path: path.clone(),
+            attrs: FileAttributes {
+                atime_mtime: Some((t32, t32)),
+                ..Default::default()
+            },
+        };
+        match sides.t.sftp.submit(&req).await {
+            Ok(reply) => pending.push((path, reply)),
+            Err(e) => log::warn!("could not set the time of {}: {e}", sides.dest_name(rel)),
+        }
+    }
+    pending
 }
 
 /// Moves the transfer context's counts and failures into the report.

@@ -2,10 +2,12 @@
 //! a FIFO semaphore (open files, bytes in flight) and directory locks (create a remote
 //! parent directory once, however many files wait for it).
 
+mod countdown;
 pub mod dirlock;
 mod executor;
 mod semaphore;
 
+pub use countdown::{Countdown, Token};
 pub use dirlock::DirLocks;
 pub use executor::{JoinHandle, Runtime, spawn, yield_now};
 pub use semaphore::{Acquire, Permit, Semaphore};

@@ -180,7 +180,10 @@ impl Transfer {
                     // that the file grew, and then reading goes on without a size).
                     let len = match st.size_hint {
                         Some(s) if next < s => chunk.min(s - next),
-                        _ => chunk,
+                        // Small, so that confirming the end does not take a full chunk of
+                        // the byte budget per file.
+                        Some(_) => chunk.min(super::GROWTH_PROBE as u64),
+                        None => chunk,
                     };
                     let o = next;
                     next += len;

@@ -6,6 +6,7 @@
 //! bytes in flight, so memory stays flat however many files or how large they are.
 
 mod download;
+pub mod pace;
 mod tree;
 mod upload;
 
@@ -20,6 +21,7 @@ use futures_util::future::{Either, select};
 use futures_util::stream::FuturesUnordered;
 
 use crate::task::{DirLocks, Permit, Semaphore};
+use pace::Pacer;
 
 pub use tree::{LocalEntry, LocalKind, safe_remote_name, walk_local, walk_local_with};
 pub use upload::temp_name;
@@ -137,6 +139,8 @@ pub struct Transfer {
     pub(crate) dirlocks: DirLocks,
     pub(crate) open_files: Semaphore,
     pub(crate) budget: Semaphore,
+    /// Sizes `budget` to the path (shared by forks, like the budget).
+    pacer: Rc<RefCell<Pacer>>,
     pub(crate) progress: Rc<dyn Progress>,
     pub(crate) report: Rc<RefCell<Report>>,
     /// Whether the server's limits were applied to `open_files` (shared by forks).
@@ -155,11 +159,13 @@ impl Transfer {
         // Until the server's limits are known (see `ready`), listings run under the
         // conservative default.
         let max_open = opts.max_open.unwrap_or_else(|| default_max_open(sftp));
+        let pacer = Pacer::new(opts.max_bytes_in_flight.max(MIN_BUDGET));
         Transfer {
             sftp: sftp.clone(),
             dirlocks: DirLocks::new(sftp.clone()),
             open_files: Semaphore::new(max_open),
-            budget: Semaphore::new(opts.max_bytes_in_flight.max(MIN_BUDGET)),
+            budget: Semaphore::new(pacer.initial()),
+            pacer: Rc::new(RefCell::new(pacer)),
             limits_applied: Rc::new(std::cell::Cell::new(
                 opts.max_open.is_some() || sftp.server_limits().is_some(),
             )),
@@ -199,6 +205,7 @@ impl Transfer {
             dirlocks: DirLocks::new(self.sftp.clone()),
             open_files: self.open_files.clone(),
             budget: self.budget.clone(),
+            pacer: self.pacer.clone(),
             progress: self.progress.clone(),
             report: Rc::new(RefCell::new(Report::default())),
             limits_applied: self.limits_applied.clone(),
@@ -236,6 +243,23 @@ impl Transfer {
         self.report.borrow_mut().failures.push((path, e));
     }
 
+    /// Resizes the byte budget to the path (see [`pace`](self::pace)) once per measuring
+    /// interval.
+    fn pace(&self) {
+        let chan = self.sftp.channel();
+        let (out, inn) = chan.byte_counts();
+        let update = self
+            .pacer
+            .borrow_mut()
+            .update(Instant::now(), out + inn, chan.rtt_min());
+        if let Some(window) = update
+            && window != self.budget.capacity()
+        {
+            log::trace!("in-flight budget {window} bytes");
+            self.budget.set_capacity(window);
+        }
+    }
+
     /// Waits for `bytes` of the in-flight budget while still collecting completions of
     /// `inflight`, each handed to `done`. Budget held by this file's own requests comes back
     /// only as their replies are collected, so waiting without collecting could wait
@@ -249,6 +273,7 @@ impl Transfer {
     where
         F: std::future::Future<Output = T>,
     {
+        self.pace();
         let mut acquire = self.budget.acquire(bytes);
         loop {
             if inflight.is_empty() {
@@ -276,6 +301,9 @@ impl Transfer {
             .clamp(512, crate::client::MAX_CHUNK)
     }
 }
+
+/// Bytes asked for past a file's expected end, to confirm the end or find that it grew.
+const GROWTH_PROBE: usize = 4096;
 
 /// The byte budget must admit at least one full chunk.
 const MIN_BUDGET: usize = crate::client::MAX_CHUNK;

@@ -12,6 +12,7 @@ use super::{Transfer, lossy, remote_basename, remote_join};
 use crate::client::{Handle, write_reply};
 use crate::error::{Error, Result};
 use crate::proto::{FileAttributes, OpenFlags, Request};
+use crate::task::Token;
 use crate::task::dirlock::parent_dir;
 
 static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -49,6 +50,19 @@ impl Transfer {
     /// `remote` only after every WRITE and the CLOSE succeeded, so `remote` is never seen
     /// half-written; on failure the temporary file is removed.
     pub async fn upload(&self, local: &Path, remote: &[u8]) -> Result<u64> {
+        self.upload_committing(local, remote, None).await
+    }
+
+    /// [`Transfer::upload`], releasing `committed` as soon as the last request that changes
+    /// `remote`'s directory is queued (the rename onto the final name; for `inplace`, the
+    /// OPEN): a server that handles requests in order, as OpenSSH's does, applies whatever
+    /// is sent after that point later, e.g. the directory's modification time.
+    pub async fn upload_committing(
+        &self,
+        local: &Path,
+        remote: &[u8],
+        committed: Option<&Token>,
+    ) -> Result<u64> {
         self.ready().await;
         let ctx = |e| Error::local(format!("cannot read {}", local.display()), e);
         // The permit is taken before the local file is opened, so the limit also bounds
@@ -102,6 +116,9 @@ impl Transfer {
             .dirlocks
             .within(&dir, || self.sftp.open(&target, flags, &create_attrs))
             .await?;
+        if inplace && let Some(c) = committed {
+            c.release();
+        }
 
         let result = self
             .send_contents(&file, &handle, start, local, &meta, mode)
@@ -116,11 +133,37 @@ impl Transfer {
                 return Err(e);
             }
         };
-        if !inplace && let Err(e) = self.sftp.rename_replace(&target, remote).await {
+        if !inplace && let Err(e) = self.commit_rename(&target, remote, committed).await {
             self.discard_temp(&target).await;
             return Err(e);
         }
         Ok(sent)
+    }
+
+    /// Renames the temporary file onto `remote`, releasing `committed` once the rename is
+    /// queued (with posix-rename; the fallbacks need replies first).
+    async fn commit_rename(
+        &self,
+        temp: &[u8],
+        remote: &[u8],
+        committed: Option<&Token>,
+    ) -> Result<()> {
+        if !self.sftp.has_extension(crate::proto::ext::POSIX_RENAME) {
+            return self.sftp.rename_replace(temp, remote).await;
+        }
+        let pending = self
+            .sftp
+            .submit(&Request::Extended(
+                crate::proto::ExtendedRequest::PosixRename {
+                    old: temp.to_vec(),
+                    new: remote.to_vec(),
+                },
+            ))
+            .await?;
+        if let Some(c) = committed {
+            c.release();
+        }
+        crate::client::expect_ok_reply("posix-rename", temp, pending.await?)
     }
 
     async fn discard_temp(&self, temp: &[u8]) {
@@ -151,6 +194,11 @@ impl Transfer {
         let mut inflight = FuturesUnordered::new();
         let mut offset = start;
         let mut eof = false;
+        // WRITEs are sized by the file's length, so a small file takes only its own size
+        // of the byte budget (a full chunk each would cap concurrency at budget/chunk
+        // files). Past that length a small probe finds a file that grew; then reading
+        // goes on in full chunks until a short read.
+        let mut known_size = Some(meta.len());
         let mut acked = 0u64;
         let collect = |acked: &mut u64, (n, r): (usize, Result<crate::proto::Response>)| {
             write_reply(handle.path(), r?)?;
@@ -160,19 +208,27 @@ impl Transfer {
         };
         loop {
             while !eof && inflight.len() < max_requests {
+                let want = match known_size {
+                    Some(size) if offset < size => chunk.min((size - offset) as usize),
+                    Some(_) => chunk.min(super::GROWTH_PROBE),
+                    None => chunk,
+                };
                 let permit = self
-                    .budget_while_draining(chunk, &mut inflight, |item| collect(&mut acked, item))
+                    .budget_while_draining(want, &mut inflight, |item| collect(&mut acked, item))
                     .await?;
                 let Some((pending, n)) = self
                     .sftp
-                    .submit_write_from_file(handle, offset, file, offset, chunk)
+                    .submit_write_from_file(handle, offset, file, offset, want)
                     .await
                     .map_err(|e| relabel_local(e, local))?
                 else {
                     eof = true;
                     break;
                 };
-                eof = n < chunk;
+                if known_size.is_some_and(|size| offset >= size) {
+                    known_size = None;
+                }
+                eof = n < want;
                 inflight.push(async move {
                     let r = pending.await;
                     drop(permit);

@@ -1,0 +1,161 @@
+//! Sizing the in-flight byte budget to the path.
+//!
+//! More bytes in flight than the path needs do not move data faster: they wait in
+//! buffers — ours, ssh's, and above all sshd's and sftp-server's, whose working set then
+//! outgrows the CPU caches. On a fast path (loopback, a LAN) that slows the server side
+//! down by 15–20%. A long path, on the other hand, needs its bandwidth-delay product in
+//! flight. So the budget follows the path: a few times what the measured throughput
+//! moves in one round trip (measured on requests sent with nothing queued before them),
+//! never below a floor that keeps a handful of chunks in flight, never above the
+//! configured maximum.
+
+use std::time::{Duration, Instant};
+
+/// The budget never goes below this: four full chunks, enough to keep a server busy on any
+/// path whose round trip is too short to measure.
+pub const MIN_WINDOW: usize = 1 << 20;
+/// Round trips of data kept in flight: room for the throughput to grow, and for the ssh
+/// channel's window to stay full while replies travel back.
+const ROUND_TRIPS_IN_FLIGHT: f64 = 3.0;
+/// Measuring intervals last this many round trips, and at least [`MIN_INTERVAL`].
+const INTERVAL_ROUND_TRIPS: u32 = 4;
+const MIN_INTERVAL: Duration = Duration::from_millis(10);
+
+/// The budget's controller: fed the connection's byte count and smallest round trip, it
+/// says when the budget should change and to what.
+#[derive(Debug)]
+pub struct Pacer {
+    max: usize,
+    last: Option<(Instant, u64)>,
+}
+
+impl Pacer {
+    /// A pacer that never lets the budget exceed `max`.
+    pub fn new(max: usize) -> Self {
+        Pacer { max, last: None }
+    }
+
+    /// The budget to start with: the floor. Starting high would fill every buffer on the
+    /// way before the first measurement, which on a fast path costs more than growing
+    /// from the floor costs on a long one (three measuring intervals).
+    pub fn initial(&self) -> usize {
+        MIN_WINDOW.min(self.max)
+    }
+
+    /// Called whenever a transfer wants budget: `bytes` is the connection's running total
+    /// of bytes moved, `rtt` its smallest measured round trip. Returns the new budget at
+    /// the end of each measuring interval. A gap of many intervals (the connection was
+    /// idle, not slow) starts a new measurement instead.
+    pub fn update(&mut self, now: Instant, bytes: u64, rtt: Option<Duration>) -> Option<usize> {
+        let rtt = rtt?;
+        let interval = (rtt * INTERVAL_ROUND_TRIPS).max(MIN_INTERVAL);
+        let Some((since, from)) = self.last else {
+            self.last = Some((now, bytes));
+            return None;
+        };
+        let elapsed = now.saturating_duration_since(since);
+        if elapsed < interval {
+            return None;
+        }
+        self.last = Some((now, bytes));
+        if elapsed > interval * 4 {
+            return None;
+        }
+        let rate = bytes.saturating_sub(from) as f64 / elapsed.as_secs_f64();
+        let window = (ROUND_TRIPS_IN_FLIGHT * rate * rtt.as_secs_f64()) as usize;
+        Some(window.clamp(MIN_WINDOW.min(self.max), self.max))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    /// Feeds `rate` bytes/s for `ms` milliseconds in 1 ms steps; returns the last budget.
+    fn run(
+        p: &mut Pacer,
+        t0: Instant,
+        bytes: &mut u64,
+        rate: u64,
+        ms: u32,
+        rtt: Duration,
+    ) -> Option<usize> {
+        let mut last = None;
+        for i in 1..=ms {
+            *bytes += rate / 1000;
+            if let Some(w) = p.update(t0 + MS * i, *bytes, Some(rtt)) {
+                last = Some(w);
+            }
+        }
+        last
+    }
+
+    #[test]
+    fn nothing_changes_before_a_round_trip_is_known() {
+        let mut p = Pacer::new(24 << 20);
+        let t0 = Instant::now();
+        assert_eq!(p.update(t0, 0, None), None);
+        assert_eq!(p.update(t0 + MS * 500, 1 << 30, None), None);
+    }
+
+    #[test]
+    fn a_fast_short_path_gets_the_floor() {
+        // 300 MB/s over a 0.3 ms round trip: 90 kB per round trip.
+        let mut p = Pacer::new(24 << 20);
+        let (t0, mut b) = (Instant::now(), 0);
+        let w = run(
+            &mut p,
+            t0,
+            &mut b,
+            300_000_000,
+            100,
+            Duration::from_micros(300),
+        );
+        assert_eq!(w, Some(MIN_WINDOW));
+    }
+
+    #[test]
+    fn a_long_path_gets_its_bandwidth_delay_product_times_three() {
+        // 100 MB/s over 20 ms: 2 MB per round trip, 6 MB budget.
+        let mut p = Pacer::new(24 << 20);
+        let (t0, mut b) = (Instant::now(), 0);
+        let w = run(&mut p, t0, &mut b, 100_000_000, 400, 20 * MS).unwrap();
+        assert!((5_900_000..=6_100_000).contains(&w), "{w}");
+    }
+
+    #[test]
+    fn the_budget_stays_within_the_configured_maximum() {
+        let mut p = Pacer::new(4 << 20);
+        let (t0, mut b) = (Instant::now(), 0);
+        let w = run(&mut p, t0, &mut b, 1_000_000_000, 400, 50 * MS);
+        assert_eq!(w, Some(4 << 20));
+        // A maximum below the floor wins over the floor.
+        let mut p = Pacer::new(256 << 10);
+        let (t0, mut b) = (Instant::now(), 0);
+        let w = run(
+            &mut p,
+            t0,
+            &mut b,
+            300_000_000,
+            100,
+            Duration::from_micros(300),
+        );
+        assert_eq!(w, Some(256 << 10));
+    }
+
+    #[test]
+    fn an_idle_gap_is_not_taken_for_a_slow_path() {
+        let mut p = Pacer::new(24 << 20);
+        let t0 = Instant::now();
+        assert_eq!(p.update(t0, 0, Some(20 * MS)), None);
+        // A second later, almost nothing moved: the connection was idle.
+        assert_eq!(p.update(t0 + MS * 1000, 10, Some(20 * MS)), None);
+        // The next full interval measures again.
+        assert!(
+            p.update(t0 + MS * 1080, 10 + 8_000_000, Some(20 * MS))
+                .is_some()
+        );
+    }
+}
