@@ -2,7 +2,7 @@
 # sftpipe benchmark: sftpipe and its peers side by side, in one run, against a throwaway sshd.
 #
 # Usage: contrib/bench/run.sh [--quick] [--only loopback|rtt20] [--repeat N] [--out FILE]
-#                             [--timeout SECS] [--max-time SECS] [--keep]
+#                             [--timeout SECS] [--max-time SECS] [--keep] [--disk]
 #
 #   --quick          smoke run: 128 MiB big file, no 5,000-file trees, no 2 GiB / 10,000-file memory
 #                    runs (memory is then measured on the 128 MiB file and the 500-file tree, and
@@ -13,6 +13,7 @@
 #   --timeout SECS   per-command limit (default 300); a command that hits it is reported FAILED
 #   --max-time SECS  overall budget (default 2400); cases not started by then are reported SKIPPED
 #   --keep           keep the work directory (/tmp/sftpipe-bench.*) for inspection
+#   --disk           keep the data on /tmp's file system instead of a tmpfs (see below)
 #
 # Environment: SFTPIPE=/path/to/sftpipe skips the cargo build; CARGO_TARGET_DIR is honoured.
 #
@@ -25,6 +26,11 @@
 # Every tool gets the same ssh options (incl. the ProxyCommand): ssh/scp/sftp -o, rsync -e "ssh ...",
 # lftp sftp:connect-program "ssh -a -x ...", sftpipe -o. All data lives in one mktemp -d under /tmp
 # ("remote" paths are on the same machine); sshd and the work directory are removed on exit.
+# That directory is a tmpfs (when there is RAM for it; --disk to opt out): the tools are measured,
+# not the file system. Every timed run removes and recreates thousands of files, and on a disk
+# file system the cost of that depends on what was deleted seconds before (ext4 without a
+# journal scans past recently deleted inodes when it allocates one), so the same command varied
+# by 30% depending on run order, and later runs were slower than earlier ones for every tool.
 #
 # Workloads (wall time of one command, destination removed before each timed run, untimed):
 #   1. one 512 MiB random file, up and down: ssh 'cat', sftp -b put/get, scp, rsync -a, sftpipe
@@ -64,7 +70,7 @@ T_START=${EPOCHREALTIME:?bash 5 or newer is needed (EPOCHREALTIME)}
 
 usage() { awk 'NR == 1 { next } /^#/ { sub(/^# ?/, ""); print; next } { exit }' "${BASH_SOURCE[0]}"; }
 
-QUICK=0 ONLY="" REPEAT=1 OUT="" CMD_TIMEOUT=300 MAX_TIME=2400 KEEP=0
+QUICK=0 ONLY="" REPEAT=1 OUT="" CMD_TIMEOUT=300 MAX_TIME=2400 KEEP=0 DISK=0
 while (($#)); do
     case $1 in
         --only | --repeat | --out | --timeout | --max-time)
@@ -83,6 +89,7 @@ while (($#)); do
         --max-time) MAX_TIME=${2:-}; shift ;;
         --max-time=*) MAX_TIME=${1#*=} ;;
         --keep) KEEP=1 ;;
+        --disk) DISK=1 ;;
         -h | --help) usage; exit 0 ;;
         *) echo "run.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
     esac
@@ -139,7 +146,17 @@ fi
 # Work directory, sshd, cleanup
 
 WORK=$(mktemp -d /tmp/sftpipe-bench.XXXXXX)
-SSHD_PID="" CHILD=""
+SSHD_PID="" CHILD="" TMPFS=0
+# tmpfs: the data peaks near 5 GiB (a 2 GiB file and its copy, the 512 MiB file, the trees).
+if ((!DISK)); then
+    avail_gib=$(awk '/MemAvailable/ { printf "%d", $2 / 1048576 }' /proc/meminfo)
+    if ((avail_gib >= 10)) && mount -t tmpfs -o "size=$((avail_gib - 4))g,mode=700" tmpfs "$WORK" 2>/dev/null; then
+        TMPFS=1
+    else
+        log "no tmpfs (${avail_gib} GiB available, or mount refused): data stays on $(df -T /tmp | awk 'NR == 2 { print $2 }')"
+    fi
+fi
+DATA_ON=$( ((TMPFS)) && echo "tmpfs (RAM)" || echo "$(df -T /tmp | awk 'NR == 2 { print $2 }') under /tmp")
 cleanup() {
     local rc=$?
     trap - EXIT INT TERM
@@ -148,7 +165,11 @@ cleanup() {
         kill "$SSHD_PID" 2>/dev/null || true
         for _ in 1 2 3 4 5 6 7 8 9 10; do kill -0 "$SSHD_PID" 2>/dev/null || break; sleep 0.1; done
     fi
-    if ((KEEP)); then log "work directory kept: $WORK"; else rm -rf "$WORK"; fi
+    if ((KEEP)); then
+        log "work directory kept: $WORK$( ((TMPFS)) && echo ' (a tmpfs: umount it when done)')"
+    else
+        if ((TMPFS)); then umount "$WORK" && rmdir "$WORK"; else rm -rf "$WORK"; fi
+    fi
     exit "$rc"
 }
 trap cleanup EXIT
@@ -553,6 +574,7 @@ report() {
     echo "- load average at start: $LOAD_START; at end: $LOAD_END (other load makes numbers noisy)"
     echo "- sftpipe: $("$BIN" --version 2>&1 | head -1) ($(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$REPO" diff --quiet HEAD 2>/dev/null || echo ', modified tree')); $(ssh -V 2>&1); $(rsync --version | head -1 | sed 's/  */ /g'); lftp $(lftp --version | head -1 | sed -n 's/.*Version \([^ ]*\).*/\1/p')"
     echo "- ssh cipher: $(ssh -v -p "$PORT" "${BASE_OPTS[@]}" "$H" true </dev/null 2>&1 | sed -n 's/.*kex: client->server cipher: \([^ ]*\).*/\1/p' | head -1)"
+    echo "- data on: $DATA_ON"
     echo "- options: repeat=$REPEAT (median)$( ((QUICK)) && echo ', --quick')${ONLY:+, --only $ONLY}; total run time ${TOTAL} s"
     echo "- rtt20 = ssh ProxyCommand delay-relay.py, 10 ms each way; ratio = seconds / seconds of the reference peer (1.00 = as fast; lower is better)"
     for key in "${ORDER[@]}"; do

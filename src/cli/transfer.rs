@@ -15,7 +15,9 @@ use sftpipe::{Error, Session};
 
 use super::exit::{self, CONNECTION, CliError, FAILED};
 use super::progress::Tracker;
-use super::{GlobalArgs, TransferArgs, UploadArgs, connect, expand_tilde, remote_operands};
+use super::{
+    GlobalArgs, TransferArgs, UploadArgs, connect_prefetching, expand_tilde, remote_operands,
+};
 
 /// `get`.
 #[derive(Debug, Args)]
@@ -110,7 +112,8 @@ fn remote_dir_name(session: &Session, remote: &[u8]) -> Result<Option<OsString>,
 /// `get REMOTE [LOCAL]`.
 pub fn get(g: &GlobalArgs, a: &GetArgs) -> Result<i32, CliError> {
     let (ep, paths) = remote_operands(g, std::slice::from_ref(&a.remote), false)?;
-    let session = connect(g, ep.as_ref())?;
+    // Its STAT is answered with the handshake.
+    let session = connect_prefetching(g, ep.as_ref(), &[&paths[0]])?;
     let remote = expand_tilde(&session, &paths[0])?;
     let attrs = session.stat(&remote)?;
     let local = a.local.clone().unwrap_or_else(|| PathBuf::from("."));
@@ -207,7 +210,13 @@ pub fn put(g: &GlobalArgs, a: &PutArgs) -> Result<i32, CliError> {
         return Ok(combine(exit::SUCCESS));
     }
 
-    let session = connect(g, ep.as_ref())?;
+    // Whether the target is a directory is answered with the handshake.
+    let stat_target: &[&[u8]] = if paths[0].ends_with(b"/") {
+        &[]
+    } else {
+        &[&paths[0]]
+    };
+    let session = connect_prefetching(g, ep.as_ref(), stat_target)?;
     let remote = expand_tilde(&session, &paths[0])?;
     let mut opts = a.transfer.options();
     opts.resume = a.resume;

@@ -20,6 +20,11 @@ const ROUND_TRIPS_IN_FLIGHT: f64 = 3.0;
 /// Measuring intervals last this many round trips, and at least [`MIN_INTERVAL`].
 const INTERVAL_ROUND_TRIPS: u32 = 4;
 const MIN_INTERVAL: Duration = Duration::from_millis(10);
+/// Until the throughput is measured, the budget assumes this rate (bytes/s), about what
+/// one ssh channel moves on current hardware: a long path starts with its likely
+/// bandwidth-delay product instead of growing to it interval by interval, while on a
+/// short one the floor applies.
+const PRIOR_RATE: f64 = 300e6;
 
 /// The budget's controller: fed the connection's byte count and smallest round trip, it
 /// says when the budget should change and to what.
@@ -51,7 +56,7 @@ impl Pacer {
         let interval = (rtt * INTERVAL_ROUND_TRIPS).max(MIN_INTERVAL);
         let Some((since, from)) = self.last else {
             self.last = Some((now, bytes));
-            return None;
+            return Some(self.clamp(PRIOR_RATE * rtt.as_secs_f64()));
         };
         let elapsed = now.saturating_duration_since(since);
         if elapsed < interval {
@@ -62,8 +67,11 @@ impl Pacer {
             return None;
         }
         let rate = bytes.saturating_sub(from) as f64 / elapsed.as_secs_f64();
-        let window = (ROUND_TRIPS_IN_FLIGHT * rate * rtt.as_secs_f64()) as usize;
-        Some(window.clamp(MIN_WINDOW.min(self.max), self.max))
+        Some(self.clamp(ROUND_TRIPS_IN_FLIGHT * rate * rtt.as_secs_f64()))
+    }
+
+    fn clamp(&self, window: f64) -> usize {
+        (window as usize).clamp(MIN_WINDOW.min(self.max), self.max)
     }
 }
 
@@ -90,6 +98,17 @@ mod tests {
             }
         }
         last
+    }
+
+    #[test]
+    fn the_first_round_trip_sizes_the_budget_before_any_throughput_is_known() {
+        let t0 = Instant::now();
+        let mut p = Pacer::new(24 << 20);
+        assert_eq!(p.update(t0, 0, Some(20 * MS)), Some(6_000_000));
+        let mut p = Pacer::new(24 << 20);
+        assert_eq!(p.update(t0, 0, Some(Duration::from_micros(300))), Some(MIN_WINDOW));
+        let mut p = Pacer::new(24 << 20);
+        assert_eq!(p.update(t0, 0, Some(Duration::from_secs(1))), Some(24 << 20));
     }
 
     #[test]
@@ -149,7 +168,7 @@ mod tests {
     fn an_idle_gap_is_not_taken_for_a_slow_path() {
         let mut p = Pacer::new(24 << 20);
         let t0 = Instant::now();
-        assert_eq!(p.update(t0, 0, Some(20 * MS)), None);
+        assert!(p.update(t0, 0, Some(20 * MS)).is_some());
         // A second later, almost nothing moved: the connection was idle.
         assert_eq!(p.update(t0 + MS * 1000, 10, Some(20 * MS)), None);
         // The next full interval measures again.
