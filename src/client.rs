@@ -37,6 +37,17 @@ struct Inner {
     /// STATs sent with INIT (see [`Sftp::handshake_prefetching`]), each taken by the first
     /// [`Sftp::stat`] of its path.
     prefetched_stats: RefCell<Vec<(Vec<u8>, PendingReply)>>,
+    /// OPENDIRs sent with INIT, each taken by the first [`Sftp::opendir`] of its path.
+    prefetched_dirs: RefCell<Vec<(Vec<u8>, PendingReply)>>,
+}
+
+/// What to ask for right behind INIT (see [`Sftp::handshake_prefetching`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Prefetch {
+    /// Paths to STAT.
+    pub stats: Vec<Vec<u8>>,
+    /// Directories to OPENDIR (their listing then starts a round trip earlier).
+    pub dirs: Vec<Vec<u8>>,
 }
 
 /// A connection to an SFTP server, usable from any number of concurrent tasks.
@@ -241,6 +252,16 @@ fn pread_full(
     Ok(got)
 }
 
+/// Takes the prefetched request for `path` out of `list`.
+fn take_prefetched(
+    list: &RefCell<Vec<(Vec<u8>, PendingReply)>>,
+    path: &[u8],
+) -> Option<PendingReply> {
+    let mut l = list.borrow_mut();
+    let i = l.iter().position(|(q, _)| q == path)?;
+    Some(l.swap_remove(i).1)
+}
+
 /// Interprets the reply to a WRITE.
 pub fn write_reply(path: &[u8], r: Response) -> Result<()> {
     expect_ok("write", path, r)
@@ -250,18 +271,20 @@ impl Sftp {
     /// Runs the SFTP handshake on a fresh channel: INIT/VERSION, with `limits@openssh.com`
     /// asked right behind INIT (see [`Sftp::limits`]).
     pub async fn handshake(chan: Rc<Channel>) -> Result<Sftp> {
-        Self::handshake_prefetching(chan, &[]).await
+        Self::handshake_prefetching(chan, &Prefetch::default()).await
     }
 
-    /// [`Sftp::handshake`], also sending a STAT of each of `stats` right behind INIT,
-    /// before the server's VERSION arrives: the answers come with it, saving a round trip
-    /// for a caller that knows what it will look at first (a mirror's root, a `put`
-    /// target). The first [`Sftp::stat`] of each path takes its answer.
+    /// [`Sftp::handshake`], also sending the STATs and OPENDIRs of `prefetch` right behind
+    /// INIT, before the server's VERSION arrives: the answers come with it, saving a round
+    /// trip for a caller that knows what it will look at first (a mirror's root, a `put`
+    /// target). The first [`Sftp::stat`] / [`Sftp::opendir`] of each path takes its
+    /// answer; a directory handle nobody took stays open until
+    /// [`Sftp::discard_prefetched`] or the end of the session.
     ///
     /// Requests sent before VERSION are plain version 3 requests (any server speaking
     /// version 3 reads them in order after INIT); `limits@openssh.com` is asked that way
     /// too, and a server that does not know it answers OP_UNSUPPORTED, which is ignored.
-    pub async fn handshake_prefetching(chan: Rc<Channel>, stats: &[Vec<u8>]) -> Result<Sftp> {
+    pub async fn handshake_prefetching(chan: Rc<Channel>, prefetch: &Prefetch) -> Result<Sftp> {
         chan.send_init()?;
         let early = |req: &Request| -> Result<PendingReply> {
             Ok(PendingReply {
@@ -272,9 +295,14 @@ impl Sftp {
         };
         let limits_pending = early(&Request::Extended(ExtendedRequest::Limits))?;
         let mut prefetched = Vec::new();
-        for path in stats {
+        for path in &prefetch.stats {
             let pending = early(&Request::Stat { path: path.clone() })?;
             prefetched.push((path.clone(), pending));
+        }
+        let mut dirs = Vec::new();
+        for path in &prefetch.dirs {
+            let pending = early(&Request::Opendir { path: path.clone() })?;
+            dirs.push((path.clone(), pending));
         }
         let (version, raw_ext) = std::future::poll_fn(|cx| chan.poll_version(cx)).await?;
         if version < proto::SFTP_VERSION {
@@ -301,6 +329,7 @@ impl Sftp {
                 limits_reply: None,
                 limits: limits.clone(),
                 prefetched_stats: RefCell::new(prefetched),
+                prefetched_dirs: RefCell::new(dirs),
             }),
         };
         if sftp.has_extension(ext::LIMITS) {
@@ -358,6 +387,28 @@ impl Sftp {
             .borrow()
             .iter()
             .any(|(q, _)| q == path)
+    }
+
+    /// Whether an OPENDIR of `path` was sent with the handshake and not yet taken by
+    /// [`Sftp::opendir`].
+    pub fn has_prefetched_dir(&self, path: &[u8]) -> bool {
+        self.inner
+            .prefetched_dirs
+            .borrow()
+            .iter()
+            .any(|(q, _)| q == path)
+    }
+
+    /// Drops every prefetched answer nobody took, closing the directory handles among
+    /// them.
+    pub async fn discard_prefetched(&self) {
+        self.inner.prefetched_stats.borrow_mut().clear();
+        let dirs = std::mem::take(&mut *self.inner.prefetched_dirs.borrow_mut());
+        for (path, pending) in dirs {
+            if let Ok(Response::Handle(raw)) = pending.await {
+                let _ = self.close(self.handle(raw, &path)).await;
+            }
+        }
     }
 
     /// The protocol version the server announced.
@@ -560,13 +611,7 @@ impl Sftp {
     /// Attributes, following symlinks.
     pub async fn stat(&self, path: impl AsRef<[u8]>) -> Result<FileAttributes> {
         let path = path.as_ref();
-        let early = {
-            let mut p = self.inner.prefetched_stats.borrow_mut();
-            p.iter()
-                .position(|(q, _)| q == path)
-                .map(|i| p.swap_remove(i).1)
-        };
-        if let Some(pending) = early {
+        if let Some(pending) = take_prefetched(&self.inner.prefetched_stats, path) {
             return expect_attrs("stat", path, pending.await?);
         }
         let r = self
@@ -677,11 +722,15 @@ impl Sftp {
     /// Opens a directory for [`Sftp::readdir`].
     pub async fn opendir(&self, path: impl AsRef<[u8]>) -> Result<Handle> {
         let path = path.as_ref();
-        let r = self
-            .call(Request::Opendir {
-                path: path.to_vec(),
-            })
-            .await?;
+        let r = match take_prefetched(&self.inner.prefetched_dirs, path) {
+            Some(pending) => pending.await?,
+            None => {
+                self.call(Request::Opendir {
+                    path: path.to_vec(),
+                })
+                .await?
+            }
+        };
         match r {
             Response::Handle(raw) => Ok(self.handle(raw, path)),
             Response::Status { code, message, .. } => {

@@ -33,7 +33,7 @@ pub mod task;
 pub mod transfer;
 pub mod transport;
 
-pub use client::{Handle, Sftp};
+pub use client::{Handle, Prefetch, Sftp};
 pub use error::{ConnectionError, Error, Result};
 pub use proto::{FileAttributes, FileType, NameEntry, OpenFlags, StatusCode};
 pub use session::{File, Session};

@@ -40,7 +40,7 @@ impl Session {
         let pipes = options.spawn()?;
         let rt = Runtime::new().map_err(|e| Error::local("creating the event loop", e))?;
         let chan = Channel::new(rt.reactor(), pipes)?;
-        let handshake = Sftp::handshake_prefetching(chan.clone(), &options.prefetch_stats);
+        let handshake = Sftp::handshake_prefetching(chan.clone(), &options.prefetch);
         let sftp = match rt.block_on(handshake) {
             Ok(s) => s,
             Err(e) => {

@@ -40,9 +40,9 @@ pub struct ConnectOptions {
     /// `-D`: a local command speaking SFTP on its stdio, run instead of ssh; split on
     /// white space like OpenSSH's `sftp -D`.
     pub server_command: Option<String>,
-    /// Remote paths to STAT right behind INIT, answered with the handshake (see
+    /// Requests sent right behind INIT and answered with the handshake (see
     /// [`crate::Sftp::handshake_prefetching`]): what the first operation looks at.
-    pub prefetch_stats: Vec<Vec<u8>>,
+    pub prefetch: crate::Prefetch,
 }
 
 impl ConnectOptions {

@@ -1468,8 +1468,15 @@ fn requests_not_awaited_are_applied_before_the_session_ends() {
 fn prefetched_stats(via: Via) {
     let env = connect_with(via, |o, dir| {
         fs::write(dir.join("there"), b"12345").unwrap();
-        o.prefetch_stats = vec![
+        fs::create_dir(dir.join("sub")).unwrap();
+        fs::create_dir(dir.join("unused")).unwrap();
+        o.prefetch.stats = vec![
             r(&dir.join("there")).to_vec(),
+            r(&dir.join("absent")).to_vec(),
+        ];
+        o.prefetch.dirs = vec![
+            r(dir).to_vec(),
+            r(&dir.join("unused")).to_vec(),
             r(&dir.join("absent")).to_vec(),
         ];
     });
@@ -1494,6 +1501,28 @@ fn prefetched_stats(via: Via) {
     assert_eq!(s.stat(&there).unwrap().size, Some(7));
     // The limits asked for right behind INIT arrived as well.
     assert!(s.limits().is_some_and(|l| l.max_open_handles > 0));
+    // A prefetched OPENDIR serves the listing; a missing directory fails as usual.
+    let mut names: Vec<Vec<u8>> = s
+        .read_dir(r(dir))
+        .unwrap()
+        .into_iter()
+        .map(|e| e.filename)
+        .collect();
+    names.sort();
+    assert_eq!(names, [&b"sub"[..], b"there", b"unused"]);
+    let e = expect_err(
+        s.read_dir(r(&dir.join("absent"))),
+        "listing a missing directory",
+    );
+    assert_status(
+        &e,
+        StatusCode::NoSuchFile,
+        io::ErrorKind::NotFound,
+        &dir.join("absent"),
+    );
+    // The one nobody took is closed on request, and the session goes on.
+    s.run(sftp.discard_prefetched());
+    assert_eq!(s.read_dir(r(&dir.join("unused"))).unwrap().len(), 0);
 }
 
 #[test]

@@ -133,8 +133,10 @@ pub fn mirror(g: &GlobalArgs, a: &MirrorArgs) -> Result<i32, CliError> {
     };
 
     let (ep, paths) = remote_operands(g, &[remote_op], false)?;
-    // The remote root is the first thing the mirror looks at.
-    let session = connect_prefetching(g, ep.as_ref(), &[&paths[0]])?;
+    // The remote root is the first thing the mirror looks at: its STAT and OPENDIR are
+    // answered with the handshake.
+    let root: &[&[u8]] = &[&paths[0]];
+    let session = connect_prefetching(g, ep.as_ref(), root, root)?;
     let remote = expand_tilde(&session, &paths[0])?;
     let mut topts = a.transfer.options();
     a.upload.apply(&mut topts);

@@ -423,22 +423,30 @@ pub fn connect_options(
 
 /// Connects to the server `spec` names (or runs the `-D` command).
 pub fn connect(global: &GlobalArgs, spec: Option<&RemoteSpec>) -> Result<Session, CliError> {
-    connect_prefetching(global, spec, &[])
+    connect_prefetching(global, spec, &[], &[])
 }
 
-/// [`connect`], with a STAT of each of `paths` answered along with the handshake (paths
-/// starting with `~` are left out: they are expanded after connecting).
+/// [`connect`], with a STAT of each of `stats` and an OPENDIR of each of `dirs` answered
+/// along with the handshake (paths starting with `~` are left out: they are expanded after
+/// connecting).
 pub fn connect_prefetching(
     global: &GlobalArgs,
     spec: Option<&RemoteSpec>,
-    paths: &[&[u8]],
+    stats: &[&[u8]],
+    dirs: &[&[u8]],
 ) -> Result<Session, CliError> {
     let mut o = connect_options(global, spec)?;
-    o.prefetch_stats = paths
-        .iter()
-        .filter(|p| !p.starts_with(b"~"))
-        .map(|p| p.to_vec())
-        .collect();
+    let known = |paths: &[&[u8]]| -> Vec<Vec<u8>> {
+        paths
+            .iter()
+            .filter(|p| !p.starts_with(b"~"))
+            .map(|p| p.to_vec())
+            .collect()
+    };
+    o.prefetch = sftpipe::Prefetch {
+        stats: known(stats),
+        dirs: known(dirs),
+    };
     log::info!("connecting: {}", o.label());
     Ok(Session::connect(&o)?)
 }

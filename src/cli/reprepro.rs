@@ -138,7 +138,7 @@ impl HookArgs {
                 .clone()
                 .or_else(|| g.ssh.ssh_program.clone()),
             server_command: g.server_command.clone(),
-            prefetch_stats: Vec::new(),
+            prefetch: Default::default(),
         }
     }
 }

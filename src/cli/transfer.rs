@@ -113,7 +113,7 @@ fn remote_dir_name(session: &Session, remote: &[u8]) -> Result<Option<OsString>,
 pub fn get(g: &GlobalArgs, a: &GetArgs) -> Result<i32, CliError> {
     let (ep, paths) = remote_operands(g, std::slice::from_ref(&a.remote), false)?;
     // Its STAT is answered with the handshake.
-    let session = connect_prefetching(g, ep.as_ref(), &[&paths[0]])?;
+    let session = connect_prefetching(g, ep.as_ref(), &[&paths[0]], &[])?;
     let remote = expand_tilde(&session, &paths[0])?;
     let attrs = session.stat(&remote)?;
     let local = a.local.clone().unwrap_or_else(|| PathBuf::from("."));
@@ -216,7 +216,7 @@ pub fn put(g: &GlobalArgs, a: &PutArgs) -> Result<i32, CliError> {
     } else {
         &[&paths[0]]
     };
-    let session = connect_prefetching(g, ep.as_ref(), stat_target)?;
+    let session = connect_prefetching(g, ep.as_ref(), stat_target, &[])?;
     let remote = expand_tilde(&session, &paths[0])?;
     let mut opts = a.transfer.options();
     opts.resume = a.resume;

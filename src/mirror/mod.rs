@@ -298,11 +298,12 @@ pub async fn snapshot_remote(
         read_links: true,
     });
     let root = Rc::new(root.to_vec());
-    // The root's attributes and its listing in one round trip; when the STAT came with
-    // the handshake, a missing root (a first mirror) costs none.
+    // The root's attributes and its listing in one round trip, or none when they came
+    // with the handshake. With only the STAT prefetched, a missing root (a first mirror)
+    // is known without waiting for an OPENDIR.
     let (attrs, listing) = {
         let _permit = t.open_files.acquire(1).await;
-        if t.sftp.has_prefetched_stat(&root) {
+        if t.sftp.has_prefetched_stat(&root) && !t.sftp.has_prefetched_dir(&root) {
             let attrs = t.sftp.stat(root.as_slice()).await;
             let listing = match &attrs {
                 Ok(a) if a.is_dir() => t.sftp.read_dir(root.as_slice()).await,

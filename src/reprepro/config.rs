@@ -166,7 +166,7 @@ impl HookConfig {
             jump: cli.jump.clone().or_else(|| self.jump.clone()),
             ssh_program: cli.ssh_program.clone().or_else(|| self.ssh_program.clone()),
             server_command: cli.server_command.clone(),
-            prefetch_stats: cli.prefetch_stats.clone(),
+            prefetch: cli.prefetch.clone(),
         }
     }
 }

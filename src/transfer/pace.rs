@@ -106,9 +106,15 @@ mod tests {
         let mut p = Pacer::new(24 << 20);
         assert_eq!(p.update(t0, 0, Some(20 * MS)), Some(6_000_000));
         let mut p = Pacer::new(24 << 20);
-        assert_eq!(p.update(t0, 0, Some(Duration::from_micros(300))), Some(MIN_WINDOW));
+        assert_eq!(
+            p.update(t0, 0, Some(Duration::from_micros(300))),
+            Some(MIN_WINDOW)
+        );
         let mut p = Pacer::new(24 << 20);
-        assert_eq!(p.update(t0, 0, Some(Duration::from_secs(1))), Some(24 << 20));
+        assert_eq!(
+            p.update(t0, 0, Some(Duration::from_secs(1))),
+            Some(24 << 20)
+        );
     }
 
     #[test]
