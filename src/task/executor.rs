@@ -12,10 +12,16 @@ use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Wake, Waker};
+use std::time::{Duration, Instant};
 
 use crate::reactor::Reactor;
 
 type LocalTask = Pin<Box<dyn Future<Output = ()>>>;
+
+/// Task polls between two looks at the I/O.
+const MAX_BURST_POLLS: usize = 1024;
+/// Time spent polling tasks between two looks at the I/O.
+const MAX_BURST_TIME: Duration = Duration::from_millis(1);
 
 /// Indices of tasks whose wakers fired. Wakers must be `Send + Sync`, hence the mutex; it is
 /// never contended because everything runs on one thread.
@@ -184,12 +190,17 @@ impl Runtime {
             {
                 return v;
             }
-            // Bound a burst of task polls so replies keep being read and requests written
-            // while thousands of tasks are runnable.
-            for _ in 0..1024 {
+            // Bound a burst of task polls, in number and in time, so replies keep being read
+            // and requests written while thousands of tasks are runnable. Replies left
+            // unread would also inflate the round trips the byte budget is sized from.
+            let burst = Instant::now();
+            for n in 1..=MAX_BURST_POLLS {
                 match self.shared.ready.pop() {
                     Some(id) => self.shared.run_one(id),
                     None => break,
+                }
+                if n % 16 == 0 && burst.elapsed() >= MAX_BURST_TIME {
+                    break;
                 }
             }
             let busy = main.0.load(Ordering::Acquire) || !self.shared.ready.is_empty();

@@ -9,6 +9,7 @@ use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 
 use super::Transfer;
+use super::pace::Ask;
 use crate::client::read_reply;
 use crate::error::{Error, Result};
 use crate::proto::{FileAttributes, OpenFlags, Request};
@@ -192,7 +193,9 @@ impl Transfer {
                     break;
                 };
                 let permit = self
-                    .budget_while_draining(len as usize, &mut inflight, |item| st.complete(item))
+                    .budget_while_draining(len as usize, Ask::Read, &mut inflight, |item| {
+                        st.complete(item)
+                    })
                     .await?;
                 let pending = self
                     .sftp

@@ -21,7 +21,7 @@ use futures_util::future::{Either, select};
 use futures_util::stream::FuturesUnordered;
 
 use crate::task::{DirLocks, Permit, Semaphore};
-use pace::Pacer;
+use pace::{Ask, Pacer};
 
 pub use tree::{LocalEntry, LocalKind, safe_remote_name, walk_local, walk_local_with};
 pub use upload::temp_name;
@@ -245,13 +245,13 @@ impl Transfer {
 
     /// Resizes the byte budget to the path (see [`pace`](self::pace)) once per measuring
     /// interval.
-    fn pace(&self) {
+    fn pace(&self, request: Ask) {
         let chan = self.sftp.channel();
         let (out, inn) = chan.byte_counts();
-        let update = self
-            .pacer
-            .borrow_mut()
-            .update(Instant::now(), out + inn, chan.rtt_min());
+        let update =
+            self.pacer
+                .borrow_mut()
+                .update(Instant::now(), out + inn, chan.rtt_min(), request);
         if let Some(window) = update
             && window != self.budget.capacity()
         {
@@ -260,20 +260,21 @@ impl Transfer {
         }
     }
 
-    /// Waits for `bytes` of the in-flight budget while still collecting completions of
+    /// Waits for `bytes` of the in-flight budget for `ask` while still collecting completions of
     /// `inflight`, each handed to `done`. Budget held by this file's own requests comes back
     /// only as their replies are collected, so waiting without collecting could wait
     /// forever once the budget is spent.
     pub(crate) async fn budget_while_draining<F, T>(
         &self,
         bytes: usize,
+        ask: Ask,
         inflight: &mut FuturesUnordered<F>,
         mut done: impl FnMut(T) -> crate::Result<()>,
     ) -> crate::Result<Permit>
     where
         F: std::future::Future<Output = T>,
     {
-        self.pace();
+        self.pace(ask);
         let mut acquire = self.budget.acquire(bytes);
         loop {
             if inflight.is_empty() {

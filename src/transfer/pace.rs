@@ -14,6 +14,14 @@ use std::time::{Duration, Instant};
 /// The budget never goes below this: four full chunks, enough to keep a server busy on any
 /// path whose round trip is too short to measure.
 pub const MIN_WINDOW: usize = 1 << 20;
+/// While every request is small (many small files), the floor drops to this. Small requests
+/// cost the server per request, not per byte, so a few hundred of them keep it busy, and
+/// more only queue up: OpenSSH's sftp-server reads everything sent to it and grows its input
+/// buffer by copying, so a megabyte of queued small requests costs it more time than the
+/// requests themselves.
+pub const MIN_WINDOW_SMALL: usize = 256 << 10;
+/// The floor is this many of the largest requests seen (between the two bounds above).
+const FLOOR_REQUESTS: usize = 4;
 /// Round trips of data kept in flight: room for the throughput to grow, and for the ssh
 /// channel's window to stay full while replies travel back.
 const ROUND_TRIPS_IN_FLIGHT: f64 = 3.0;
@@ -26,37 +34,86 @@ const MIN_INTERVAL: Duration = Duration::from_millis(10);
 /// short one the floor applies.
 const PRIOR_RATE: f64 = 300e6;
 
+/// A request asking for budget, as the floor sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ask {
+    /// A WRITE carrying this many bytes, which the server holds until it gets to them.
+    Write(usize),
+    /// A READ: a few bytes on the way out, while its reply waits in our own buffers; reads
+    /// keep the full floor.
+    Read,
+}
+
 /// The budget's controller: fed the connection's byte count and smallest round trip, it
 /// says when the budget should change and to what.
 #[derive(Debug)]
 pub struct Pacer {
     max: usize,
     last: Option<(Instant, u64)>,
+    /// The largest request budgeted so far: it sets the floor.
+    largest: usize,
+    /// The budget last computed from the path, before the floor applies.
+    target: f64,
 }
 
 impl Pacer {
     /// A pacer that never lets the budget exceed `max`.
     pub fn new(max: usize) -> Self {
-        Pacer { max, last: None }
+        Pacer {
+            max,
+            last: None,
+            largest: 0,
+            target: 0.0,
+        }
     }
 
     /// The budget to start with: the floor. Starting high would fill every buffer on the
     /// way before the first measurement, which on a fast path costs more than growing
     /// from the floor costs on a long one (three measuring intervals).
     pub fn initial(&self) -> usize {
-        MIN_WINDOW.min(self.max)
+        self.floor()
     }
 
-    /// Called whenever a transfer wants budget: `bytes` is the connection's running total
-    /// of bytes moved, `rtt` its smallest measured round trip. Returns the new budget at
-    /// the end of each measuring interval. A gap of many intervals (the connection was
-    /// idle, not slow) starts a new measurement instead.
-    pub fn update(&mut self, now: Instant, bytes: u64, rtt: Option<Duration>) -> Option<usize> {
+    /// The smallest budget: a few of the largest requests seen, so that big requests keep
+    /// several in flight while small ones do not flood the server's input queue.
+    fn floor(&self) -> usize {
+        (self.largest.saturating_mul(FLOOR_REQUESTS))
+            .clamp(MIN_WINDOW_SMALL, MIN_WINDOW)
+            .min(self.max)
+    }
+
+    /// Called whenever a transfer wants budget for `request`: `bytes` is the
+    /// connection's running total of bytes moved, `rtt` its smallest measured round trip.
+    /// Returns the new budget at the end of each measuring interval, or at once when a
+    /// larger request than any before raises the floor. A gap of many intervals (the
+    /// connection was idle, not slow) starts a new measurement instead.
+    pub fn update(
+        &mut self,
+        now: Instant,
+        bytes: u64,
+        rtt: Option<Duration>,
+        request: Ask,
+    ) -> Option<usize> {
+        let floor = self.floor();
+        let size = match request {
+            Ask::Write(n) => n,
+            Ask::Read => MIN_WINDOW,
+        };
+        self.largest = self.largest.max(size);
+        let measured = self.measure(now, bytes, rtt);
+        if let Some(target) = measured {
+            self.target = target;
+        }
+        (measured.is_some() || self.floor() != floor).then(|| self.clamp(self.target))
+    }
+
+    /// The path's budget at the end of a measuring interval, unclamped.
+    fn measure(&mut self, now: Instant, bytes: u64, rtt: Option<Duration>) -> Option<f64> {
         let rtt = rtt?;
         let interval = (rtt * INTERVAL_ROUND_TRIPS).max(MIN_INTERVAL);
         let Some((since, from)) = self.last else {
             self.last = Some((now, bytes));
-            return Some(self.clamp(PRIOR_RATE * rtt.as_secs_f64()));
+            return Some(PRIOR_RATE * rtt.as_secs_f64());
         };
         let elapsed = now.saturating_duration_since(since);
         if elapsed < interval {
@@ -67,11 +124,11 @@ impl Pacer {
             return None;
         }
         let rate = bytes.saturating_sub(from) as f64 / elapsed.as_secs_f64();
-        Some(self.clamp(ROUND_TRIPS_IN_FLIGHT * rate * rtt.as_secs_f64()))
+        Some(ROUND_TRIPS_IN_FLIGHT * rate * rtt.as_secs_f64())
     }
 
     fn clamp(&self, window: f64) -> usize {
-        (window as usize).clamp(MIN_WINDOW.min(self.max), self.max)
+        (window as usize).clamp(self.floor(), self.max)
     }
 }
 
@@ -80,6 +137,8 @@ mod tests {
     use super::*;
 
     const MS: Duration = Duration::from_millis(1);
+    /// A full-sized WRITE or READ.
+    const CHUNK: usize = 256 << 10;
 
     /// Feeds `rate` bytes/s for `ms` milliseconds in 1 ms steps; returns the last budget.
     fn run(
@@ -93,7 +152,7 @@ mod tests {
         let mut last = None;
         for i in 1..=ms {
             *bytes += rate / 1000;
-            if let Some(w) = p.update(t0 + MS * i, *bytes, Some(rtt)) {
+            if let Some(w) = p.update(t0 + MS * i, *bytes, Some(rtt), Ask::Write(CHUNK)) {
                 last = Some(w);
             }
         }
@@ -104,15 +163,18 @@ mod tests {
     fn the_first_round_trip_sizes_the_budget_before_any_throughput_is_known() {
         let t0 = Instant::now();
         let mut p = Pacer::new(24 << 20);
-        assert_eq!(p.update(t0, 0, Some(20 * MS)), Some(6_000_000));
+        assert_eq!(
+            p.update(t0, 0, Some(20 * MS), Ask::Write(CHUNK)),
+            Some(6_000_000)
+        );
         let mut p = Pacer::new(24 << 20);
         assert_eq!(
-            p.update(t0, 0, Some(Duration::from_micros(300))),
+            p.update(t0, 0, Some(Duration::from_micros(300)), Ask::Write(CHUNK)),
             Some(MIN_WINDOW)
         );
         let mut p = Pacer::new(24 << 20);
         assert_eq!(
-            p.update(t0, 0, Some(Duration::from_secs(1))),
+            p.update(t0, 0, Some(Duration::from_secs(1)), Ask::Write(CHUNK)),
             Some(24 << 20)
         );
     }
@@ -121,8 +183,12 @@ mod tests {
     fn nothing_changes_before_a_round_trip_is_known() {
         let mut p = Pacer::new(24 << 20);
         let t0 = Instant::now();
-        assert_eq!(p.update(t0, 0, None), None);
-        assert_eq!(p.update(t0 + MS * 500, 1 << 30, None), None);
+        // Only the floor moves, for the first full-sized request.
+        assert_eq!(p.update(t0, 0, None, Ask::Write(CHUNK)), Some(MIN_WINDOW));
+        assert_eq!(
+            p.update(t0 + MS * 500, 1 << 30, None, Ask::Write(CHUNK)),
+            None
+        );
     }
 
     #[test]
@@ -174,13 +240,69 @@ mod tests {
     fn an_idle_gap_is_not_taken_for_a_slow_path() {
         let mut p = Pacer::new(24 << 20);
         let t0 = Instant::now();
-        assert!(p.update(t0, 0, Some(20 * MS)).is_some());
+        assert!(p.update(t0, 0, Some(20 * MS), Ask::Write(CHUNK)).is_some());
         // A second later, almost nothing moved: the connection was idle.
-        assert_eq!(p.update(t0 + MS * 1000, 10, Some(20 * MS)), None);
+        assert_eq!(
+            p.update(t0 + MS * 1000, 10, Some(20 * MS), Ask::Write(CHUNK)),
+            None
+        );
         // The next full interval measures again.
         assert!(
-            p.update(t0 + MS * 1080, 10 + 8_000_000, Some(20 * MS))
-                .is_some()
+            p.update(
+                t0 + MS * 1080,
+                10 + 8_000_000,
+                Some(20 * MS),
+                Ask::Write(CHUNK)
+            )
+            .is_some()
         );
+    }
+
+    #[test]
+    fn small_requests_get_a_lower_floor_raised_by_the_first_big_one() {
+        let mut p = Pacer::new(24 << 20);
+        assert_eq!(p.initial(), MIN_WINDOW_SMALL);
+        let (t0, mut b) = (Instant::now(), 0u64);
+        let rtt = Some(Duration::from_micros(300));
+        // Thousands of 4 KiB files at 50 MB/s on a short path: the small floor.
+        let mut last = None;
+        for i in 1..=100 {
+            b += 50_000;
+            if let Some(w) = p.update(t0 + MS * i, b, rtt, Ask::Write(4096)) {
+                last = Some(w);
+            }
+        }
+        assert_eq!(last, Some(MIN_WINDOW_SMALL));
+        // A full chunk raises the floor at once, before any new measurement.
+        assert_eq!(
+            p.update(t0 + MS * 101, b, rtt, Ask::Write(CHUNK)),
+            Some(MIN_WINDOW)
+        );
+        // 64 KiB requests: four of them.
+        let mut p = Pacer::new(24 << 20);
+        assert_eq!(p.update(t0, 0, None, Ask::Write(64 << 10)), None);
+        assert_eq!(
+            p.update(t0, 0, None, Ask::Write(100 << 10)),
+            Some(400 << 10)
+        );
+        // Reads, whatever their size, keep the full floor.
+        let mut p = Pacer::new(24 << 20);
+        assert_eq!(p.update(t0, 0, None, Ask::Read), Some(MIN_WINDOW));
+    }
+
+    #[test]
+    fn a_long_path_with_small_requests_still_gets_its_bandwidth_delay_product() {
+        // 20 MB/s of small files over 20 ms: 400 kB per round trip, 1.2 MB budget.
+        let mut p = Pacer::new(24 << 20);
+        let (t0, mut b) = (Instant::now(), 0u64);
+        let mut last = None;
+        for i in 1..=400 {
+            b += 20_000;
+            if let Some(w) = p.update(t0 + MS * i, b, Some(20 * MS), Ask::Write(4096)) {
+                last = Some(w);
+            }
+        }
+        let w = last.unwrap_or(0);
+        assert!((1_150_000..=1_250_000).contains(&w), "{w}");
     }
 }

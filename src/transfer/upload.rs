@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 
+use super::pace::Ask;
 use super::{Transfer, lossy, remote_basename, remote_join};
 use crate::client::{Handle, write_reply};
 use crate::error::{Error, Result};
@@ -214,7 +215,9 @@ impl Transfer {
                     None => chunk,
                 };
                 let permit = self
-                    .budget_while_draining(want, &mut inflight, |item| collect(&mut acked, item))
+                    .budget_while_draining(want, Ask::Write(want), &mut inflight, |item| {
+                        collect(&mut acked, item)
+                    })
                     .await?;
                 let Some((pending, n)) = self
                     .sftp
