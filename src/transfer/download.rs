@@ -193,7 +193,7 @@ impl Transfer {
                     break;
                 };
                 let permit = self
-                    .budget_while_draining(len as usize, Ask::Read, &mut inflight, |item| {
+                    .budget_while_draining(len as usize, Ask::Stream, &mut inflight, |item| {
                         st.complete(item)
                     })
                     .await?;

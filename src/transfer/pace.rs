@@ -14,13 +14,14 @@ use std::time::{Duration, Instant};
 /// The budget never goes below this: four full chunks, enough to keep a server busy on any
 /// path whose round trip is too short to measure.
 pub const MIN_WINDOW: usize = 1 << 20;
-/// While every request is small (many small files), the floor drops to this. Small requests
+/// While every file is small (each one WRITE), the floor drops to this. Small requests
 /// cost the server per request, not per byte, so a few hundred of them keep it busy, and
 /// more only queue up: OpenSSH's sftp-server reads everything sent to it and grows its input
 /// buffer by copying, so a megabyte of queued small requests costs it more time than the
 /// requests themselves.
 pub const MIN_WINDOW_SMALL: usize = 256 << 10;
-/// The floor is this many of the largest requests seen (between the two bounds above).
+/// The floor is this many of the largest small-file WRITEs seen (between the two bounds
+/// above).
 const FLOOR_REQUESTS: usize = 4;
 /// Round trips of data kept in flight: room for the throughput to grow, and for the ssh
 /// channel's window to stay full while replies travel back.
@@ -37,11 +38,12 @@ const PRIOR_RATE: f64 = 300e6;
 /// A request asking for budget, as the floor sees it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Ask {
-    /// A WRITE carrying this many bytes, which the server holds until it gets to them.
-    Write(usize),
-    /// A READ: a few bytes on the way out, while its reply waits in our own buffers; reads
-    /// keep the full floor.
-    Read,
+    /// The one WRITE of a file that fits in a single request, carrying this many bytes.
+    SmallFile(usize),
+    /// Part of a stream: a WRITE of a file larger than one request, or any READ (a few
+    /// bytes on the way out, its reply waiting in our own buffers). Streams keep the full
+    /// floor, whatever their request size.
+    Stream,
 }
 
 /// The budget's controller: fed the connection's byte count and smallest round trip, it
@@ -50,7 +52,8 @@ pub enum Ask {
 pub struct Pacer {
     max: usize,
     last: Option<(Instant, u64)>,
-    /// The largest request budgeted so far: it sets the floor.
+    /// The largest request budgeted so far (a stream counts as [`MIN_WINDOW`]): it sets the
+    /// floor.
     largest: usize,
     /// The budget last computed from the path, before the floor applies.
     target: f64,
@@ -96,8 +99,8 @@ impl Pacer {
     ) -> Option<usize> {
         let floor = self.floor();
         let size = match request {
-            Ask::Write(n) => n,
-            Ask::Read => MIN_WINDOW,
+            Ask::SmallFile(n) => n,
+            Ask::Stream => MIN_WINDOW,
         };
         self.largest = self.largest.max(size);
         let measured = self.measure(now, bytes, rtt);
@@ -137,7 +140,7 @@ mod tests {
     use super::*;
 
     const MS: Duration = Duration::from_millis(1);
-    /// A full-sized WRITE or READ.
+    /// A full-sized WRITE.
     const CHUNK: usize = 256 << 10;
 
     /// Feeds `rate` bytes/s for `ms` milliseconds in 1 ms steps; returns the last budget.
@@ -152,7 +155,7 @@ mod tests {
         let mut last = None;
         for i in 1..=ms {
             *bytes += rate / 1000;
-            if let Some(w) = p.update(t0 + MS * i, *bytes, Some(rtt), Ask::Write(CHUNK)) {
+            if let Some(w) = p.update(t0 + MS * i, *bytes, Some(rtt), Ask::Stream) {
                 last = Some(w);
             }
         }
@@ -163,18 +166,15 @@ mod tests {
     fn the_first_round_trip_sizes_the_budget_before_any_throughput_is_known() {
         let t0 = Instant::now();
         let mut p = Pacer::new(24 << 20);
-        assert_eq!(
-            p.update(t0, 0, Some(20 * MS), Ask::Write(CHUNK)),
-            Some(6_000_000)
-        );
+        assert_eq!(p.update(t0, 0, Some(20 * MS), Ask::Stream), Some(6_000_000));
         let mut p = Pacer::new(24 << 20);
         assert_eq!(
-            p.update(t0, 0, Some(Duration::from_micros(300)), Ask::Write(CHUNK)),
+            p.update(t0, 0, Some(Duration::from_micros(300)), Ask::Stream),
             Some(MIN_WINDOW)
         );
         let mut p = Pacer::new(24 << 20);
         assert_eq!(
-            p.update(t0, 0, Some(Duration::from_secs(1)), Ask::Write(CHUNK)),
+            p.update(t0, 0, Some(Duration::from_secs(1)), Ask::Stream),
             Some(24 << 20)
         );
     }
@@ -184,11 +184,8 @@ mod tests {
         let mut p = Pacer::new(24 << 20);
         let t0 = Instant::now();
         // Only the floor moves, for the first full-sized request.
-        assert_eq!(p.update(t0, 0, None, Ask::Write(CHUNK)), Some(MIN_WINDOW));
-        assert_eq!(
-            p.update(t0 + MS * 500, 1 << 30, None, Ask::Write(CHUNK)),
-            None
-        );
+        assert_eq!(p.update(t0, 0, None, Ask::Stream), Some(MIN_WINDOW));
+        assert_eq!(p.update(t0 + MS * 500, 1 << 30, None, Ask::Stream), None);
     }
 
     #[test]
@@ -240,21 +237,16 @@ mod tests {
     fn an_idle_gap_is_not_taken_for_a_slow_path() {
         let mut p = Pacer::new(24 << 20);
         let t0 = Instant::now();
-        assert!(p.update(t0, 0, Some(20 * MS), Ask::Write(CHUNK)).is_some());
+        assert!(p.update(t0, 0, Some(20 * MS), Ask::Stream).is_some());
         // A second later, almost nothing moved: the connection was idle.
         assert_eq!(
-            p.update(t0 + MS * 1000, 10, Some(20 * MS), Ask::Write(CHUNK)),
+            p.update(t0 + MS * 1000, 10, Some(20 * MS), Ask::Stream),
             None
         );
         // The next full interval measures again.
         assert!(
-            p.update(
-                t0 + MS * 1080,
-                10 + 8_000_000,
-                Some(20 * MS),
-                Ask::Write(CHUNK)
-            )
-            .is_some()
+            p.update(t0 + MS * 1080, 10 + 8_000_000, Some(20 * MS), Ask::Stream)
+                .is_some()
         );
     }
 
@@ -268,26 +260,31 @@ mod tests {
         let mut last = None;
         for i in 1..=100 {
             b += 50_000;
-            if let Some(w) = p.update(t0 + MS * i, b, rtt, Ask::Write(4096)) {
+            if let Some(w) = p.update(t0 + MS * i, b, rtt, Ask::SmallFile(4096)) {
                 last = Some(w);
             }
         }
         assert_eq!(last, Some(MIN_WINDOW_SMALL));
         // A full chunk raises the floor at once, before any new measurement.
         assert_eq!(
-            p.update(t0 + MS * 101, b, rtt, Ask::Write(CHUNK)),
+            p.update(t0 + MS * 101, b, rtt, Ask::Stream),
             Some(MIN_WINDOW)
         );
         // 64 KiB requests: four of them.
         let mut p = Pacer::new(24 << 20);
-        assert_eq!(p.update(t0, 0, None, Ask::Write(64 << 10)), None);
+        assert_eq!(p.update(t0, 0, None, Ask::SmallFile(64 << 10)), None);
         assert_eq!(
-            p.update(t0, 0, None, Ask::Write(100 << 10)),
+            p.update(t0, 0, None, Ask::SmallFile(100 << 10)),
             Some(400 << 10)
         );
-        // Reads, whatever their size, keep the full floor.
+        // A file of one full chunk: four of them, the full floor.
+        assert_eq!(
+            p.update(t0, 0, None, Ask::SmallFile(CHUNK)),
+            Some(MIN_WINDOW)
+        );
+        // Streams (big files, reads), whatever their request size, keep the full floor.
         let mut p = Pacer::new(24 << 20);
-        assert_eq!(p.update(t0, 0, None, Ask::Read), Some(MIN_WINDOW));
+        assert_eq!(p.update(t0, 0, None, Ask::Stream), Some(MIN_WINDOW));
     }
 
     #[test]
@@ -298,7 +295,7 @@ mod tests {
         let mut last = None;
         for i in 1..=400 {
             b += 20_000;
-            if let Some(w) = p.update(t0 + MS * i, b, Some(20 * MS), Ask::Write(4096)) {
+            if let Some(w) = p.update(t0 + MS * i, b, Some(20 * MS), Ask::SmallFile(4096)) {
                 last = Some(w);
             }
         }

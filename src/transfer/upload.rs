@@ -200,6 +200,9 @@ impl Transfer {
         // files). Past that length a small probe finds a file that grew; then reading
         // goes on in full chunks until a short read.
         let mut known_size = Some(meta.len());
+        // A file sent in one WRITE may take a smaller share of the budget's floor than a
+        // stream of chunks (see `pace`).
+        let one_write = meta.len().saturating_sub(start) <= chunk as u64;
         let mut acked = 0u64;
         let collect = |acked: &mut u64, (n, r): (usize, Result<crate::proto::Response>)| {
             write_reply(handle.path(), r?)?;
@@ -215,9 +218,16 @@ impl Transfer {
                     None => chunk,
                 };
                 let permit = self
-                    .budget_while_draining(want, Ask::Write(want), &mut inflight, |item| {
-                        collect(&mut acked, item)
-                    })
+                    .budget_while_draining(
+                        want,
+                        if one_write {
+                            Ask::SmallFile(want)
+                        } else {
+                            Ask::Stream
+                        },
+                        &mut inflight,
+                        |item| collect(&mut acked, item),
+                    )
                     .await?;
                 let Some((pending, n)) = self
                     .sftp
