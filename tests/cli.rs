@@ -238,6 +238,10 @@ fn get_directory_needs_r_and_copies_the_tree() {
         &p(&fresh),
     ]));
     assert_same_tree(&src, &fresh);
+    // -r on a plain file: its OPENDIR, sent with the handshake, fails quietly.
+    let one = d.path().join("one");
+    ok(local(&["get", "-r", &p(&src.join("a.txt")), &p(&one)]));
+    assert_eq!(read_file(&one), read_file(src.join("a.txt")));
 }
 
 #[test]

@@ -112,8 +112,11 @@ fn remote_dir_name(session: &Session, remote: &[u8]) -> Result<Option<OsString>,
 /// `get REMOTE [LOCAL]`.
 pub fn get(g: &GlobalArgs, a: &GetArgs) -> Result<i32, CliError> {
     let (ep, paths) = remote_operands(g, std::slice::from_ref(&a.remote), false)?;
-    // Its STAT is answered with the handshake.
-    let session = connect_prefetching(g, ep.as_ref(), &[&paths[0]], &[])?;
+    // Its STAT (and with -r its OPENDIR, the first step of a tree download) is answered
+    // with the handshake.
+    let target: &[&[u8]] = &[&paths[0]];
+    let dirs = if a.recursive { target } else { &[] };
+    let session = connect_prefetching(g, ep.as_ref(), target, dirs)?;
     let remote = expand_tilde(&session, &paths[0])?;
     let attrs = session.stat(&remote)?;
     let local = a.local.clone().unwrap_or_else(|| PathBuf::from("."));
