@@ -38,7 +38,7 @@ struct Inner {
     /// [`Sftp::stat`] of its path.
     prefetched_stats: RefCell<Vec<(Vec<u8>, PendingReply)>>,
     /// OPENDIRs sent with INIT, each taken by the first [`Sftp::opendir`] of its path.
-    prefetched_dirs: RefCell<Vec<(Vec<u8>, PendingReply)>>,
+    prefetched_dirs: RefCell<Vec<PrefetchedDir>>,
 }
 
 /// What to ask for right behind INIT (see [`Sftp::handshake_prefetching`]).
@@ -48,6 +48,18 @@ pub struct Prefetch {
     pub stats: Vec<Vec<u8>>,
     /// Directories to OPENDIR (their listing then starts a round trip earlier).
     pub dirs: Vec<Vec<u8>>,
+    /// Directories that probably exist, to OPENDIR on a guess (a mirror's subdirectories,
+    /// guessed from the local side): a failure other than NO_SUCH_FILE is no answer, the
+    /// directory is opened again when asked for. Their handles stay open until taken or
+    /// [`Sftp::discard_prefetched`], so keep the list short.
+    pub guessed_dirs: Vec<Vec<u8>>,
+}
+
+/// A prefetched OPENDIR; `guess` when its failure is no answer.
+struct PrefetchedDir {
+    path: Vec<u8>,
+    pending: PendingReply,
+    guess: bool,
 }
 
 /// A connection to an SFTP server, usable from any number of concurrent tasks.
@@ -74,6 +86,15 @@ impl Future for PendingReply {
     }
 }
 
+impl PendingReply {
+    /// Gives up on the reply, and the session may end without it: for requests whose
+    /// loss does not matter (reads past the end of a listing).
+    pub fn dispense(mut self) {
+        self.done = true;
+        self.chan.dispense(self.id);
+    }
+}
+
 impl Drop for PendingReply {
     fn drop(&mut self) {
         if !self.done {
@@ -89,6 +110,8 @@ pub struct Handle {
     raw: Vec<u8>,
     path: Vec<u8>,
     closed: Cell<bool>,
+    /// Opened only to read (a file, or a directory): its CLOSE's verdict does not matter.
+    read_only: bool,
 }
 
 impl Handle {
@@ -120,7 +143,11 @@ impl Drop for Handle {
                 handle: std::mem::take(&mut self.raw),
             };
             if let Ok(id) = self.chan.send(&req) {
-                self.chan.abandon(id);
+                if self.read_only {
+                    self.chan.dispense(id);
+                } else {
+                    self.chan.abandon(id);
+                }
             }
         }
     }
@@ -300,9 +327,14 @@ impl Sftp {
             prefetched.push((path.clone(), pending));
         }
         let mut dirs = Vec::new();
-        for path in &prefetch.dirs {
+        let guesses = prefetch.guessed_dirs.iter().map(|p| (p, true));
+        for (path, guess) in prefetch.dirs.iter().map(|p| (p, false)).chain(guesses) {
             let pending = early(&Request::Opendir { path: path.clone() })?;
-            dirs.push((path.clone(), pending));
+            dirs.push(PrefetchedDir {
+                path: path.clone(),
+                pending,
+                guess,
+            });
         }
         let (version, raw_ext) = std::future::poll_fn(|cx| chan.poll_version(cx)).await?;
         if version < proto::SFTP_VERSION {
@@ -389,6 +421,17 @@ impl Sftp {
             .any(|(q, _)| q == path)
     }
 
+    /// The guessed directories ([`Prefetch::guessed_dirs`]) whose OPENDIR nobody took yet.
+    pub fn guessed_dirs(&self) -> Vec<Vec<u8>> {
+        self.inner
+            .prefetched_dirs
+            .borrow()
+            .iter()
+            .filter(|d| d.guess)
+            .map(|d| d.path.clone())
+            .collect()
+    }
+
     /// Whether an OPENDIR of `path` was sent with the handshake and not yet taken by
     /// [`Sftp::opendir`].
     pub fn has_prefetched_dir(&self, path: &[u8]) -> bool {
@@ -396,7 +439,7 @@ impl Sftp {
             .prefetched_dirs
             .borrow()
             .iter()
-            .any(|(q, _)| q == path)
+            .any(|d| d.path == path)
     }
 
     /// Drops every prefetched answer nobody took, closing the directory handles among
@@ -404,9 +447,9 @@ impl Sftp {
     pub async fn discard_prefetched(&self) {
         self.inner.prefetched_stats.borrow_mut().clear();
         let dirs = std::mem::take(&mut *self.inner.prefetched_dirs.borrow_mut());
-        for (path, pending) in dirs {
-            if let Ok(Response::Handle(raw)) = pending.await {
-                let _ = self.close(self.handle(raw, &path)).await;
+        for d in dirs {
+            if let Ok(Response::Handle(raw)) = d.pending.await {
+                let _ = self.close(self.handle(raw, &d.path, true)).await;
             }
         }
     }
@@ -544,12 +587,13 @@ impl Sftp {
         self.submit(&req).await?.await
     }
 
-    fn handle(&self, raw: Vec<u8>, path: &[u8]) -> Handle {
+    fn handle(&self, raw: Vec<u8>, path: &[u8], read_only: bool) -> Handle {
         Handle {
             chan: self.inner.chan.clone(),
             raw,
             path: path.to_vec(),
             closed: Cell::new(false),
+            read_only,
         }
     }
 
@@ -569,7 +613,7 @@ impl Sftp {
             })
             .await?;
         match r {
-            Response::Handle(raw) => Ok(self.handle(raw, path)),
+            Response::Handle(raw) => Ok(self.handle(raw, path, flags == OpenFlags::READ)),
             Response::Status { code, message, .. } => {
                 Err(status_error("open", path, code, &message))
             }
@@ -722,8 +766,28 @@ impl Sftp {
     /// Opens a directory for [`Sftp::readdir`].
     pub async fn opendir(&self, path: impl AsRef<[u8]>) -> Result<Handle> {
         let path = path.as_ref();
-        let r = match take_prefetched(&self.inner.prefetched_dirs, path) {
-            Some(pending) => pending.await?,
+        let prefetched = {
+            let mut dirs = self.inner.prefetched_dirs.borrow_mut();
+            let i = dirs.iter().position(|d| d.path == path);
+            i.map(|i| dirs.swap_remove(i))
+        };
+        let r = match prefetched {
+            // A guess that found nothing is an answer; any other failure of a guess (the
+            // server's handle limit, say) is not.
+            Some(d) => match d.pending.await? {
+                r @ (Response::Handle(_)
+                | Response::Status {
+                    code: StatusCode::NoSuchFile,
+                    ..
+                }) => r,
+                _ if d.guess => {
+                    self.call(Request::Opendir {
+                        path: path.to_vec(),
+                    })
+                    .await?
+                }
+                other => other,
+            },
             None => {
                 self.call(Request::Opendir {
                     path: path.to_vec(),
@@ -732,7 +796,7 @@ impl Sftp {
             }
         };
         match r {
-            Response::Handle(raw) => Ok(self.handle(raw, path)),
+            Response::Handle(raw) => Ok(self.handle(raw, path, true)),
             Response::Status { code, message, .. } => {
                 Err(status_error("opendir", path, code, &message))
             }
@@ -797,9 +861,11 @@ impl Sftp {
                 other => return Err(unexpected("readdir", &other)),
             }
         }
-        // The READDIRs still in flight answer EOF; dropping them discards the replies, and
-        // dropping the handle sends its CLOSE without waiting.
-        drop(pending);
+        // The READDIRs still in flight answer EOF: their replies are not needed, not even
+        // before the session ends; dropping the handle sends its CLOSE without waiting.
+        for p in pending {
+            p.dispense();
+        }
         drop(h);
         Ok(all)
     }

@@ -143,6 +143,9 @@ enum Slot {
     Done(Response),
     /// The task went away; the reply will be dropped when it comes.
     Abandoned,
+    /// Like `Abandoned`, and the session need not wait for the reply before it ends: the
+    /// server may drop the request unhandled (the CLOSE of a handle only read from).
+    Dispensable,
 }
 
 /// The child process and its pipes.
@@ -409,7 +412,7 @@ impl Channel {
         let mut st = self.state.borrow_mut();
         match st.inflight.remove(&id) {
             Some(Slot::Done(r)) => Poll::Ready(Ok(r)),
-            Some(Slot::Waiting(_)) | Some(Slot::Abandoned) => {
+            Some(Slot::Waiting(_) | Slot::Abandoned | Slot::Dispensable) => {
                 if let Some(e) = Self::dead_error(&st) {
                     return Poll::Ready(Err(e));
                 }
@@ -433,6 +436,21 @@ impl Channel {
             }
             Some(_) if st.dead.is_none() => {
                 st.inflight.insert(id, Slot::Abandoned);
+            }
+            _ => {
+                st.inflight.remove(&id);
+            }
+        }
+    }
+
+    /// Like [`Channel::abandon`], and the session may end before the reply comes: for
+    /// requests whose loss does not matter (the CLOSE of a handle only read from), so
+    /// that the end of a download does not wait a round trip for them.
+    pub fn dispense(&self, id: u32) {
+        let mut st = self.state.borrow_mut();
+        match st.inflight.get(&id) {
+            Some(Slot::Waiting(_)) if st.dead.is_none() => {
+                st.inflight.insert(id, Slot::Dispensable);
             }
             _ => {
                 st.inflight.remove(&id);
@@ -597,7 +615,7 @@ impl Channel {
                             w.wake();
                         }
                     }
-                    Some(Slot::Abandoned) => {}
+                    Some(Slot::Abandoned | Slot::Dispensable) => {}
                     Some(done @ Slot::Done(_)) => {
                         st.inflight.insert(id, done);
                         return Err(format!("second reply to request {id}"));
@@ -705,7 +723,7 @@ impl Channel {
                 true
             }
             Slot::Done(_) => true,
-            Slot::Abandoned => false,
+            Slot::Abandoned | Slot::Dispensable => false,
         });
         for w in wakers {
             w.wake();

@@ -440,6 +440,38 @@ fn mirror_down_deletes_local_extras_and_replaces_types() {
     assert_identical(&src, &dst);
 }
 
+/// The CLI opens the local side's directories on the remote on a guess, before the
+/// remote listing says what they are. Where the remote has a symlink (to a directory
+/// elsewhere), the guess lists the link's target; that listing must go unused: the link
+/// is replaced by a directory and nothing behind it is touched, even with --delete.
+#[test]
+fn guessed_directories_never_follow_remote_symlinks() {
+    let d = tempfile::tempdir().unwrap();
+    let (src, dst, outside) = (
+        d.path().join("src"),
+        d.path().join("dst"),
+        d.path().join("outside"),
+    );
+    make_tree(&src);
+    write_file(src.join("linked/mine"), b"local");
+    write_file(outside.join("precious"), b"keep me");
+    write_file(outside.join("mine"), b"not this one either");
+    ok(local(&["mirror", &s(&src), &remote(&dst)]));
+    fs::remove_dir_all(dst.join("linked")).unwrap();
+    std::os::unix::fs::symlink(&outside, dst.join("linked")).unwrap();
+    // A guessed directory missing on the remote side is created as usual.
+    write_file(src.join("brand/new"), b"n");
+
+    ok(local(&["mirror", "--delete", &s(&src), &remote(&dst)]));
+    assert_identical(&src, &dst);
+    assert!(!dst.join("linked").is_symlink());
+    assert_eq!(fs::read(outside.join("precious")).unwrap(), b"keep me");
+    assert_eq!(
+        fs::read(outside.join("mine")).unwrap(),
+        b"not this one either"
+    );
+}
+
 /// A server command that dies (SIGKILL) after `ms` milliseconds, mid-transfer. The
 /// server gets the script's stdin through fd 3: a shell gives a background job /dev/null
 /// as stdin, and applies that before any `<&0`.

@@ -1479,6 +1479,11 @@ fn prefetched_stats(via: Via) {
             r(&dir.join("unused")).to_vec(),
             r(&dir.join("absent")).to_vec(),
         ];
+        o.prefetch.guessed_dirs = vec![
+            r(&dir.join("sub")).to_vec(),
+            r(&dir.join("there")).to_vec(),
+            r(&dir.join("gone")).to_vec(),
+        ];
     });
     let (s, dir) = (&env.session, env.dir.path());
     let sftp = s.sftp();
@@ -1520,6 +1525,28 @@ fn prefetched_stats(via: Via) {
         io::ErrorKind::NotFound,
         &dir.join("absent"),
     );
+    // Guessed OPENDIRs: a directory lists from the guess; a file or a missing path
+    // fails (OpenSSH says NO_SUCH_FILE for both, which is taken as the answer).
+    let mut guessed = sftp.guessed_dirs();
+    guessed.sort();
+    assert_eq!(guessed.len(), 3);
+    fs::write(dir.join("sub/new"), b"").unwrap();
+    let names: Vec<Vec<u8>> = s
+        .read_dir(r(&dir.join("sub")))
+        .unwrap()
+        .into_iter()
+        .map(|e| e.filename)
+        .collect();
+    assert!(names.is_empty() || names == [&b"new"[..]], "{names:?}");
+    expect_err(s.read_dir(r(&dir.join("there"))), "listing a file");
+    fs::create_dir(dir.join("gone")).unwrap();
+    let e = expect_err(
+        s.read_dir(r(&dir.join("gone"))),
+        "a guess that found nothing",
+    );
+    assert!(e.is_not_found(), "{e}");
+    assert!(sftp.guessed_dirs().is_empty(), "each guess taken once");
+    assert_eq!(s.read_dir(r(&dir.join("gone"))).unwrap().len(), 0);
     // The one nobody took is closed on request, and the session goes on.
     s.run(sftp.discard_prefetched());
     assert_eq!(s.read_dir(r(&dir.join("unused"))).unwrap().len(), 0);

@@ -14,8 +14,7 @@ use super::exit::{self, CliError};
 use super::format::human_size;
 use super::progress::{ProgressMode, Tracker};
 use super::{
-    GlobalArgs, TransferArgs, UploadArgs, connect_prefetching, expand_tilde, remote_operands,
-    utf8_operand,
+    GlobalArgs, TransferArgs, UploadArgs, connect_with, expand_tilde, remote_operands, utf8_operand,
 };
 
 /// `mirror` arguments.
@@ -134,9 +133,17 @@ pub fn mirror(g: &GlobalArgs, a: &MirrorArgs) -> Result<i32, CliError> {
 
     let (ep, paths) = remote_operands(g, &[remote_op], false)?;
     // The remote root is the first thing the mirror looks at: its STAT and OPENDIR are
-    // answered with the handshake.
-    let root: &[&[u8]] = &[&paths[0]];
-    let session = connect_prefetching(g, ep.as_ref(), root, root)?;
+    // answered with the handshake, and so are OPENDIRs of the subdirectories the local
+    // side has (a re-mirror then lists the whole remote tree in one round trip).
+    let root = paths[0].clone();
+    let guessed_dirs =
+        sftpipe::mirror::guess_remote_dirs(&local, &root, sftpipe::mirror::MAX_GUESSED_DIRS);
+    let prefetch = sftpipe::Prefetch {
+        stats: vec![root.clone()],
+        dirs: vec![root],
+        guessed_dirs,
+    };
+    let session = connect_with(g, ep.as_ref(), prefetch)?;
     let remote = expand_tilde(&session, &paths[0])?;
     let mut topts = a.transfer.options();
     a.upload.apply(&mut topts);

@@ -435,18 +435,33 @@ pub fn connect_prefetching(
     stats: &[&[u8]],
     dirs: &[&[u8]],
 ) -> Result<Session, CliError> {
+    connect_with(
+        global,
+        spec,
+        sftpipe::Prefetch {
+            stats: stats.iter().map(|p| p.to_vec()).collect(),
+            dirs: dirs.iter().map(|p| p.to_vec()).collect(),
+            guessed_dirs: Vec::new(),
+        },
+    )
+}
+
+/// [`connect`], with `prefetch` sent along with the handshake (paths starting with `~`
+/// are left out: they are expanded after connecting).
+pub fn connect_with(
+    global: &GlobalArgs,
+    spec: Option<&RemoteSpec>,
+    mut prefetch: sftpipe::Prefetch,
+) -> Result<Session, CliError> {
     let mut o = connect_options(global, spec)?;
-    let known = |paths: &[&[u8]]| -> Vec<Vec<u8>> {
-        paths
-            .iter()
-            .filter(|p| !p.starts_with(b"~"))
-            .map(|p| p.to_vec())
-            .collect()
-    };
-    o.prefetch = sftpipe::Prefetch {
-        stats: known(stats),
-        dirs: known(dirs),
-    };
+    for paths in [
+        &mut prefetch.stats,
+        &mut prefetch.dirs,
+        &mut prefetch.guessed_dirs,
+    ] {
+        paths.retain(|p| !p.starts_with(b"~"));
+    }
+    o.prefetch = prefetch;
     log::info!("connecting: {}", o.label());
     Ok(Session::connect(&o)?)
 }

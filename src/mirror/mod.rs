@@ -176,9 +176,15 @@ fn entry_from_attrs(a: &FileAttributes) -> (EntryKind, u64, i64, u32) {
     )
 }
 
+/// A directory's listing, from [`Sftp::read_dir`].
+type Listing = Result<Vec<crate::proto::NameEntry>>;
+
 struct RemoteWalk {
     snap: RefCell<Snapshot>,
     tasks: RefCell<Vec<JoinHandle<()>>>,
+    /// Listings of guessed directories (see [`guess_remote_dirs`]), started before their
+    /// parents' listings said what they are; used only for entries those call directories.
+    guessed: RefCell<std::collections::HashMap<Vec<u8>, JoinHandle<Listing>>>,
     failures: RefCell<Vec<(String, Error)>>,
     filter: Filter,
     descend_excluded: bool,
@@ -192,7 +198,7 @@ fn list_remote_dir(
     root: Rc<Vec<u8>>,
     rel: Vec<u8>,
     excluded_parent: bool,
-    prefetched: Option<Result<Vec<crate::proto::NameEntry>>>,
+    prefetched: Option<Listing>,
 ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()>>> {
     Box::pin(async move {
         let dir = if rel.is_empty() {
@@ -203,8 +209,14 @@ fn list_remote_dir(
         let listing = match prefetched {
             Some(l) => l,
             None => {
-                let _permit = open_files.acquire(1).await;
-                sftp.read_dir(&dir).await
+                let guessed = walk.guessed.borrow_mut().remove(&dir);
+                match guessed {
+                    Some(listing) => listing.await,
+                    None => {
+                        let _permit = open_files.acquire(1).await;
+                        sftp.read_dir(&dir).await
+                    }
+                }
             }
         };
         let entries = match listing {
@@ -289,9 +301,25 @@ pub async fn snapshot_remote(
     root: &[u8],
     opts: &MirrorOptions,
 ) -> Result<(Option<Snapshot>, Vec<(String, Error)>)> {
+    // Guessed directories are listed at once, alongside the root: on a tree that looks
+    // like the local one, every level's listing then overlaps the first.
+    let guessed = t
+        .sftp
+        .guessed_dirs()
+        .into_iter()
+        .map(|dir| {
+            let sftp = t.sftp.clone();
+            let listing = spawn({
+                let dir = dir.clone();
+                async move { sftp.read_dir(&dir).await }
+            });
+            (dir, listing)
+        })
+        .collect();
     let walk = Rc::new(RemoteWalk {
         snap: RefCell::new(Snapshot::new()),
         tasks: RefCell::new(Vec::new()),
+        guessed: RefCell::new(guessed),
         failures: RefCell::new(Vec::new()),
         filter: opts.filter.clone(),
         descend_excluded: opts.compare.delete_excluded,
@@ -359,6 +387,12 @@ pub async fn snapshot_remote(
         for h in pending {
             h.await;
         }
+    }
+    // Guesses the tree did not confirm: let them finish, so their handles are closed
+    // before transfers count open files.
+    let unused: Vec<_> = walk.guessed.borrow_mut().drain().collect();
+    for (_, listing) in unused {
+        let _ = listing.await;
     }
     let failures = std::mem::take(&mut *walk.failures.borrow_mut());
     let snap = std::mem::take(&mut *walk.snap.borrow_mut());
@@ -611,6 +645,43 @@ fn local_temp(dest: &Path) -> PathBuf {
     dest.with_file_name(OsStr::from_bytes(&temp))
 }
 
+/// How many subdirectories [`guess_remote_dirs`] names at most: each guess holds a server
+/// handle until the listing takes it.
+pub const MAX_GUESSED_DIRS: usize = 128;
+
+/// The remote directories a mirror between `local_root` and `remote_root` will most likely
+/// list: the local tree's subdirectories (shallowest first, at most `max`), under
+/// `remote_root`. Sent as [`Prefetch::guessed_dirs`](crate::Prefetch::guessed_dirs) with
+/// the handshake, they let the whole remote listing take one round trip instead of two per
+/// level when both sides already look alike (a re-mirror). Reads only directory entries:
+/// no STAT per file, symlinks not followed, unreadable directories skipped.
+pub fn guess_remote_dirs(local_root: &Path, remote_root: &[u8], max: usize) -> Vec<Vec<u8>> {
+    let mut guesses = Vec::new();
+    let mut queue = std::collections::VecDeque::from([(local_root.to_path_buf(), Vec::new())]);
+    while let Some((dir, rel)) = queue.pop_front() {
+        let Ok(entries) = fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            if guesses.len() >= max {
+                return guesses;
+            }
+            if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            let name = entry.file_name();
+            let child_rel = if rel.is_empty() {
+                name.as_bytes().to_vec()
+            } else {
+                remote_join(&rel, name.as_bytes())
+            };
+            guesses.push(remote_join(remote_root, &child_rel));
+            queue.push_back((entry.path(), child_rel));
+        }
+    }
+    guesses
+}
+
 /// Mirrors the local tree `local_root` into the remote directory `remote_root`.
 pub async fn mirror_up(
     t: &Transfer,
@@ -656,6 +727,8 @@ async fn run(sides: Sides, opts: &MirrorOptions) -> MirrorReport {
     // Snapshots: the remote one is listed while nothing else runs; the local walk is cheap.
     let local = snapshot_local(&sides.local_root, opts);
     let remote = snapshot_remote(&t, &sides.remote_root, opts).await;
+    // Guessed directories the listing did not take (excluded, or not directories there).
+    t.sftp.discard_prefetched().await;
     let (local, (remote, listing_failures)) = match (local, remote) {
         (Ok(l), Ok(r)) => (l, r),
         (Err(e), _) => {
@@ -1071,4 +1144,45 @@ fn finish(mut report: MirrorReport, t: &Transfer) -> MirrorReport {
     report.bytes = tr.bytes;
     report.failures.extend(tr.failures);
     report
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guesses_are_local_subdirectories_shallowest_first_and_capped() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path();
+        for p in ["a/x/deep", "b", "c"] {
+            fs::create_dir_all(root.join(p)).unwrap();
+        }
+        fs::write(root.join("file"), b"").unwrap();
+        fs::write(root.join("a/file"), b"").unwrap();
+        std::os::unix::fs::symlink(root.join("a"), root.join("link")).unwrap();
+
+        let mut all = guess_remote_dirs(root, b"/srv/r/", 100);
+        let depth = |p: &Vec<u8>| p.iter().filter(|&&b| b == b'/').count();
+        assert!(
+            all.windows(2).all(|w| depth(&w[0]) <= depth(&w[1])),
+            "{all:?}"
+        );
+        all.sort();
+        let want: Vec<&[u8]> = vec![
+            b"/srv/r/a",
+            b"/srv/r/a/x",
+            b"/srv/r/a/x/deep",
+            b"/srv/r/b",
+            b"/srv/r/c",
+        ];
+        assert_eq!(all, want);
+
+        let few = guess_remote_dirs(root, b"r", 3);
+        assert_eq!(few.len(), 3);
+        assert!(
+            few.iter().all(|p| depth(p) == 1),
+            "the top level first: {few:?}"
+        );
+        assert!(guess_remote_dirs(&root.join("missing"), b"r", 10).is_empty());
+    }
 }
