@@ -599,6 +599,73 @@ fn preserve_times_and_mode_on_put_and_get() {
 }
 
 #[test]
+fn preserve_keeps_directory_modes_and_times_of_trees() {
+    let sshd = Sshd::start();
+    let s = connect(&sshd_options(&sshd));
+    let d = scratch();
+    let keep = TransferOptions {
+        preserve_times: true,
+        preserve_mode: true,
+        ..opts()
+    };
+    let dir_mtime = |p: &Path| fs::metadata(p).unwrap().mtime();
+
+    // Directory times are set after their entries land (or they would move), and a
+    // read-only directory gets its mode only once its files are in.
+    let tree = d.path().join("tree");
+    write_file(tree.join("a/b/f"), b"f");
+    fs::create_dir_all(tree.join("empty")).unwrap();
+    for (rel, mode, mtime) in [
+        ("a/b", 0o555, 1_000_000_010),
+        ("a", 0o750, 1_000_000_020),
+        ("empty", 0o700, 1_000_000_030),
+        ("", 0o711, 1_000_000_040),
+    ] {
+        let dir = tree.join(rel);
+        let t = UNIX_EPOCH + Duration::from_secs(mtime);
+        fs::File::open(&dir)
+            .unwrap()
+            .set_times(fs::FileTimes::new().set_accessed(t).set_modified(t))
+            .unwrap();
+        set_mode(&dir, mode);
+    }
+    let dest = d.path().join("tree-dest");
+    let report = s.put_tree(&tree, r(&dest), &keep);
+    assert!(report.is_ok(), "{:?}", report.failures);
+    assert_eq!(read_file(dest.join("a/b/f")), b"f");
+    for (rel, mode, mtime) in [
+        ("a/b", 0o555, 1_000_000_010),
+        ("a", 0o750, 1_000_000_020),
+        ("empty", 0o700, 1_000_000_030),
+        ("", 0o711, 1_000_000_040),
+    ] {
+        assert_eq!(mode_of(&dest.join(rel)), mode, "put {rel:?}");
+        assert_eq!(dir_mtime(&dest.join(rel)), mtime, "put {rel:?}");
+    }
+
+    // And back down.
+    let back = d.path().join("tree-back");
+    let report = s.get_tree(r(&dest), &back, &keep);
+    assert!(report.is_ok(), "{:?}", report.failures);
+    assert_eq!(read_file(back.join("a/b/f")), b"f");
+    for (rel, mode, mtime) in [
+        ("a/b", 0o555, 1_000_000_010),
+        ("a", 0o750, 1_000_000_020),
+        ("empty", 0o700, 1_000_000_030),
+        ("", 0o711, 1_000_000_040),
+    ] {
+        assert_eq!(mode_of(&back.join(rel)), mode, "get {rel:?}");
+        assert_eq!(dir_mtime(&back.join(rel)), mtime, "get {rel:?}");
+    }
+
+    // Without -p, directories are the destination's own (fresh times, default modes).
+    let plain = d.path().join("tree-plain");
+    assert!(s.put_tree(&tree, r(&plain), &opts()).is_ok());
+    assert_eq!(mode_of(&plain.join("a/b")), 0o755);
+    assert!(dir_mtime(&plain.join("a")) > 1_500_000_000);
+}
+
+#[test]
 fn resume_completes_partial_downloads_and_uploads() {
     let sshd = Sshd::start();
     let s = connect(&sshd_options(&sshd));

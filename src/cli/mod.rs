@@ -135,7 +135,8 @@ pub enum Command {
 /// Transfer tuning shared by `get`, `put` (and `mirror`).
 #[derive(Debug, Clone, Args)]
 pub struct TransferArgs {
-    /// Preserve modification times and permission bits
+    /// Preserve modification times and permission bits (of directories too, set once
+    /// their contents have landed)
     #[arg(short = 'p', long = "preserve")]
     pub preserve: bool,
     /// Requests in flight per file

@@ -1,5 +1,6 @@
 //! Many files at once: whole trees up and down, one task per file, over one connection.
 
+use std::cell::RefCell;
 use std::ffi::{OsStr, OsString};
 use std::fs;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
@@ -223,9 +224,11 @@ impl Transfer {
             .filter_map(|e| e.rel.parent().map(Path::to_path_buf))
             .collect();
         let mut spawner = Spawner::new(self.task_limit());
+        let dir_attrs = self.upload_dir_attrs(local_root, remote_root, &entries);
         if entries.is_empty() {
-            if let Err(e) = self.dirlocks.ensure_dir(remote_root).await {
-                self.record_failure(lossy(remote_root), e);
+            match self.dirlocks.ensure_dir(remote_root).await {
+                Ok(()) => self.set_remote_dir_attrs(dir_attrs).await,
+                Err(e) => self.record_failure(lossy(remote_root), e),
             }
             return;
         }
@@ -270,6 +273,81 @@ impl Transfer {
             }
         }
         spawner.join().await;
+        self.set_remote_dir_attrs(dir_attrs).await;
+    }
+
+    /// With `-p`: the mode and time each remote directory of an upload gets (the root's
+    /// too), deepest first.
+    fn upload_dir_attrs(
+        &self,
+        local_root: &Path,
+        remote_root: &[u8],
+        entries: &[LocalEntry],
+    ) -> Vec<(Vec<u8>, FileAttributes)> {
+        if !self.opts.preserve_times && !self.opts.preserve_mode {
+            return Vec::new();
+        }
+        let attrs = |mtime: i64, mode: u32| FileAttributes {
+            permissions: self.opts.preserve_mode.then_some(mode),
+            atime_mtime: self.opts.preserve_times.then(|| {
+                let t = super::upload::to_u32_time(mtime);
+                (t, t)
+            }),
+            ..Default::default()
+        };
+        let mut dirs: Vec<(usize, Vec<u8>, FileAttributes)> = entries
+            .iter()
+            .filter(|e| e.kind == LocalKind::Dir && !e.excluded)
+            .map(|e| {
+                let depth = e.rel.components().count();
+                (
+                    depth,
+                    rel_to_remote(remote_root, &e.rel),
+                    attrs(e.mtime, e.mode),
+                )
+            })
+            .collect();
+        match fs::metadata(local_root) {
+            Ok(m) => {
+                use std::os::unix::fs::MetadataExt;
+                dirs.push((0, remote_root.to_vec(), attrs(m.mtime(), m.mode() & 0o7777)));
+            }
+            Err(e) => log::warn!("cannot stat {}: {e}", local_root.display()),
+        }
+        dirs.sort_by_key(|d| std::cmp::Reverse(d.0));
+        dirs.into_iter().map(|(_, p, a)| (p, a)).collect()
+    }
+
+    /// Sets directory attributes once everything below them has landed: an entry created
+    /// later would move the time, and a read-only mode would refuse the entries. Deepest
+    /// first, so that a parent's mode cannot lock out its children; all are sent at once
+    /// (the server applies a connection's requests in order). A directory that does not
+    /// exist failed already, with its own error.
+    async fn set_remote_dir_attrs(&self, dirs: Vec<(Vec<u8>, FileAttributes)>) {
+        let mut pending = Vec::with_capacity(dirs.len());
+        for (path, attrs) in dirs {
+            let req = crate::proto::Request::Setstat {
+                path: path.clone(),
+                attrs,
+            };
+            match self.sftp.submit(&req).await {
+                Ok(reply) => pending.push((path, reply)),
+                Err(e) => {
+                    self.record_failure(lossy(&path), e);
+                    return;
+                }
+            }
+        }
+        for (path, reply) in pending {
+            let r = reply
+                .await
+                .and_then(|r| crate::client::expect_ok_reply("setstat", &path, r));
+            match r {
+                Err(e) if e.is_not_found() => {}
+                Err(e) => self.record_failure(lossy(&path), e),
+                Ok(()) => {}
+            }
+        }
     }
 
     /// Records a finished file in the report and tells the progress sink; for callers
@@ -311,18 +389,23 @@ impl Transfer {
             self.record_failure(local_root.display().to_string(), e);
             return self.take_report();
         }
-        let spawner = Rc::new(std::cell::RefCell::new(Vec::<JoinHandle<()>>::new()));
-        let slots = Semaphore::new(self.task_limit());
+        let preserve = self.opts.preserve_times || self.opts.preserve_mode;
+        // The root's attributes come from its own STAT, asked alongside the listing.
+        let root_attrs = preserve.then(|| {
+            let sftp = self.sftp.clone();
+            let path = remote_root.to_vec();
+            spawn(async move { sftp.stat(&path).await })
+        });
+        let walk = Rc::new(DownloadWalk {
+            tasks: RefCell::new(Vec::new()),
+            slots: Semaphore::new(self.task_limit()),
+            dir_attrs: RefCell::new(Vec::new()),
+        });
         self.clone()
-            .list_and_fetch(
-                remote_root.to_vec(),
-                local_root.to_path_buf(),
-                spawner.clone(),
-                slots,
-            )
+            .list_and_fetch(remote_root.to_vec(), local_root.to_path_buf(), walk.clone())
             .await;
         loop {
-            let pending: Vec<JoinHandle<()>> = spawner.borrow_mut().drain(..).collect();
+            let pending: Vec<JoinHandle<()>> = walk.tasks.borrow_mut().drain(..).collect();
             if pending.is_empty() {
                 break;
             }
@@ -330,15 +413,39 @@ impl Transfer {
                 h.await;
             }
         }
+        if let Some(root) = root_attrs {
+            match root.await {
+                Ok(attrs) => walk
+                    .dir_attrs
+                    .borrow_mut()
+                    .push((local_root.to_path_buf(), attrs)),
+                Err(e) => self.record_failure(lossy(remote_root), e),
+            }
+        }
+        self.set_local_dir_attrs(walk.dir_attrs.take());
         self.take_report()
+    }
+
+    /// Sets the `-p` attributes of downloaded directories once everything inside them is
+    /// written (writing moves a directory's time; a read-only mode would refuse the
+    /// entries), deepest first so a parent's mode cannot lock out its children.
+    fn set_local_dir_attrs(&self, mut dirs: Vec<(PathBuf, FileAttributes)>) {
+        dirs.sort_by_key(|(p, _)| std::cmp::Reverse(p.components().count()));
+        for (dir, attrs) in dirs {
+            let r = fs::File::open(&dir)
+                .map_err(|e| Error::local(format!("cannot open {}", dir.display()), e))
+                .and_then(|f| self.apply_local_attrs(&dir, &f, &attrs));
+            if let Err(e) = r {
+                self.record_failure(dir.display().to_string(), e);
+            }
+        }
     }
 
     fn list_and_fetch(
         self,
         remote_dir: Vec<u8>,
         local_dir: PathBuf,
-        tasks: Rc<std::cell::RefCell<Vec<JoinHandle<()>>>>,
-        slots: Semaphore,
+        walk: Rc<DownloadWalk>,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()>>> {
         Box::pin(async move {
             let entries = {
@@ -360,6 +467,7 @@ impl Transfer {
                 }
             });
             self.progress.add_total(files, bytes);
+            let preserve = self.opts.preserve_times || self.opts.preserve_mode;
             for entry in entries {
                 let remote = remote_join(&remote_dir, &entry.filename);
                 let name = match safe_remote_name(&entry.filename) {
@@ -378,12 +486,16 @@ impl Transfer {
                             continue;
                         }
                         self.report.borrow_mut().dirs += 1;
-                        let h =
-                            spawn(t.list_and_fetch(remote, local, tasks.clone(), slots.clone()));
-                        tasks.borrow_mut().push(h);
+                        if preserve {
+                            walk.dir_attrs
+                                .borrow_mut()
+                                .push((local.clone(), entry.attrs.clone()));
+                        }
+                        let h = spawn(t.list_and_fetch(remote, local, walk.clone()));
+                        walk.tasks.borrow_mut().push(h);
                     }
                     FileType::Symlink => {
-                        let slot = slots.acquire(1).await;
+                        let slot = walk.slots.acquire(1).await;
                         let h = spawn(async move {
                             let _slot = slot;
                             match t.download_symlink(&remote, &local).await {
@@ -391,17 +503,17 @@ impl Transfer {
                                 Err(e) => t.record_failure(lossy(&remote), e),
                             }
                         });
-                        tasks.borrow_mut().push(h);
+                        walk.tasks.borrow_mut().push(h);
                     }
                     FileType::File | FileType::Unknown => {
-                        let slot = slots.acquire(1).await;
+                        let slot = walk.slots.acquire(1).await;
                         let attrs = entry.attrs.clone();
                         let h = spawn(async move {
                             let _slot = slot;
                             let r = t.download_file(&remote, &local, Some(&attrs), true).await;
                             t.finish_file(&remote, r);
                         });
-                        tasks.borrow_mut().push(h);
+                        walk.tasks.borrow_mut().push(h);
                     }
                     FileType::Other => {
                         log::warn!(
@@ -486,6 +598,16 @@ impl Transfer {
     pub async fn set_remote_attrs(&self, remote: &[u8], attrs: &FileAttributes) -> Result<()> {
         self.sftp.setstat(remote, attrs).await
     }
+}
+
+/// What the tasks of one tree download share.
+struct DownloadWalk {
+    /// Every spawned listing and file task, awaited before the download ends.
+    tasks: RefCell<Vec<JoinHandle<()>>>,
+    /// Bounds the file tasks alive at once.
+    slots: Semaphore,
+    /// With `-p`: each local directory and the remote attributes it gets at the end.
+    dir_attrs: RefCell<Vec<(PathBuf, FileAttributes)>>,
 }
 
 /// Creates a local directory for a download; refuses to descend through a symlink.
