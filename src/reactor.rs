@@ -557,6 +557,7 @@ impl Channel {
         loop {
             let Some(sock) = st.sock.as_mut() else { return };
             let buf = st.framer.spare(READ_CHUNK);
+            let asked = buf.len();
             let n = match sock.read(buf) {
                 Ok(0) => {
                     self.fail(st, None);
@@ -581,6 +582,11 @@ impl Channel {
             st.bytes_in += n as u64;
             if let Err(msg) = Self::dispatch_packets(st) {
                 self.fail(st, Some(format!("protocol error from {}: {msg}", st.label)));
+                return;
+            }
+            // A short read from a stream socket drained it (epoll(7)): whatever comes next
+            // raises a new edge, so the read that would only say EAGAIN is skipped.
+            if n < asked {
                 return;
             }
         }

@@ -30,13 +30,17 @@ pub fn temp_name(remote: &[u8]) -> Vec<u8> {
         .unwrap_or(0);
     let mut name = b".".to_vec();
     name.extend_from_slice(base);
-    name.extend_from_slice(
-        format!(".{:x}{:x}{n:x}.sftpipe-tmp", std::process::id(), nanos).as_bytes(),
-    );
+    name.extend_from_slice(format!(".{:x}{:x}{n:x}.sftpipe-tmp", process_id(), nanos).as_bytes());
     match parent_dir(remote) {
         Some(dir) if remote.contains(&b'/') => remote_join(dir, &name),
         _ => name,
     }
+}
+
+/// This process's id, asked once (a temporary name is made per file).
+fn process_id() -> u32 {
+    static PID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *PID.get_or_init(std::process::id)
 }
 
 /// Seconds since the epoch as SFTP v3's u32 (clamped: times before 1970 or after 2106 do
