@@ -7,7 +7,8 @@ use clap::Args;
 use sftpipe::Error;
 use sftpipe::location::{Operand, parse_operand};
 use sftpipe::mirror::{
-    Compare, Filter, MirrorOptions, MirrorReport, PatternSet, mirror_down, mirror_up,
+    Compare, Filter, MirrorOptions, MirrorReport, PatternSet, mirror_down_listed, mirror_up_listed,
+    snapshot_local,
 };
 
 use super::exit::{self, CliError};
@@ -143,7 +144,16 @@ pub fn mirror(g: &GlobalArgs, a: &MirrorArgs) -> Result<i32, CliError> {
         dirs: vec![root],
         guessed_dirs,
     };
-    let session = connect_with(g, ep.as_ref(), prefetch)?;
+    // The local tree is listed while ssh connects (the connection is mostly waiting).
+    let (session, local_snapshot) = std::thread::scope(|scope| {
+        let walker = scope.spawn(|| snapshot_local(&local, &opts));
+        let session = connect_with(g, ep.as_ref(), prefetch);
+        let snapshot = walker
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        (session, snapshot)
+    });
+    let session = session?;
     let remote = expand_tilde(&session, &paths[0])?;
     let mut topts = a.transfer.options();
     a.upload.apply(&mut topts);
@@ -156,9 +166,15 @@ pub fn mirror(g: &GlobalArgs, a: &MirrorArgs) -> Result<i32, CliError> {
     let tracker = Tracker::new(mode, g.quiet);
     let t = session.transfer(topts, tracker.clone());
     let report = if upload {
-        session.run(mirror_up(&t, &local, &remote, &opts))
+        session.run(mirror_up_listed(&t, &local, local_snapshot, &remote, &opts))
     } else {
-        session.run(mirror_down(&t, &remote, &local, &opts))
+        session.run(mirror_down_listed(
+            &t,
+            &remote,
+            &local,
+            local_snapshot,
+            &opts,
+        ))
     };
 
     if a.dry_run {

@@ -689,13 +689,26 @@ pub async fn mirror_up(
     remote_root: &[u8],
     opts: &MirrorOptions,
 ) -> MirrorReport {
+    let local = snapshot_local(local_root, opts);
+    mirror_up_listed(t, local_root, local, remote_root, opts).await
+}
+
+/// [`mirror_up`] with the local tree already listed by [`snapshot_local`] (with the same
+/// options), e.g. on another thread while the connection was being set up.
+pub async fn mirror_up_listed(
+    t: &Transfer,
+    local_root: &Path,
+    local: Result<Option<Snapshot>>,
+    remote_root: &[u8],
+    opts: &MirrorOptions,
+) -> MirrorReport {
     let sides = Sides {
         t: t.clone(),
         dir: Direction::Up,
         local_root: Rc::new(local_root.to_path_buf()),
         remote_root: Rc::new(remote_root.to_vec()),
     };
-    run(sides, opts).await
+    run(sides, local, opts).await
 }
 
 /// Mirrors the remote directory `remote_root` into the local directory `local_root`.
@@ -705,16 +718,29 @@ pub async fn mirror_down(
     local_root: &Path,
     opts: &MirrorOptions,
 ) -> MirrorReport {
+    let local = snapshot_local(local_root, opts);
+    mirror_down_listed(t, remote_root, local_root, local, opts).await
+}
+
+/// [`mirror_down`] with the local tree already listed by [`snapshot_local`] (with the
+/// same options).
+pub async fn mirror_down_listed(
+    t: &Transfer,
+    remote_root: &[u8],
+    local_root: &Path,
+    local: Result<Option<Snapshot>>,
+    opts: &MirrorOptions,
+) -> MirrorReport {
     let sides = Sides {
         t: t.clone(),
         dir: Direction::Down,
         local_root: Rc::new(local_root.to_path_buf()),
         remote_root: Rc::new(remote_root.to_vec()),
     };
-    run(sides, opts).await
+    run(sides, local, opts).await
 }
 
-async fn run(sides: Sides, opts: &MirrorOptions) -> MirrorReport {
+async fn run(sides: Sides, local: Result<Option<Snapshot>>, opts: &MirrorOptions) -> MirrorReport {
     let started = Instant::now();
     let mut report = MirrorReport::default();
     let t = sides.t.clone();
@@ -724,8 +750,6 @@ async fn run(sides: Sides, opts: &MirrorOptions) -> MirrorReport {
         report.elapsed = started.elapsed();
     };
 
-    // Snapshots: the remote one is listed while nothing else runs; the local walk is cheap.
-    let local = snapshot_local(&sides.local_root, opts);
     let remote = snapshot_remote(&t, &sides.remote_root, opts).await;
     // Guessed directories the listing did not take (excluded, or not directories there).
     t.sftp.discard_prefetched().await;
