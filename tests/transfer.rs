@@ -608,19 +608,21 @@ fn preserve_keeps_directory_modes_and_times_of_trees() {
         preserve_mode: true,
         ..opts()
     };
-    let dir_mtime = |p: &Path| fs::metadata(p).unwrap().mtime();
+    let dir_mtime = |p: &Path| fs::metadata(p).unwrap().mtime() as u64;
+    // Deepest first: a directory's time is set after its children's (which move it).
+    const DIRS: [(&str, u32, u64); 4] = [
+        ("a/b", 0o555, 1_000_000_010),
+        ("a", 0o750, 1_000_000_020),
+        ("empty", 0o700, 1_000_000_030),
+        ("", 0o711, 1_000_000_040),
+    ];
 
     // Directory times are set after their entries land (or they would move), and a
     // read-only directory gets its mode only once its files are in.
     let tree = d.path().join("tree");
     write_file(tree.join("a/b/f"), b"f");
     fs::create_dir_all(tree.join("empty")).unwrap();
-    for (rel, mode, mtime) in [
-        ("a/b", 0o555, 1_000_000_010),
-        ("a", 0o750, 1_000_000_020),
-        ("empty", 0o700, 1_000_000_030),
-        ("", 0o711, 1_000_000_040),
-    ] {
+    for (rel, mode, mtime) in DIRS {
         let dir = tree.join(rel);
         let t = UNIX_EPOCH + Duration::from_secs(mtime);
         fs::File::open(&dir)
@@ -633,12 +635,7 @@ fn preserve_keeps_directory_modes_and_times_of_trees() {
     let report = s.put_tree(&tree, r(&dest), &keep);
     assert!(report.is_ok(), "{:?}", report.failures);
     assert_eq!(read_file(dest.join("a/b/f")), b"f");
-    for (rel, mode, mtime) in [
-        ("a/b", 0o555, 1_000_000_010),
-        ("a", 0o750, 1_000_000_020),
-        ("empty", 0o700, 1_000_000_030),
-        ("", 0o711, 1_000_000_040),
-    ] {
+    for (rel, mode, mtime) in DIRS {
         assert_eq!(mode_of(&dest.join(rel)), mode, "put {rel:?}");
         assert_eq!(dir_mtime(&dest.join(rel)), mtime, "put {rel:?}");
     }
@@ -648,12 +645,7 @@ fn preserve_keeps_directory_modes_and_times_of_trees() {
     let report = s.get_tree(r(&dest), &back, &keep);
     assert!(report.is_ok(), "{:?}", report.failures);
     assert_eq!(read_file(back.join("a/b/f")), b"f");
-    for (rel, mode, mtime) in [
-        ("a/b", 0o555, 1_000_000_010),
-        ("a", 0o750, 1_000_000_020),
-        ("empty", 0o700, 1_000_000_030),
-        ("", 0o711, 1_000_000_040),
-    ] {
+    for (rel, mode, mtime) in DIRS {
         assert_eq!(mode_of(&back.join(rel)), mode, "get {rel:?}");
         assert_eq!(dir_mtime(&back.join(rel)), mtime, "get {rel:?}");
     }

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
 use clap::Args;
-use sftpipe::task::{Semaphore, spawn};
+use sftpipe::task::TaskGroup;
 use sftpipe::transfer::{
     Progress, Transfer, default_max_open, remote_basename, remote_join, safe_remote_name,
     walk_local,
@@ -278,27 +278,24 @@ pub fn put(g: &GlobalArgs, a: &PutArgs) -> Result<i32, CliError> {
 /// Runs the upload jobs as tasks, at most `limit` at once (each file task holds a local
 /// file open while it waits for a remote handle).
 async fn run_jobs(t: Transfer, tracker: Rc<Tracker>, jobs: Vec<Job>, limit: usize, follow: bool) {
-    let slots = Semaphore::new(limit.max(1));
-    let mut handles = Vec::with_capacity(jobs.len());
+    let mut group = TaskGroup::new(limit);
     for job in jobs {
-        let slot = slots.acquire(1).await;
         let t = t.clone();
         let tracker = tracker.clone();
-        handles.push(spawn(async move {
-            let _slot = slot;
-            match job {
-                Job::File { local, dest } => {
-                    let r = t.upload(&local, &dest).await;
-                    file_outcome(&tracker, &dest, r);
+        group
+            .spawn(async move {
+                match job {
+                    Job::File { local, dest } => {
+                        let r = t.upload(&local, &dest).await;
+                        file_outcome(&tracker, &dest, r);
+                    }
+                    Job::Tree { local, dest } => match walk_local(&local, follow) {
+                        Ok(entries) => t.upload_entries(&local, &dest, entries).await,
+                        Err(e) => tracker.file_done(&local.display().to_string(), 0, Some(&e)),
+                    },
                 }
-                Job::Tree { local, dest } => match walk_local(&local, follow) {
-                    Ok(entries) => t.upload_entries(&local, &dest, entries).await,
-                    Err(e) => tracker.file_done(&local.display().to_string(), 0, Some(&e)),
-                },
-            }
-        }));
+            })
+            .await;
     }
-    for h in handles {
-        h.await;
-    }
+    group.join().await;
 }

@@ -31,7 +31,7 @@ use crate::client::PendingReply;
 use crate::client::Sftp;
 use crate::error::{Error, Result};
 use crate::proto::{FileAttributes, FileType};
-use crate::task::{Countdown, JoinHandle, Semaphore, Token, spawn};
+use crate::task::{Countdown, JoinHandle, Semaphore, TaskGroup, Token, spawn};
 use crate::transfer::{LocalKind, Transfer, remote_join, safe_remote_name, walk_local_with};
 
 /// What to mirror and how.
@@ -397,36 +397,6 @@ pub async fn snapshot_remote(
     let failures = std::mem::take(&mut *walk.failures.borrow_mut());
     let snap = std::mem::take(&mut *walk.snap.borrow_mut());
     Ok((Some(snap), failures))
-}
-
-/// The concurrent executor of one phase: at most `limit` actions at once, each its own
-/// task.
-struct Phase {
-    slots: Semaphore,
-    handles: Vec<JoinHandle<()>>,
-}
-
-impl Phase {
-    fn new(limit: usize) -> Self {
-        Phase {
-            slots: Semaphore::new(limit),
-            handles: Vec::new(),
-        }
-    }
-
-    async fn run(&mut self, f: impl std::future::Future<Output = ()> + 'static) {
-        let slot = self.slots.acquire(1).await;
-        self.handles.push(spawn(async move {
-            f.await;
-            drop(slot);
-        }));
-    }
-
-    async fn finish(self) {
-        for h in self.handles {
-            h.await;
-        }
-    }
 }
 
 #[derive(Default)]
@@ -863,7 +833,7 @@ async fn run(sides: Sides, local: Result<Option<Snapshot>>, opts: &MirrorOptions
     let source = Rc::new(source);
 
     // Phase 1: clear what stands in the way of a type change.
-    let mut phase = Phase::new(limit);
+    let mut phase = TaskGroup::new(limit);
     for a in &the_plan.actions {
         let replaces = match a {
             Action::Copy {
@@ -884,14 +854,14 @@ async fn run(sides: Sides, local: Result<Option<Snapshot>>, opts: &MirrorOptions
         }
         let (s, rel) = (sides.clone(), a.path().to_vec());
         phase
-            .run(async move {
+            .spawn(async move {
                 if let Err(e) = s.remove_dest(&rel, replaces).await {
                     s.t.record_failure(s.dest_name(&rel), e);
                 }
             })
             .await;
     }
-    phase.finish().await;
+    phase.join().await;
 
     // Directory times go last. Remote ones can go out as soon as every action of phases 2
     // and 3 has queued its last request that changes a directory (the server applies
@@ -941,7 +911,7 @@ async fn run(sides: Sides, local: Result<Option<Snapshot>>, opts: &MirrorOptions
             }
             break;
         }
-        let mut phase = Phase::new(limit);
+        let mut phase = TaskGroup::new(limit);
         for (i, a) in the_plan.actions.iter().enumerate() {
             let s = sides.clone();
             let counters = counters.clone();
@@ -953,7 +923,7 @@ async fn run(sides: Sides, local: Result<Option<Snapshot>>, opts: &MirrorOptions
                     let src = source.clone();
                     let token = token();
                     phase
-                        .run(async move {
+                        .spawn(async move {
                             let r = s.copy(&rel, src.get(&rel), token.as_ref()).await;
                             s.t.finish_file(s.dest_name(&rel).as_bytes(), r);
                         })
@@ -965,7 +935,7 @@ async fn run(sides: Sides, local: Result<Option<Snapshot>>, opts: &MirrorOptions
                         .flatten();
                     let token = token();
                     phase
-                        .run(async move {
+                        .spawn(async move {
                             let _token = token;
                             match s.mkdir(&rel, mode).await {
                                 Ok(()) => counters.borrow_mut().dirs_created += 1,
@@ -978,7 +948,7 @@ async fn run(sides: Sides, local: Result<Option<Snapshot>>, opts: &MirrorOptions
                     let target = target.clone();
                     let token = token();
                     phase
-                        .run(async move {
+                        .spawn(async move {
                             let _token = token;
                             match s.symlink(&rel, &target).await {
                                 Ok(()) => counters.borrow_mut().symlinks += 1,
@@ -990,7 +960,7 @@ async fn run(sides: Sides, local: Result<Option<Snapshot>>, opts: &MirrorOptions
                 Action::Chmod { mode, .. } if !last_round => {
                     let mode = *mode;
                     phase
-                        .run(async move {
+                        .spawn(async move {
                             match s.chmod(&rel, mode).await {
                                 Ok(()) => counters.borrow_mut().chmods += 1,
                                 Err(e) => s.t.record_failure(s.dest_name(&rel), e),
@@ -1001,7 +971,7 @@ async fn run(sides: Sides, local: Result<Option<Snapshot>>, opts: &MirrorOptions
                 _ => {}
             }
         }
-        phase.finish().await;
+        phase.join().await;
     }
     // Actions that did not run (a skipped `--last` round, deletes) hold up nothing.
     drop(tokens);
@@ -1030,7 +1000,7 @@ async fn run(sides: Sides, local: Result<Option<Snapshot>>, opts: &MirrorOptions
         } else {
             // Files and links first, then directories deepest first, a level at a time.
             let mut by_depth: std::collections::BTreeMap<usize, Vec<Vec<u8>>> = Default::default();
-            let mut phase = Phase::new(limit);
+            let mut phase = TaskGroup::new(limit);
             for (rel, kind) in deletes {
                 if kind == EntryKind::Dir {
                     let depth = rel.iter().filter(|&&b| b == b'/').count();
@@ -1039,7 +1009,7 @@ async fn run(sides: Sides, local: Result<Option<Snapshot>>, opts: &MirrorOptions
                 }
                 let (s, counters) = (sides.clone(), counters.clone());
                 phase
-                    .run(async move {
+                    .spawn(async move {
                         match s.delete(&rel, kind).await {
                             Ok(()) => counters.borrow_mut().deleted += 1,
                             Err(e) => s.t.record_failure(s.dest_name(&rel), e),
@@ -1047,13 +1017,13 @@ async fn run(sides: Sides, local: Result<Option<Snapshot>>, opts: &MirrorOptions
                     })
                     .await;
             }
-            phase.finish().await;
+            phase.join().await;
             for (_, dirs) in by_depth.into_iter().rev() {
-                let mut phase = Phase::new(limit);
+                let mut phase = TaskGroup::new(limit);
                 for rel in dirs {
                     let (s, counters) = (sides.clone(), counters.clone());
                     phase
-                        .run(async move {
+                        .spawn(async move {
                             match s.delete(&rel, EntryKind::Dir).await {
                                 Ok(()) => counters.borrow_mut().deleted += 1,
                                 Err(e) => s.t.record_failure(s.dest_name(&rel), e),
@@ -1061,7 +1031,7 @@ async fn run(sides: Sides, local: Result<Option<Snapshot>>, opts: &MirrorOptions
                         })
                         .await;
                 }
-                phase.finish().await;
+                phase.join().await;
             }
         }
     }

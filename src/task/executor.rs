@@ -246,6 +246,13 @@ struct JoinState<T> {
     waker: Option<Waker>,
 }
 
+impl<T> JoinHandle<T> {
+    /// True once the task has ended (and its result is not yet taken).
+    pub fn is_finished(&self) -> bool {
+        self.state.borrow().result.is_some()
+    }
+}
+
 impl<T> Future for JoinHandle<T> {
     type Output = T;
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<T> {

@@ -5,9 +5,11 @@
 mod countdown;
 pub mod dirlock;
 mod executor;
+mod group;
 mod semaphore;
 
 pub use countdown::{Countdown, Token};
 pub use dirlock::DirLocks;
 pub use executor::{JoinHandle, Runtime, spawn, yield_now};
+pub use group::TaskGroup;
 pub use semaphore::{Acquire, Permit, Semaphore};

@@ -13,7 +13,7 @@ use super::{Report, Transfer, lossy, remote_join};
 use crate::error::{Error, Result};
 use crate::proto::{FileAttributes, FileType, NameEntry};
 use crate::task::dirlock::parent_dir;
-use crate::task::{JoinHandle, Semaphore, spawn};
+use crate::task::{JoinHandle, Semaphore, TaskGroup, spawn};
 
 /// What a local tree entry is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -141,50 +141,6 @@ fn rel_to_remote(root: &[u8], rel: &Path) -> Vec<u8> {
     remote_join(root, rel.as_os_str().as_bytes())
 }
 
-/// Runs at most `limit` file tasks at once, so a tree of a million files holds a bounded
-/// number of suspended tasks (each file still gets its own task).
-struct Spawner {
-    slots: Semaphore,
-    handles: Vec<JoinHandle<()>>,
-}
-
-impl Spawner {
-    fn new(limit: usize) -> Self {
-        Spawner {
-            slots: Semaphore::new(limit),
-            handles: Vec::new(),
-        }
-    }
-
-    async fn spawn(&mut self, f: impl std::future::Future<Output = ()> + 'static) {
-        let slot = self.slots.acquire(1).await;
-        self.handles.push(spawn(async move {
-            f.await;
-            drop(slot);
-        }));
-        if self.handles.len() > 4096 {
-            // Reap finished handles so the list stays short.
-            let mut keep = Vec::new();
-            for mut h in self.handles.drain(..) {
-                let w = futures_util::task::noop_waker();
-                let mut cx = std::task::Context::from_waker(&w);
-                if std::pin::Pin::new(&mut h).poll(&mut cx).is_pending() {
-                    keep.push(h);
-                }
-            }
-            self.handles = keep;
-        }
-    }
-
-    async fn join(self) {
-        for h in self.handles {
-            h.await;
-        }
-    }
-}
-
-use std::future::Future as _;
-
 impl Transfer {
     fn task_limit(&self) -> usize {
         self.open_files.capacity() * 2 + 16
@@ -223,7 +179,7 @@ impl Transfer {
             .iter()
             .filter_map(|e| e.rel.parent().map(Path::to_path_buf))
             .collect();
-        let mut spawner = Spawner::new(self.task_limit());
+        let mut spawner = TaskGroup::new(self.task_limit());
         let dir_attrs = self.upload_dir_attrs(local_root, remote_root, &entries);
         if entries.is_empty() {
             match self.dirlocks.ensure_dir(remote_root).await {
