@@ -500,10 +500,8 @@ fn temp_files(root: &Path) -> Vec<PathBuf> {
         .collect()
 }
 
-#[test]
-fn killed_mirror_never_shows_partial_files_and_converges_on_rerun() {
-    let d = tempfile::tempdir().unwrap();
-    let (src, dst) = (d.path().join("src"), d.path().join("dst"));
+/// 400 files of about 200 KB (one WRITE each) in 8 directories.
+fn kill_test_tree(src: &Path) -> BTreeMap<String, Vec<u8>> {
     let mut expected = BTreeMap::new();
     for i in 0..400u64 {
         let rel = format!("d{}/f{i}", i % 8);
@@ -511,6 +509,17 @@ fn killed_mirror_never_shows_partial_files_and_converges_on_rerun() {
         write_file(src.join(&rel), &data);
         expected.insert(rel, data);
     }
+    expected
+}
+
+#[test]
+fn killed_mirror_never_shows_partial_files_and_converges_on_rerun() {
+    let d = tempfile::tempdir().unwrap();
+    let (src, dst) = (d.path().join("src"), d.path().join("dst"));
+    let expected = kill_test_tree(&src);
+    // An existing destination: files land one by one, each through a temporary name (a
+    // missing one is staged whole, see the next test).
+    fs::create_dir(&dst).unwrap();
     // A watcher checks, over and over while mirrors run, that every file under a final
     // name is complete (temporary names may hold anything).
     let stop = Arc::new(AtomicBool::new(false));
@@ -539,6 +548,7 @@ fn killed_mirror_never_shows_partial_files_and_converges_on_rerun() {
         );
         if out.status.success() {
             fs::remove_dir_all(&dst).unwrap();
+            fs::create_dir(&dst).unwrap();
             continue;
         }
         assert_eq!(out.status.code(), Some(5), "{}", explain(&out));
@@ -567,6 +577,61 @@ fn killed_mirror_never_shows_partial_files_and_converges_on_rerun() {
         assert_eq!(&fs::read(dst.join(rel)).unwrap(), data, "{rel}");
     }
     ok(local(&["mirror", "--delete", &s(&src), &remote(&dst)]));
+    assert!(temp_files(&dst).is_empty());
+    assert_identical(&src, &dst);
+}
+
+#[test]
+fn killed_fresh_mirror_shows_nothing_and_a_rerun_resumes_its_staged_tree() {
+    let d = tempfile::tempdir().unwrap();
+    let (src, dst) = (d.path().join("src"), d.path().join("dst"));
+    let staging = d.path().join(".dst.sftpipe-partial");
+    let expected = kill_test_tree(&src);
+    let mut staged_files = 0;
+    for ms in [60, 100, 150, 250, 400, 600, 900, 1400] {
+        let out = run(
+            &dying_server(d.path(), ms),
+            &["mirror", &s(&src), &remote(&dst)],
+        );
+        if out.status.success() {
+            assert!(!staging.exists(), "a finished mirror left {staging:?}");
+            fs::remove_dir_all(&dst).unwrap();
+            continue;
+        }
+        assert_eq!(out.status.code(), Some(5), "{}", explain(&out));
+        // Nothing under the final name until the whole tree is there.
+        assert!(!dst.exists(), "a killed fresh mirror made {dst:?}");
+        staged_files = expected
+            .keys()
+            .filter(|rel| staging.join(rel).exists())
+            .count();
+        if staged_files > 0 {
+            break;
+        }
+    }
+    assert!(staged_files > 0, "the server was never killed mid-mirror");
+
+    // What the rerun takes as done (the source's size and time) must be complete: a file
+    // sent in one WRITE gets its time only after its data.
+    let mut complete = 0;
+    for (rel, data) in &expected {
+        let Ok(m) = fs::metadata(staging.join(rel)) else {
+            continue;
+        };
+        let src_mtime = fs::metadata(src.join(rel)).unwrap().mtime();
+        if m.len() == data.len() as u64 && m.mtime() == src_mtime {
+            assert_eq!(&fs::read(staging.join(rel)).unwrap(), data, "{rel}");
+            complete += 1;
+        }
+    }
+    let out = ok(local(&["mirror", &s(&src), &remote(&dst)]));
+    let summary = format!("mirror: {} uploaded", expected.len() - complete);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(&summary),
+        "expected '{summary}' ({complete} staged files complete)\n{}",
+        explain(&out)
+    );
+    assert!(!staging.exists());
     assert!(temp_files(&dst).is_empty());
     assert_identical(&src, &dst);
 }

@@ -34,6 +34,9 @@ use super::{
         sftpipe mirror --delete --last 'dists/*/InRelease' --last 'dists/*/Release*' \
         repo/ user@host:/srv/repo\n  \
         sftpipe mirror -n --delete host:backup ./restore\n\n\
+        A remote DEST that does not exist yet is built as .DEST.sftpipe-partial beside it \
+        and renamed into place when complete; a killed mirror's staged tree is resumed by \
+        the next run.\n\n\
         Exit status: 0 all done; 1 some entries failed, or deletes / --last files were \
         held back; 2 usage error; 3-7 nothing could be done (3 not found, 4 permission \
         denied, 5 connection, 6 protocol, 7 local error)."
@@ -139,11 +142,16 @@ pub fn mirror(g: &GlobalArgs, a: &MirrorArgs) -> Result<i32, CliError> {
     let root = paths[0].clone();
     let guessed_dirs =
         sftpipe::mirror::guess_remote_dirs(&local, &root, sftpipe::mirror::MAX_GUESSED_DIRS);
-    let prefetch = sftpipe::Prefetch {
+    let mut prefetch = sftpipe::Prefetch {
         stats: vec![root.clone()],
-        dirs: vec![root],
+        dirs: vec![root.clone()],
         guessed_dirs,
     };
+    // Where a missing remote root is staged (and a killed mirror's staged tree resumed).
+    if upload && let Some(staging) = sftpipe::mirror::staging_dir(&root) {
+        prefetch.stats.push(staging.clone());
+        prefetch.dirs.push(staging);
+    }
     // The local tree is listed while ssh connects (the connection is mostly waiting).
     let (session, local_snapshot) = std::thread::scope(|scope| {
         let walker = scope.spawn(|| snapshot_local(&local, &opts));

@@ -424,7 +424,12 @@ struct Sides {
     t: Transfer,
     dir: Direction,
     local_root: Rc<PathBuf>,
+    /// Where remote entries are written: the remote root, or its staging directory.
     remote_root: Rc<Vec<u8>>,
+    /// The remote root as the user named it, for messages.
+    remote_name: Rc<Vec<u8>>,
+    /// Writing into a staging directory (see [`staging_dir`]).
+    staged: bool,
 }
 
 impl Sides {
@@ -446,7 +451,12 @@ impl Sides {
 
     fn dest_name(&self, rel: &[u8]) -> String {
         match self.dir {
-            Direction::Up => String::from_utf8_lossy(&self.remote(rel)).into_owned(),
+            Direction::Up if rel.is_empty() => {
+                String::from_utf8_lossy(&self.remote_name).into_owned()
+            }
+            Direction::Up => {
+                String::from_utf8_lossy(&remote_join(&self.remote_name, rel)).into_owned()
+            }
             Direction::Down => self.local(rel).display().to_string(),
         }
     }
@@ -510,6 +520,11 @@ impl Sides {
         committed: Option<&Token>,
     ) -> Result<u64> {
         match self.dir {
+            Direction::Up if self.staged => {
+                self.t
+                    .upload_fresh(&self.local(rel), &self.remote(rel), committed)
+                    .await
+            }
             Direction::Up => {
                 self.t
                     .upload_committing(&self.local(rel), &self.remote(rel), committed)
@@ -677,6 +692,8 @@ pub async fn mirror_up_listed(
         dir: Direction::Up,
         local_root: Rc::new(local_root.to_path_buf()),
         remote_root: Rc::new(remote_root.to_vec()),
+        remote_name: Rc::new(remote_root.to_vec()),
+        staged: false,
     };
     run(sides, local, opts).await
 }
@@ -706,8 +723,32 @@ pub async fn mirror_down_listed(
         dir: Direction::Down,
         local_root: Rc::new(local_root.to_path_buf()),
         remote_root: Rc::new(remote_root.to_vec()),
+        remote_name: Rc::new(remote_root.to_vec()),
+        staged: false,
     };
     run(sides, local, opts).await
+}
+
+/// The hidden directory beside a missing remote root that a mirror fills first and then
+/// renames onto the root, so that a new tree appears whole (`.NAME.sftpipe-partial`);
+/// a killed mirror leaves it, and the next one resumes it. `None` for a root without a
+/// name of its own (`/`, `.`, `..`).
+pub fn staging_dir(remote_root: &[u8]) -> Option<Vec<u8>> {
+    let mut root = remote_root;
+    while root.len() > 1 && root.ends_with(b"/") {
+        root = &root[..root.len() - 1];
+    }
+    let name = crate::transfer::remote_basename(root);
+    if matches!(name, b"" | b"/" | b"." | b".." | b"~") || name.starts_with(b"~") {
+        return None;
+    }
+    let mut staged = b".".to_vec();
+    staged.extend_from_slice(&name[..name.len().min(200)]);
+    staged.extend_from_slice(b".sftpipe-partial");
+    Some(match root.len() - name.len() {
+        0 => staged,
+        dir_len => remote_join(&root[..dir_len], &staged),
+    })
 }
 
 async fn run(sides: Sides, local: Result<Option<Snapshot>>, opts: &MirrorOptions) -> MirrorReport {
@@ -782,6 +823,48 @@ async fn run(sides: Sides, local: Result<Option<Snapshot>>, opts: &MirrorOptions
         }
     };
 
+    // A new remote tree is built in a staging directory (resuming one a killed mirror
+    // left) and renamed into place at the end: one rename for the tree instead of one
+    // per file, and nobody sees it half made.
+    let staging = match sides.dir {
+        Direction::Up if !dest_root_exists => staging_dir(&sides.remote_root),
+        _ => None,
+    };
+    let (sides, dest, dest_root_exists) = match staging {
+        None => (sides, dest, dest_root_exists),
+        Some(staging) => {
+            let (partial, listing_failures) = match snapshot_remote(&t, &staging, opts).await {
+                Ok(r) => r,
+                Err(e) => {
+                    fail(
+                        &mut report,
+                        String::from_utf8_lossy(&staging).into_owned(),
+                        e,
+                    );
+                    return finish(report, &t);
+                }
+            };
+            if !listing_failures.is_empty() {
+                for (path, e) in listing_failures {
+                    t.record_failure(path, e);
+                }
+                return finish(report, &t);
+            }
+            if partial.is_some() {
+                log::info!(
+                    "resuming the staged tree {}",
+                    String::from_utf8_lossy(&staging)
+                );
+            }
+            let exists = partial.is_some();
+            let sides = Sides {
+                remote_root: Rc::new(staging),
+                staged: true,
+                ..sides
+            };
+            (sides, partial.unwrap_or_default(), exists)
+        }
+    };
     let the_plan = plan(&source, &dest, &opts.compare);
     t.ready().await;
     report.unchanged = the_plan.unchanged;
@@ -1068,6 +1151,32 @@ async fn run(sides: Sides, local: Result<Option<Snapshot>>, opts: &MirrorOptions
         }));
     }
 
+    if sides.staged && !t.sftp.channel().is_dead() {
+        // Queued behind everything the tree got, directory times included.
+        // Never the remove + rename fallback: the root did not exist, and if it does now,
+        // it is not ours to remove.
+        let (staged, root) = (sides.remote_root.as_slice(), sides.remote_name.as_slice());
+        let moved = if t.sftp.has_extension(crate::proto::ext::POSIX_RENAME) {
+            t.sftp.posix_rename(staged, root).await
+        } else {
+            t.sftp.rename(staged, root).await
+        };
+        match moved {
+            Ok(()) => {}
+            // Nothing was staged: what failed to create it was reported already.
+            Err(e) if e.is_not_found() && failure_count(&t) > 0 => {}
+            Err(e) => fail(
+                &mut report,
+                format!(
+                    "{} (the new tree stays in {}; a rerun moves it)",
+                    sides.dest_name(b""),
+                    String::from_utf8_lossy(staged)
+                ),
+                e,
+            ),
+        }
+    }
+
     {
         let c = counters.borrow();
         report.dirs_created = c.dirs_created;
@@ -1143,6 +1252,25 @@ fn finish(mut report: MirrorReport, t: &Transfer) -> MirrorReport {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn staging_sits_beside_the_root_under_a_hidden_name() {
+        let st = |r: &[u8]| staging_dir(r).map(|v| String::from_utf8(v).unwrap());
+        assert_eq!(
+            st(b"/srv/www").as_deref(),
+            Some("/srv/.www.sftpipe-partial")
+        );
+        assert_eq!(
+            st(b"/srv/www//").as_deref(),
+            Some("/srv/.www.sftpipe-partial")
+        );
+        assert_eq!(st(b"site").as_deref(), Some(".site.sftpipe-partial"));
+        assert_eq!(st(b"/top").as_deref(), Some("/.top.sftpipe-partial"));
+        assert_eq!(st(b"a/b").as_deref(), Some("a/.b.sftpipe-partial"));
+        for no_name in [&b"/"[..], b".", b"..", b"x/..", b"~", b"~alice", b""] {
+            assert_eq!(st(no_name), None, "{:?}", String::from_utf8_lossy(no_name));
+        }
+    }
 
     #[test]
     fn guesses_are_local_subdirectories_shallowest_first_and_capped() {

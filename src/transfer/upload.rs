@@ -68,6 +68,31 @@ impl Transfer {
         remote: &[u8],
         committed: Option<&Token>,
     ) -> Result<u64> {
+        self.upload_with(local, remote, committed, false).await
+    }
+
+    /// [`Transfer::upload_committing`] into a tree nobody sees before it is complete (a
+    /// staging directory renamed into place at the end): a file sent in one WRITE is
+    /// written straight to `remote`, saving the rename, since a partial one is told by its
+    /// size or time (its times are set after its data, the server handling one handle's
+    /// requests in order) and is removed if its upload fails; a larger file, which could
+    /// fail between two WRITEs, still goes through a temporary name.
+    pub async fn upload_fresh(
+        &self,
+        local: &Path,
+        remote: &[u8],
+        committed: Option<&Token>,
+    ) -> Result<u64> {
+        self.upload_with(local, remote, committed, true).await
+    }
+
+    async fn upload_with(
+        &self,
+        local: &Path,
+        remote: &[u8],
+        committed: Option<&Token>,
+        fresh: bool,
+    ) -> Result<u64> {
         self.ready().await;
         let ctx = |e| Error::local(format!("cannot read {}", local.display()), e);
         // The permit is taken before the local file is opened, so the limit also bounds
@@ -85,7 +110,9 @@ impl Transfer {
         let mode = meta.permissions().mode() & 0o7777;
 
         let mut start = 0u64;
-        let mut inplace = self.opts.inplace;
+        // Written in place only for this upload's sake: removed again if it fails.
+        let direct = fresh && !self.opts.inplace && size <= self.upload_chunk() as u64;
+        let mut inplace = self.opts.inplace || direct;
         if self.opts.resume {
             match self.sftp.stat(remote).await {
                 Ok(a) if a.is_file() => {
@@ -132,7 +159,7 @@ impl Transfer {
         let sent = match result {
             Ok(n) => n,
             Err(e) => {
-                if !inplace {
+                if !inplace || direct {
                     self.discard_temp(&target).await;
                 }
                 return Err(e);
