@@ -301,30 +301,6 @@ pub async fn snapshot_remote(
     root: &[u8],
     opts: &MirrorOptions,
 ) -> Result<(Option<Snapshot>, Vec<(String, Error)>)> {
-    // Guessed directories are listed at once, alongside the root: on a tree that looks
-    // like the local one, every level's listing then overlaps the first.
-    let guessed = t
-        .sftp
-        .guessed_dirs()
-        .into_iter()
-        .map(|dir| {
-            let sftp = t.sftp.clone();
-            let listing = spawn({
-                let dir = dir.clone();
-                async move { sftp.read_dir(&dir).await }
-            });
-            (dir, listing)
-        })
-        .collect();
-    let walk = Rc::new(RemoteWalk {
-        snap: RefCell::new(Snapshot::new()),
-        tasks: RefCell::new(Vec::new()),
-        guessed: RefCell::new(guessed),
-        failures: RefCell::new(Vec::new()),
-        filter: opts.filter.clone(),
-        descend_excluded: opts.compare.delete_excluded,
-        read_links: true,
-    });
     let root = Rc::new(root.to_vec());
     // The root's attributes and its listing in one round trip, or none when they came
     // with the handshake. With only the STAT prefetched, a missing root (a first mirror)
@@ -357,6 +333,31 @@ pub async fn snapshot_remote(
         Err(e) if e.is_not_found() => return Ok((None, Vec::new())),
         Err(e) => return Err(e),
     };
+    // Guessed directories are listed at once, alongside the root: on a tree that looks
+    // like the local one, every level's listing then overlaps the first. Only once the
+    // root exists: under a missing one they are not looked at (and are discarded).
+    let guessed = t
+        .sftp
+        .guessed_dirs()
+        .into_iter()
+        .map(|dir| {
+            let sftp = t.sftp.clone();
+            let listing = spawn({
+                let dir = dir.clone();
+                async move { sftp.read_dir(&dir).await }
+            });
+            (dir, listing)
+        })
+        .collect();
+    let walk = Rc::new(RemoteWalk {
+        snap: RefCell::new(Snapshot::new()),
+        tasks: RefCell::new(Vec::new()),
+        guessed: RefCell::new(guessed),
+        failures: RefCell::new(Vec::new()),
+        filter: opts.filter.clone(),
+        descend_excluded: opts.compare.delete_excluded,
+        read_links: true,
+    });
     let (_, _, mtime, mode) = entry_from_attrs(&attrs);
     walk.snap.borrow_mut().insert(
         Vec::new(),
@@ -762,8 +763,6 @@ async fn run(sides: Sides, local: Result<Option<Snapshot>>, opts: &MirrorOptions
     };
 
     let remote = snapshot_remote(&t, &sides.remote_root, opts).await;
-    // Guessed directories the listing did not take (excluded, or not directories there).
-    t.sftp.discard_prefetched().await;
     let (local, (remote, listing_failures)) = match (local, remote) {
         (Ok(l), Ok(r)) => (l, r),
         (Err(e), _) => {
@@ -865,6 +864,9 @@ async fn run(sides: Sides, local: Result<Option<Snapshot>>, opts: &MirrorOptions
             (sides, partial.unwrap_or_default(), exists)
         }
     };
+    // Prefetched answers the listings did not take: guessed directories that are excluded
+    // or not directories there, the staging directory of a root that exists.
+    t.sftp.discard_prefetched().await;
     let the_plan = plan(&source, &dest, &opts.compare);
     t.ready().await;
     report.unchanged = the_plan.unchanged;
@@ -1168,7 +1170,7 @@ async fn run(sides: Sides, local: Result<Option<Snapshot>>, opts: &MirrorOptions
             Err(e) => fail(
                 &mut report,
                 format!(
-                    "{} (the new tree stays in {}; a rerun moves it)",
+                    "{} (could not move the new tree into place; it stays in {})",
                     sides.dest_name(b""),
                     String::from_utf8_lossy(staged)
                 ),
