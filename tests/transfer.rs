@@ -74,6 +74,15 @@ fn opts() -> TransferOptions {
     TransferOptions::default()
 }
 
+/// `-p`: modes and times.
+fn preserving() -> TransferOptions {
+    TransferOptions {
+        preserve_times: true,
+        preserve_mode: true,
+        ..opts()
+    }
+}
+
 fn set_mode(p: &Path, mode: u32) {
     fs::set_permissions(p, fs::Permissions::from_mode(mode)).unwrap();
 }
@@ -527,11 +536,7 @@ fn preserve_times_and_mode_on_put_and_get() {
     let sshd = Sshd::start();
     let s = connect(&sshd_options(&sshd));
     let d = scratch();
-    let keep = TransferOptions {
-        preserve_times: true,
-        preserve_mode: true,
-        ..opts()
-    };
+    let keep = preserving();
 
     // put: mode 0777 survives only with preserve_mode (else the server's umask applies).
     let l = d.path().join("local.txt");
@@ -603,11 +608,7 @@ fn preserve_keeps_directory_modes_and_times_of_trees() {
     let sshd = Sshd::start();
     let s = connect(&sshd_options(&sshd));
     let d = scratch();
-    let keep = TransferOptions {
-        preserve_times: true,
-        preserve_mode: true,
-        ..opts()
-    };
+    let keep = preserving();
     let dir_mtime = |p: &Path| fs::metadata(p).unwrap().mtime() as u64;
     // Deepest first: a directory's time is set after its children's (which move it).
     const DIRS: [(&str, u32, u64); 4] = [
