@@ -610,6 +610,12 @@ fn preserve_keeps_directory_modes_and_times_of_trees() {
     let d = scratch();
     let keep = preserving();
     let dir_mtime = |p: &Path| fs::metadata(p).unwrap().mtime() as u64;
+    let assert_dirs_kept = |root: &Path, how: &str| {
+        for (rel, mode, mtime) in DIRS {
+            assert_eq!(mode_of(&root.join(rel)), mode, "{how} {rel:?}");
+            assert_eq!(dir_mtime(&root.join(rel)), mtime, "{how} {rel:?}");
+        }
+    };
     // Deepest first: a directory's time is set after its children's (which move it).
     const DIRS: [(&str, u32, u64); 4] = [
         ("a/b", 0o555, 1_000_000_010),
@@ -636,20 +642,14 @@ fn preserve_keeps_directory_modes_and_times_of_trees() {
     let report = s.put_tree(&tree, r(&dest), &keep);
     assert!(report.is_ok(), "{:?}", report.failures);
     assert_eq!(read_file(dest.join("a/b/f")), b"f");
-    for (rel, mode, mtime) in DIRS {
-        assert_eq!(mode_of(&dest.join(rel)), mode, "put {rel:?}");
-        assert_eq!(dir_mtime(&dest.join(rel)), mtime, "put {rel:?}");
-    }
+    assert_dirs_kept(&dest, "put");
 
     // And back down.
     let back = d.path().join("tree-back");
     let report = s.get_tree(r(&dest), &back, &keep);
     assert!(report.is_ok(), "{:?}", report.failures);
     assert_eq!(read_file(back.join("a/b/f")), b"f");
-    for (rel, mode, mtime) in DIRS {
-        assert_eq!(mode_of(&back.join(rel)), mode, "get {rel:?}");
-        assert_eq!(dir_mtime(&back.join(rel)), mtime, "get {rel:?}");
-    }
+    assert_dirs_kept(&back, "get");
 
     // Without -p, directories are the destination's own (fresh times, default modes).
     let plain = d.path().join("tree-plain");

@@ -111,7 +111,9 @@ impl Transfer {
 
         let mut start = 0u64;
         // Written in place only for this upload's sake: removed again if it fails.
-        let direct = fresh && !self.opts.inplace && size <= self.upload_chunk() as u64;
+        // (Never with resume: a failed resumed upload keeps what it had.)
+        let direct =
+            fresh && !self.opts.inplace && !self.opts.resume && size <= self.upload_chunk() as u64;
         let mut inplace = self.opts.inplace || direct;
         if self.opts.resume {
             match self.sftp.stat(remote).await {
