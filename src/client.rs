@@ -582,6 +582,34 @@ impl Sftp {
         }))
     }
 
+    /// Queues a WRITE of `len` bytes of `file` from `file_offset` to `offset` of `h`,
+    /// without reading them: the reactor moves them from the file to ssh's socket when it
+    /// takes them (by sendfile where the system has it), so they never pass through our
+    /// memory. `len` must be known to be in the file (from its size); if the file is
+    /// shorter by the time they are sent, the reply is an error.
+    pub async fn submit_write_file_region(
+        &self,
+        h: &Handle,
+        offset: u64,
+        file: &std::rc::Rc<std::fs::File>,
+        file_offset: u64,
+        len: u32,
+    ) -> Result<PendingReply> {
+        let chan = &self.inner.chan;
+        std::future::poll_fn(|cx| chan.poll_space(cx)).await?;
+        let id = chan.send_with_file(
+            |id, out| proto::encode_write_header(id, &h.raw, offset, len, out),
+            file,
+            file_offset,
+            len as usize,
+        )?;
+        Ok(PendingReply {
+            chan: chan.clone(),
+            id,
+            done: false,
+        })
+    }
+
     /// Sends a request and waits for its reply.
     pub async fn call(&self, req: Request) -> Result<Response> {
         self.submit(&req).await?.await

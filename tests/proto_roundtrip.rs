@@ -8,7 +8,7 @@ use sftpipe::proto::wire::Reader;
 use sftpipe::proto::{
     ClientPacket, DEFAULT_MAX_PACKET, DecodeError, ExtendedRequest, FileAttributes, Framer, Limits,
     NameEntry, OpenFlags, Request, Response, SFTP_VERSION, ServerPacket, StatusCode, Statvfs,
-    encode_write, kind,
+    encode_write, encode_write_header, kind,
 };
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
@@ -536,6 +536,13 @@ fn write_bytes() {
         &mut out,
     );
     assert_eq!(out[0], 0xee);
+    assert_eq!(&out[1..], &expected[..]);
+
+    // encode_write_header is the same packet without its data, which is sent behind it
+    // (from a file, by sendfile).
+    let mut out = vec![0xee];
+    encode_write_header(0x0102_0304, b"H1", 0x1122_3344_5566_7788, 5, &mut out);
+    out.extend_from_slice(b"data!");
     assert_eq!(&out[1..], &expected[..]);
 }
 

@@ -1113,3 +1113,106 @@ fn server_killed_mid_upload_says_how_it_died() {
         "{shown}"
     );
 }
+
+/// Large WRITEs take their data straight from the file when the socket takes it: a file
+/// that is shorter by then must fail its upload without breaking the connection's framing.
+#[test]
+fn a_write_from_a_file_that_shrank_fails_and_the_connection_goes_on() {
+    let d = scratch();
+    let src = d.path().join("src");
+    let data = random_bytes(200 * 1024, 9);
+    write_file(&src, &data);
+    let dest = d.path().join("dest");
+    let s = connect(&local_options());
+    let sftp = s.sftp().clone();
+    let file = Rc::new(
+        fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&src)
+            .unwrap(),
+    );
+    let (bad, good) = s.run(async {
+        let h = sftp
+            .open(
+                r(&dest),
+                sftpipe::OpenFlags::WRITE | sftpipe::OpenFlags::CREAT | sftpipe::OpenFlags::TRUNC,
+                &sftpipe::FileAttributes::default(),
+            )
+            .await
+            .unwrap();
+        // The size was known as 200 KiB (one WRITE within the server's limit); the file shrinks before its data is sent.
+        file.set_len(70 * 1024).unwrap();
+        let bad = sftp
+            .submit_write_file_region(&h, 0, &file, 0, 200 * 1024)
+            .await
+            .unwrap()
+            .await;
+        let good = sftp
+            .submit_write_file_region(&h, 0, &file, 0, 70 * 1024)
+            .await
+            .unwrap()
+            .await;
+        sftp.close(h).await.unwrap();
+        (bad, good)
+    });
+    let e = bad.unwrap_err();
+    assert!(e.to_string().contains("shrank"), "{e}");
+    good.unwrap();
+    // The next requests are understood: the padded packet kept the stream framed.
+    assert_eq!(s.stat(r(&dest)).unwrap().size, Some(200 * 1024));
+    let mut want = data[..70 * 1024].to_vec();
+    want.resize(200 * 1024, 0);
+    assert!(read_file(&dest) == want);
+}
+
+/// A file truncated while `put` sends it: the upload fails naming it, nothing appears under
+/// the final name, and the session uploads the next file intact.
+#[test]
+fn a_file_truncated_during_put_fails_cleanly() {
+    let d = scratch();
+    let src = d.path().join("src");
+    // Sparse: gigabytes of zeros cost nothing to store, and take seconds to send.
+    fs::File::create(&src).unwrap().set_len(4 << 30).unwrap();
+    let dest_dir = d.path().join("dest");
+    fs::create_dir(&dest_dir).unwrap();
+    let (watch_dir, watch_src) = (dest_dir.clone(), src.clone());
+    let truncator = std::thread::spawn(move || {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            let started = fs::read_dir(&watch_dir).unwrap().flatten().any(|e| {
+                e.file_name().to_string_lossy().ends_with(".sftpipe-tmp")
+                    && e.metadata().is_ok_and(|m| m.len() > 0)
+            });
+            if started {
+                fs::OpenOptions::new()
+                    .write(true)
+                    .open(&watch_src)
+                    .unwrap()
+                    .set_len(MIB)
+                    .unwrap();
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        false
+    });
+    let s = connect(&local_options());
+    let target = dest_dir.join("file");
+    let e = s.put(&src, r(&target), &opts()).unwrap_err();
+    assert!(truncator.join().unwrap(), "the upload never started");
+    let shown = e.to_string();
+    assert!(shown.contains("shrank"), "{shown}");
+    assert!(shown.contains(&src.display().to_string()), "{shown}");
+    assert!(!target.exists());
+    assert_eq!(
+        fs::read_dir(&dest_dir).unwrap().count(),
+        0,
+        "temp file left"
+    );
+
+    let next = d.path().join("next");
+    write_file(&next, random_bytes(3 * MIB as usize, 10));
+    s.put(&next, r(&target), &opts()).unwrap();
+    assert_eq!(sha256_file(&next), sha256_file(&target));
+}

@@ -444,6 +444,18 @@ pub fn encode_write(id: u32, handle: &[u8], offset: u64, data: &[u8], out: &mut 
     end_packet(out, start);
 }
 
+/// Encodes SSH_FXP_WRITE up to its data, which the caller sends right behind it: the
+/// packet's and the data's lengths both count `data_len` bytes not yet written.
+pub fn encode_write_header(id: u32, handle: &[u8], offset: u64, data_len: u32, out: &mut Vec<u8>) {
+    let start = begin_packet(out, kind::WRITE);
+    out.put_u32(id);
+    out.put_string(handle);
+    out.put_u64(offset);
+    out.put_u32(data_len);
+    let len = (out.len() - start - 4) as u32 + data_len;
+    out[start..start + 4].copy_from_slice(&len.to_be_bytes());
+}
+
 /// Encodes SSH_FXP_WRITE whose data `fill` produces in place: `fill(out, max)` gets `out`
 /// with at least `max` bytes of spare capacity, appends at most `max` bytes, and returns
 /// how many it appended. With zero bytes the packet is not sent (`Ok((0, false))`; the caller

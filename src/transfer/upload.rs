@@ -3,6 +3,7 @@
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
+use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use futures_util::StreamExt;
@@ -17,6 +18,11 @@ use crate::task::Token;
 use crate::task::dirlock::parent_dir;
 
 static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// WRITEs at least this large take their data straight from the file (see
+/// [`crate::client::Sftp::submit_write_file_region`]); smaller ones are copied into the
+/// outgoing queue, where many of them share one `writev`.
+const ZERO_COPY_MIN: usize = 64 * 1024;
 
 /// A temporary name beside `remote`: hidden, unique per process and call, and within
 /// NAME_MAX however long the final name is.
@@ -98,7 +104,7 @@ impl Transfer {
         // The permit is taken before the local file is opened, so the limit also bounds
         // local descriptors however many uploads are queued.
         let permit = self.open_files.acquire(1).await;
-        let file = fs::File::open(local).map_err(ctx)?;
+        let file = Rc::new(fs::File::open(local).map_err(ctx)?);
         let meta = file.metadata().map_err(ctx)?;
         if !meta.is_file() {
             return Err(Error::InvalidInput(format!(
@@ -216,7 +222,7 @@ impl Transfer {
     /// unless all WRITEs and the CLOSE succeeded.
     async fn send_contents(
         &self,
-        file: &fs::File,
+        file: &Rc<fs::File>,
         handle: &Handle,
         start: u64,
         local: &Path,
@@ -238,7 +244,8 @@ impl Transfer {
         let one_write = meta.len().saturating_sub(start) <= chunk as u64;
         let mut acked = 0u64;
         let collect = |acked: &mut u64, (n, r): (usize, Result<crate::proto::Response>)| {
-            write_reply(handle.path(), r?)?;
+            // A WRITE whose data came from the file fails here if reading it did.
+            write_reply(handle.path(), r.map_err(|e| relabel_local(e, local))?)?;
             *acked += n as u64;
             self.progress.transferred(n as u64);
             Ok(())
@@ -262,14 +269,27 @@ impl Transfer {
                         |item| collect(&mut acked, item),
                     )
                     .await?;
-                let Some((pending, n)) = self
-                    .sftp
-                    .submit_write_from_file(handle, offset, file, offset, want)
-                    .await
-                    .map_err(|e| relabel_local(e, local))?
-                else {
-                    eof = true;
-                    break;
+                let within_size = known_size.is_some_and(|size| offset < size);
+                let (pending, n) = if within_size && want >= ZERO_COPY_MIN {
+                    let len = u32::try_from(want).map_err(|_| {
+                        Error::InvalidInput(format!("write request of {want} bytes"))
+                    })?;
+                    let pending = self
+                        .sftp
+                        .submit_write_file_region(handle, offset, file, offset, len)
+                        .await?;
+                    (pending, want)
+                } else {
+                    let Some(sent) = self
+                        .sftp
+                        .submit_write_from_file(handle, offset, file, offset, want)
+                        .await
+                        .map_err(|e| relabel_local(e, local))?
+                    else {
+                        eof = true;
+                        break;
+                    };
+                    sent
                 };
                 if known_size.is_some_and(|size| offset >= size) {
                     known_size = None;
