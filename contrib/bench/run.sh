@@ -34,7 +34,10 @@
 #
 # Workloads (wall time of one command, destination removed before each timed run, untimed):
 #   1. one 512 MiB random file, up and down: ssh 'cat', sftp -b put/get, scp, rsync -a, sftpipe
-#      put/get; ratio vs sftp
+#      put/get; ratio vs sftp. Two more rows compare the tools on equal ciphers: sftpipe
+#      prefers AES-GCM on a CPU with AES instructions when nothing configured ciphers (as
+#      here), OpenSSH ChaCha20-Poly1305, so "sftp -c aes128-gcm" and "sftpipe ..., chacha20"
+#      (-o Ciphers=chacha20-poly1305@openssh.com) run each with the other's cipher
 #   2. 500 files of 4 KiB in 10 dirs, up and down: sftp -b put -r/get -r, scp -r, rsync -a,
 #      lftp mirror [-R] --parallel=8, sftpipe put -r/get -r, sftpipe mirror; ratio vs rsync -a
 #   3. mirror (upload; rsync -a vs lftp mirror -R --parallel=8 vs sftpipe mirror; ratio vs rsync):
@@ -286,6 +289,13 @@ ssh_down() { TO "${SSH[@]}" "$H" "cat $1" >"$2"; }
 sftp_batch() { printf '%s\n' "$@" >"$WORK/log/batch"; TO "${SFTP[@]}" -b "$WORK/log/batch" "$H"; }
 sftp_up() { sftp_batch "put $1 $2"; }
 sftp_down() { sftp_batch "get $1 $2"; }
+# The cipher sftpipe picks on an AES-capable CPU when nothing configured ciphers (OpenSSH
+# prefers ChaCha20-Poly1305): sftp with it, and sftpipe with OpenSSH's choice, compare the
+# tools on equal channels.
+GCM=aes128-gcm@openssh.com CHACHA=chacha20-poly1305@openssh.com
+sftp_gcm_batch() { printf '%s\n' "$@" >"$WORK/log/batch"; TO "${SFTP[@]}" -c "$GCM" -b "$WORK/log/batch" "$H"; }
+sftp_gcm_up() { sftp_gcm_batch "put $1 $2"; }
+sftp_gcm_down() { sftp_gcm_batch "get $1 $2"; }
 sftp_up_r() { sftp_batch "-mkdir ${2%/*}" "put -r $1 $2"; }
 sftp_down_r() { sftp_batch "get -r $1 $2"; }
 scp_up() { TO "${SCP[@]}" "$1" "$H:$2"; }
@@ -298,6 +308,8 @@ lftp_up() { TO lftp --norc -c "$LFTP_OPEN; mirror -R --parallel=8 $1 $2"; }
 lftp_down() { TO lftp --norc -c "$LFTP_OPEN; mirror --parallel=8 $1 $2"; }
 sp_put() { TO "${SP[@]}" put --progress=none "$1" "$H:$2"; }
 sp_get() { TO "${SP[@]}" get --progress=none "$H:$1" "$2"; }
+sp_chacha_put() { TO "${SP[@]}" -o "Ciphers=$CHACHA" put --progress=none "$1" "$H:$2"; }
+sp_chacha_get() { TO "${SP[@]}" -o "Ciphers=$CHACHA" get --progress=none "$H:$1" "$2"; }
 sp_put_r() { TO "${SP[@]}" put -r --progress=none "$1" "$H:$2"; }
 sp_get_r() { TO "${SP[@]}" get -r --progress=none "$H:$1" "$2"; }
 sp_mirror_up() { TO "${SP[@]}" mirror --progress=none "$1" "$H:$2"; }
@@ -456,13 +468,17 @@ run_round() {
         "sftp|rmrf $R/big.sftp|sftp_up $BIG $R/big.sftp|same_file_rm $BIG $R/big.sftp" \
         "scp|rmrf $R/big.scp|scp_up $BIG $R/big.scp|same_file_rm $BIG $R/big.scp" \
         "rsync -a|rmrf $R/big.rsync|rsync_up $BIG $R/big.rsync|same_file_rm $BIG $R/big.rsync" \
-        "sftpipe put|rmrf $R/big.sp|sp_put $BIG $R/big.sp|same_file_rm $BIG $R/big.sp"
+        "sftpipe put|rmrf $R/big.sp|sp_put $BIG $R/big.sp|same_file_rm $BIG $R/big.sp" \
+        "sftp -c aes128-gcm|rmrf $R/big.sftpg|sftp_gcm_up $BIG $R/big.sftpg|same_file_rm $BIG $R/big.sftpg" \
+        "sftpipe put, chacha20|rmrf $R/big.spc|sp_chacha_put $BIG $R/big.spc|same_file_rm $BIG $R/big.spc"
     bench "$BIGW, download" sftp - \
         "ssh cat|rmrf $L/big.ssh|ssh_down $BIG $L/big.ssh|same_file_rm $BIG $L/big.ssh" \
         "sftp|rmrf $L/big.sftp|sftp_down $BIG $L/big.sftp|same_file_rm $BIG $L/big.sftp" \
         "scp|rmrf $L/big.scp|scp_down $BIG $L/big.scp|same_file_rm $BIG $L/big.scp" \
         "rsync -a|rmrf $L/big.rsync|rsync_down $BIG $L/big.rsync|same_file_rm $BIG $L/big.rsync" \
-        "sftpipe get|rmrf $L/big.sp|sp_get $BIG $L/big.sp|same_file_rm $BIG $L/big.sp"
+        "sftpipe get|rmrf $L/big.sp|sp_get $BIG $L/big.sp|same_file_rm $BIG $L/big.sp" \
+        "sftp -c aes128-gcm|rmrf $L/big.sftpg|sftp_gcm_down $BIG $L/big.sftpg|same_file_rm $BIG $L/big.sftpg" \
+        "sftpipe get, chacha20|rmrf $L/big.spc|sp_chacha_get $BIG $L/big.spc|same_file_rm $BIG $L/big.spc"
 
     bench "500 files, upload" "rsync -a" - \
         "sftp put -r|rmrf $R/t500.sftp|sftp_up_r $T500 $R/t500.sftp|same_tree $T500 $R/t500.sftp" \

@@ -139,6 +139,7 @@ impl HookArgs {
                 .or_else(|| g.ssh.ssh_program.clone()),
             server_command: g.server_command.clone(),
             prefetch: Default::default(),
+            keep_cipher_order: false,
         }
     }
 }

@@ -167,6 +167,7 @@ impl HookConfig {
             ssh_program: cli.ssh_program.clone().or_else(|| self.ssh_program.clone()),
             server_command: cli.server_command.clone(),
             prefetch: cli.prefetch.clone(),
+            keep_cipher_order: cli.keep_cipher_order,
         }
     }
 }
