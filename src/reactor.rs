@@ -1006,11 +1006,8 @@ fn sendfile_region(
     at: u64,
     len: usize,
 ) -> io::Result<usize> {
-    use std::os::fd::{AsRawFd, BorrowedFd};
     let mut off = libc::off_t::try_from(at).map_err(|_| io::ErrorKind::InvalidInput)?;
-    // SAFETY: the socket outlives this call; mio's UnixStream only lends its descriptor.
-    let out = unsafe { BorrowedFd::borrow_raw(sock.as_raw_fd()) };
-    nix::sys::sendfile::sendfile(out, file, Some(&mut off), len).map_err(io::Error::from)
+    nix::sys::sendfile::sendfile(sock, file, Some(&mut off), len).map_err(io::Error::from)
 }
 
 #[cfg(not(any(target_os = "linux", target_os = "android")))]
