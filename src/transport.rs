@@ -211,7 +211,15 @@ fn aes_gcm_first(program: &str, effective: &[String], builtin: &[String]) -> Opt
             .ok()
     };
     // Both at once: each takes a few milliseconds, mostly starting up.
-    let (a, b) = (run(effective)?, run(builtin)?);
+    let (a, b) = match (run(effective), run(builtin)) {
+        (Some(a), Some(b)) => (a, b),
+        (one, other) => {
+            for mut child in one.into_iter().chain(other) {
+                let _ = child.wait(); // reaped, not left a zombie
+            }
+            return None;
+        }
+    };
     let ciphers_of = |child: std::process::Child| {
         let out = child.wait_with_output().ok()?;
         if !out.status.success() {
