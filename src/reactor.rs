@@ -999,24 +999,20 @@ fn send_region(
     sock.write(&ZEROS[..left.min(ZEROS.len())])
 }
 
-#[cfg(any(target_os = "linux", target_os = "android"))]
+/// Sends up to `len` bytes of `file` from `at` with sendfile; elsewhere than Linux, where
+/// sendfile differs or is missing, by copying.
 fn sendfile_region(
     sock: &UnixStream,
     file: &std::fs::File,
     at: u64,
     len: usize,
 ) -> io::Result<usize> {
-    let mut off = libc::off_t::try_from(at).map_err(|_| io::ErrorKind::InvalidInput)?;
-    nix::sys::sendfile::sendfile(sock, file, Some(&mut off), len).map_err(io::Error::from)
-}
-
-#[cfg(not(any(target_os = "linux", target_os = "android")))]
-fn sendfile_region(
-    sock: &UnixStream,
-    file: &std::fs::File,
-    at: u64,
-    len: usize,
-) -> io::Result<usize> {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        let mut off = libc::off_t::try_from(at).map_err(|_| io::ErrorKind::InvalidInput)?;
+        nix::sys::sendfile::sendfile(sock, file, Some(&mut off), len).map_err(io::Error::from)
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
     copy_region(sock, file, at, len)
 }
 
