@@ -767,6 +767,61 @@ fn ssh_put_several_files_concurrently_with_json_progress() {
 }
 
 #[test]
+fn ssh_put_r_stages_a_new_tree_and_reports_its_final_paths() {
+    if !common::sshd_available() {
+        return;
+    }
+    let sshd = Sshd::start();
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("src");
+    for i in 0..30 {
+        write_file(
+            src.join(format!("d{}/f{i}", i % 3)),
+            random_bytes(3_000 + i * 100, i as u64),
+        );
+    }
+    let dest = d.path().join("site");
+    let staging = d.path().join(".site.sftpipe-partial");
+    // Left by an interrupted run: a temporary file and a name the tree no longer has.
+    write_file(staging.join("d0/.f0.99.sftpipe-tmp"), b"half");
+    write_file(staging.join("stale"), b"gone from the tree");
+
+    let mut args = sshd.sftp_args();
+    args.extend(["-v", "put", "-r", "--progress=json"].map(String::from));
+    args.extend([p(&src), at(&dest)]);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = run_in(None, &refs);
+    assert!(out.status.success(), "{}", explain(&out));
+    assert!(
+        text(&out.stderr).contains("resuming the staged tree"),
+        "{}",
+        explain(&out)
+    );
+    let files: Vec<serde_json::Value> = text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect(l))
+        .filter(|v: &serde_json::Value| v["event"] == "file")
+        .collect();
+    assert_eq!(files.len(), 30);
+    for f in &files {
+        let path = f["path"].as_str().unwrap();
+        assert!(path.starts_with(&p(&dest)), "{path}");
+        assert_eq!(f["ok"], true, "{f}");
+    }
+    for i in 0..30 {
+        let rel = format!("d{}/f{i}", i % 3);
+        assert_eq!(
+            read_file(dest.join(&rel)),
+            read_file(src.join(&rel)),
+            "{rel}"
+        );
+    }
+    assert!(!staging.exists());
+    assert!(!dest.join("stale").exists());
+    assert!(!dest.join("d0/.f0.99.sftpipe-tmp").exists());
+}
+
+#[test]
 fn ssh_permission_denied_is_4() {
     if !common::sshd_available() {
         return;

@@ -831,6 +831,101 @@ fn server_killed_mid_tree_upload_leaves_no_partial_file_and_a_rerun_completes() 
     );
 }
 
+#[test]
+fn a_new_tree_appears_whole_even_when_the_server_dies_midway() {
+    let d = scratch();
+    let src = d.path().join("src");
+    for i in 0..200u64 {
+        write_file(
+            src.join(format!("d{}/s{i:03}", i % 4)),
+            random_bytes(20_000 + i as usize, i),
+        );
+    }
+    fs::create_dir_all(src.join("large")).unwrap();
+    for i in 0..3u64 {
+        make_big_file(&src.join(format!("large/l{i}")), 30 * MIB, 2000 + i);
+    }
+    std::os::unix::fs::symlink("d0/s000", src.join("link")).unwrap();
+    let out = d.path().join("out");
+    fs::create_dir(&out).unwrap();
+    let dest = out.join("tree");
+    let staging = out.join(".tree.sftpipe-partial");
+    let server = self_killing_server(d.path(), &out, 40_000_000);
+    let fitting = TransferOptions {
+        requests: 8,
+        ..opts()
+    };
+    let (s2, d2, o2) = (src.clone(), dest.clone(), fitting.clone());
+    let report = with_timeout(
+        Duration::from_secs(120),
+        "new tree to a dying server",
+        move || {
+            let s = connect(&ConnectOptions::local_server(server));
+            s.put_tree(&s2, r(&d2), &o2)
+        },
+    );
+    assert!(
+        !report.is_ok(),
+        "the upload succeeded although the server was killed"
+    );
+    assert!(
+        fs::symlink_metadata(&dest).is_err(),
+        "the new tree is visible before it is complete"
+    );
+    assert!(staging.is_dir(), "no staged tree was left to resume");
+    // Failures name the final paths, not the staging directory.
+    for (path, e) in &report.failures {
+        assert!(e.is_connection(), "{path}: {e:?}");
+        assert!(!path.contains("sftpipe-partial"), "{path}");
+    }
+
+    // A rerun resumes the staged tree and moves it into place.
+    let (s2, d2) = (src.clone(), dest.clone());
+    let report = with_timeout(
+        Duration::from_secs(120),
+        "rerun of the new tree",
+        move || connect(&local_options()).put_tree(&s2, r(&d2), &fitting),
+    );
+    assert!(report.is_ok(), "{:?}", report.failures);
+    assert_eq!((report.files, report.symlinks), (203, 1));
+    assert_same_tree(&src, &dest);
+    assert!(!staging.exists(), "the staging directory is left");
+    assert_eq!(
+        fs::read_dir(&out).unwrap().count(),
+        1,
+        "{:?}",
+        fs::read_dir(&out).unwrap().collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn a_staged_tree_left_behind_is_cleared_of_what_the_upload_would_keep_wrong() {
+    let d = scratch();
+    let src = d.path().join("src");
+    write_file(src.join("same"), b"new contents");
+    write_file(src.join("was-a-dir"), b"file now");
+    write_file(src.join("sub/was-a-file/inner"), b"dir now");
+    write_file(src.join("sub/kept"), b"kept");
+    std::os::unix::fs::symlink("same", src.join("link")).unwrap();
+    let dest = d.path().join("site");
+    // What a killed run of another version of the tree left.
+    let staging = d.path().join(".site.sftpipe-partial");
+    write_file(staging.join("same"), b"old, longer contents");
+    write_file(staging.join("gone"), b"no longer in the tree");
+    write_file(staging.join(".same.1a2b3c.sftpipe-tmp"), b"half");
+    write_file(staging.join("was-a-dir/deep/x"), b"x");
+    write_file(staging.join("sub/was-a-file"), b"a file");
+    write_file(staging.join("sub/old-dir/y"), b"y");
+    std::os::unix::fs::symlink("gone", staging.join("sub/kept")).unwrap();
+    write_file(staging.join("link"), b"a file where a link goes");
+
+    let s = connect(&local_options());
+    let report = s.put_tree(&src, r(&dest), &opts());
+    assert!(report.is_ok(), "{:?}", report.failures);
+    assert_same_tree(&src, &dest);
+    assert!(!staging.exists(), "the staging directory is left");
+}
+
 /// Counts file_done calls.
 #[derive(Default)]
 struct Counting {

@@ -9,7 +9,7 @@ use clap::Args;
 use sftpipe::task::TaskGroup;
 use sftpipe::transfer::{
     Progress, Transfer, default_max_open, remote_basename, remote_join, safe_remote_name,
-    walk_local,
+    staging_dir, walk_local,
 };
 use sftpipe::{Error, Session};
 
@@ -57,7 +57,9 @@ pub struct GetArgs {
     a plain path). If REMOTE is an existing directory or ends with '/' (then it is created), \
     each LOCAL goes into it under its own name; else the single LOCAL gets REMOTE as its \
     name. Missing remote parent directories are created. Each file is written to a \
-    temporary name and renamed into place when complete, unless --inplace.\n\n\
+    temporary name and renamed into place when complete, unless --inplace. With -r, a \
+    REMOTE that does not exist yet is built as a hidden .NAME.sftpipe-partial beside it \
+    and renamed into place at the end; a rerun after an interruption resumes it.\n\n\
     Examples:\n  sftpipe put report.pdf host:docs/\n  \
     sftpipe put -r -p ./site host:/srv/www\n  \
     sftpipe put --fsync *.tar host:/backup/"
@@ -159,8 +161,16 @@ pub fn get(g: &GlobalArgs, a: &GetArgs) -> Result<i32, CliError> {
 }
 
 enum Job {
-    File { local: PathBuf, dest: Vec<u8> },
-    Tree { local: PathBuf, dest: Vec<u8> },
+    File {
+        local: PathBuf,
+        dest: Vec<u8>,
+    },
+    /// `new`: `dest` does not exist, so the tree is staged and renamed into place.
+    Tree {
+        local: PathBuf,
+        dest: Vec<u8>,
+        new: bool,
+    },
 }
 
 /// The name a local operand gets inside a remote directory; `None` for `/`.
@@ -213,13 +223,21 @@ pub fn put(g: &GlobalArgs, a: &PutArgs) -> Result<i32, CliError> {
         return Ok(combine(exit::SUCCESS));
     }
 
-    // Whether the target is a directory is answered with the handshake.
-    let stat_target: &[&[u8]] = if paths[0].ends_with(b"/") {
-        &[]
-    } else {
-        &[&paths[0]]
-    };
-    let session = connect_prefetching(g, ep.as_ref(), stat_target, &[])?;
+    // Whether the target is a directory is answered with the handshake; with -r, so is
+    // whether a new tree's staging directory is left from an earlier run.
+    let staging = a
+        .recursive
+        .then(|| staging_dir(&paths[0]))
+        .flatten()
+        .filter(|_| !paths[0].ends_with(b"/"));
+    let mut stat_targets: Vec<&[u8]> = Vec::new();
+    if !paths[0].ends_with(b"/") {
+        stat_targets.push(&paths[0]);
+    }
+    if let Some(s) = &staging {
+        stat_targets.push(s);
+    }
+    let session = connect_prefetching(g, ep.as_ref(), &stat_targets, &[])?;
     let remote = expand_tilde(&session, &paths[0])?;
     let mut opts = a.transfer.options();
     opts.resume = a.resume;
@@ -229,6 +247,7 @@ pub fn put(g: &GlobalArgs, a: &PutArgs) -> Result<i32, CliError> {
     let tracker = Tracker::new(a.transfer.progress, g.quiet);
     let t = session.transfer(opts, tracker.clone());
 
+    let mut target_missing = false;
     let into_dir = if remote.ends_with(b"/") {
         session.run(t.dirlocks().ensure_dir(&remote))?;
         true
@@ -238,6 +257,7 @@ pub fn put(g: &GlobalArgs, a: &PutArgs) -> Result<i32, CliError> {
             Err(e) if e.is_not_found() => {
                 // Everything below a missing target is new: no probing needed.
                 t.dirlocks().mark_missing(&remote);
+                target_missing = true;
                 false
             }
             Err(e) => return Err(e.into()),
@@ -268,7 +288,11 @@ pub fn put(g: &GlobalArgs, a: &PutArgs) -> Result<i32, CliError> {
                 tracker.add_total(1, size);
                 jobs.push(Job::File { local, dest });
             }
-            None => jobs.push(Job::Tree { local, dest }),
+            None => jobs.push(Job::Tree {
+                local,
+                dest,
+                new: target_missing,
+            }),
         }
     }
     session.run(run_jobs(t, tracker.clone(), jobs, task_limit, follow_links));
@@ -289,7 +313,8 @@ async fn run_jobs(t: Transfer, tracker: Rc<Tracker>, jobs: Vec<Job>, limit: usiz
                         let r = t.upload(&local, &dest).await;
                         file_outcome(&tracker, &dest, r);
                     }
-                    Job::Tree { local, dest } => match walk_local(&local, follow) {
+                    Job::Tree { local, dest, new } => match walk_local(&local, follow) {
+                        Ok(entries) if new => t.upload_new_tree(&local, &dest, entries).await,
                         Ok(entries) => t.upload_entries(&local, &dest, entries).await,
                         Err(e) => tracker.file_done(&local.display().to_string(), 0, Some(&e)),
                     },

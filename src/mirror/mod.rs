@@ -24,6 +24,8 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+/// Where a new remote tree is built before it is renamed into place.
+pub use crate::transfer::staging_dir;
 pub use filter::{Filter, PatternSet};
 pub use plan::{Action, Compare, EntryKind, Plan, Snapshot, TreeEntry, plan};
 
@@ -730,28 +732,6 @@ pub async fn mirror_down_listed(
     run(sides, local, opts).await
 }
 
-/// The hidden directory beside a missing remote root that a mirror fills first and then
-/// renames onto the root, so that a new tree appears whole (`.NAME.sftpipe-partial`);
-/// a killed mirror leaves it, and the next one resumes it. `None` for a root without a
-/// name of its own (`/`, `.`, `..`).
-pub fn staging_dir(remote_root: &[u8]) -> Option<Vec<u8>> {
-    let mut root = remote_root;
-    while root.len() > 1 && root.ends_with(b"/") {
-        root = &root[..root.len() - 1];
-    }
-    let name = crate::transfer::remote_basename(root);
-    if matches!(name, b"" | b"/" | b"." | b".." | b"~") || name.starts_with(b"~") {
-        return None;
-    }
-    let mut staged = b".".to_vec();
-    staged.extend_from_slice(&name[..name.len().min(200)]);
-    staged.extend_from_slice(b".sftpipe-partial");
-    Some(match root.len() - name.len() {
-        0 => staged,
-        dir_len => remote_join(&root[..dir_len], &staged),
-    })
-}
-
 async fn run(sides: Sides, local: Result<Option<Snapshot>>, opts: &MirrorOptions) -> MirrorReport {
     let started = Instant::now();
     let mut report = MirrorReport::default();
@@ -1254,25 +1234,6 @@ fn finish(mut report: MirrorReport, t: &Transfer) -> MirrorReport {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn staging_sits_beside_the_root_under_a_hidden_name() {
-        let st = |r: &[u8]| staging_dir(r).map(|v| String::from_utf8(v).unwrap());
-        assert_eq!(
-            st(b"/srv/www").as_deref(),
-            Some("/srv/.www.sftpipe-partial")
-        );
-        assert_eq!(
-            st(b"/srv/www//").as_deref(),
-            Some("/srv/.www.sftpipe-partial")
-        );
-        assert_eq!(st(b"site").as_deref(), Some(".site.sftpipe-partial"));
-        assert_eq!(st(b"/top").as_deref(), Some("/.top.sftpipe-partial"));
-        assert_eq!(st(b"a/b").as_deref(), Some("a/.b.sftpipe-partial"));
-        for no_name in [&b"/"[..], b".", b"..", b"x/..", b"~", b"~alice", b""] {
-            assert_eq!(st(no_name), None, "{:?}", String::from_utf8_lossy(no_name));
-        }
-    }
 
     #[test]
     fn guesses_are_local_subdirectories_shallowest_first_and_capped() {

@@ -23,7 +23,7 @@ use futures_util::stream::FuturesUnordered;
 use crate::task::{DirLocks, Permit, Semaphore};
 use pace::{Ask, Pacer};
 
-pub use tree::{LocalEntry, LocalKind, safe_remote_name, walk_local, walk_local_with};
+pub use tree::{LocalEntry, LocalKind, safe_remote_name, staging_dir, walk_local, walk_local_with};
 pub use upload::temp_name;
 
 /// Requests in flight per file by default (as OpenSSH's sftp).

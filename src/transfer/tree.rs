@@ -1,6 +1,7 @@
 //! Many files at once: whole trees up and down, one task per file, over one connection.
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::fs;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
@@ -8,8 +9,12 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
+use futures_util::StreamExt;
+use futures_util::future::LocalBoxFuture;
+use futures_util::stream::FuturesUnordered;
+
 use super::upload::temp_name;
-use super::{Report, Transfer, lossy, remote_join};
+use super::{Report, Transfer, lossy, remote_basename, remote_join};
 use crate::error::{Error, Result};
 use crate::proto::{FileAttributes, FileType, NameEntry};
 use crate::task::dirlock::parent_dir;
@@ -141,14 +146,69 @@ fn rel_to_remote(root: &[u8], rel: &Path) -> Vec<u8> {
     remote_join(root, rel.as_os_str().as_bytes())
 }
 
+/// The hidden directory beside a missing remote root where a new tree is built before it
+/// is renamed onto the root, so that it appears whole (`.NAME.sftpipe-partial`); a killed
+/// upload or mirror leaves it, and the next one resumes it. `None` for a root without a
+/// name of its own (`/`, `.`, `..`, `~`).
+pub fn staging_dir(remote_root: &[u8]) -> Option<Vec<u8>> {
+    let mut root = remote_root;
+    while root.len() > 1 && root.ends_with(b"/") {
+        root = &root[..root.len() - 1];
+    }
+    let name = remote_basename(root);
+    if matches!(name, b"" | b"/" | b"." | b".." | b"~") || name.starts_with(b"~") {
+        return None;
+    }
+    let mut staged = b".".to_vec();
+    staged.extend_from_slice(&name[..name.len().min(200)]);
+    staged.extend_from_slice(b".sftpipe-partial");
+    Some(match root.len() - name.len() {
+        0 => staged,
+        dir_len => remote_join(&root[..dir_len], &staged),
+    })
+}
+
+/// Where the entries of a tree upload are written, and the names they are reported by.
+struct TreeDest<'a> {
+    write_root: &'a [u8],
+    shown_root: &'a [u8],
+    /// Writing into a staging directory: small files need no temporary name.
+    staged: bool,
+}
+
+/// What a staged tree may keep of a path, by the local tree's kind there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StagedKind {
+    File,
+    Dir,
+    Symlink,
+}
+
+/// The local tree's kinds by remote-style relative path.
+fn staged_kinds(entries: &[LocalEntry]) -> HashMap<Vec<u8>, StagedKind> {
+    entries
+        .iter()
+        .filter(|e| !e.excluded)
+        .map(|e| {
+            let kind = match e.kind {
+                LocalKind::File { .. } => StagedKind::File,
+                LocalKind::Dir => StagedKind::Dir,
+                LocalKind::Symlink { .. } => StagedKind::Symlink,
+            };
+            (e.rel.as_os_str().as_bytes().to_vec(), kind)
+        })
+        .collect()
+}
+
 impl Transfer {
     fn task_limit(&self) -> usize {
         self.open_files.capacity() * 2 + 16
     }
 
-    /// Uploads the contents of `local_root` into `remote_root` (created if missing):
-    /// files, empty directories and symlinks, all concurrently. Failures are collected per
-    /// path in the returned report; the run goes on.
+    /// Uploads the contents of `local_root` into `remote_root`: files, empty directories
+    /// and symlinks, all concurrently. Failures are collected per path in the returned
+    /// report; the run goes on. A `remote_root` that does not exist is built as a new tree
+    /// (see [`Transfer::upload_new_tree`]); one that does gets the files added or replaced.
     pub async fn upload_tree(&self, local_root: &Path, remote_root: &[u8]) -> Report {
         let entries = match walk_local(local_root, self.opts.follow_links) {
             Ok(e) => e,
@@ -157,7 +217,14 @@ impl Transfer {
                 return self.take_report();
             }
         };
-        self.upload_entries(local_root, remote_root, entries).await;
+        self.ready().await;
+        match self.sftp.stat(remote_root).await {
+            Err(e) if e.is_not_found() => {
+                self.upload_new_tree(local_root, remote_root, entries).await
+            }
+            // Whatever else is wrong with it, the uploads into it say.
+            _ => self.upload_entries(local_root, remote_root, entries).await,
+        }
         self.take_report()
     }
 
@@ -167,6 +234,154 @@ impl Transfer {
         &self,
         local_root: &Path,
         remote_root: &[u8],
+        entries: Vec<LocalEntry>,
+    ) {
+        let dest = TreeDest {
+            write_root: remote_root,
+            shown_root: remote_root,
+            staged: false,
+        };
+        self.upload_entries_to(local_root, &dest, entries).await
+    }
+
+    /// Uploads `entries` of `local_root` as the tree `remote_root`, which a STAT found
+    /// missing. The tree is built in a hidden staging directory beside it
+    /// ([`staging_dir`]) and renamed into place at the end, so nobody sees it half made;
+    /// inside, a small file is written under its final name, saving the rename per file
+    /// that an upload into a visible directory needs. A staging directory left by a
+    /// killed run is reused, after removing what the local tree does not have there
+    /// (temporary files, entries of another kind). Failed files are reported and the rest
+    /// still lands; if the connection is lost, the staging directory stays for a rerun.
+    /// With `inplace`, or a root without a name of its own, the tree is written in place.
+    pub async fn upload_new_tree(
+        &self,
+        local_root: &Path,
+        remote_root: &[u8],
+        entries: Vec<LocalEntry>,
+    ) {
+        let staging = match staging_dir(remote_root) {
+            Some(s) if !self.opts.inplace && !entries.is_empty() => s,
+            _ => {
+                self.dirlocks.mark_missing(remote_root);
+                return self.upload_entries(local_root, remote_root, entries).await;
+            }
+        };
+        self.ready().await;
+        match self.sftp.stat(&staging).await {
+            Err(e) if e.is_not_found() => self.dirlocks.mark_missing(&staging),
+            Ok(a) if a.is_dir() => {
+                log::info!("resuming the staged tree {}", lossy(&staging));
+                let keep = staged_kinds(&entries);
+                if let Err(e) = self.prune_staged(staging.clone(), Vec::new(), &keep).await {
+                    self.record_failure(
+                        format!(
+                            "{} (could not clear the staged tree {} left by an earlier run)",
+                            lossy(remote_root),
+                            lossy(&staging)
+                        ),
+                        e,
+                    );
+                    return;
+                }
+                self.dirlocks.mark_exists(&staging);
+            }
+            other => {
+                // Not ours to touch: write in place, as without staging.
+                if let Ok(a) = other {
+                    log::warn!(
+                        "{} is in the way ({:?}); uploading {} in place",
+                        lossy(&staging),
+                        a.file_type(),
+                        lossy(remote_root)
+                    );
+                }
+                self.dirlocks.mark_missing(remote_root);
+                return self.upload_entries(local_root, remote_root, entries).await;
+            }
+        }
+        let dest = TreeDest {
+            write_root: &staging,
+            shown_root: remote_root,
+            staged: true,
+        };
+        self.upload_entries_to(local_root, &dest, entries).await;
+        if self.sftp.channel().is_dead() {
+            return;
+        }
+        // Never remove + rename: the root did not exist, and if it does now, it is not
+        // ours to remove.
+        let moved = if self.sftp.has_extension(crate::proto::ext::POSIX_RENAME) {
+            self.sftp.posix_rename(&staging, remote_root).await
+        } else {
+            self.sftp.rename(&staging, remote_root).await
+        };
+        match moved {
+            Ok(()) => {}
+            // Nothing was staged: what failed to create it was reported already.
+            Err(e) if e.is_not_found() && !self.report.borrow().failures.is_empty() => {}
+            Err(e) => self.record_failure(
+                format!(
+                    "{} (could not move the new tree into place; it stays in {})",
+                    lossy(remote_root),
+                    lossy(&staging)
+                ),
+                e,
+            ),
+        }
+    }
+
+    /// Removes from a staged tree what the upload would not overwrite: entries the local
+    /// tree lacks (temporary files among them) and entries of another kind.
+    fn prune_staged<'a>(
+        &'a self,
+        dir: Vec<u8>,
+        rel: Vec<u8>,
+        keep: &'a HashMap<Vec<u8>, StagedKind>,
+    ) -> LocalBoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            let listing = {
+                let _permit = self.open_files.acquire(1).await;
+                self.sftp.read_dir(&dir).await?
+            };
+            let mut subdirs = Vec::new();
+            let mut removals = FuturesUnordered::new();
+            for e in listing {
+                let path = remote_join(&dir, &e.filename);
+                let rel = remote_join(&rel, &e.filename);
+                let kind = e.attrs.file_type();
+                match (keep.get(&rel), kind) {
+                    (Some(StagedKind::Dir), FileType::Dir) => subdirs.push((path, rel)),
+                    (Some(StagedKind::File), FileType::File)
+                    | (Some(StagedKind::Symlink), FileType::Symlink) => {}
+                    (_, FileType::Dir) => {
+                        removals.push(
+                            Box::pin(async move { self.remove_remote_tree(&path).await })
+                                as LocalBoxFuture<'_, Result<()>>,
+                        )
+                    }
+                    _ => removals.push(Box::pin(async move { self.sftp.remove(&path).await })),
+                }
+            }
+            while let Some(r) = removals.next().await {
+                match r {
+                    Err(e) if !e.is_not_found() => return Err(e),
+                    _ => {}
+                }
+            }
+            let subdirs = subdirs
+                .into_iter()
+                .map(|(path, rel)| self.prune_staged(path, rel, keep));
+            for r in futures_util::future::join_all(subdirs).await {
+                r?;
+            }
+            Ok(())
+        })
+    }
+
+    async fn upload_entries_to(
+        &self,
+        local_root: &Path,
+        dest: &TreeDest<'_>,
         entries: Vec<LocalEntry>,
     ) {
         self.ready().await;
@@ -180,24 +395,30 @@ impl Transfer {
             .filter_map(|e| e.rel.parent().map(Path::to_path_buf))
             .collect();
         let mut spawner = TaskGroup::new(self.task_limit());
-        let dir_attrs = self.upload_dir_attrs(local_root, remote_root, &entries);
+        let dir_attrs = self.upload_dir_attrs(local_root, dest.write_root, &entries);
         if entries.is_empty() {
-            match self.dirlocks.ensure_dir(remote_root).await {
+            match self.dirlocks.ensure_dir(dest.write_root).await {
                 Ok(()) => self.set_remote_dir_attrs(dir_attrs).await,
-                Err(e) => self.record_failure(lossy(remote_root), e),
+                Err(e) => self.record_failure(lossy(dest.shown_root), e),
             }
             return;
         }
         for entry in entries.into_iter().filter(|e| !e.excluded) {
-            let remote = rel_to_remote(remote_root, &entry.rel);
+            let remote = rel_to_remote(dest.write_root, &entry.rel);
+            let shown = rel_to_remote(dest.shown_root, &entry.rel);
             let local = local_root.join(&entry.rel);
             let t = self.clone();
+            let staged = dest.staged;
             match entry.kind {
                 LocalKind::File { .. } => {
                     spawner
                         .spawn(async move {
-                            let r = t.upload(&local, &remote).await;
-                            t.finish_file(&remote, r);
+                            let r = if staged {
+                                t.upload_fresh(&local, &remote, None).await
+                            } else {
+                                t.upload(&local, &remote).await
+                            };
+                            t.finish_file(&shown, r);
                         })
                         .await
                 }
@@ -208,7 +429,7 @@ impl Transfer {
                         .spawn(async move {
                             match t.dirlocks.ensure_dir(&remote).await {
                                 Ok(()) => t.report.borrow_mut().dirs += 1,
-                                Err(e) => t.record_failure(lossy(&remote), e),
+                                Err(e) => t.record_failure(lossy(&shown), e),
                             }
                         })
                         .await
@@ -221,7 +442,7 @@ impl Transfer {
                                 .await;
                             match r {
                                 Ok(()) => t.report.borrow_mut().symlinks += 1,
-                                Err(e) => t.record_failure(lossy(&remote), e),
+                                Err(e) => t.record_failure(lossy(&shown), e),
                             }
                         })
                         .await
@@ -606,5 +827,24 @@ mod tests {
         assert_eq!(rels, ["a", "b", "l", "b/c", "b/c/f"]);
         assert_eq!(e[4].kind, LocalKind::File { size: 2 });
         assert_eq!(e[2].kind, LocalKind::Symlink { target: "a".into() });
+    }
+
+    #[test]
+    fn staging_sits_beside_the_root_under_a_hidden_name() {
+        let st = |r: &[u8]| staging_dir(r).map(|v| String::from_utf8(v).unwrap());
+        assert_eq!(
+            st(b"/srv/www").as_deref(),
+            Some("/srv/.www.sftpipe-partial")
+        );
+        assert_eq!(
+            st(b"/srv/www//").as_deref(),
+            Some("/srv/.www.sftpipe-partial")
+        );
+        assert_eq!(st(b"site").as_deref(), Some(".site.sftpipe-partial"));
+        assert_eq!(st(b"/top").as_deref(), Some("/.top.sftpipe-partial"));
+        assert_eq!(st(b"a/b").as_deref(), Some("a/.b.sftpipe-partial"));
+        for no_name in [&b"/"[..], b".", b"..", b"x/..", b"~", b"~alice", b""] {
+            assert_eq!(st(no_name), None, "{:?}", String::from_utf8_lossy(no_name));
+        }
     }
 }
