@@ -7,5 +7,8 @@ use clap::Parser;
 fn main() {
     let args = cli::Cli::try_parse().unwrap_or_else(|e| e.exit());
     cli::init_logging(&args.global);
+    // Each concurrent file task holds a local descriptor; the common soft limit of 1024
+    // would otherwise cap --max-open below what servers allow.
+    sftpipe::transfer::raise_fd_limit();
     std::process::exit(cli::run(args));
 }

@@ -822,6 +822,53 @@ fn ssh_put_r_stages_a_new_tree_and_reports_its_final_paths() {
 }
 
 #[test]
+fn a_low_open_file_limit_bounds_the_concurrent_files() {
+    // Each file task holds a local descriptor: more tasks than `ulimit -n` admits would
+    // fail with EMFILE, whatever --max-open says.
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("src");
+    for i in 0..150 {
+        write_file(
+            src.join(format!("d{}/f{i}", i % 5)),
+            random_bytes(500 + i, i as u64),
+        );
+    }
+    let server = sftp_server_path().display().to_string();
+    let limited = |args: &[&str]| {
+        let out = Command::new("prlimit")
+            .arg("--nofile=64:64")
+            .arg(env!("CARGO_BIN_EXE_sftpipe"))
+            .args(["-D", &server].iter().chain(args))
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run prlimit");
+        assert!(out.status.success(), "{}", explain(&out));
+        assert!(
+            text(&out.stderr).contains("open-file limit"),
+            "{}",
+            explain(&out)
+        );
+    };
+    let same = |copy: &Path| {
+        for i in 0..150 {
+            let rel = format!("d{}/f{i}", i % 5);
+            assert_eq!(
+                read_file(src.join(&rel)),
+                read_file(copy.join(&rel)),
+                "{rel}"
+            );
+        }
+    };
+    let up = d.path().join("up");
+    limited(&["put", "-r", "--max-open", "200", &p(&src), &p(&up)]);
+    same(&up);
+    let down = d.path().join("down");
+    limited(&["get", "-r", "--max-open", "200", &p(&up), &p(&down)]);
+    same(&down);
+}
+
+#[test]
 fn ssh_permission_denied_is_4() {
     if !common::sshd_available() {
         return;

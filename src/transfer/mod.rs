@@ -158,7 +158,18 @@ impl Transfer {
     pub fn with_progress(sftp: &Sftp, opts: TransferOptions, progress: Rc<dyn Progress>) -> Self {
         // Until the server's limits are known (see `ready`), listings run under the
         // conservative default.
-        let max_open = opts.max_open.unwrap_or_else(|| default_max_open(sftp));
+        let max_open = match opts.max_open {
+            Some(n) if n > local_fd_room() => {
+                log::warn!(
+                    "{n} open files (--max-open) need more descriptors than the open-file \
+                     limit (ulimit -n) leaves; using {}",
+                    local_fd_room()
+                );
+                local_fd_room()
+            }
+            Some(n) => n,
+            None => default_max_open(sftp),
+        };
         let pacer = Pacer::new(opts.max_bytes_in_flight.max(MIN_BUDGET));
         Transfer {
             sftp: sftp.clone(),
@@ -312,13 +323,45 @@ const MIN_BUDGET: usize = crate::client::MAX_CHUNK;
 /// Open handles by default: most of what the server allows (leaving room for others and
 /// for directory handles), capped; 64 when the server does not say.
 pub fn default_max_open(sftp: &Sftp) -> usize {
-    match sftp.max_open_handles() {
+    let n = match sftp.max_open_handles() {
         Some(n) => {
             let n = n.min(MAX_OPEN_CAP as u64 * 2) as usize;
             (n - n / 4).clamp(1, MAX_OPEN_CAP)
         }
         None => DEFAULT_MAX_OPEN,
+    };
+    n.min(local_fd_room())
+}
+
+/// Descriptors left free for what is not a file task (the connection, listings, logs):
+/// this many, or a quarter of a smaller limit.
+const FD_RESERVE: u64 = 64;
+
+/// How many file tasks this process's open-file limit (`RLIMIT_NOFILE`) admits: each
+/// holds one local descriptor while it has a remote handle, so more would fail with
+/// EMFILE however many handles the server allows.
+pub fn local_fd_room() -> usize {
+    use nix::sys::resource::{Resource, getrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, _)) => {
+            let reserve = FD_RESERVE.min(soft / 4);
+            soft.saturating_sub(reserve).clamp(1, usize::MAX as u64) as usize
+        }
+        Err(_) => usize::MAX,
     }
+}
+
+/// Raises this process's soft open-file limit towards its hard limit, as far as
+/// [`MAX_OPEN_CAP`] file tasks need; for programs (like sftpipe's CLI) that own their
+/// process. Returns the soft limit now in force.
+pub fn raise_fd_limit() -> Option<u64> {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).ok()?;
+    let want = (MAX_OPEN_CAP as u64 + 4 * FD_RESERVE).min(hard);
+    if want > soft && setrlimit(Resource::RLIMIT_NOFILE, want, hard).is_ok() {
+        return Some(want);
+    }
+    Some(soft)
 }
 
 /// Joins a remote directory and a name.
