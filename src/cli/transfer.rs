@@ -8,8 +8,8 @@ use std::rc::Rc;
 use clap::Args;
 use sftpipe::task::TaskGroup;
 use sftpipe::transfer::{
-    Progress, Transfer, default_max_open, remote_basename, remote_join, safe_remote_name,
-    staging_dir, walk_local,
+    LocalEntry, Progress, Transfer, default_max_open, remote_basename, remote_join,
+    safe_remote_name, staging_dir, walk_local,
 };
 use sftpipe::{Error, Session};
 
@@ -169,6 +169,7 @@ enum Job {
     Tree {
         local: PathBuf,
         dest: Vec<u8>,
+        entries: sftpipe::Result<Vec<LocalEntry>>,
         new: bool,
     },
 }
@@ -237,12 +238,27 @@ pub fn put(g: &GlobalArgs, a: &PutArgs) -> Result<i32, CliError> {
     if let Some(s) = &staging {
         stat_targets.push(s);
     }
-    let session = connect_prefetching(g, ep.as_ref(), &stat_targets, &[])?;
+    // Trees are listed while ssh connects (the connection is mostly waiting).
+    let follow_links = a.upload.copy_links;
+    let (session, mut walks) = std::thread::scope(|scope| {
+        let walker = scope.spawn(|| {
+            found
+                .iter()
+                .filter(|(_, size)| size.is_none())
+                .map(|(local, _)| ((*local).clone(), walk_local(local, follow_links)))
+                .collect::<Vec<_>>()
+        });
+        let session = connect_prefetching(g, ep.as_ref(), &stat_targets, &[]);
+        let walks = walker
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        (session, walks)
+    });
+    let session = session?;
     let remote = expand_tilde(&session, &paths[0])?;
     let mut opts = a.transfer.options();
     opts.resume = a.resume;
     a.upload.apply(&mut opts);
-    let follow_links = opts.follow_links;
     let max_open = opts.max_open;
     let tracker = Tracker::new(a.transfer.progress, g.quiet);
     let t = session.transfer(opts, tracker.clone());
@@ -288,20 +304,27 @@ pub fn put(g: &GlobalArgs, a: &PutArgs) -> Result<i32, CliError> {
                 tracker.add_total(1, size);
                 jobs.push(Job::File { local, dest });
             }
-            None => jobs.push(Job::Tree {
-                local,
-                dest,
-                new: target_missing,
-            }),
+            None => {
+                let at = walks.iter().position(|(l, _)| *l == local);
+                let Some((_, entries)) = at.map(|i| walks.swap_remove(i)) else {
+                    continue;
+                };
+                jobs.push(Job::Tree {
+                    local,
+                    dest,
+                    entries,
+                    new: target_missing,
+                })
+            }
         }
     }
-    session.run(run_jobs(t, tracker.clone(), jobs, task_limit, follow_links));
+    session.run(run_jobs(t, tracker.clone(), jobs, task_limit));
     Ok(combine(tracker.finish(single)))
 }
 
 /// Runs the upload jobs as tasks, at most `limit` at once (each file task holds a local
 /// file open while it waits for a remote handle).
-async fn run_jobs(t: Transfer, tracker: Rc<Tracker>, jobs: Vec<Job>, limit: usize, follow: bool) {
+async fn run_jobs(t: Transfer, tracker: Rc<Tracker>, jobs: Vec<Job>, limit: usize) {
     let mut group = TaskGroup::new(limit);
     for job in jobs {
         let t = t.clone();
@@ -313,7 +336,12 @@ async fn run_jobs(t: Transfer, tracker: Rc<Tracker>, jobs: Vec<Job>, limit: usiz
                         let r = t.upload(&local, &dest).await;
                         file_outcome(&tracker, &dest, r);
                     }
-                    Job::Tree { local, dest, new } => match walk_local(&local, follow) {
+                    Job::Tree {
+                        local,
+                        dest,
+                        entries,
+                        new,
+                    } => match entries {
                         Ok(entries) if new => t.upload_new_tree(&local, &dest, entries).await,
                         Ok(entries) => t.upload_entries(&local, &dest, entries).await,
                         Err(e) => tracker.file_done(&local.display().to_string(), 0, Some(&e)),
