@@ -218,14 +218,36 @@ impl Transfer {
             }
         };
         self.ready().await;
-        match self.sftp.stat(remote_root).await {
-            Err(e) if e.is_not_found() => {
-                self.upload_new_tree(local_root, remote_root, entries).await
+        // Where a missing root would be staged is asked alongside: one round trip.
+        let staging = self.staging_for(remote_root, &entries);
+        let (root, staged) = match &staging {
+            Some(dir) => {
+                let (root, staged) =
+                    futures_util::future::join(self.sftp.stat(remote_root), self.sftp.stat(dir))
+                        .await;
+                (root, Some(staged))
+            }
+            None => (self.sftp.stat(remote_root).await, None),
+        };
+        match (root, staging.zip(staged)) {
+            (Err(e), Some((dir, found))) if e.is_not_found() => {
+                self.upload_staged(local_root, remote_root, entries, dir, found)
+                    .await
+            }
+            (Err(e), None) if e.is_not_found() => {
+                self.dirlocks.mark_missing(remote_root);
+                self.upload_entries(local_root, remote_root, entries).await
             }
             // Whatever else is wrong with it, the uploads into it say.
             _ => self.upload_entries(local_root, remote_root, entries).await,
         }
         self.take_report()
+    }
+
+    /// Where a new tree `remote_root` is staged: `None` with `inplace`, for an empty tree
+    /// (one MKDIR is atomic already) and for a root without a name of its own.
+    fn staging_for(&self, remote_root: &[u8], entries: &[LocalEntry]) -> Option<Vec<u8>> {
+        staging_dir(remote_root).filter(|_| !self.opts.inplace && !entries.is_empty())
     }
 
     /// Uploads the given entries of `local_root` under `remote_root`; results accumulate
@@ -259,15 +281,26 @@ impl Transfer {
         remote_root: &[u8],
         entries: Vec<LocalEntry>,
     ) {
-        let staging = match staging_dir(remote_root) {
-            Some(s) if !self.opts.inplace && !entries.is_empty() => s,
-            _ => {
-                self.dirlocks.mark_missing(remote_root);
-                return self.upload_entries(local_root, remote_root, entries).await;
-            }
+        let Some(staging) = self.staging_for(remote_root, &entries) else {
+            self.dirlocks.mark_missing(remote_root);
+            return self.upload_entries(local_root, remote_root, entries).await;
         };
         self.ready().await;
-        match self.sftp.stat(&staging).await {
+        let found = self.sftp.stat(&staging).await;
+        self.upload_staged(local_root, remote_root, entries, staging, found)
+            .await
+    }
+
+    /// [`Transfer::upload_new_tree`], given what a STAT of the staging directory found.
+    async fn upload_staged(
+        &self,
+        local_root: &Path,
+        remote_root: &[u8],
+        entries: Vec<LocalEntry>,
+        staging: Vec<u8>,
+        found: Result<FileAttributes>,
+    ) {
+        match found {
             Err(e) if e.is_not_found() => self.dirlocks.mark_missing(&staging),
             Ok(a) if a.is_dir() => {
                 log::info!("resuming the staged tree {}", lossy(&staging));
