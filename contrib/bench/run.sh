@@ -368,6 +368,19 @@ try() {
     TRY_SECS=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", b - a }')
 }
 
+# Waits (at most 5 s) until the test sshd has no session left. A client may exit before its
+# connections end: lftp leaves its ssh children behind, and with --parallel=8 their sshd
+# sessions linger ~1.7 s after it and then all close at once, in the next peer's timed run.
+settle_server() {
+    local _
+    [ -n "$SSHD_PID" ] || return 0
+    for _ in $(seq 100); do
+        pgrep -P "$SSHD_PID" >/dev/null || return 0
+        sleep 0.05
+    done
+    log "warning: sshd sessions still open before a timed run: $(pgrep -P "$SSHD_PID" | wc -l)"
+}
+
 # run_case PREP CMD CHECK: sets RUN_SECS (success) or RUN_ERR
 run_case() {
     RUN_SECS="" RUN_ERR=""
@@ -377,8 +390,10 @@ run_case() {
         try "$lo" "$le" "$1"
         if ((TRY_RC)); then RUN_ERR="prep: $(first_line "$lo") $(first_line "$le")"; return; fi
     fi
-    # Settle the disk first: the untimed preparation (often an rm -rf of the last copy) must
-    # not be written back during the timed command. Fair to every peer.
+    # Settle first: the untimed preparation (often an rm -rf of the last copy) must not be
+    # written back during the timed command, and the last command's connections must be
+    # gone. Fair to every peer.
+    settle_server
     sync
     try "$lo" "$le" "$2"
     if ((TRY_RC)); then
