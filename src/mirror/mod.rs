@@ -1133,30 +1133,14 @@ async fn run(sides: Sides, local: Result<Option<Snapshot>>, opts: &MirrorOptions
         }));
     }
 
-    if sides.staged && !t.sftp.channel().is_dead() {
+    if sides.staged {
         // Queued behind everything the tree got, directory times included.
-        // Never the remove + rename fallback: the root did not exist, and if it does now,
-        // it is not ours to remove.
-        let (staged, root) = (sides.remote_root.as_slice(), sides.remote_name.as_slice());
-        let moved = if t.sftp.has_extension(crate::proto::ext::POSIX_RENAME) {
-            t.sftp.posix_rename(staged, root).await
-        } else {
-            t.sftp.rename(staged, root).await
-        };
-        match moved {
-            Ok(()) => {}
-            // Nothing was staged: what failed to create it was reported already.
-            Err(e) if e.is_not_found() && failure_count(&t) > 0 => {}
-            Err(e) => fail(
-                &mut report,
-                format!(
-                    "{} (could not move the new tree into place; it stays in {})",
-                    sides.dest_name(b""),
-                    String::from_utf8_lossy(staged)
-                ),
-                e,
-            ),
-        }
+        t.move_staged_tree(
+            &sides.remote_root,
+            &sides.remote_name,
+            &sides.dest_name(b""),
+        )
+        .await;
     }
 
     {

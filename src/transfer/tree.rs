@@ -338,15 +338,22 @@ impl Transfer {
             staged: true,
         };
         self.upload_entries_to(local_root, &dest, entries).await;
+        self.move_staged_tree(&staging, remote_root, &lossy(remote_root))
+            .await;
+    }
+
+    /// Renames a staged tree onto its root at the end of an upload, recording a failure
+    /// under `shown` (the rename is skipped once the connection is lost: the staging
+    /// directory stays for a rerun). Never the remove + rename fallback: the root did not
+    /// exist, and if it does now, it is not ours to remove.
+    pub(crate) async fn move_staged_tree(&self, staging: &[u8], root: &[u8], shown: &str) {
         if self.sftp.channel().is_dead() {
             return;
         }
-        // Never remove + rename: the root did not exist, and if it does now, it is not
-        // ours to remove.
         let moved = if self.sftp.has_extension(crate::proto::ext::POSIX_RENAME) {
-            self.sftp.posix_rename(&staging, remote_root).await
+            self.sftp.posix_rename(staging, root).await
         } else {
-            self.sftp.rename(&staging, remote_root).await
+            self.sftp.rename(staging, root).await
         };
         match moved {
             Ok(()) => {}
@@ -354,9 +361,8 @@ impl Transfer {
             Err(e) if e.is_not_found() && !self.report.borrow().failures.is_empty() => {}
             Err(e) => self.record_failure(
                 format!(
-                    "{} (could not move the new tree into place; it stays in {})",
-                    lossy(remote_root),
-                    lossy(&staging)
+                    "{shown} (could not move the new tree into place; it stays in {})",
+                    lossy(staging)
                 ),
                 e,
             ),
