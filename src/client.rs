@@ -19,6 +19,12 @@ use crate::reactor::Channel;
 pub const DEFAULT_CHUNK: usize = 32 * 1024;
 /// The largest chunk sftpipe asks for, whatever the server allows.
 pub const MAX_CHUNK: usize = 256 * 1024;
+/// The smallest chunk, whatever the server claims (so a transfer always moves).
+pub const MIN_CHUNK: usize = 512;
+/// A WRITE's bytes besides its data, with a handle of the draft's maximum 256 bytes.
+const WRITE_OVERHEAD: usize = 4 + 1 + 4 + (4 + 256) + 8 + 4;
+/// A DATA reply's bytes besides its data.
+const DATA_OVERHEAD: usize = 4 + 1 + 4 + 4;
 /// The largest packet sftpipe accepts, whatever the server claims.
 const MAX_PACKET_CAP: usize = 16 << 20;
 
@@ -289,6 +295,66 @@ fn take_prefetched(
     Some(l.swap_remove(i).1)
 }
 
+/// Names the operation and path of a request the channel refused to send (too large).
+fn refused(e: Error, op: &'static str, path: &[u8]) -> Error {
+    match e {
+        Error::RequestTooLarge { size, max, .. } => Error::RequestTooLarge {
+            op,
+            path: String::from_utf8_lossy(path).into_owned(),
+            size,
+            max,
+        },
+        e => e,
+    }
+}
+
+/// `None` for a request refused as too large, which is then not asked ahead.
+fn skip_too_large(r: Result<PendingReply>) -> Result<Option<PendingReply>> {
+    match r {
+        Ok(p) => Ok(Some(p)),
+        Err(Error::RequestTooLarge { .. }) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// The operation a request performs, and its path when it has one (requests on a handle
+/// have none; their callers name the handle's path).
+fn subject(req: &Request) -> (&'static str, &[u8]) {
+    match req {
+        Request::Open { path, .. } => ("open", path),
+        Request::Close { .. } => ("close", b""),
+        Request::Read { .. } => ("read", b""),
+        Request::Write { .. } => ("write", b""),
+        Request::Lstat { path } => ("lstat", path),
+        Request::Fstat { .. } => ("fstat", b""),
+        Request::Setstat { path, .. } => ("setstat", path),
+        Request::Fsetstat { .. } => ("fsetstat", b""),
+        Request::Opendir { path } => ("opendir", path),
+        Request::Readdir { .. } => ("readdir", b""),
+        Request::Remove { path } => ("remove", path),
+        Request::Mkdir { path, .. } => ("mkdir", path),
+        Request::Rmdir { path } => ("rmdir", path),
+        Request::Realpath { path } => ("realpath", path),
+        Request::Stat { path } => ("stat", path),
+        Request::Rename { old, .. } => ("rename", old),
+        Request::Readlink { path } => ("readlink", path),
+        Request::Symlink { link, .. } => ("symlink", link),
+        Request::Extended(x) => match x {
+            ExtendedRequest::PosixRename { old, .. } => ("posix-rename", old),
+            ExtendedRequest::Statvfs { path } => ("statvfs", path),
+            ExtendedRequest::Fstatvfs { .. } => ("fstatvfs", b""),
+            ExtendedRequest::Hardlink { new, .. } => ("hardlink", new),
+            ExtendedRequest::Fsync { .. } => ("fsync", b""),
+            ExtendedRequest::Lsetstat { path, .. } => ("lsetstat", path),
+            ExtendedRequest::Limits => ("limits", b""),
+            ExtendedRequest::ExpandPath { path } => ("expand-path", path),
+            ExtendedRequest::CopyData { .. } => ("copy-data", b""),
+            ExtendedRequest::HomeDirectory { username } => ("home-directory", username),
+            ExtendedRequest::Other { .. } => ("extended", b""),
+        },
+    }
+}
+
 /// Interprets the reply to a WRITE.
 pub fn write_reply(path: &[u8], r: Response) -> Result<()> {
     expect_ok("write", path, r)
@@ -323,13 +389,20 @@ impl Sftp {
         let limits_pending = early(&Request::Extended(ExtendedRequest::Limits))?;
         let mut prefetched = Vec::new();
         for path in &prefetch.stats {
-            let pending = early(&Request::Stat { path: path.clone() })?;
+            // One the server would refuse is not asked: the STAT itself says why.
+            let Some(pending) = skip_too_large(early(&Request::Stat { path: path.clone() }))?
+            else {
+                continue;
+            };
             prefetched.push((path.clone(), pending));
         }
         let mut dirs = Vec::new();
         let guesses = prefetch.guessed_dirs.iter().map(|p| (p, true));
         for (path, guess) in prefetch.dirs.iter().map(|p| (p, false)).chain(guesses) {
-            let pending = early(&Request::Opendir { path: path.clone() })?;
+            let Some(pending) = skip_too_large(early(&Request::Opendir { path: path.clone() }))?
+            else {
+                continue;
+            };
             dirs.push(PrefetchedDir {
                 path: path.clone(),
                 pending,
@@ -378,9 +451,12 @@ impl Sftp {
                     Ok(l) => {
                         log::debug!("server limits {l:?}");
                         if l.max_packet_length > 0 {
-                            let max = (l.max_packet_length as usize)
-                                .clamp(proto::DEFAULT_MAX_PACKET, MAX_PACKET_CAP);
-                            chan.set_max_packet(max);
+                            let stated = usize::try_from(l.max_packet_length).unwrap_or(usize::MAX);
+                            chan.set_max_packet(
+                                stated.clamp(proto::DEFAULT_MAX_PACKET, MAX_PACKET_CAP),
+                            );
+                            // What we send, though, is held to exactly what it said.
+                            chan.set_max_request(stated);
                         }
                         limits.set(Some(l));
                         Some(l)
@@ -481,20 +557,52 @@ impl Sftp {
         self.inner.limits.get()
     }
 
-    /// Bytes per READ request.
+    /// Bytes per READ request by default: the most the server serves, else 32 KiB.
     pub fn read_chunk(&self) -> usize {
         match self.inner.limits.get() {
-            Some(l) if l.max_read_length > 0 => (l.max_read_length as usize).min(MAX_CHUNK),
-            _ => DEFAULT_CHUNK,
+            Some(l) if l.max_read_length > 0 => self.max_read_chunk(),
+            _ => self.max_read_chunk().min(DEFAULT_CHUNK),
         }
     }
 
-    /// Bytes per WRITE request.
+    /// Bytes per WRITE request by default: the most the server takes, else 32 KiB.
     pub fn write_chunk(&self) -> usize {
         match self.inner.limits.get() {
-            Some(l) if l.max_write_length > 0 => (l.max_write_length as usize).min(MAX_CHUNK),
-            _ => DEFAULT_CHUNK,
+            Some(l) if l.max_write_length > 0 => self.max_write_chunk(),
+            _ => self.max_write_chunk().min(DEFAULT_CHUNK),
         }
+    }
+
+    /// The most data one READ may ask for: the server's `max-read-length`, and what fits
+    /// its largest packet (see [`Sftp::max_request`]), at most [`MAX_CHUNK`].
+    pub fn max_read_chunk(&self) -> usize {
+        let limit = self.inner.limits.get().map_or(0, |l| l.max_read_length);
+        self.chunk_within(limit, DATA_OVERHEAD)
+    }
+
+    /// The most data one WRITE may carry: the server's `max-write-length`, and what fits
+    /// its largest packet with a handle of up to 256 bytes, at most [`MAX_CHUNK`].
+    pub fn max_write_chunk(&self) -> usize {
+        let limit = self.inner.limits.get().map_or(0, |l| l.max_write_length);
+        self.chunk_within(limit, WRITE_OVERHEAD)
+    }
+
+    /// `limit` (0: none stated) and the largest packet less `overhead`, within
+    /// [`MIN_CHUNK`]..=[`MAX_CHUNK`].
+    fn chunk_within(&self, limit: u64, overhead: usize) -> usize {
+        let by_packet = self.max_request().saturating_sub(overhead);
+        let by_limit = match usize::try_from(limit) {
+            Ok(0) | Err(_) => usize::MAX,
+            Ok(n) => n,
+        };
+        by_packet.min(by_limit).clamp(MIN_CHUNK, MAX_CHUNK)
+    }
+
+    /// The largest packet sent, its length field included: the server's
+    /// `max-packet-length` once known (see [`Sftp::limits`]), else 256 KiB (OpenSSH's).
+    /// A larger request fails alone with [`Error::RequestTooLarge`], unsent.
+    pub fn max_request(&self) -> usize {
+        self.inner.chan.max_request()
     }
 
     /// How many handles the server allows open at once, if it said.
@@ -516,7 +624,10 @@ impl Sftp {
     pub async fn submit(&self, req: &Request) -> Result<PendingReply> {
         let chan = &self.inner.chan;
         std::future::poll_fn(|cx| chan.poll_space(cx)).await?;
-        let id = chan.send(req)?;
+        let id = chan.send(req).map_err(|e| {
+            let (op, path) = subject(req);
+            refused(e, op, path)
+        })?;
         Ok(PendingReply {
             chan: chan.clone(),
             id,
@@ -528,7 +639,9 @@ impl Sftp {
     pub async fn submit_write(&self, h: &Handle, offset: u64, data: &[u8]) -> Result<PendingReply> {
         let chan = &self.inner.chan;
         std::future::poll_fn(|cx| chan.poll_space(cx)).await?;
-        let id = chan.send_with(|id, out| proto::encode_write(id, &h.raw, offset, data, out))?;
+        let id = chan
+            .send_with(|id, out| proto::encode_write(id, &h.raw, offset, data, out))
+            .map_err(|e| refused(e, "write", &h.path))?;
         Ok(PendingReply {
             chan: chan.clone(),
             id,
@@ -539,9 +652,12 @@ impl Sftp {
     /// Queues CLOSE for `h` and returns its reply to await; the handle counts as closed.
     pub async fn submit_close(&self, h: &Handle) -> Result<PendingReply> {
         let p = self
-            .submit(&Request::Close {
-                handle: h.raw.clone(),
-            })
+            .submit_on(
+                h,
+                &Request::Close {
+                    handle: h.raw.clone(),
+                },
+            )
             .await?;
         h.closed.set(true);
         Ok(p)
@@ -569,7 +685,8 @@ impl Sftp {
             .map_err(|e| Error::local("cannot read the file being uploaded", e))?;
             count = n;
             Ok(queued)
-        })?;
+        });
+        let id = id.map_err(|e| refused(e, "write", &h.path))?;
         Ok(id.map(|id| {
             (
                 PendingReply {
@@ -597,12 +714,14 @@ impl Sftp {
     ) -> Result<PendingReply> {
         let chan = &self.inner.chan;
         std::future::poll_fn(|cx| chan.poll_space(cx)).await?;
-        let id = chan.send_with_file(
-            |id, out| proto::encode_write_header(id, &h.raw, offset, len, out),
-            file,
-            file_offset,
-            len as usize,
-        )?;
+        let id = chan
+            .send_with_file(
+                |id, out| proto::encode_write_header(id, &h.raw, offset, len, out),
+                file,
+                file_offset,
+                len as usize,
+            )
+            .map_err(|e| refused(e, "write", &h.path))?;
         Ok(PendingReply {
             chan: chan.clone(),
             id,
@@ -613,6 +732,12 @@ impl Sftp {
     /// Sends a request and waits for its reply.
     pub async fn call(&self, req: Request) -> Result<Response> {
         self.submit(&req).await?.await
+    }
+
+    /// [`Sftp::submit`] of a request on `h`, naming its path if it is refused.
+    async fn submit_on(&self, h: &Handle, req: &Request) -> Result<PendingReply> {
+        let (op, _) = subject(req);
+        self.submit(req).await.map_err(|e| refused(e, op, &h.path))
     }
 
     fn handle(&self, raw: Vec<u8>, path: &[u8], read_only: bool) -> Handle {
@@ -665,11 +790,15 @@ impl Sftp {
     /// error: the server may return less than asked.
     pub async fn read(&self, h: &Handle, offset: u64, len: u32) -> Result<Option<Vec<u8>>> {
         let r = self
-            .call(Request::Read {
-                handle: h.raw.clone(),
-                offset,
-                len,
-            })
+            .submit_on(
+                h,
+                &Request::Read {
+                    handle: h.raw.clone(),
+                    offset,
+                    len,
+                },
+            )
+            .await?
             .await?;
         read_reply(&h.path, r)
     }
@@ -708,9 +837,13 @@ impl Sftp {
     /// Attributes of an open file.
     pub async fn fstat(&self, h: &Handle) -> Result<FileAttributes> {
         let r = self
-            .call(Request::Fstat {
-                handle: h.raw.clone(),
-            })
+            .submit_on(
+                h,
+                &Request::Fstat {
+                    handle: h.raw.clone(),
+                },
+            )
+            .await?
             .await?;
         expect_attrs("fstat", &h.path, r)
     }
@@ -730,10 +863,14 @@ impl Sftp {
     /// Changes attributes of an open file.
     pub async fn fsetstat(&self, h: &Handle, attrs: &FileAttributes) -> Result<()> {
         let r = self
-            .call(Request::Fsetstat {
-                handle: h.raw.clone(),
-                attrs: attrs.clone(),
-            })
+            .submit_on(
+                h,
+                &Request::Fsetstat {
+                    handle: h.raw.clone(),
+                    attrs: attrs.clone(),
+                },
+            )
+            .await?
             .await?;
         expect_ok("fsetstat", &h.path, r)
     }
@@ -835,9 +972,13 @@ impl Sftp {
     /// The next batch of entries; `None` when the directory is exhausted.
     pub async fn readdir(&self, h: &Handle) -> Result<Option<Vec<NameEntry>>> {
         let r = self
-            .call(Request::Readdir {
-                handle: h.raw.clone(),
-            })
+            .submit_on(
+                h,
+                &Request::Readdir {
+                    handle: h.raw.clone(),
+                },
+            )
+            .await?
             .await?;
         match r {
             Response::Name(n) => Ok(Some(n)),
@@ -868,7 +1009,7 @@ impl Sftp {
         let mut eof = false;
         while !eof {
             while pending.len() < READDIRS_IN_FLIGHT {
-                pending.push_back(self.submit(&readdir).await?);
+                pending.push_back(self.submit_on(&h, &readdir).await?);
             }
             let Some(reply) = pending.pop_front() else {
                 break;
@@ -1072,9 +1213,13 @@ impl Sftp {
     pub async fn fstatvfs(&self, h: &Handle) -> Result<Statvfs> {
         self.require(ext::FSTATVFS)?;
         let r = self
-            .call(Request::Extended(ExtendedRequest::Fstatvfs {
-                handle: h.raw.clone(),
-            }))
+            .submit_on(
+                h,
+                &Request::Extended(ExtendedRequest::Fstatvfs {
+                    handle: h.raw.clone(),
+                }),
+            )
+            .await?
             .await?;
         Ok(Statvfs::decode(&expect_extended("fstatvfs", &h.path, r)?)?)
     }
@@ -1083,9 +1228,13 @@ impl Sftp {
     pub async fn fsync(&self, h: &Handle) -> Result<()> {
         self.require(ext::FSYNC)?;
         let r = self
-            .call(Request::Extended(ExtendedRequest::Fsync {
-                handle: h.raw.clone(),
-            }))
+            .submit_on(
+                h,
+                &Request::Extended(ExtendedRequest::Fsync {
+                    handle: h.raw.clone(),
+                }),
+            )
+            .await?
             .await?;
         expect_ok("fsync", &h.path, r)
     }
@@ -1101,15 +1250,14 @@ impl Sftp {
         to_offset: u64,
     ) -> Result<()> {
         self.require(ext::COPY_DATA)?;
-        let r = self
-            .call(Request::Extended(ExtendedRequest::CopyData {
-                read_handle: from.raw.clone(),
-                read_offset: from_offset,
-                length,
-                write_handle: to.raw.clone(),
-                write_offset: to_offset,
-            }))
-            .await?;
+        let req = Request::Extended(ExtendedRequest::CopyData {
+            read_handle: from.raw.clone(),
+            read_offset: from_offset,
+            length,
+            write_handle: to.raw.clone(),
+            write_offset: to_offset,
+        });
+        let r = self.submit_on(to, &req).await?.await?;
         expect_ok("copy-data", &to.path, r)
     }
 
@@ -1126,6 +1274,14 @@ impl Sftp {
 
 fn relabel(e: Error, op: &'static str) -> Error {
     match e {
+        Error::RequestTooLarge {
+            path, size, max, ..
+        } => Error::RequestTooLarge {
+            op,
+            path,
+            size,
+            max,
+        },
         Error::Status {
             path,
             code,

@@ -76,6 +76,22 @@ pub enum Error {
     /// A bad argument: a refused host, an unsafe name, a malformed operand.
     #[error("{0}")]
     InvalidInput(String),
+    /// A request larger than the server accepts (its `max-packet-length`, else OpenSSH's
+    /// 256 KiB): refused before anything was sent, so the connection goes on.
+    #[error(
+        "{op} {path}: request too large for the server: {size} bytes, the server accepts at most {max}",
+        path = display_path(&shorten(path))
+    )]
+    RequestTooLarge {
+        /// The operation, e.g. "stat".
+        op: &'static str,
+        /// The remote path concerned (empty when none applies).
+        path: String,
+        /// The whole packet's size.
+        size: usize,
+        /// The largest packet the server accepts.
+        max: usize,
+    },
     /// Some of the files of a batch failed; each is listed.
     #[error("{} of {total} operations failed", failures.len())]
     Partial {
@@ -92,6 +108,19 @@ fn display_path(p: &str) -> String {
     } else {
         format!("'{p}'")
     }
+}
+
+/// A path cut to a readable length (a path too large for the server can be megabytes).
+fn shorten(p: &str) -> String {
+    const SHOWN: usize = 120;
+    if p.len() <= SHOWN {
+        return p.to_string();
+    }
+    let mut cut = SHOWN;
+    while !p.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}... ({} bytes)", &p[..cut], p.len())
 }
 
 impl Error {
@@ -139,7 +168,7 @@ impl Error {
             Error::Spawn { source, .. } | Error::Local { source, .. } => source.kind(),
             Error::Protocol(_) => io::ErrorKind::InvalidData,
             Error::Unsupported(_) => io::ErrorKind::Unsupported,
-            Error::InvalidInput(_) => io::ErrorKind::InvalidInput,
+            Error::InvalidInput(_) | Error::RequestTooLarge { .. } => io::ErrorKind::InvalidInput,
             Error::Partial { .. } => io::ErrorKind::Other,
         }
     }
@@ -171,6 +200,17 @@ impl Error {
                 source: io::Error::new(source.kind(), source.to_string()),
             },
             Error::InvalidInput(m) => Error::InvalidInput(m.clone()),
+            Error::RequestTooLarge {
+                op,
+                path,
+                size,
+                max,
+            } => Error::RequestTooLarge {
+                op,
+                path: path.clone(),
+                size: *size,
+                max: *max,
+            },
             Error::Partial { total, failures } => Error::Partial {
                 total: *total,
                 failures: failures

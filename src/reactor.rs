@@ -176,6 +176,8 @@ struct State {
     /// The smallest round trip measured.
     rtt_min: Option<Duration>,
     framer: Framer,
+    /// The largest packet sent, length field included (the server's limit).
+    max_request: usize,
     inflight: HashMap<u32, Slot>,
     next_id: u32,
     version: Option<(u32, proto::ExtensionPairs)>,
@@ -243,6 +245,7 @@ impl Channel {
                 rtt_probe: None,
                 rtt_min: None,
                 framer: Framer::new(proto::DEFAULT_MAX_PACKET),
+                max_request: proto::DEFAULT_MAX_REQUEST,
                 inflight: HashMap::new(),
                 next_id: 1,
                 version: None,
@@ -286,6 +289,17 @@ impl Channel {
     /// Sets the largest packet accepted from the server.
     pub fn set_max_packet(&self, max: usize) {
         self.state.borrow_mut().framer.set_max_packet(max);
+    }
+
+    /// Sets the largest packet sent (length field included): the server's
+    /// `max-packet-length`. Larger requests fail with [`Error::RequestTooLarge`].
+    pub fn set_max_request(&self, max: usize) {
+        self.state.borrow_mut().max_request = max;
+    }
+
+    /// The largest packet sent, length field included.
+    pub fn max_request(&self) -> usize {
+        self.state.borrow().max_request
     }
 
     fn dead_error(st: &State) -> Option<Error> {
@@ -334,29 +348,14 @@ impl Channel {
     }
 
     /// Queues a request built by `encode(id, out)`; returns its id. Does not wait for room:
-    /// callers await [`Channel::poll_space`] first.
+    /// callers await [`Channel::poll_space`] first. A request larger than
+    /// [`Channel::max_request`] is not sent: [`Error::RequestTooLarge`].
     pub fn send_with(&self, encode: impl FnOnce(u32, &mut Vec<u8>)) -> Result<u32> {
-        let mut st = self.state.borrow_mut();
-        if let Some(e) = Self::dead_error(&st) {
-            return Err(e);
-        }
-        if st.inflight.len() >= u32::MAX as usize / 2 {
-            return Err(Error::Protocol("too many requests in flight".into()));
-        }
-        let mut id = st.next_id;
-        while st.inflight.contains_key(&id) {
-            id = id.wrapping_add(1);
-        }
-        st.next_id = id.wrapping_add(1);
-        let queue_was_empty = st.out.is_empty();
-        Self::maybe_probe(&mut st, id, queue_was_empty);
-        st.out.push_with(|v| {
-            let start = v.len();
+        let id = self.try_send_with(|id, v| {
             encode(id, v);
-            trace_sent(id, &v[start..]);
-        });
-        st.inflight.insert(id, Slot::Waiting(None));
-        Ok(id)
+            Ok(true)
+        })?;
+        id.ok_or_else(|| Error::Protocol("a request was not queued".into()))
     }
 
     /// Queues a request whose last `len` bytes are `len` bytes of `file` from `offset`:
@@ -390,15 +389,30 @@ impl Channel {
         if let Some(e) = Self::dead_error(&st) {
             return Err(e);
         }
+        if st.inflight.len() >= u32::MAX as usize / 2 {
+            return Err(Error::Protocol("too many requests in flight".into()));
+        }
         let mut id = st.next_id;
         while st.inflight.contains_key(&id) {
             id = id.wrapping_add(1);
         }
         let queue_was_empty = st.out.is_empty();
+        let max = st.max_request;
         let sent = st.out.try_push_with(|v| {
             let start = v.len();
             let queued = encode(id, v)?;
             if queued {
+                // A server that gets a packet above its limit drops the connection, and
+                // every request in flight with it: such a request fails alone, unsent.
+                let size = packet_size(&v[start..]);
+                if size > max {
+                    return Err(Error::RequestTooLarge {
+                        op: proto::kind::name(v.get(start + 4).copied().unwrap_or(0)),
+                        path: String::new(),
+                        size,
+                        max,
+                    });
+                }
                 trace_sent(id, &v[start..]);
             }
             Ok::<bool, Error>(queued)
@@ -1057,6 +1071,15 @@ fn is_unsupported(e: &io::Error) -> bool {
         e.raw_os_error(),
         Some(libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP | libc::ESPIPE | libc::EOVERFLOW)
     )
+}
+
+/// The size of an encoded packet, length field included, by its length field (which also
+/// counts data queued behind it from a file).
+fn packet_size(packet: &[u8]) -> usize {
+    match packet.first_chunk::<4>() {
+        Some(len) => u32::from_be_bytes(*len) as usize + 4,
+        None => packet.len(),
+    }
 }
 
 /// Logs a queued request (type and id) at trace level, for latency diagnosis with `-vvv`.

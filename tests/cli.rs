@@ -424,6 +424,25 @@ fn resume_continues_partial_files() {
     assert_eq!(read_file(&inplace), data);
 }
 
+#[test]
+fn the_largest_buffer_is_lowered_to_what_openssh_accepts() {
+    // sftp-server drops the connection on a packet above 256 KiB: a WRITE of 256 KiB of
+    // data (plus its header) must be cut to its max-write-length, said once with -v.
+    let d = tempfile::tempdir().unwrap();
+    let data = random_bytes(3 << 20, 14);
+    let src = d.path().join("src.bin");
+    write_file(&src, &data);
+    for (sub, from, to) in [
+        ("put", &src, d.path().join("up.bin")),
+        ("get", &src, d.path().join("down.bin")),
+    ] {
+        let out = ok(local(&["-v", sub, "--buffer", "256K", &p(from), &p(&to)]));
+        assert!(read_file(&to) == data, "{sub}: the copy differs");
+        let err = text(&out.stderr);
+        assert_eq!(err.matches("lowered").count(), 1, "{sub}: {err}");
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // Simple operations
 // ---------------------------------------------------------------------------------------

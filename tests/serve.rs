@@ -691,6 +691,59 @@ fn concurrent_commands_with_ids_binary() {
     concurrent_ids(Wire::Binary);
 }
 
+#[test]
+fn a_request_too_large_for_the_server_fails_alone() {
+    // sftp-server exits on a packet above 256 KiB, which would fail every command in
+    // flight: a STAT of a 300,000-byte path must be refused unsent, while a transfer runs.
+    let (_t, d) = tempdir();
+    let data = random_bytes(4 << 20, 21);
+    write_file(d.join("big"), &data);
+    let huge = format!("{}/{}", s(&d), "x".repeat(300_000 - s(&d).len() - 1));
+    assert_eq!(huge.len(), 300_000);
+    let mut srv = Serve::local(&[]);
+    let mut batch = Vec::new();
+    for cmd in [
+        json!({"command": "PUT", "id": "put", "args": {"source": s(&d.join("big")), "dest": s(&d.join("copy"))}}),
+        json!({"command": "STAT", "id": "huge", "args": {"path": huge}}),
+        json!({"command": "STAT", "id": "dir", "args": {"path": s(&d)}}),
+    ] {
+        batch.extend(frame(Wire::Text, cmd.to_string().as_bytes()));
+    }
+    srv.send_raw(&batch);
+    let mut answers = HashMap::new();
+    for _ in 0..3 {
+        let a = srv.recv(Wire::Text);
+        answers.insert(a["id"].as_str().expect("string id").to_string(), a);
+    }
+    let a = &answers["huge"];
+    assert_eq!(
+        (&a["status"], &a["code"]),
+        (&json!("error"), &json!("invalid")),
+        "{a}"
+    );
+    let message = a["message"].as_str().unwrap();
+    assert!(
+        message.starts_with(&format!("stat '{}", s(&d))),
+        "{message}"
+    );
+    assert!(
+        message.contains(
+            "request too large for the server: 300013 bytes, the server accepts at most 262144"
+        ),
+        "{message}"
+    );
+    assert!(message.len() < 1000, "the path is shortened: {message}");
+    assert_eq!(answers["put"]["status"], "ok", "{}", answers["put"]);
+    assert_eq!(answers["dir"]["data"]["type"], "dir", "{}", answers["dir"]);
+    assert!(read_file(d.join("copy")) == data);
+    // The session goes on.
+    assert_eq!(
+        srv.ok(Wire::Text, "REALPATH", json!({"path": "/"})),
+        json!("/")
+    );
+    srv.finish();
+}
+
 fn idless_in_order(wire: Wire) {
     let (_t, d) = tempdir();
     let mut srv = Serve::local(&[]);

@@ -1561,3 +1561,92 @@ fn prefetched_stats_via_local_server() {
 fn prefetched_stats_via_sshd() {
     prefetched_stats(Via::Sshd);
 }
+
+// ---------------------------------------------------------------------------------------
+// Requests above the server's packet limit
+// ---------------------------------------------------------------------------------------
+
+/// A path of exactly `len` bytes inside `dir`.
+fn path_of_len(dir: &Path, len: usize) -> Vec<u8> {
+    let mut p = r(dir).to_vec();
+    p.push(b'/');
+    p.resize(len, b'x');
+    p
+}
+
+/// sftp-server exits on a packet above its limit (256 KiB), failing everything in flight:
+/// such a request must fail alone, before anything is sent, naming the operation and path.
+fn requests_too_large_for_the_server_fail_alone(via: Via) {
+    let env = connect_with(via, |o, dir| {
+        // Asked with the handshake, it would kill the connection before any operation.
+        o.prefetch.stats = vec![path_of_len(dir, 300_000)];
+        o.prefetch.dirs = vec![path_of_len(dir, 300_000)];
+    });
+    let (s, dir) = (&env.session, env.dir.path());
+    let sftp = s.sftp();
+    let huge = path_of_len(dir, 300_000);
+    let limit = s
+        .limits()
+        .expect("OpenSSH states its limits")
+        .max_packet_length;
+    assert_eq!(sftp.max_request() as u64, limit);
+    let e = s.stat(&huge).unwrap_err();
+    match &e {
+        Error::RequestTooLarge { op, size, max, .. } => {
+            assert_eq!((*op, *size, *max as u64), ("stat", 300_000 + 13, limit))
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+    let shown = e.to_string();
+    assert!(
+        shown.starts_with(&format!("stat '{}/xxx", dir.display())),
+        "{shown}"
+    );
+    assert!(
+        shown.ends_with(&format!(
+            "request too large for the server: 300013 bytes, the server accepts at most {limit}"
+        )),
+        "{shown}"
+    );
+    assert!(shown.len() < 1000, "the path is shortened: {shown}");
+    // The connection goes on, and a listing of the same path is refused the same way.
+    assert!(s.stat(r(dir)).unwrap().is_dir());
+    let e = s.read_dir(&huge).unwrap_err();
+    assert!(
+        matches!(e, Error::RequestTooLarge { op: "opendir", .. }),
+        "{e:?}"
+    );
+
+    // A WRITE above the limit fails alone too, naming the file; the handle stays usable.
+    let file = dir.join("f");
+    s.run(async {
+        let flags = OpenFlags::WRITE | OpenFlags::CREAT | OpenFlags::TRUNC;
+        let h = sftp
+            .open(r(&file), flags, &FileAttributes::default())
+            .await?;
+        let e = sftp.write(&h, 0, &vec![7; 300_000]).await.unwrap_err();
+        assert!(
+            matches!(e, Error::RequestTooLarge { op: "write", .. }),
+            "{e:?}"
+        );
+        assert!(e.to_string().contains(&*file.to_string_lossy()), "{e}");
+        let most = sftp.max_write_chunk();
+        sftp.write(&h, 0, &vec![7; most]).await?;
+        sftp.close(h).await
+    })
+    .unwrap();
+    let most = sftp.max_write_chunk() as u64;
+    assert!(most <= s.limits().unwrap().max_write_length);
+    assert_eq!(fs::metadata(&file).unwrap().len(), most);
+}
+
+#[test]
+fn requests_too_large_for_the_server_fail_alone_via_local_server() {
+    requests_too_large_for_the_server_fail_alone(Via::Local);
+}
+
+#[test]
+fn requests_too_large_for_the_server_fail_alone_via_sshd() {
+    requests_too_large_for_the_server_fail_alone(Via::Sshd);
+}

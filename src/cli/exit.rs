@@ -121,7 +121,7 @@ pub fn code_of(e: &Error) -> i32 {
         Error::Connection(_) | Error::Spawn { .. } => CONNECTION,
         Error::Protocol(_) | Error::Unsupported(_) => PROTOCOL,
         Error::Local { .. } => LOCAL,
-        Error::InvalidInput(_) => USAGE,
+        Error::InvalidInput(_) | Error::RequestTooLarge { .. } => USAGE,
         Error::Partial { failures, .. } => {
             if failures.iter().any(|(_, e)| is_connection(e)) {
                 CONNECTION

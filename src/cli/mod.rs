@@ -143,7 +143,8 @@ pub struct TransferArgs {
     #[arg(long, value_name = "N", default_value_t = sftpipe::transfer::DEFAULT_REQUESTS,
           value_parser = parse_requests)]
     pub requests: usize,
-    /// Bytes per read/write request (512 to 256K; suffixes K, M); default: the server's limit
+    /// Bytes per read/write request (512 to 256K; suffixes K, M), lowered to what the server
+    /// accepts; default: the server's limit
     #[arg(long, value_name = "SIZE", value_parser = parse_buffer)]
     pub buffer: Option<usize>,
     /// Remote files open at once; default: from the server's limits (else 64)

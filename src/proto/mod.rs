@@ -27,6 +27,11 @@ pub const SFTP_VERSION: u32 = 3;
 /// data plus room for the header, as OpenSSH's own client and server assume.
 pub const DEFAULT_MAX_PACKET: usize = 256 * 1024 + 1024;
 
+/// Default largest packet sent (length field included) when the server does not state its
+/// `max-packet-length`: OpenSSH's `sftp-server` has always dropped the connection on a
+/// packet above 256 KiB (its length field excluded; counting it leaves a margin).
+pub const DEFAULT_MAX_REQUEST: usize = 256 * 1024;
+
 /// Packet type bytes.
 pub mod kind {
     #![allow(missing_docs)]

@@ -81,7 +81,7 @@ impl Reply {
 /// server's generic refusal, also "already exists"), `eof`, `bad_message`, `unsupported`,
 /// `connection` (ssh or the connection failed: nothing more will work), `protocol`,
 /// `local` (a local file operation failed), `invalid` (e.g. a directory without
-/// `recursive`), `partial` (some entries of a tree failed).
+/// `recursive`, or a path too long for the server), `partial` (some entries of a tree failed).
 pub fn error_code(e: &Error) -> &'static str {
     match e {
         Error::Status { code, .. } => match code {
@@ -97,7 +97,7 @@ pub fn error_code(e: &Error) -> &'static str {
         Error::Protocol(_) => "protocol",
         Error::Unsupported(_) => "unsupported",
         Error::Local { .. } => "local",
-        Error::InvalidInput(_) => "invalid",
+        Error::InvalidInput(_) | Error::RequestTooLarge { .. } => "invalid",
         Error::Partial { failures, .. } => {
             if failures.iter().any(|(_, e)| error_code(e) == "connection") {
                 "connection"

@@ -14,7 +14,7 @@ use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use crate::client::Sftp;
+use crate::client::{MIN_CHUNK, Sftp};
 use crate::error::Error;
 use futures_util::StreamExt;
 use futures_util::future::{Either, select};
@@ -143,7 +143,7 @@ pub struct Transfer {
     pacer: Rc<RefCell<Pacer>>,
     pub(crate) progress: Rc<dyn Progress>,
     pub(crate) report: Rc<RefCell<Report>>,
-    /// Whether the server's limits were applied to `open_files` (shared by forks).
+    /// Whether [`Transfer::ready`] applied the server's limits (shared by forks).
     limits_applied: Rc<std::cell::Cell<bool>>,
     started: Instant,
 }
@@ -177,9 +177,7 @@ impl Transfer {
             open_files: Semaphore::new(max_open),
             budget: Semaphore::new(pacer.initial()),
             pacer: Rc::new(RefCell::new(pacer)),
-            limits_applied: Rc::new(std::cell::Cell::new(
-                opts.max_open.is_some() || sftp.server_limits().is_some(),
-            )),
+            limits_applied: Rc::new(std::cell::Cell::new(false)),
             opts: Rc::new(opts),
             progress,
             report: Rc::new(RefCell::new(Report::default())),
@@ -190,12 +188,22 @@ impl Transfer {
     /// Waits for the server's limits (asked during the handshake) and sizes the open-file
     /// limit from them. Every transfer calls it before choosing chunk sizes.
     pub async fn ready(&self) {
-        if self.limits_applied.get() {
+        // Cheap once answered; awaited even with --max-open, for the chunk sizes.
+        self.sftp.limits().await;
+        if self.limits_applied.replace(true) {
             return;
         }
-        self.sftp.limits().await;
-        if !self.limits_applied.replace(true) && self.opts.max_open.is_none() {
+        if self.opts.max_open.is_none() {
             self.open_files.set_capacity(default_max_open(&self.sftp));
+        }
+        if let Some(asked) = self.opts.chunk {
+            let (up, down) = (self.upload_chunk(), self.download_chunk());
+            if up < asked || down < asked {
+                log::info!(
+                    "buffer of {asked} bytes lowered to what the server accepts: {up} bytes \
+                     per write, {down} per read"
+                );
+            }
         }
         log::debug!(
             "transfer: {} requests/file, chunk {}, {} open files, {} bytes in flight",
@@ -299,18 +307,20 @@ impl Transfer {
         }
     }
 
+    /// Bytes per WRITE: the chosen chunk, within what the server accepts.
     fn upload_chunk(&self) -> usize {
-        self.opts
-            .chunk
-            .unwrap_or_else(|| self.sftp.write_chunk())
-            .clamp(512, crate::client::MAX_CHUNK)
+        match self.opts.chunk {
+            Some(c) => c.min(self.sftp.max_write_chunk()).max(MIN_CHUNK),
+            None => self.sftp.write_chunk(),
+        }
     }
 
+    /// Bytes per READ: the chosen chunk, within what the server serves.
     fn download_chunk(&self) -> usize {
-        self.opts
-            .chunk
-            .unwrap_or_else(|| self.sftp.read_chunk())
-            .clamp(512, crate::client::MAX_CHUNK)
+        match self.opts.chunk {
+            Some(c) => c.min(self.sftp.max_read_chunk()).max(MIN_CHUNK),
+            None => self.sftp.read_chunk(),
+        }
     }
 }
 
