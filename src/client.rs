@@ -649,7 +649,9 @@ impl Sftp {
         })
     }
 
-    /// Queues CLOSE for `h` and returns its reply to await; the handle counts as closed.
+    /// Queues CLOSE for `h` and returns its reply to await; the handle counts as closed
+    /// from then on (not before: a handle whose CLOSE was never queued, because this was
+    /// dropped while waiting for room or failed, sends it when dropped).
     pub async fn submit_close(&self, h: &Handle) -> Result<PendingReply> {
         let p = self
             .submit_on(
@@ -777,12 +779,8 @@ impl Sftp {
     /// Closes a file or directory handle; the server's verdict matters for writes (a
     /// failed CLOSE can mean lost data).
     pub async fn close(&self, h: Handle) -> Result<()> {
-        h.closed.set(true);
-        let r = self
-            .call(Request::Close {
-                handle: h.raw.clone(),
-            })
-            .await?;
+        // Dropped before the CLOSE is queued, `h` still sends it as it drops.
+        let r = self.submit_close(&h).await?.await?;
         expect_ok("close", &h.path, r)
     }
 

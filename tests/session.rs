@@ -1650,3 +1650,69 @@ fn requests_too_large_for_the_server_fail_alone_via_local_server() {
 fn requests_too_large_for_the_server_fail_alone_via_sshd() {
     requests_too_large_for_the_server_fail_alone(Via::Sshd);
 }
+
+/// The descriptors a process holds open.
+fn open_fds(pid: &str) -> usize {
+    fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("list the server's descriptors")
+        .count()
+}
+
+#[test]
+fn a_close_dropped_before_it_was_sent_still_closes_the_handle() {
+    use futures_util::FutureExt;
+    use sftpipe::proto::Request;
+    const FILES: usize = 20;
+    let d = scratch();
+    let pidfile = d.path().join("pid");
+    let session = Session::connect(&ConnectOptions::local_server(pid_recording_server(
+        d.path(),
+        &pidfile,
+    )))
+    .unwrap();
+    let src = d.path().join("src");
+    write_file(&src, b"data");
+    let sink = d.path().join("sink");
+    let pid = fs::read_to_string(&pidfile).unwrap().trim().to_string();
+    let before = open_fds(&pid);
+    let sftp = session.sftp().clone();
+    session
+        .run(async {
+            let mut handles = Vec::new();
+            for _ in 0..FILES {
+                handles.push(
+                    sftp.open(r(&src), OpenFlags::READ, &Default::default())
+                        .await?,
+                );
+            }
+            let flags = OpenFlags::WRITE | OpenFlags::CREAT | OpenFlags::TRUNC;
+            let w = sftp.open(r(&sink), flags, &Default::default()).await?;
+            // Queue 8 MiB of WRITEs without yielding to the event loop: the outgoing
+            // queue is then above its high-water mark, and a CLOSE waits for room.
+            let chan = sftp.channel();
+            for i in 0..64u64 {
+                let data = vec![1; 128 * 1024];
+                let write = Request::Write {
+                    handle: w.raw().to_vec(),
+                    offset: i * data.len() as u64,
+                    data,
+                };
+                chan.abandon(chan.send(&write)?);
+            }
+            for h in handles {
+                // Polled once, then dropped while it waits for room.
+                let pending = sftp.close(h).now_or_never();
+                assert!(pending.is_none(), "the CLOSE did not have to wait for room");
+            }
+            sftp.close(w).await?;
+            // Answered after everything queued before it (the server goes in order).
+            sftp.stat(r(d.path())).await
+        })
+        .unwrap();
+    assert_eq!(fs::metadata(&sink).unwrap().len(), 8 << 20);
+    assert_eq!(
+        open_fds(&pid),
+        before,
+        "server handles leaked by dropped closes"
+    );
+}
