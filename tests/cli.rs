@@ -9,7 +9,9 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use common::{Sshd, TEST_USER, random_bytes, read_file, sftp_server_path, write_file};
+use common::{
+    Sshd, TEST_USER, kill_once_a_file_grows, random_bytes, read_file, sftp_server_path, write_file,
+};
 
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
@@ -441,6 +443,197 @@ fn the_largest_buffer_is_lowered_to_what_openssh_accepts() {
         let err = text(&out.stderr);
         assert_eq!(err.matches("lowered").count(), 1, "{sub}: {err}");
     }
+}
+
+/// A `put` of `new` onto `dst`, killed (with its server) once its temporary file holds
+/// 40 MB; returns that file.
+fn interrupted_put(new: &Path, dst: &Path) -> PathBuf {
+    let server = p(&sftp_server_path());
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sftpipe"));
+    // Few small requests: slow enough to be caught midway.
+    cmd.args(["-D", &server, "put", "--requests", "2", "--buffer", "32768"])
+        .args([p(new), p(dst)]);
+    kill_once_a_file_grows(&mut cmd, dst.parent().unwrap(), ".sftpipe-tmp", 40_000_000)
+}
+
+fn temp_files(dir: &Path) -> Vec<String> {
+    fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".sftpipe-tmp"))
+        .collect()
+}
+
+/// The bytes the `--progress=json` summary counts.
+fn bytes_sent(out: &Output) -> u64 {
+    let stdout = text(&out.stdout);
+    let last = stdout.lines().last().unwrap_or_default();
+    let v: serde_json::Value = serde_json::from_str(last).expect(last);
+    assert_eq!(v["event"], "summary", "{stdout}");
+    v["bytes"].as_u64().unwrap()
+}
+
+#[test]
+fn put_a_after_an_interrupted_put_finishes_the_new_version() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path().join("dst");
+    let dst = dir.join("f.bin");
+    let old = random_bytes(30_000_000, 1);
+    write_file(&dst, &old);
+    set_mtime(&dst, 1_600_000_000);
+    // A leftover of another, older upload to the same name.
+    let stale = dir.join(".f.bin.1234abcd.sftpipe-tmp");
+    write_file(&stale, random_bytes(5_000_000, 3));
+    set_mtime(&stale, 1_600_000_000);
+    let src = d.path().join("new.bin");
+    let new = random_bytes(64_000_000, 2);
+    write_file(&src, &new);
+
+    let temp = interrupted_put(&src, &dst);
+    assert!(read_file(&dst) == old, "the old version was touched");
+    assert!(temp != stale);
+    let out = ok(local(&["-v", "put", "-a", &p(&src), &p(&dst)]));
+    assert!(
+        read_file(&dst) == new,
+        "not the new version\n{}",
+        explain(&out)
+    );
+    let err = text(&out.stderr);
+    assert!(err.contains("resuming"), "{err}");
+    assert_eq!(temp_files(&dir), Vec::<String>::new(), "{err}");
+}
+
+#[test]
+fn plain_put_rerun_resumes_its_temporary_file() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path().join("dst");
+    fs::create_dir(&dir).unwrap();
+    let dst = dir.join("f.bin");
+    let src = d.path().join("new.bin");
+    let new = random_bytes(64_000_000, 4);
+    write_file(&src, &new);
+
+    let temp = interrupted_put(&src, &dst);
+    let kept = fs::metadata(&temp).unwrap().len();
+    let out = ok(local(&["-v", "put", "--progress=json", &p(&src), &p(&dst)]));
+    let sent = bytes_sent(&out);
+    // Continued 16 MiB at most below what the interrupted run wrote.
+    assert!(
+        sent <= 64_000_000 - kept + (16 << 20),
+        "sent {sent} of 64000000 bytes, {kept} were there\n{}",
+        explain(&out)
+    );
+    assert!(text(&out.stderr).contains("resuming"), "{}", explain(&out));
+    assert!(read_file(&dst) == new, "not the new version");
+    assert_eq!(temp_files(&dir), Vec::<String>::new());
+}
+
+#[test]
+fn put_a_never_appends_to_a_file_that_is_not_a_prefix() {
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("src.bin");
+    let data = random_bytes(6_000_000, 5);
+    write_file(&src, &data);
+    set_mtime(&src, 1_700_000_000);
+    // 32 KiB requests: a partial copy is continued 2 MiB below its end.
+    let put_a = |dst: &Path| {
+        local(&[
+            "-v",
+            "put",
+            "-a",
+            "--buffer",
+            "32768",
+            "--progress=json",
+            &p(&src),
+            &p(dst),
+        ])
+    };
+    let other = random_bytes(4_000_000, 6);
+    for (name, mtime) in [("newer", None), ("older", Some(1_600_000_000))] {
+        // Different bytes: whatever the times say, the file is sent whole.
+        let dst = d.path().join(format!("other-{name}.bin"));
+        write_file(&dst, &other);
+        if let Some(t) = mtime {
+            set_mtime(&dst, t);
+        }
+        let out = ok(put_a(&dst));
+        assert!(
+            read_file(&dst) == data,
+            "{name}: corrupted\n{}",
+            explain(&out)
+        );
+        assert_eq!(bytes_sent(&out), 6_000_000, "{name}");
+    }
+    // The source's first bytes, but last modified before the source was: maybe an older
+    // version that differs elsewhere. Refused, untouched.
+    let dst = d.path().join("older-prefix.bin");
+    write_file(&dst, &data[..4_000_000]);
+    set_mtime(&dst, 1_600_000_000);
+    let out = put_a(&dst);
+    assert_eq!(code(&out), 2, "{}", explain(&out));
+    assert!(
+        explain(&out).contains("with plain put"),
+        "{}",
+        explain(&out)
+    );
+    assert!(read_file(&dst) == data[..4_000_000]);
+    // Written after the source changed: continued in place.
+    let dst = d.path().join("newer-prefix.bin");
+    write_file(&dst, &data[..4_000_000]);
+    let out = ok(put_a(&dst));
+    assert!(read_file(&dst) == data);
+    assert_eq!(bytes_sent(&out), 6_000_000 - (4_000_000 - (2 << 20)));
+}
+
+#[test]
+fn get_a_never_appends_to_a_file_that_is_not_a_prefix() {
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("src.bin");
+    let data = random_bytes(6_000_000, 7);
+    write_file(&src, &data);
+    set_mtime(&src, 1_700_000_000);
+    let get_a = |dst: &Path| {
+        local(&[
+            "get",
+            "-a",
+            "--buffer",
+            "32768",
+            "--progress=json",
+            &p(&src),
+            &p(dst),
+        ])
+    };
+    let other = random_bytes(4_000_000, 8);
+    for (name, mtime) in [("newer", None), ("older", Some(1_600_000_000))] {
+        let dst = d.path().join(format!("other-{name}.bin"));
+        write_file(&dst, &other);
+        if let Some(t) = mtime {
+            set_mtime(&dst, t);
+        }
+        let out = ok(get_a(&dst));
+        assert!(
+            read_file(&dst) == data,
+            "{name}: corrupted\n{}",
+            explain(&out)
+        );
+        assert_eq!(bytes_sent(&out), 6_000_000, "{name}");
+    }
+    let dst = d.path().join("older-prefix.bin");
+    write_file(&dst, &data[..4_000_000]);
+    set_mtime(&dst, 1_600_000_000);
+    let out = get_a(&dst);
+    assert_eq!(code(&out), 2, "{}", explain(&out));
+    assert!(
+        explain(&out).contains("with plain get"),
+        "{}",
+        explain(&out)
+    );
+    assert!(read_file(&dst) == data[..4_000_000]);
+    let dst = d.path().join("newer-prefix.bin");
+    write_file(&dst, &data[..4_000_000]);
+    let out = ok(get_a(&dst));
+    assert!(read_file(&dst) == data);
+    assert_eq!(bytes_sent(&out), 6_000_000 - (4_000_000 - (2 << 20)));
 }
 
 // ---------------------------------------------------------------------------------------

@@ -557,19 +557,67 @@ fn huge_length_prefix_is_refused_without_allocating_and_ends_cleanly() {
     let a = srv.recv(Wire::Binary);
     assert_eq!(a["status"], "fail", "{a}");
     assert!(a["message"].as_str().unwrap().contains("4294967295"), "{a}");
-    // The stream cannot be resynchronised: the server ends although input stays open.
+    // The stream cannot be resynchronised: the server ends although input stays open,
+    // and says that it stopped reading.
     let _ = srv.stdin.as_mut().unwrap().write_all(b"more");
     let (status, stderr) = srv.wait();
-    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("no further input is read"), "{stderr}");
+}
+
+#[test]
+fn input_in_no_framing_is_refused_and_exits_non_zero() {
+    // `echo 'hello world' | sftpipe serve`: not text ('h' is not '{'), and as a length
+    // prefix absurd. Nothing after it runs.
+    let (_t, d) = tempdir();
+    let mut srv = Serve::local(&[]);
+    srv.send_raw(b"hello world\n");
+    srv.send(
+        Wire::Text,
+        &json!({"command": "MKDIR", "args": {"path": s(&d.join("x"))}}),
+    );
+    srv.close_input();
+    let a = srv.recv(Wire::Text);
+    assert_eq!(a["status"], "fail", "{a}");
+    let m = a["message"].as_str().unwrap();
+    assert!(
+        m.contains("neither JSON lines nor length-prefixed JSON"),
+        "{m}"
+    );
+    assert!(m.contains("hello world"), "{m}");
+    let (status, stderr) = srv.wait();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("sftpipe: serve: input is neither JSON lines nor length-prefixed JSON"),
+        "{stderr}"
+    );
+    assert!(!d.join("x").exists());
+
+    // Told from the first bytes at once, without waiting for a whole length prefix nor
+    // for the end of input.
+    let mut srv = Serve::local(&[]);
+    srv.send_raw(b"hi");
+    let a = srv.recv(Wire::Text);
+    assert!(a["message"].as_str().unwrap().contains("\"hi\""), "{a}");
+    let (status, stderr) = srv.wait();
+    assert_eq!(status.code(), Some(1), "{stderr}");
 }
 
 #[test]
 fn forced_binary_framing_refuses_text() {
     let mut srv = Serve::local(&["--binary"]);
     srv.send_raw(b"{\"command\": \"STAT\"}\n");
-    assert_eq!(srv.recv(Wire::Binary)["status"], "fail");
-    let (status, _) = srv.wait();
-    assert_eq!(status.code(), Some(0));
+    let a = srv.recv(Wire::Binary);
+    assert_eq!(a["status"], "fail");
+    assert!(
+        a["message"]
+            .as_str()
+            .unwrap()
+            .contains("not length-prefixed JSON"),
+        "{a}"
+    );
+    let (status, stderr) = srv.wait();
+    assert_eq!(status.code(), Some(1), "{stderr}");
 }
 
 #[test]

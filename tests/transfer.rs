@@ -663,14 +663,21 @@ fn resume_completes_partial_downloads_and_uploads() {
     let sshd = Sshd::start();
     let s = connect(&sshd_options(&sshd));
     let d = scratch();
+    // 32 KiB requests, 64 in flight: a partial copy is continued 2 MiB below its end (a
+    // server that reorders WRITEs may have left holes there).
+    const REWIND: u64 = 2 * MIB;
     let resume = TransferOptions {
         resume: true,
+        chunk: Some(32 * 1024),
         ..opts()
     };
-    let size: u64 = 3 * MIB + 12_345;
+    let size: u64 = 8 * MIB + 12_345;
     let half = size / 2;
     let src = d.path().join("src.bin");
     make_big_file(&src, size, 42);
+    // Older than the copies made below: a copy with the source's size and time (to the
+    // second) counts as complete.
+    set_times(&src, 1_600_000_000, 1_600_000_000);
     let data = read_file(&src);
 
     // Download: the local file holds the first half, with one byte changed so that a
@@ -679,20 +686,26 @@ fn resume_completes_partial_downloads_and_uploads() {
     let mut first = data[..half as usize].to_vec();
     first[10] ^= 0xff;
     write_file(&local, &first);
-    assert_eq!(s.get(r(&src), &local, &resume).unwrap(), size - half);
+    assert_eq!(
+        s.get(r(&src), &local, &resume).unwrap(),
+        size - (half - REWIND)
+    );
     let got = read_file(&local);
     assert_eq!(got.len() as u64, size);
     assert_eq!(got[10], first[10], "the existing part was fetched again");
     assert_eq!(&got[11..], &data[11..]);
-    // Fixed up and resumed again: nothing left to fetch, sha matches.
+    // Fixed up and resumed again: only the last window is fetched again.
     write_file(&local, &data);
-    assert_eq!(s.get(r(&src), &local, &resume).unwrap(), 0);
+    assert_eq!(s.get(r(&src), &local, &resume).unwrap(), REWIND);
     assert_eq!(sha256_file(&local), sha256_file(&src));
 
     // Upload: the remote copy is cut to half, with one byte changed.
     let remote = d.path().join("partial-upload.bin");
     write_file(&remote, &first);
-    assert_eq!(s.put(&src, r(&remote), &resume).unwrap(), size - half);
+    assert_eq!(
+        s.put(&src, r(&remote), &resume).unwrap(),
+        size - (half - REWIND)
+    );
     let got = read_file(&remote);
     assert_eq!(got.len() as u64, size);
     assert_eq!(got[10], first[10], "the existing part was sent again");
@@ -700,12 +713,24 @@ fn resume_completes_partial_downloads_and_uploads() {
     // Really truncated (via the library) and resumed: sha matches.
     fs::copy(&src, &remote).unwrap();
     s.truncate(r(&remote), half).unwrap();
-    assert_eq!(s.put(&src, r(&remote), &resume).unwrap(), size - half);
+    assert_eq!(
+        s.put(&src, r(&remote), &resume).unwrap(),
+        size - (half - REWIND)
+    );
     assert_eq!(sha256_file(&remote), sha256_file(&src));
     assert!(temp_files_in(d.path()).is_empty());
-    // Resuming a complete upload sends nothing.
-    assert_eq!(s.put(&src, r(&remote), &resume).unwrap(), 0);
+    // Resuming a complete upload sends only the last window again.
+    assert_eq!(s.put(&src, r(&remote), &resume).unwrap(), REWIND);
     assert_eq!(sha256_file(&remote), sha256_file(&src));
+    // With -p times, a copy with the source's size and time is complete: nothing moves.
+    let keep = TransferOptions {
+        preserve_times: true,
+        ..resume.clone()
+    };
+    s.put(&src, r(&remote), &keep).unwrap();
+    assert_eq!(s.put(&src, r(&remote), &keep).unwrap(), 0);
+    s.get(r(&src), &local, &keep).unwrap();
+    assert_eq!(s.get(r(&src), &local, &keep).unwrap(), 0);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -713,7 +738,7 @@ fn resume_completes_partial_downloads_and_uploads() {
 // ---------------------------------------------------------------------------------------
 
 #[test]
-fn server_killed_mid_upload_leaves_no_partial_file_and_a_rerun_completes() {
+fn server_killed_mid_upload_leaves_no_partial_file_and_a_rerun_resumes_it() {
     let d = scratch();
     let src = d.path().join("big.src");
     make_big_file(&src, 200 * MIB, 200);
@@ -750,10 +775,12 @@ fn server_killed_mid_upload_leaves_no_partial_file_and_a_rerun_completes() {
         assert!(is_temp(name.as_bytes()), "unexpected {name:?}");
     }
 
-    // A rerun with a healthy server completes.
+    // A rerun with a healthy server completes, continuing the temporary file.
     let s = connect(&local_options());
-    assert_eq!(s.put(&src, r(&target), &opts()).unwrap(), 200 * MIB);
+    let sent = s.put(&src, r(&target), &opts()).unwrap();
+    assert!(sent < 200 * MIB, "the interrupted upload was not resumed");
     assert_eq!(sha256_file(&target), want);
+    assert!(temp_files_in(&dest_dir).is_empty());
 }
 
 #[test]

@@ -48,8 +48,11 @@ login directory; local paths are relative to the current directory):
 Example:
   echo '{\"command\": \"LISTDIR\", \"args\": {\"path\": \"/tmp\"}}' | sftpipe serve host:
 
-Exit status: 0 when input ended (or the client went away); 5 when the connection
-failed (then standard input is not read) or was lost; 2 for a usage error.";
+Exit status: 0 when input ended (or the client went away); 1 when reading stopped
+early: input in neither framing (a line not starting with '{' such as 'hello world'),
+a binary length over the maximum, or a read error (the rest is neither read nor run);
+5 when the connection failed (then standard input is not read) or was lost; 2 for a
+usage error.";
 
 /// `serve` arguments.
 #[derive(Debug, Args)]
@@ -139,6 +142,10 @@ pub fn serve(g: &GlobalArgs, a: &ServeArgs) -> Result<i32, CliError> {
         }
         exit::report(message);
         return Ok(exit::CONNECTION);
+    }
+    if let Some(why) = summary.input_abandoned {
+        exit::report(format!("serve: {why}"));
+        return Ok(exit::FAILED);
     }
     Ok(exit::SUCCESS)
 }

@@ -36,7 +36,8 @@ pub struct GetArgs {
     /// Copy a directory and everything below it
     #[arg(short = 'r', long = "recursive")]
     pub recursive: bool,
-    /// Resume: continue partial local files from their size
+    /// Resume: continue a partial local file that is a prefix of REMOTE (a file with other
+    /// bytes is downloaded whole; one that may be an older version is refused)
     #[arg(short = 'a', long = "resume")]
     pub resume: bool,
     /// Transfer tuning
@@ -68,7 +69,9 @@ pub struct PutArgs {
     /// Copy directories and everything below them
     #[arg(short = 'r', long = "recursive")]
     pub recursive: bool,
-    /// Resume: continue partial remote files from their size (in place)
+    /// Resume: continue an interrupted upload's temporary file, or a partial remote file
+    /// in place, when it is a prefix of LOCAL (else upload whole; refuse one that may be an
+    /// older version), then remove the target's leftover temporary files
     #[arg(short = 'a', long = "resume")]
     pub resume: bool,
     /// Upload-only options

@@ -4,7 +4,17 @@
 //! ASCII white space is *text* (one JSON object ended by `\n`); anything else is *binary*
 //! (a big-endian `u32` length, then that many bytes of JSON). Both are bounded: a
 //! length prefix over the maximum is refused before anything is allocated for it, and a
-//! text line is never buffered beyond the maximum.
+//! text line is never buffered beyond the maximum. Input in neither framing (text that
+//! does not start with `{`, whose first bytes make an absurd length) is told from its
+//! first byte, without waiting for more.
+
+/// A length prefix announcing at least this much (and more than the maximum) is taken
+/// for input in no framing rather than for a message too large: no sender writes 64 MiB
+/// of JSON, and any printable ASCII first byte makes a length of 512 MiB or more.
+pub const IMPLAUSIBLE_LENGTH: u64 = 64 << 20;
+
+/// Bytes of unrecognised input kept to show what it was.
+const HEAD: usize = 32;
 
 /// How one message is framed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,6 +44,16 @@ pub enum Frame {
         declared: Option<u64>,
         /// The maximum.
         max: usize,
+    },
+    /// Input in no framing (or, with binary forced, not binary): a first byte that does
+    /// not start a text message, and a length prefix of at least
+    /// [`IMPLAUSIBLE_LENGTH`], over the maximum — e.g. a line of text not starting with
+    /// `{`. Reported as soon as its first byte arrives; the decoder is closed.
+    Unrecognised {
+        /// The first bytes of the input from there (at most 32).
+        head: Vec<u8>,
+        /// Whether binary framing was forced (else text would have been accepted).
+        forced: bool,
     },
     /// The input ended inside a binary message.
     Truncated {
@@ -89,7 +109,8 @@ impl Decoder {
         }
     }
 
-    /// True once a binary length over the maximum made the stream unusable.
+    /// True once a binary length over the maximum, or input in no framing, made the
+    /// stream unusable.
     pub fn is_closed(&self) -> bool {
         self.closed
     }
@@ -143,12 +164,24 @@ impl Decoder {
 
     fn next_binary(&mut self) -> Option<Frame> {
         let avail = &self.buf[self.pos..];
-        let prefix: [u8; 4] = avail.get(..4)?.try_into().ok()?;
+        // The least length the prefix can announce, known from its first byte on.
+        let mut prefix = [0u8; 4];
+        let have = avail.len().min(4);
+        prefix[..have].copy_from_slice(&avail[..have]);
         let len = u32::from_be_bytes(prefix) as u64;
+        if len > self.max as u64 && len >= IMPLAUSIBLE_LENGTH {
+            let head = avail[..avail.len().min(HEAD)].to_vec();
+            self.close();
+            return Some(Frame::Unrecognised {
+                head,
+                forced: self.forced == Some(Framing::Binary),
+            });
+        }
+        if have < 4 {
+            return None;
+        }
         if len > self.max as u64 {
-            self.closed = true;
-            self.buf = Vec::new();
-            self.pos = 0;
+            self.close();
             return Some(Frame::Oversized {
                 framing: Framing::Binary,
                 declared: Some(len),
@@ -166,6 +199,13 @@ impl Decoder {
             framing: Framing::Binary,
             body,
         })
+    }
+
+    /// Stops decoding for good (the stream cannot be resynchronised), freeing the buffer.
+    fn close(&mut self) {
+        self.closed = true;
+        self.buf = Vec::new();
+        self.pos = 0;
     }
 
     fn next_text(&mut self) -> Option<Frame> {
@@ -302,12 +342,15 @@ mod tests {
     #[test]
     fn huge_prefix_closes_without_allocating() {
         let mut d = Decoder::new(None, 1 << 24);
-        d.feed(&[0xff, 0xff, 0xff, 0xff, b'x']);
+        d.feed(&[0x03, 0xff, 0xff]);
+        // Under IMPLAUSIBLE_LENGTH: the whole prefix is awaited to say what it announces.
+        assert_eq!(d.next_frame(), None);
+        d.feed(&[0xff, b'x']);
         assert_eq!(
             d.next_frame(),
             Some(Frame::Oversized {
                 framing: Framing::Binary,
-                declared: Some(0xffff_ffff),
+                declared: Some(0x03ff_ffff),
                 max: 1 << 24
             })
         );
@@ -316,6 +359,37 @@ mod tests {
         d.feed(b"{\"a\":1}\n");
         assert_eq!(d.next_frame(), None);
         assert_eq!(d.finish(), None);
+    }
+
+    #[test]
+    fn input_in_no_framing_is_told_from_its_first_byte() {
+        let mut d = Decoder::new(None, 1 << 24);
+        d.feed(b"{}\nh");
+        assert_eq!(d.next_frame(), msg(Framing::Text, b"{}"));
+        // One byte of "hello world" is enough: no prefix starting with 'h' is plausible.
+        assert_eq!(
+            d.next_frame(),
+            Some(Frame::Unrecognised {
+                head: b"h".to_vec(),
+                forced: false
+            })
+        );
+        assert!(d.is_closed());
+        d.feed(b"ello world\n{}\n");
+        assert_eq!(d.next_frame(), None);
+        assert_eq!(d.finish(), None);
+
+        let mut d = Decoder::new(None, 1 << 24);
+        d.feed(&[0xff; 40]);
+        assert!(matches!(
+            d.next_frame(),
+            Some(Frame::Unrecognised { head, .. }) if head.len() == HEAD
+        ));
+        // A maximum above IMPLAUSIBLE_LENGTH admits what it admits.
+        let mut d = Decoder::new(None, 1 << 30);
+        d.feed(&[0x05, 0, 0]);
+        assert_eq!(d.next_frame(), None);
+        assert!(!d.is_closed());
     }
 
     #[test]
@@ -349,13 +423,13 @@ mod tests {
         assert_eq!(d.next_frame(), msg(Framing::Text, b"[1]"));
         let mut d = Decoder::new(Some(Framing::Binary), 100);
         d.feed(b"{\"a\":1}\n");
-        assert!(matches!(
+        assert_eq!(
             d.next_frame(),
-            Some(Frame::Oversized {
-                framing: Framing::Binary,
-                ..
+            Some(Frame::Unrecognised {
+                head: b"{\"a\":1}\n".to_vec(),
+                forced: true
             })
-        ));
+        );
     }
 
     #[test]

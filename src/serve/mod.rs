@@ -28,15 +28,18 @@
 //! without bound.
 //!
 //! End of input ends the server once every pending command is answered. A binary length
-//! over the maximum cannot be skipped (where would the next message start?), so after
-//! answering it the server stops reading and ends likewise.
+//! over the maximum cannot be skipped (where would the next message start?), nor can
+//! input in neither framing (`hello world`: not `{`, and an absurd length), so after
+//! answering it the server stops reading, ends likewise, and says why in
+//! [`ServeSummary::input_abandoned`].
 //!
 //! ```no_run
 //! use sftpipe::{ConnectOptions, Session, serve};
 //! # fn main() -> sftpipe::Result<()> {
 //! let session = Session::connect(&ConnectOptions::host("files.example.org"))?;
 //! let summary = serve::serve_stdio(&session, &serve::ServeOptions::default())?;
-//! std::process::exit(if summary.connection_lost { 5 } else { 0 });
+//! let code = if summary.connection_lost { 5 } else if summary.input_abandoned.is_some() { 1 } else { 0 };
+//! std::process::exit(code);
 //! # }
 //! ```
 
@@ -97,9 +100,10 @@ pub struct ServeSummary {
     pub connection_lost: bool,
     /// The output could not be written (the client went away); answers were dropped.
     pub output_closed: bool,
-    /// Reading stopped before the end of input: a binary length over the maximum, or a
-    /// read error.
-    pub input_abandoned: bool,
+    /// Reading stopped before the end of input, and why: a binary length over the
+    /// maximum, input in neither framing, or a read error. The rest of the input was not
+    /// read, so commands in it were neither run nor answered.
+    pub input_abandoned: Option<String>,
 }
 
 /// Where answers go: written whole, one at a time.
@@ -158,11 +162,16 @@ pub async fn serve(
     loop {
         while let Some(frame) = decoder.next_frame() {
             summary.messages += 1;
-            dispatch(frame, &exec, &out, &slots, &mut lane).await;
+            let (framing, id, work) = interpret(frame);
+            if decoder.is_closed()
+                && let Work::Fail(why) = &work
+            {
+                summary.input_abandoned = Some(why.clone());
+            }
+            dispatch(framing, id, work, &exec, &out, &slots, &mut lane).await;
         }
         if decoder.is_closed() {
-            log::warn!("serve: binary framing lost; no longer reading the input");
-            summary.input_abandoned = true;
+            log::info!("serve: framing lost; no longer reading the input");
             break;
         }
         if out.closed.get() {
@@ -172,15 +181,15 @@ pub async fn serve(
             Ok(0) => {
                 if let Some(frame) = decoder.finish() {
                     summary.messages += 1;
-                    dispatch(frame, &exec, &out, &slots, &mut lane).await;
+                    let (framing, id, work) = interpret(frame);
+                    dispatch(framing, id, work, &exec, &out, &slots, &mut lane).await;
                 }
                 log::debug!("serve: end of input");
                 break;
             }
             Ok(n) => decoder.feed(&buf[..n]),
             Err(e) => {
-                log::error!("serve: cannot read the input: {e}");
-                summary.input_abandoned = true;
+                summary.input_abandoned = Some(format!("cannot read the input: {e}"));
                 break;
             }
         }
@@ -196,16 +205,9 @@ pub async fn serve(
     summary
 }
 
-/// Starts the task for one frame once a slot is free.
-async fn dispatch(
-    frame: Frame,
-    exec: &Rc<Executor>,
-    out: &Rc<Output>,
-    slots: &Semaphore,
-    lane: &mut Option<JoinHandle<()>>,
-) {
-    let permit = slots.acquire(1).await;
-    let (framing, id, work) = match frame {
+/// What a frame asks for, the framing to answer in, and the command's id.
+fn interpret(frame: Frame) -> (Framing, Option<Value>, Work) {
+    match frame {
         Frame::Message { framing, body } => match parse_request(&body) {
             Ok(r) => (framing, r.id, Work::Run(r.command)),
             Err(bad) => (framing, bad.id, Work::Fail(bad.message)),
@@ -227,6 +229,7 @@ async fn dispatch(
             None,
             Work::Fail(format!("line exceeds the maximum of {max} bytes; skipped")),
         ),
+        Frame::Unrecognised { head, forced } => unrecognised(&head, forced),
         Frame::Truncated { have, want } => (
             Framing::Binary,
             None,
@@ -235,7 +238,45 @@ async fn dispatch(
                 None => format!("input ended inside a length prefix ({have} of 4 bytes)"),
             }),
         ),
+    }
+}
+
+/// The answer to input in no framing: in text when it looks like text (unless binary is
+/// forced), since whoever typed `hello world` reads lines.
+fn unrecognised(head: &[u8], forced: bool) -> (Framing, Option<Value>, Work) {
+    let what = if forced {
+        "input is not length-prefixed JSON (--binary)"
+    } else {
+        "input is neither JSON lines nor length-prefixed JSON"
     };
+    let texty = head.first().is_some_and(|b| b.is_ascii_graphic());
+    let mut message = format!("{what}: it starts with \"{}\"", head.escape_ascii());
+    if let (false, Some(p)) = (texty, head.first_chunk::<4>()) {
+        message.push_str(&format!(
+            ", which as a length prefix announces {} bytes",
+            u32::from_be_bytes(*p)
+        ));
+    }
+    message.push_str("; no further input is read");
+    let framing = if texty && !forced {
+        Framing::Text
+    } else {
+        Framing::Binary
+    };
+    (framing, None, Work::Fail(message))
+}
+
+/// Starts the task for one frame once a slot is free.
+async fn dispatch(
+    framing: Framing,
+    id: Option<Value>,
+    work: Work,
+    exec: &Rc<Executor>,
+    out: &Rc<Output>,
+    slots: &Semaphore,
+    lane: &mut Option<JoinHandle<()>>,
+) {
+    let permit = slots.acquire(1).await;
     let concurrent = id.is_some();
     let (exec, out) = (exec.clone(), out.clone());
     let job = async move {

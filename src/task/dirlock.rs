@@ -150,6 +150,17 @@ impl DirLocks {
         }
     }
 
+    /// True when this batch created `dir` (or is creating it, or knows it missing): nothing
+    /// an earlier run left can be inside.
+    pub fn is_new(&self, dir: &[u8]) -> bool {
+        let dir = trim_trailing_slashes(dir);
+        let created = matches!(
+            self.states.borrow().get(dir),
+            Some(DirState::Exists { new: true }) | Some(DirState::Submitted(_))
+        );
+        created || self.known_missing(dir)
+    }
+
     /// True when `dir` cannot exist yet and nobody has started creating it: it is marked
     /// missing, or lies below a directory that is missing, new, or being created.
     fn known_missing(&self, dir: &[u8]) -> bool {

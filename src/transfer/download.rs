@@ -10,6 +10,7 @@ use futures_util::stream::FuturesUnordered;
 
 use super::Transfer;
 use super::pace::Ask;
+use super::resume::{Judgement, judge};
 use crate::client::read_reply;
 use crate::error::{Error, Result};
 use crate::proto::{FileAttributes, OpenFlags, Request};
@@ -81,15 +82,13 @@ impl Transfer {
         };
         let lctx = |e| Error::local(format!("cannot write {}", local.display()), e);
         let mode = attrs.permissions.unwrap_or(0o644) & 0o777;
-        let mut start = 0;
-        if self.opts.resume {
-            match fs::metadata(local) {
-                Ok(m) if m.is_file() && m.len() <= attrs.size.unwrap_or(u64::MAX) => {
-                    start = m.len()
-                }
-                _ => {}
+        let start = match self.opts.resume {
+            true => {
+                self.local_resume_point(remote, &handle, local, &attrs)
+                    .await?
             }
-        }
+            false => 0,
+        };
         let file = fs::OpenOptions::new()
             .write(true)
             .create(true)
@@ -120,6 +119,68 @@ impl Transfer {
                 Err(e)
             }
         }
+    }
+
+    /// `resume`: where to continue the local partial copy `local` of `remote` (0 to
+    /// download it whole). A copy that may be of an older version (its last bytes agree,
+    /// but it predates the remote file's last change) is refused.
+    async fn local_resume_point(
+        &self,
+        remote: &[u8],
+        handle: &crate::client::Handle,
+        local: &Path,
+        attrs: &FileAttributes,
+    ) -> Result<u64> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = match fs::metadata(local) {
+            Ok(m) if m.is_file() => m,
+            _ => return Ok(0),
+        };
+        let verdict = judge(
+            meta.len(),
+            Some(meta.mtime()),
+            attrs.size.unwrap_or(u64::MAX),
+            attrs.mtime().map(i64::from),
+        );
+        let start = match (
+            verdict,
+            self.resume_point(meta.len(), self.download_chunk()),
+        ) {
+            (Judgement::Complete, _) => return Ok(meta.len()),
+            (Judgement::Prefix | Judgement::Older, Some(start)) => start,
+            _ => {
+                log::info!(
+                    "{}: cannot be continued; downloading it whole",
+                    local.display()
+                );
+                return Ok(0);
+            }
+        };
+        let file = fs::File::open(local)
+            .map_err(|e| Error::local(format!("cannot read {}", local.display()), e))?;
+        if !self.agrees_below(handle, &file, local, start).await? {
+            log::info!(
+                "{} is not a copy of the start of {}; downloading it whole",
+                local.display(),
+                String::from_utf8_lossy(remote)
+            );
+            return Ok(0);
+        }
+        if verdict == Judgement::Older {
+            return Err(Error::InvalidInput(format!(
+                "refusing to resume {}: it was last modified before {} was, so it may be an \
+                 older version that differs before its end; download it whole with plain get \
+                 (without -a)",
+                local.display(),
+                String::from_utf8_lossy(remote)
+            )));
+        }
+        log::info!(
+            "resuming {}: keeping {start} of its {} bytes",
+            local.display(),
+            meta.len()
+        );
+        Ok(start)
     }
 
     /// Applies -p (mode and times) to a downloaded file.

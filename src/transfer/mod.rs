@@ -7,6 +7,7 @@
 
 mod download;
 pub mod pace;
+mod resume;
 mod tree;
 mod upload;
 
@@ -23,6 +24,7 @@ use futures_util::stream::FuturesUnordered;
 use crate::task::{DirLocks, Permit, Semaphore};
 use pace::{Ask, Pacer};
 
+pub use resume::resumable_temp_name;
 pub use tree::{LocalEntry, LocalKind, safe_remote_name, staging_dir, walk_local, walk_local_with};
 pub use upload::temp_name;
 
@@ -50,8 +52,11 @@ pub struct TransferOptions {
     pub preserve_mode: bool,
     /// Send `fsync@openssh.com` before closing an uploaded file.
     pub fsync: bool,
-    /// Continue partial files: downloads from the local size, uploads (in place) from the
-    /// remote size.
+    /// Continue partial files that are a prefix of their source (by size, time and the
+    /// bytes where writing resumes): downloads the local file, uploads a temporary file
+    /// left by an interrupted upload or, in place, the remote file. Leftover temporary
+    /// files of an uploaded target are removed. A copy that may be an older version is
+    /// refused (an error); one that is not a prefix is transferred whole.
     pub resume: bool,
     /// Write uploads straight to the final name instead of a temporary name + rename.
     pub inplace: bool,
@@ -145,6 +150,8 @@ pub struct Transfer {
     pub(crate) report: Rc<RefCell<Report>>,
     /// Whether [`Transfer::ready`] applied the server's limits (shared by forks).
     limits_applied: Rc<std::cell::Cell<bool>>,
+    /// Directories listed for `resume` (valid within a batch, like `dirlocks`).
+    listings: resume::Listings,
     started: Instant,
 }
 
@@ -181,6 +188,7 @@ impl Transfer {
             opts: Rc::new(opts),
             progress,
             report: Rc::new(RefCell::new(Report::default())),
+            listings: Default::default(),
             started: Instant::now(),
         }
     }
@@ -228,6 +236,7 @@ impl Transfer {
             progress: self.progress.clone(),
             report: Rc::new(RefCell::new(Report::default())),
             limits_applied: self.limits_applied.clone(),
+            listings: Default::default(),
             started: Instant::now(),
         }
     }

@@ -10,7 +10,11 @@ use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 
 use super::pace::Ask;
-use super::{Transfer, lossy, remote_basename, remote_join};
+use super::resume::{
+    Judgement, TEMP_BASE_MAX, beside, is_temp_of, judge, mtime_ns, resumable_temp_name,
+    temp_name_with_id,
+};
+use super::{Transfer, lossy, remote_basename};
 use crate::client::{Handle, write_reply};
 use crate::error::{Error, Result};
 use crate::proto::{FileAttributes, OpenFlags, Request};
@@ -27,20 +31,12 @@ const ZERO_COPY_MIN: usize = 64 * 1024;
 /// A temporary name beside `remote`: hidden, unique per process and call, and within
 /// NAME_MAX however long the final name is.
 pub fn temp_name(remote: &[u8]) -> Vec<u8> {
-    let base = remote_basename(remote);
-    let base = &base[..base.len().min(180)];
     let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.subsec_nanos())
         .unwrap_or(0);
-    let mut name = b".".to_vec();
-    name.extend_from_slice(base);
-    name.extend_from_slice(format!(".{:x}{:x}{n:x}.sftpipe-tmp", process_id(), nanos).as_bytes());
-    match parent_dir(remote) {
-        Some(dir) if remote.contains(&b'/') => remote_join(dir, &name),
-        _ => name,
-    }
+    temp_name_with_id(remote, &format!("{:x}{:x}{n:x}", process_id(), nanos))
 }
 
 /// This process's id, asked once (a temporary name is made per file).
@@ -59,7 +55,8 @@ impl Transfer {
     /// Uploads one local file to `remote`, creating missing remote parents. Returns the
     /// bytes sent. Unless `inplace`, the data goes to a temporary name that is renamed onto
     /// `remote` only after every WRITE and the CLOSE succeeded, so `remote` is never seen
-    /// half-written; on failure the temporary file is removed.
+    /// half-written; on failure the temporary file is removed. A temporary file an
+    /// interrupted upload of the same file left is continued (see `resume`).
     pub async fn upload(&self, local: &Path, remote: &[u8]) -> Result<u64> {
         self.upload_committing(local, remote, None).await
     }
@@ -100,6 +97,11 @@ impl Transfer {
         fresh: bool,
     ) -> Result<u64> {
         self.ready().await;
+        // Asked before taking a permit: no handle is held meanwhile.
+        let around = match self.opts.resume {
+            true => Some(self.look_around(remote).await?),
+            false => None,
+        };
         let ctx = |e| Error::local(format!("cannot read {}", local.display()), e);
         // The permit is taken before the local file is opened, so the limit also bounds
         // local descriptors however many uploads are queued.
@@ -112,72 +114,301 @@ impl Transfer {
                 local.display()
             )));
         }
-        let size = meta.len();
         let mode = meta.permissions().mode() & 0o7777;
 
-        let mut start = 0u64;
         // Written in place only for this upload's sake: removed again if it fails.
         // (Never with resume: a failed resumed upload keeps what it had.)
-        let direct =
-            fresh && !self.opts.inplace && !self.opts.resume && size <= self.upload_chunk() as u64;
-        let mut inplace = self.opts.inplace || direct;
-        if self.opts.resume {
-            match self.sftp.stat(remote).await {
-                Ok(a) if a.is_file() => {
-                    let remote_size = a.size.unwrap_or(0);
-                    if remote_size == size && a.mtime() == Some(to_u32_time(meta.mtime())) {
-                        log::info!("{}: already complete", lossy(remote));
-                        return Ok(0);
-                    }
-                    if remote_size <= size {
-                        start = remote_size;
-                        inplace = true;
-                    }
-                }
-                Ok(_) => {}
-                Err(e) if e.is_not_found() => {}
-                Err(e) => return Err(e),
-            }
-        }
-
-        let target = if inplace {
-            remote.to_vec()
-        } else {
-            temp_name(remote)
+        let direct = fresh
+            && !self.opts.inplace
+            && !self.opts.resume
+            && meta.len() <= self.upload_chunk() as u64;
+        let source = Source {
+            path: local,
+            file: &file,
+            meta: &meta,
         };
-        let dir = parent_dir(&target).unwrap_or(b".").to_vec();
-        let mut flags = OpenFlags::WRITE | OpenFlags::CREAT;
-        if start == 0 {
-            flags |= OpenFlags::TRUNC;
-        }
-        let create_attrs = FileAttributes::with_permissions(mode & 0o777);
-
-        let handle = self
-            .dirlocks
-            .within(&dir, || self.sftp.open(&target, flags, &create_attrs))
-            .await?;
-        if inplace && let Some(c) = committed {
+        let Some(mut dest) = self
+            .choose_dest(remote, &source, direct, around.as_ref())
+            .await?
+        else {
+            drop(permit);
+            log::info!("{}: already complete", lossy(remote));
+            self.remove_leftovers(remote, around, None).await;
+            return Ok(0);
+        };
+        let handle = match dest.handle.take() {
+            Some(h) => h,
+            None => self.open_dest(remote, &mut dest, mode).await?,
+        };
+        if !dest.temp
+            && let Some(c) = committed
+        {
             c.release();
         }
 
         let result = self
-            .send_contents(&file, &handle, start, local, &meta, mode)
+            .send_contents(&file, &handle, dest.start, local, &meta, mode)
             .await;
         drop(permit);
         let sent = match result {
             Ok(n) => n,
             Err(e) => {
-                if !inplace || direct {
-                    self.discard_temp(&target).await;
+                if dest.temp || direct {
+                    self.discard_temp(&dest.path).await;
                 }
                 return Err(e);
             }
         };
-        if !inplace && let Err(e) = self.commit_rename(&target, remote, committed).await {
-            self.discard_temp(&target).await;
+        if dest.temp
+            && let Err(e) = self.commit_rename(&dest.path, remote, committed).await
+        {
+            self.discard_temp(&dest.path).await;
             return Err(e);
         }
+        self.remove_leftovers(remote, around, Some(&dest.path))
+            .await;
         Ok(sent)
+    }
+
+    /// Where to write: a partial copy to continue (checked), the target itself, or a
+    /// new temporary file; `None` when the target is complete already (`resume`).
+    async fn choose_dest(
+        &self,
+        remote: &[u8],
+        source: &Source<'_>,
+        direct: bool,
+        around: Option<&Around>,
+    ) -> Result<Option<Dest>> {
+        let chunk = self.upload_chunk();
+        let in_place = |start, handle| Dest {
+            path: remote.to_vec(),
+            temp: false,
+            start,
+            handle,
+            exclusive: false,
+        };
+        let target = around
+            .and_then(|a| a.target.as_ref())
+            .filter(|a| a.is_file());
+        if target.is_some_and(|a| source.judge(a) == Judgement::Complete) {
+            return Ok(None);
+        }
+        if direct {
+            return Ok(Some(in_place(0, None)));
+        }
+        let mut own = None;
+        if !self.opts.inplace {
+            // Files too small to keep part of are not resumed: their temporary names are
+            // unique, and no STAT looks for them.
+            own = (source.meta.len() > self.rewind(chunk))
+                .then(|| resumable_temp_name(remote, source.meta.len(), mtime_ns(source.meta)));
+            let left = match (around, &own) {
+                (Some(a), _) => a.temps.clone(),
+                (None, Some(own)) => self.stat_own_temp(own).await?,
+                (None, None) => Vec::new(),
+            };
+            if let Some((path, attrs)) = self.best_partial(&left, own.as_deref(), source, chunk)
+                && let Some((handle, start)) = self
+                    .reopen_partial(path, attrs, source.file, source.path, source.meta, chunk)
+                    .await?
+            {
+                return Ok(Some(Dest {
+                    path: path.clone(),
+                    temp: true,
+                    start,
+                    handle: Some(handle),
+                    exclusive: false,
+                }));
+            }
+            // Found but not resumable: not ours to overwrite (it may be another run's).
+            if left.iter().any(|(p, _)| Some(p) == own.as_ref()) {
+                own = None;
+            }
+        }
+        if let Some(attrs) = target
+            && let Some((handle, start)) =
+                self.continue_target(remote, attrs, source, chunk).await?
+        {
+            return Ok(Some(in_place(start, Some(handle))));
+        }
+        Ok(Some(match (self.opts.inplace, own) {
+            (true, _) => in_place(0, None),
+            (false, Some(own)) => Dest {
+                path: own,
+                temp: true,
+                start: 0,
+                handle: None,
+                exclusive: true,
+            },
+            (false, None) => Dest {
+                path: temp_name(remote),
+                temp: true,
+                start: 0,
+                handle: None,
+                exclusive: false,
+            },
+        }))
+    }
+
+    /// The temporary file an interrupted upload of this version of the file left, if
+    /// any (not looked for in a directory this batch created).
+    async fn stat_own_temp(&self, own: &[u8]) -> Result<Vec<(Vec<u8>, FileAttributes)>> {
+        if self.dirlocks.is_new(parent_dir(own).unwrap_or(b".")) {
+            return Ok(Vec::new());
+        }
+        match self.sftp.stat(own).await {
+            Ok(a) => Ok(vec![(own.to_vec(), a)]),
+            Err(e) if e.is_connection() => Err(e),
+            Err(_) => Ok(Vec::new()),
+        }
+    }
+
+    /// Of the temporary files `left`, the one worth checking (a READ each): this
+    /// version's own, else the largest that can be a prefix.
+    fn best_partial<'a>(
+        &self,
+        left: &'a [(Vec<u8>, FileAttributes)],
+        own: Option<&[u8]>,
+        source: &Source<'_>,
+        chunk: usize,
+    ) -> Option<&'a (Vec<u8>, FileAttributes)> {
+        let usable = left.iter().filter(|(_, a)| {
+            a.is_file()
+                && matches!(source.judge(a), Judgement::Prefix | Judgement::Complete)
+                && self.resume_point(a.size.unwrap_or(0), chunk).is_some()
+        });
+        let mut best: Option<&(Vec<u8>, FileAttributes)> = None;
+        for c in usable {
+            if Some(c.0.as_slice()) == own {
+                return Some(c);
+            }
+            if best.is_none_or(|b| b.1.size < c.1.size) {
+                best = Some(c);
+            }
+        }
+        best
+    }
+
+    /// `resume` on the target itself: continues it in place when it is a prefix of the
+    /// source; `None` to upload the file whole; refuses a copy that may be an older
+    /// version (its last bytes agree, but it predates the source's last change).
+    async fn continue_target(
+        &self,
+        remote: &[u8],
+        attrs: &FileAttributes,
+        source: &Source<'_>,
+        chunk: usize,
+    ) -> Result<Option<(Handle, u64)>> {
+        let size = attrs.size.unwrap_or(u64::MAX);
+        let verdict = source.judge(attrs);
+        let start = match (verdict, self.resume_point(size, chunk)) {
+            (Judgement::Prefix | Judgement::Older, Some(start)) => start,
+            _ => {
+                log::info!("{}: cannot be continued; uploading it whole", lossy(remote));
+                return Ok(None);
+            }
+        };
+        let flags = OpenFlags::READ | OpenFlags::WRITE;
+        let handle = match self.sftp.open(remote, flags, &Default::default()).await {
+            Ok(h) => h,
+            Err(e) if e.is_connection() => return Err(e),
+            Err(e) => {
+                log::info!("cannot reopen {}: {e}; uploading it whole", lossy(remote));
+                return Ok(None);
+            }
+        };
+        if !self
+            .agrees_below(&handle, source.file, source.path, start)
+            .await?
+        {
+            log::info!(
+                "{} is not a copy of the start of {}; uploading it whole",
+                lossy(remote),
+                source.path.display()
+            );
+            return Ok(None);
+        }
+        if verdict == Judgement::Older {
+            return Err(Error::InvalidInput(format!(
+                "refusing to resume {}: it was last modified before {} was, so it may be an \
+                 older version that differs before its end; upload it whole with plain put \
+                 (without -a)",
+                lossy(remote),
+                source.path.display()
+            )));
+        }
+        log::info!(
+            "resuming {} in place: keeping {start} of its {size} bytes",
+            lossy(remote)
+        );
+        Ok(Some((handle, start)))
+    }
+
+    /// Opens a new destination file. A temporary name shared by reruns is created
+    /// exclusively: if another upload took it meanwhile, a unique name is used instead.
+    async fn open_dest(&self, remote: &[u8], dest: &mut Dest, mode: u32) -> Result<Handle> {
+        let dir = parent_dir(&dest.path).unwrap_or(b".").to_vec();
+        let create_attrs = FileAttributes::with_permissions(mode & 0o777);
+        let open = |path: Vec<u8>, flags| {
+            let create_attrs = &create_attrs;
+            self.dirlocks.within(&dir, move || {
+                self.sftp.open(path.clone(), flags, create_attrs)
+            })
+        };
+        let write = OpenFlags::WRITE | OpenFlags::CREAT;
+        if dest.exclusive {
+            match open(dest.path.clone(), write | OpenFlags::EXCL).await {
+                Err(e) if !e.is_connection() && !e.is_not_found() => {
+                    log::debug!("{}: {e}; using another name", lossy(&dest.path));
+                    dest.path = temp_name(remote);
+                }
+                r => return r,
+            }
+        }
+        open(dest.path.clone(), write | OpenFlags::TRUNC).await
+    }
+
+    /// What `resume` needs to know about `remote`'s directory: the file at `remote`, and
+    /// the temporary files of uploads to it (a listing: one round trip per directory and
+    /// batch, worth it for the leftovers it finds).
+    async fn look_around(&self, remote: &[u8]) -> Result<Around> {
+        let dir = parent_dir(remote).unwrap_or(b".");
+        let base = remote_basename(remote);
+        let (target, listing) = futures_util::join!(self.sftp.stat(remote), self.listing(dir));
+        let target = match target {
+            Ok(a) => Some(a),
+            Err(e) if e.is_not_found() => None,
+            Err(e) => return Err(e),
+        };
+        let temps = listing
+            .iter()
+            .flat_map(|l| l.iter())
+            .filter(|e| e.attrs.is_file() && is_temp_of(base, &e.filename))
+            .map(|e| (beside(remote, &e.filename), e.attrs.clone()))
+            .collect();
+        Ok(Around { target, temps })
+    }
+
+    /// After a successful upload with `resume`, removes the temporary files earlier
+    /// uploads to `remote` left (but `used`, renamed away). Not for a name cut short in
+    /// temporary names: those may belong to another target.
+    async fn remove_leftovers(&self, remote: &[u8], around: Option<Around>, used: Option<&[u8]>) {
+        let Some(around) = around else { return };
+        if remote_basename(remote).len() > TEMP_BASE_MAX {
+            return;
+        }
+        let removals = around
+            .temps
+            .iter()
+            .filter(|(p, _)| Some(p.as_slice()) != used)
+            .map(|(p, _)| async move { (p, self.sftp.remove(p).await) });
+        for (path, r) in futures_util::future::join_all(removals).await {
+            match r {
+                Ok(()) => log::info!("removed {}, left by an earlier upload", lossy(path)),
+                Err(e) if e.is_not_found() => {}
+                Err(e) => log::warn!("could not remove {}: {e}", lossy(path)),
+            }
+        }
     }
 
     /// Renames the temporary file onto `remote`, releasing `committed` once the rename is
@@ -362,6 +593,46 @@ impl Transfer {
         crate::client::expect_ok_reply("close", handle.path(), close.await?)?;
         Ok(acked)
     }
+}
+
+/// The local side of an upload.
+struct Source<'a> {
+    path: &'a Path,
+    file: &'a fs::File,
+    meta: &'a fs::Metadata,
+}
+
+impl Source<'_> {
+    /// What a remote copy with `attrs` can be of this file.
+    fn judge(&self, attrs: &FileAttributes) -> Judgement {
+        judge(
+            attrs.size.unwrap_or(u64::MAX),
+            attrs.mtime().map(i64::from),
+            self.meta.len(),
+            Some(self.meta.mtime()),
+        )
+    }
+}
+
+/// Where an upload writes.
+struct Dest {
+    /// `remote` itself, or a temporary name renamed onto it at the end.
+    path: Vec<u8>,
+    temp: bool,
+    /// Bytes of a partial copy kept: writing starts there.
+    start: u64,
+    /// The partial copy, opened to check its bytes.
+    handle: Option<Handle>,
+    /// A temporary name shared by reruns, to create exclusively.
+    exclusive: bool,
+}
+
+/// What `resume` found at an upload's target.
+struct Around {
+    /// The file at the target.
+    target: Option<FileAttributes>,
+    /// Temporary files of uploads to the target.
+    temps: Vec<(Vec<u8>, FileAttributes)>,
 }
 
 /// Names the local file in a read error from the upload path.

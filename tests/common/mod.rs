@@ -529,3 +529,47 @@ pub fn random_bytes(n: usize, seed: u64) -> Vec<u8> {
 pub fn sftpipe_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_sftpipe"))
 }
+
+/// Starts `cmd` in its own process group and kills the group (SIGKILL: the command and
+/// the server it runs) as soon as a file in `dir` whose name ends with `suffix` holds more
+/// than `bytes` bytes; returns that file. Panics if the command ends first, or if nothing
+/// grows that large within a minute.
+pub fn kill_once_a_file_grows(cmd: &mut Command, dir: &Path, suffix: &str, bytes: u64) -> PathBuf {
+    use std::os::unix::process::CommandExt;
+    let mut child = cmd
+        .process_group(0)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {cmd:?}: {e}"));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let grown = fs::read_dir(dir).into_iter().flatten().flatten().find(|e| {
+            e.file_name().to_string_lossy().ends_with(suffix)
+                && e.metadata().is_ok_and(|m| m.len() > bytes)
+        });
+        if let Some(entry) = grown {
+            let _ = Command::new("kill")
+                .args(["-KILL", "--", &format!("-{}", child.id())])
+                .status();
+            let _ = child.wait();
+            return entry.path();
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!(
+                "{cmd:?} ended ({status}) before a *{suffix} file in {} grew past {bytes} bytes",
+                dir.display()
+            );
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!(
+                "no *{suffix} file in {} grew past {bytes} bytes",
+                dir.display()
+            );
+        }
+        // Polls the file's size: the kill is triggered by bytes written, not by time.
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
