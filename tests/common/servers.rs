@@ -308,11 +308,13 @@ impl Server {
         format!("{}{}", self.prefix, self.remote_path(rel))
     }
 
-    /// Runs `sftpipe OPTIONS ARGS` against this server.
+    /// Runs `sftpipe OPTIONS ARGS` against this server, in the served directory (the
+    /// working directory of a `-D` server: what it makes of a relative path lands there).
     pub fn sftpipe<S: AsRef<OsStr>>(&self, args: &[S]) -> Output {
         Command::new(sftpipe_bin())
             .args(&self.args)
             .args(args)
+            .current_dir(self.root.path())
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
             .output()
