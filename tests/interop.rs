@@ -109,8 +109,14 @@ impl Checks<'_> {
 
     /// Runs sftpipe with `args` and records a failure of `step` unless it exits with `code`.
     fn run_expecting(&mut self, step: &str, code: i32, args: &[&OsStr]) -> Output {
+        let started = std::time::Instant::now();
         let out = self.server.sftpipe(args);
         let server = self.server;
+        eprintln!(
+            "{}: {step}: {:.2}s",
+            server.name,
+            started.elapsed().as_secs_f64()
+        );
         self.check(step, out.status.code() == Some(code), || {
             format!(
                 "`sftpipe {}` should exit {code}: {}",
