@@ -191,6 +191,10 @@ struct RemoteWalk {
     filter: Filter,
     descend_excluded: bool,
     read_links: bool,
+    /// The tree is a mirror's destination: a link whose target cannot be read is left
+    /// without one (the plan then replaces it), not a failure that holds back deletes.
+    /// Some servers refuse READLINK of relative links (asyncssh chrooted).
+    is_dest: bool,
 }
 
 fn list_remote_dir(
@@ -287,6 +291,9 @@ fn list_remote_dir(
                         e.target = Some(t);
                     }
                 }
+                Err(e) if walk.is_dest && !e.is_connection() => {
+                    log::info!("{e}; replacing the link");
+                }
                 Err(e) => walk
                     .failures
                     .borrow_mut()
@@ -297,11 +304,23 @@ fn list_remote_dir(
 }
 
 /// Snapshots a remote tree, every directory listed by its own task. `Ok(None)` when the
-/// root does not exist. Directories that could not be listed are returned as failures.
+/// root does not exist. Directories that could not be listed, and links whose target
+/// could not be read, are returned as failures.
 pub async fn snapshot_remote(
     t: &Transfer,
     root: &[u8],
     opts: &MirrorOptions,
+) -> Result<(Option<Snapshot>, Vec<(String, Error)>)> {
+    snapshot_remote_as(t, root, opts, false).await
+}
+
+/// [`snapshot_remote`] of a source tree, or of a destination (`is_dest`), where a link
+/// whose target cannot be read is listed without a target instead of failing.
+async fn snapshot_remote_as(
+    t: &Transfer,
+    root: &[u8],
+    opts: &MirrorOptions,
+    is_dest: bool,
 ) -> Result<(Option<Snapshot>, Vec<(String, Error)>)> {
     let root = Rc::new(root.to_vec());
     // The root's attributes and its listing in one round trip, or none when they came
@@ -359,6 +378,7 @@ pub async fn snapshot_remote(
         filter: opts.filter.clone(),
         descend_excluded: opts.compare.delete_excluded,
         read_links: true,
+        is_dest,
     });
     let (_, _, mtime, mode) = entry_from_attrs(&attrs);
     walk.snap.borrow_mut().insert(
@@ -742,7 +762,8 @@ async fn run(sides: Sides, local: Result<Option<Snapshot>>, opts: &MirrorOptions
         report.elapsed = started.elapsed();
     };
 
-    let remote = snapshot_remote(&t, &sides.remote_root, opts).await;
+    let remote_is_dest = sides.dir == Direction::Up;
+    let remote = snapshot_remote_as(&t, &sides.remote_root, opts, remote_is_dest).await;
     let (local, (remote, listing_failures)) = match (local, remote) {
         (Ok(l), Ok(r)) => (l, r),
         (Err(e), _) => {
@@ -812,17 +833,18 @@ async fn run(sides: Sides, local: Result<Option<Snapshot>>, opts: &MirrorOptions
     let (sides, dest, dest_root_exists) = match staging {
         None => (sides, dest, dest_root_exists),
         Some(staging) => {
-            let (partial, listing_failures) = match snapshot_remote(&t, &staging, opts).await {
-                Ok(r) => r,
-                Err(e) => {
-                    fail(
-                        &mut report,
-                        String::from_utf8_lossy(&staging).into_owned(),
-                        e,
-                    );
-                    return finish(report, &t);
-                }
-            };
+            let (partial, listing_failures) =
+                match snapshot_remote_as(&t, &staging, opts, true).await {
+                    Ok(r) => r,
+                    Err(e) => {
+                        fail(
+                            &mut report,
+                            String::from_utf8_lossy(&staging).into_owned(),
+                            e,
+                        );
+                        return finish(report, &t);
+                    }
+                };
             if !listing_failures.is_empty() {
                 for (path, e) in listing_failures {
                     t.record_failure(path, e);

@@ -178,6 +178,12 @@ pub fn plan(source: &Snapshot, dest: &Snapshot, cmp: &Compare) -> Plan {
     // non-directory there: nothing below them needs its own delete.
     let mut removed_dirs: Vec<&[u8]> = Vec::new();
     for (path, src) in source.iter().filter(|(_, e)| !e.excluded) {
+        if src.kind == EntryKind::Symlink && src.target.is_none() {
+            // A remote source link whose target could not be read: its listing failure
+            // is reported, there is nothing to create, and what the destination has
+            // there stays.
+            continue;
+        }
         let dst = dest
             .get(path)
             .filter(|d| !d.excluded || cmp.delete_excluded);
@@ -436,5 +442,27 @@ mod tests {
             lines(&p),
             ["upload dists/x/InRelease (1 bytes) [last]", "chmod 0600 f"]
         );
+    }
+
+    #[test]
+    fn links_without_a_known_target() {
+        let unread = TreeEntry {
+            target: None,
+            ..link("")
+        };
+        let delete = Compare {
+            delete: true,
+            ..Default::default()
+        };
+        // A source link that could not be read creates nothing and deletes nothing.
+        let src = snap(&[("l", unread.clone()), ("m", unread.clone())]);
+        let dst = snap(&[("l", link("a")), ("m", file(1, 1))]);
+        let p = plan(&src, &dst, &delete);
+        assert_eq!(lines(&p), Vec::<String>::new());
+        assert_eq!(p.unchanged, 0);
+        // A destination link that could not be read is replaced.
+        let src = snap(&[("l", link("a"))]);
+        let dst = snap(&[("l", unread)]);
+        assert_eq!(lines(&plan(&src, &dst, &delete)), ["symlink l -> a"]);
     }
 }

@@ -4,6 +4,9 @@
 //! Only std and `tempfile`: signals go through `kill(1)`, hashes through `sha256sum(1)`.
 #![allow(dead_code)]
 
+pub mod servers;
+pub mod tree;
+
 use std::fs;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -227,14 +230,7 @@ impl Sshd {
 
     /// The same options spelled for OpenSSH's `sftp` (which takes `-P` for the port).
     pub fn sftp_args(&self) -> Vec<String> {
-        let mut v = vec![
-            "-P".to_string(),
-            self.port.to_string(),
-            "-i".to_string(),
-            self.key_path().display().to_string(),
-        ];
-        v.extend(common_ssh_options());
-        v
+        sftp_client_args(self.port, &self.key_path())
     }
 
     /// Runs a command on the server with the real `ssh` client and returns its output.
@@ -285,24 +281,41 @@ impl Sshd {
     /// Stops the server now, together with every session it forked, so open connections
     /// drop as if the host went away. Idempotent; also done on drop.
     pub fn kill(&mut self) {
-        let Some(mut child) = self.child.take() else {
-            return;
-        };
-        let pid = child.id();
-        // Freeze the listener so it forks no new session while its descendants are listed:
-        // per-connection sshd processes call setsid(), so a process group would miss them.
-        signal(&[pid], "STOP");
-        let sessions = descendants(pid);
-        let _ = child.kill();
-        let _ = child.wait();
-        signal(&sessions, "KILL");
+        if let Some(child) = self.child.take() {
+            kill_tree(child);
+        }
     }
+}
+
+/// Kills a listening server and every session process it forked.
+fn kill_tree(mut child: Child) {
+    let pid = child.id();
+    // Freeze the listener so it forks no new session while its descendants are listed:
+    // per-connection server processes may call setsid(), so a process group would miss them.
+    signal(&[pid], "STOP");
+    let sessions = descendants(pid);
+    let _ = child.kill();
+    let _ = child.wait();
+    signal(&sessions, "KILL");
 }
 
 impl Drop for Sshd {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// `-P PORT -i KEY` and the options that make `sftp`/`sftpipe` reach a test server on
+/// 127.0.0.1 non-interactively, one argv element each.
+fn sftp_client_args(port: u16, key: &Path) -> Vec<String> {
+    let mut v = vec![
+        "-P".to_string(),
+        port.to_string(),
+        "-i".to_string(),
+        key.display().to_string(),
+    ];
+    v.extend(common_ssh_options());
+    v
 }
 
 fn common_ssh_options() -> Vec<String> {
@@ -472,6 +485,16 @@ pub fn sftp_server_path() -> PathBuf {
         "no sftp-server in /usr/lib/openssh or /usr/libexec/openssh: \
          install openssh-sftp-server (apt-get install openssh-sftp-server)"
     );
+}
+
+/// A private temporary directory on a tmpfs (`/dev/shm`) when there is one, so that big
+/// test files cost no disk I/O; else in the usual temporary directory.
+pub fn tmpfs_tempdir(prefix: &str) -> tempfile::TempDir {
+    let mut b = tempfile::Builder::new();
+    b.prefix(prefix);
+    b.tempdir_in("/dev/shm")
+        .or_else(|_| b.tempdir())
+        .unwrap_or_else(|e| panic!("create a temporary directory: {e}"))
 }
 
 /// The SHA-256 of a file as lowercase hex, from `sha256sum`.
