@@ -471,6 +471,33 @@ fn put_r_and_get_r_land_everything_but_an_unreadable_directory() {
 }
 
 #[test]
+fn many_distinct_failures_are_listed_up_to_twenty() {
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("src");
+    for i in 0..25 {
+        write_file(src.join(format!("locked{i:02}")), b"x");
+    }
+    write_file(src.join("open"), b"o");
+    let dest = d.path().join("dest");
+    fs::create_dir(&dest).unwrap();
+    common::give_to_test_user(d.path());
+    for i in 0..25 {
+        set_mode(&src.join(format!("locked{i:02}")), 0o000);
+    }
+    let out = common::sftpipe_as_test_user(&["put", "-r", &p(&src), &format!(":{}", p(&dest))]);
+    assert_eq!(code(&out), 1, "{}", explain(&out));
+    let err = text(&out.stderr);
+    assert_eq!(
+        err.lines().filter(|l| l.contains("locked")).count(),
+        20,
+        "{err}"
+    );
+    assert!(err.contains("... and 5 more failures"), "{err}");
+    assert!(err.contains("25 of 26 files failed"), "{err}");
+    assert_eq!(read_file(dest.join("src/open")), b"o");
+}
+
+#[test]
 fn resume_continues_partial_files() {
     let d = tempfile::tempdir().unwrap();
     let data = random_bytes(150_000, 9);

@@ -798,6 +798,37 @@ fn a_resumed_fresh_mirror_publishes_no_temporary_files() {
 }
 
 #[test]
+fn a_lost_connection_is_reported_once_with_a_count() {
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("src");
+    for i in 0..3000u64 {
+        write_file(
+            src.join(format!("d{}/f{i}", i % 30)),
+            random_bytes(2_000, i),
+        );
+    }
+    let out_dir = d.path().join("out");
+    fs::create_dir(&out_dir).unwrap();
+    let dst = out_dir.join("dst");
+    let server = common::ServerKiller::start(d.path(), &out_dir, 500_000);
+    let out = run(server.command(), &["mirror", &s(&src), &remote(&dst)]);
+    assert!(
+        server.finish(),
+        "the mirror ended before the server was killed"
+    );
+    assert_eq!(out.status.code(), Some(5), "{}", explain(&out));
+    let err = stderr_of(&out);
+    assert!(err.lines().count() < 10, "{err}");
+    let counted = err.lines().any(|l| {
+        l.split_once(" files not transferred: connection lost")
+            .and_then(|(n, _)| n.rsplit(' ').next())
+            .is_some_and(|n| n.replace(',', "").parse::<u64>().is_ok_and(|n| n > 1))
+    });
+    assert!(counted, "{err}");
+    assert!(err.contains(".dst.sftpipe-partial"), "{err}");
+}
+
+#[test]
 fn a_directory_time_that_cannot_be_set_is_reported() {
     let d = tempfile::tempdir().unwrap();
     let (src, dst) = (d.path().join("src"), d.path().join("dst"));
