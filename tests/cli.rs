@@ -405,6 +405,101 @@ fn failures_in_a_tree_are_listed_and_exit_1() {
 }
 
 #[test]
+fn put_r_and_get_r_land_everything_but_an_unreadable_directory() {
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("src");
+    write_file(src.join("top"), b"top");
+    write_file(src.join("a/one"), b"one");
+    write_file(src.join("bad/inside"), b"unseen");
+    let into = d.path().join("into");
+    fs::create_dir(&into).unwrap();
+    common::give_to_test_user(d.path());
+    set_mode(&src.join("bad"), 0o000);
+    let put = |target: &Path| {
+        common::sftpipe_as_test_user(&["put", "-r", &p(&src), &format!(":{}", p(target))])
+    };
+
+    // Into an existing directory: everything else lands in place.
+    let out = put(&into);
+    assert_eq!(code(&out), 1, "{}", explain(&out));
+    let err = text(&out.stderr);
+    let named = format!(
+        "{}: cannot list {}",
+        p(&into.join("src/bad")),
+        p(&src.join("bad"))
+    );
+    assert!(err.contains(&named), "{err}");
+    assert!(err.contains("1 of 3 files failed"), "{err}");
+    assert_eq!(read_file(into.join("src/top")), b"top");
+    assert_eq!(read_file(into.join("src/a/one")), b"one");
+    assert!(!into.join("src/bad").exists());
+
+    // A new tree appears whole or not at all: it stays staged, and the message says where.
+    let (fresh, staging) = (
+        d.path().join("fresh"),
+        d.path().join(".fresh.sftpipe-partial"),
+    );
+    let out = put(&fresh);
+    assert_eq!(code(&out), 1, "{}", explain(&out));
+    assert!(
+        text(&out.stderr).contains(&p(&staging)),
+        "{}",
+        explain(&out)
+    );
+    assert!(
+        fs::symlink_metadata(&fresh).is_err(),
+        "a half-made tree was published"
+    );
+    assert_eq!(read_file(staging.join("a/one")), b"one");
+    // Readable again, the rerun completes the staged tree and moves it into place.
+    set_mode(&src.join("bad"), 0o755);
+    ok(put(&fresh));
+    assert_eq!(read_file(fresh.join("bad/inside")), b"unseen");
+    assert_eq!(read_file(fresh.join("top")), b"top");
+    assert!(!staging.exists());
+
+    // get -r: a remote directory the server may not list is one failure too.
+    set_mode(&src.join("bad"), 0o000);
+    let got = d.path().join("got");
+    let out = common::sftpipe_as_test_user(&["get", "-r", &format!(":{}", p(&src)), &p(&got)]);
+    assert_eq!(code(&out), 1, "{}", explain(&out));
+    assert!(
+        text(&out.stderr).contains(&p(&src.join("bad"))),
+        "{}",
+        explain(&out)
+    );
+    assert_eq!(read_file(got.join("top")), b"top");
+    assert_eq!(read_file(got.join("a/one")), b"one");
+}
+
+#[test]
+fn many_distinct_failures_are_listed_up_to_twenty() {
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("src");
+    for i in 0..25 {
+        write_file(src.join(format!("locked{i:02}")), b"x");
+    }
+    write_file(src.join("open"), b"o");
+    let dest = d.path().join("dest");
+    fs::create_dir(&dest).unwrap();
+    common::give_to_test_user(d.path());
+    for i in 0..25 {
+        set_mode(&src.join(format!("locked{i:02}")), 0o000);
+    }
+    let out = common::sftpipe_as_test_user(&["put", "-r", &p(&src), &format!(":{}", p(&dest))]);
+    assert_eq!(code(&out), 1, "{}", explain(&out));
+    let err = text(&out.stderr);
+    assert_eq!(
+        err.lines().filter(|l| l.contains("locked")).count(),
+        20,
+        "{err}"
+    );
+    assert!(err.contains("... and 5 more failures"), "{err}");
+    assert!(err.contains("25 of 26 files failed"), "{err}");
+    assert_eq!(read_file(dest.join("src/open")), b"o");
+}
+
+#[test]
 fn resume_continues_partial_files() {
     let d = tempfile::tempdir().unwrap();
     let data = random_bytes(150_000, 9);

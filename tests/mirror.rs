@@ -677,3 +677,174 @@ fn mirror_through_sshd() {
     go(&["mirror".into(), "-p".into(), r, s(&back)]);
     assert_identical(&src, &back);
 }
+
+fn set_mode(p: &Path, mode: u32) {
+    fs::set_permissions(p, fs::Permissions::from_mode(mode)).unwrap();
+}
+
+fn stderr_of(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn an_unreadable_directory_is_one_failure_and_nothing_under_its_counterpart_goes() {
+    let d = tempfile::tempdir().unwrap();
+    // Up: a local directory the user may not list.
+    let (src, dst) = (d.path().join("src"), d.path().join("dst"));
+    write_file(src.join("top"), b"top");
+    write_file(src.join("a/one"), b"one");
+    write_file(src.join("bad/inside"), b"unseen");
+    write_file(dst.join("bad/old"), b"kept");
+    write_file(dst.join("bad/sub/deep"), b"kept too");
+    // Down: a remote directory the user may not list.
+    let (rsrc, back) = (d.path().join("rsrc"), d.path().join("back"));
+    write_file(rsrc.join("top"), b"top");
+    write_file(rsrc.join("bad/inside"), b"unseen");
+    write_file(back.join("bad/old"), b"kept");
+    write_file(back.join("stale"), b"stale");
+    common::give_to_test_user(d.path());
+    set_mode(&src.join("bad"), 0o000);
+    set_mode(&rsrc.join("bad"), 0o000);
+
+    let out = common::sftpipe_as_test_user(&["mirror", "--delete", &s(&src), &remote(&dst)]);
+    assert_eq!(out.status.code(), Some(1), "{}", explain(&out));
+    let err = stderr_of(&out);
+    assert!(err.contains(&format!("{}: ", s(&dst.join("bad")))), "{err}");
+    assert!(err.contains(&s(&src.join("bad"))), "{err}");
+    assert_eq!(fs::read(dst.join("top")).unwrap(), b"top");
+    assert_eq!(fs::read(dst.join("a/one")).unwrap(), b"one");
+    assert_eq!(fs::read(dst.join("bad/old")).unwrap(), b"kept");
+    assert_eq!(fs::read(dst.join("bad/sub/deep")).unwrap(), b"kept too");
+
+    let out = common::sftpipe_as_test_user(&["mirror", "--delete", &remote(&rsrc), &s(&back)]);
+    assert_eq!(out.status.code(), Some(1), "{}", explain(&out));
+    let err = stderr_of(&out);
+    assert!(err.contains(&s(&rsrc.join("bad"))), "{err}");
+    assert_eq!(fs::read(back.join("top")).unwrap(), b"top");
+    assert_eq!(fs::read(back.join("bad/old")).unwrap(), b"kept");
+    // Only the delete the failure holds back is counted, not what lies under the
+    // unreadable directory.
+    assert!(err.contains("1 delete(s) skipped"), "{err}");
+}
+
+#[test]
+fn a_fresh_mirror_with_a_failure_stays_staged_until_a_rerun_completes_it() {
+    let d = tempfile::tempdir().unwrap();
+    let (src, dst) = (d.path().join("src"), d.path().join("dst"));
+    let staging = d.path().join(".dst.sftpipe-partial");
+    make_tree(&src);
+    write_file(src.join("a/secret"), b"not yet readable");
+    common::give_to_test_user(d.path());
+    set_mode(&src.join("a/secret"), 0o000);
+
+    let out = common::sftpipe_as_test_user(&["mirror", &s(&src), &remote(&dst)]);
+    assert_eq!(out.status.code(), Some(1), "{}", explain(&out));
+    let err = stderr_of(&out);
+    assert!(err.contains("secret"), "{err}");
+    assert!(err.contains(&s(&staging)), "{err}");
+    assert!(
+        fs::symlink_metadata(&dst).is_err(),
+        "a half-made tree was published"
+    );
+    assert_eq!(fs::read(staging.join("top.txt")).unwrap(), b"top\n");
+
+    set_mode(&src.join("a/secret"), 0o644);
+    ok(common::sftpipe_as_test_user(&[
+        "mirror",
+        &s(&src),
+        &remote(&dst),
+    ]));
+    assert!(!staging.exists());
+    assert_identical(&src, &dst);
+}
+
+/// 30 files of 2 MB: each goes through a temporary name, even into a staging tree.
+fn big_files_tree(src: &Path) {
+    for i in 0..30u64 {
+        write_file(
+            src.join(format!("d{}/big{i}", i % 3)),
+            random_bytes(2_000_000 + i as usize, 100 + i),
+        );
+    }
+}
+
+#[test]
+fn a_resumed_fresh_mirror_publishes_no_temporary_files() {
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("src");
+    big_files_tree(&src);
+    let out_dir = d.path().join("out");
+    fs::create_dir(&out_dir).unwrap();
+    let (dst, staging) = (out_dir.join("dst"), out_dir.join(".dst.sftpipe-partial"));
+
+    // Killed once 10 MB of 60 have landed, with uploads in flight.
+    let server = common::ServerKiller::start(d.path(), &out_dir, 10_000_000);
+    let out = run(server.command(), &["mirror", &s(&src), &remote(&dst)]);
+    assert!(
+        server.finish(),
+        "the mirror ended before the server was killed"
+    );
+    assert_eq!(out.status.code(), Some(5), "{}", explain(&out));
+    assert!(!dst.exists());
+    assert!(
+        !temp_files(&staging).is_empty(),
+        "the kill left no temporary file to test with"
+    );
+
+    ok(local(&["mirror", &s(&src), &remote(&dst)]));
+    assert!(!staging.exists());
+    assert_eq!(temp_files(&dst), Vec::<PathBuf>::new());
+    assert_identical(&src, &dst);
+}
+
+#[test]
+fn a_lost_connection_is_reported_once_with_a_count() {
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("src");
+    for i in 0..3000u64 {
+        write_file(
+            src.join(format!("d{}/f{i}", i % 30)),
+            random_bytes(2_000, i),
+        );
+    }
+    let out_dir = d.path().join("out");
+    fs::create_dir(&out_dir).unwrap();
+    let dst = out_dir.join("dst");
+    let server = common::ServerKiller::start(d.path(), &out_dir, 500_000);
+    let out = run(server.command(), &["mirror", &s(&src), &remote(&dst)]);
+    assert!(
+        server.finish(),
+        "the mirror ended before the server was killed"
+    );
+    assert_eq!(out.status.code(), Some(5), "{}", explain(&out));
+    let err = stderr_of(&out);
+    assert!(err.lines().count() < 10, "{err}");
+    let counted = err.lines().any(|l| {
+        l.split_once(" files not transferred: connection lost")
+            .and_then(|(n, _)| n.rsplit(' ').next())
+            .is_some_and(|n| n.replace(',', "").parse::<u64>().is_ok_and(|n| n > 1))
+    });
+    assert!(counted, "{err}");
+    assert!(err.contains(".dst.sftpipe-partial"), "{err}");
+}
+
+#[test]
+fn a_directory_time_that_cannot_be_set_is_reported() {
+    let d = tempfile::tempdir().unwrap();
+    let (src, dst) = (d.path().join("src"), d.path().join("dst"));
+    write_file(src.join("sub/new"), b"new");
+    fs::create_dir_all(dst.join("sub")).unwrap();
+    common::give_to_test_user(d.path());
+    // Root's, but open to all: the user may add to it, not set its time.
+    std::os::unix::fs::chown(dst.join("sub"), Some(0), Some(0)).unwrap();
+    set_mode(&dst.join("sub"), 0o777);
+
+    let out = common::sftpipe_as_test_user(&["mirror", &s(&src), &remote(&dst)]);
+    assert_eq!(out.status.code(), Some(1), "{}", explain(&out));
+    let err = stderr_of(&out);
+    assert!(
+        err.contains(&format!("{}: setstat", s(&dst.join("sub")))),
+        "{err}"
+    );
+    assert_eq!(fs::read(dst.join("sub/new")).unwrap(), b"new");
+}

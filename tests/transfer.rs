@@ -17,7 +17,10 @@ use std::rc::Rc;
 use std::sync::mpsc;
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
-use common::{Sshd, TEST_USER, random_bytes, read_file, sftp_server_path, sha256_file, write_file};
+use common::{
+    Sshd, TEST_USER, random_bytes, read_file, self_killing_server, sftp_server_path, sha256_file,
+    write_file,
+};
 use sftpipe::task::spawn;
 use sftpipe::transfer::{NoProgress, Progress, TransferOptions};
 use sftpipe::{ConnectOptions, Error, Session};
@@ -215,33 +218,6 @@ fn assert_same_tree(want: &Path, got: &Path) {
             got.display()
         );
     }
-}
-
-/// A `-D` server command: sftp-server, killed with SIGKILL as soon as `watch` holds more
-/// than `threshold` bytes. The watcher's stdio is detached, so once the server is dead
-/// nothing holds the connection open.
-fn self_killing_server(dir: &Path, watch: &Path, threshold: u64) -> String {
-    let script = dir.join("self-killing-server");
-    write_file(
-        &script,
-        format!(
-            "#!/bin/sh\n\
-             (\n\
-               i=0\n\
-               while [ $i -lt 3000 ]; do\n\
-                 s=$(du -sb '{watch}' 2>/dev/null | cut -f1)\n\
-                 if [ \"${{s:-0}}\" -gt {threshold} ]; then kill -9 $$; exit 0; fi\n\
-                 sleep 0.01\n\
-                 i=$((i+1))\n\
-               done\n\
-             ) </dev/null >/dev/null 2>&1 &\n\
-             exec {server}\n",
-            watch = watch.display(),
-            server = sftp_server_path().display(),
-        ),
-    );
-    set_mode(&script, 0o755);
-    script.display().to_string()
 }
 
 // ---------------------------------------------------------------------------------------

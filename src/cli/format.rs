@@ -90,6 +90,19 @@ pub fn short_time(secs: u32) -> String {
     format!("{y:04}-{mo:02}-{d:02} {h:02}:{mi:02}")
 }
 
+/// A count with thousands separated by commas (`1,979`).
+pub fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
 /// Sizes like `df -h`: powers of 1024, one decimal below 10, rounded up.
 pub fn human_size(n: u64) -> String {
     const UNITS: [char; 6] = ['K', 'M', 'G', 'T', 'P', 'E'];
@@ -404,6 +417,15 @@ mod tests {
         assert_eq!(iso_time(1_700_000_000), "2023-11-14T22:13:20Z");
         assert_eq!(iso_time(u32::MAX), "2106-02-07T06:28:15Z");
         assert_eq!(short_time(1_700_000_000), "2023-11-14 22:13");
+    }
+
+    #[test]
+    fn thousands_are_separated() {
+        let cases = [(0, "0"), (999, "999"), (1_000, "1,000"), (1_979, "1,979")];
+        for (n, want) in cases {
+            assert_eq!(thousands(n), want);
+        }
+        assert_eq!(thousands(12_345_678), "12,345,678");
     }
 
     #[test]

@@ -35,8 +35,8 @@ use super::{
         repo/ user@host:/srv/repo\n  \
         sftpipe mirror -n --delete host:backup ./restore\n\n\
         A remote DEST that does not exist yet is built as .DEST.sftpipe-partial beside it \
-        and renamed into place when complete; a killed mirror's staged tree is resumed by \
-        the next run.\n\n\
+        and renamed into place when complete; if anything failed, or the mirror was \
+        killed, it stays there and the next run resumes it.\n\n\
         Exit status: 0 all done; 1 some entries failed, or deletes / --last files were \
         held back; 2 usage error; 3-7 nothing could be done (3 not found, 4 permission \
         denied, 5 connection, 6 protocol, 7 local error)."
@@ -195,9 +195,13 @@ pub fn mirror(g: &GlobalArgs, a: &MirrorArgs) -> Result<i32, CliError> {
         }
     }
     let code = tracker.finish(false);
-    for skipped in [&report.deletes_skipped, &report.last_skipped]
-        .into_iter()
-        .flatten()
+    for skipped in [
+        &report.deletes_skipped,
+        &report.last_skipped,
+        &report.tree_kept,
+    ]
+    .into_iter()
+    .flatten()
     {
         exit::report(skipped);
     }
@@ -219,6 +223,7 @@ pub fn mirror(g: &GlobalArgs, a: &MirrorArgs) -> Result<i32, CliError> {
             "failed": report.failures.len(),
             "deletes_skipped": report.deletes_skipped,
             "last_skipped": report.last_skipped,
+            "tree_kept": report.tree_kept,
             "elapsed_ms": report.elapsed.as_millis() as u64,
         });
         let mut out = std::io::stdout().lock();

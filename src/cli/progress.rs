@@ -12,7 +12,7 @@ use sftpipe::Error;
 use sftpipe::transfer::Progress;
 
 use super::exit::{self, sanitize};
-use super::format::human_size;
+use super::format::{human_size, thousands};
 
 /// How progress is shown (`--progress`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -105,21 +105,13 @@ impl Tracker {
                 "elapsed_ms": elapsed.as_millis() as u64,
             }));
         } else {
-            // A lost connection fails every remaining file the same way: its (long)
-            // message, with ssh's last words, is shown once.
-            let mut connection_shown = false;
-            for (path, e) in &t.failures {
-                if exit::is_connection(e) {
-                    if connection_shown {
-                        exit::report(format_args!("{path}: not transferred (connection lost)"));
-                        continue;
-                    }
-                    connection_shown = true;
-                }
-                exit::report(format_args!("{path}: {e}"));
-            }
+            report_failures(&t.failures);
             if failed > 0 && !single {
-                eprintln!("sftpipe: {failed} of {} files failed", t.files_ok + failed);
+                eprintln!(
+                    "sftpipe: {} of {} files failed",
+                    thousands(failed),
+                    thousands(t.files_ok + failed)
+                );
             } else if failed == 0 && self.bar.is_some() {
                 eprintln!(
                     "sftpipe: {} file{}, {} in {}",
@@ -132,6 +124,49 @@ impl Tracker {
         }
         let ops = if single { 1 } else { usize::MAX };
         exit::batch_code(t.failures.iter().map(|(_, e)| e), ops)
+    }
+}
+
+/// How many distinct failures are listed on stderr one by one; `-v` logs the rest.
+const MAX_LISTED: usize = 20;
+
+/// Lists failures on stderr: each with its own cause on its own line (the first
+/// [`MAX_LISTED`], then a count), and those of a lost connection, which fails every file
+/// still to go the same way, as one line: their count and the cause. `-v` logs every name.
+fn report_failures(failures: &[(String, Error)]) {
+    let (lost, other): (Vec<_>, Vec<_>) =
+        failures.iter().partition(|(_, e)| exit::is_connection(e));
+    for (i, (path, e)) in other.iter().enumerate() {
+        if i < MAX_LISTED {
+            exit::report(format_args!("{path}: {e}"));
+        } else {
+            log::info!("{path}: {e}");
+        }
+    }
+    if other.len() > MAX_LISTED {
+        let more = (other.len() - MAX_LISTED) as u64;
+        exit::report(format_args!(
+            "... and {} more failure{} (-v lists them)",
+            thousands(more),
+            if more == 1 { "" } else { "s" }
+        ));
+    }
+    match lost.as_slice() {
+        [] => {}
+        [(path, e)] => exit::report(format_args!("{path}: {e}")),
+        _ => {
+            for (path, _) in &lost {
+                log::info!("{path}: not transferred (connection lost)");
+            }
+            // The connection's own error carries ssh's last words.
+            let cause = (lost.iter().map(|(_, e)| e))
+                .find(|e| e.is_connection())
+                .unwrap_or(&lost[0].1);
+            exit::report(format_args!(
+                "{} files not transferred: {cause}",
+                thousands(lost.len() as u64)
+            ));
+        }
     }
 }
 

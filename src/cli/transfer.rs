@@ -8,7 +8,7 @@ use std::rc::Rc;
 use clap::Args;
 use sftpipe::task::TaskGroup;
 use sftpipe::transfer::{
-    LocalEntry, Progress, Transfer, default_max_open, remote_basename, remote_join,
+    LocalTree, Progress, Transfer, default_max_open, remote_basename, remote_join,
     safe_remote_name, staging_dir, walk_local,
 };
 use sftpipe::{Error, Session};
@@ -60,7 +60,8 @@ pub struct GetArgs {
     name. Missing remote parent directories are created. Each file is written to a \
     temporary name and renamed into place when complete, unless --inplace. With -r, a \
     REMOTE that does not exist yet is built as a hidden .NAME.sftpipe-partial beside it \
-    and renamed into place at the end; a rerun after an interruption resumes it.\n\n\
+    and renamed into place once all of it landed; after a failure or an interruption it \
+    stays there, and a rerun resumes it.\n\n\
     Examples:\n  sftpipe put report.pdf host:docs/\n  \
     sftpipe put -r -p ./site host:/srv/www\n  \
     sftpipe put --fsync *.tar host:/backup/"
@@ -172,7 +173,7 @@ enum Job {
     Tree {
         local: PathBuf,
         dest: Vec<u8>,
-        entries: sftpipe::Result<Vec<LocalEntry>>,
+        tree: sftpipe::Result<LocalTree>,
         new: bool,
     },
 }
@@ -309,20 +310,25 @@ pub fn put(g: &GlobalArgs, a: &PutArgs) -> Result<i32, CliError> {
             }
             None => {
                 let at = walks.iter().position(|(l, _)| *l == local);
-                let Some((_, entries)) = at.map(|i| walks.swap_remove(i)) else {
+                let Some((_, tree)) = at.map(|i| walks.swap_remove(i)) else {
                     continue;
                 };
                 jobs.push(Job::Tree {
                     local,
                     dest,
-                    entries,
+                    tree,
                     new: target_missing,
                 })
             }
         }
     }
-    session.run(run_jobs(t, tracker.clone(), jobs, task_limit));
-    Ok(combine(tracker.finish(single)))
+    session.run(run_jobs(t.clone(), tracker.clone(), jobs, task_limit));
+    let code = tracker.finish(single);
+    // Said last, after the failures that held the trees back.
+    for kept in t.take_report().kept_staged {
+        exit::report(kept);
+    }
+    Ok(combine(code))
 }
 
 /// Runs the upload jobs as tasks, at most `limit` at once (each file task holds a local
@@ -342,11 +348,11 @@ async fn run_jobs(t: Transfer, tracker: Rc<Tracker>, jobs: Vec<Job>, limit: usiz
                     Job::Tree {
                         local,
                         dest,
-                        entries,
+                        tree,
                         new,
-                    } => match entries {
-                        Ok(entries) if new => t.upload_new_tree(&local, &dest, entries).await,
-                        Ok(entries) => t.upload_entries(&local, &dest, entries).await,
+                    } => match tree {
+                        Ok(tree) if new => t.upload_new_tree(&local, &dest, tree).await,
+                        Ok(tree) => t.upload_entries(&local, &dest, tree).await,
                         Err(e) => tracker.file_done(&local.display().to_string(), 0, Some(&e)),
                     },
                 }

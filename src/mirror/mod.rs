@@ -34,7 +34,7 @@ use crate::client::Sftp;
 use crate::error::{Error, Result};
 use crate::proto::{FileAttributes, FileType};
 use crate::task::{Countdown, JoinHandle, Semaphore, TaskGroup, Token, spawn};
-use crate::transfer::{LocalKind, Transfer, remote_join, safe_remote_name, walk_local_with};
+use crate::transfer::{LocalKind, Transfer, lossy, remote_join, safe_remote_name, walk_local_with};
 
 /// What to mirror and how.
 #[derive(Debug, Clone, Default)]
@@ -76,6 +76,9 @@ pub struct MirrorReport {
     pub deletes_skipped: Option<String>,
     /// Why `--last` files were held back, if they were.
     pub last_skipped: Option<String>,
+    /// Why a new tree was left half made in its staging directory, if it was (something
+    /// in it failed: a rerun resumes it).
+    pub tree_kept: Option<String>,
     /// Wall time.
     pub elapsed: Duration,
 }
@@ -83,7 +86,10 @@ pub struct MirrorReport {
 impl MirrorReport {
     /// True when nothing failed and nothing was skipped.
     pub fn is_ok(&self) -> bool {
-        self.failures.is_empty() && self.deletes_skipped.is_none() && self.last_skipped.is_none()
+        self.failures.is_empty()
+            && self.deletes_skipped.is_none()
+            && self.last_skipped.is_none()
+            && self.tree_kept.is_none()
     }
 
     /// True when nothing at all could be done (every planned action failed).
@@ -97,8 +103,18 @@ fn rel_str(rel: &Path) -> Vec<u8> {
     rel.as_os_str().as_bytes().to_vec()
 }
 
-/// Snapshots a local tree. A missing root is an empty snapshot (`Ok(None)`).
-pub fn snapshot_local(root: &Path, opts: &MirrorOptions) -> Result<Option<Snapshot>> {
+/// A local tree as [`snapshot_local`] lists it.
+#[derive(Debug, Default)]
+pub struct LocalSnapshot {
+    /// The entries; what could not be read is in it marked [`TreeEntry::unreadable`].
+    pub tree: Snapshot,
+    /// Each path that could not be read (relative to the root), with why.
+    pub unreadable: Vec<(Vec<u8>, Error)>,
+}
+
+/// Snapshots a local tree. A missing root is an empty snapshot (`Ok(None)`); only an
+/// unreadable root is an error, what cannot be read below it is listed as such.
+pub fn snapshot_local(root: &Path, opts: &MirrorOptions) -> Result<Option<LocalSnapshot>> {
     match fs::symlink_metadata(root) {
         Ok(m) if m.is_dir() || (opts.copy_links && root.is_dir()) => {}
         Ok(_) => {
@@ -116,7 +132,7 @@ pub fn snapshot_local(root: &Path, opts: &MirrorOptions) -> Result<Option<Snapsh
         let excluded = plan::filter_path(filter, rel.as_os_str().as_bytes(), is_dir);
         (excluded, !excluded || descend_excluded)
     };
-    let entries = walk_local_with(root, opts.copy_links, &classify)?;
+    let walked = walk_local_with(root, opts.copy_links, &classify)?;
     let mut snap = Snapshot::new();
     let meta = fs::metadata(root)
         .map_err(|e| Error::local(format!("cannot read {}", root.display()), e))?;
@@ -131,11 +147,12 @@ pub fn snapshot_local(root: &Path, opts: &MirrorOptions) -> Result<Option<Snapsh
                 mode: meta.permissions().mode() & 0o7777,
                 target: None,
                 excluded: false,
+                unreadable: false,
             },
         );
     }
     let mut excluded_dirs: Vec<Vec<u8>> = Vec::new();
-    for e in entries {
+    for e in walked.entries {
         let rel = rel_str(&e.rel);
         let below_excluded = excluded_dirs
             .iter()
@@ -157,10 +174,38 @@ pub fn snapshot_local(root: &Path, opts: &MirrorOptions) -> Result<Option<Snapsh
                 mode: e.mode,
                 target,
                 excluded: e.excluded || below_excluded,
+                unreadable: false,
             },
         );
     }
-    Ok(Some(snap))
+    let unreadable: Vec<(Vec<u8>, Error)> = walked
+        .unreadable
+        .into_iter()
+        .map(|(rel, e)| (rel_str(&rel), e))
+        .collect();
+    for (rel, _) in &unreadable {
+        mark_unreadable(&mut snap, rel);
+    }
+    Ok(Some(LocalSnapshot {
+        tree: snap,
+        unreadable,
+    }))
+}
+
+/// Marks a path of a snapshot unreadable; one that could not even be examined is added as
+/// an entry of unknown kind.
+fn mark_unreadable(snap: &mut Snapshot, rel: &[u8]) {
+    snap.entry(rel.to_vec())
+        .or_insert_with(|| TreeEntry {
+            kind: EntryKind::Other,
+            size: 0,
+            mtime: 0,
+            mode: 0,
+            target: None,
+            excluded: false,
+            unreadable: true,
+        })
+        .unreadable = true;
 }
 
 fn entry_from_attrs(a: &FileAttributes) -> (EntryKind, u64, i64, u32) {
@@ -188,6 +233,8 @@ struct RemoteWalk {
     /// parents' listings said what they are; used only for entries those call directories.
     guessed: RefCell<std::collections::HashMap<Vec<u8>, JoinHandle<Listing>>>,
     failures: RefCell<Vec<(String, Error)>>,
+    /// Relative paths that could not be listed (directories) or read (links).
+    unreadable: RefCell<Vec<Vec<u8>>>,
     filter: Filter,
     descend_excluded: bool,
     read_links: bool,
@@ -231,6 +278,7 @@ fn list_remote_dir(
                 walk.failures
                     .borrow_mut()
                     .push((String::from_utf8_lossy(&dir).into_owned(), e));
+                walk.unreadable.borrow_mut().push(rel);
                 return;
             }
         };
@@ -275,6 +323,7 @@ fn list_remote_dir(
                     mode,
                     target: None,
                     excluded,
+                    unreadable: false,
                 },
             );
         }
@@ -294,18 +343,22 @@ fn list_remote_dir(
                 Err(e) if walk.is_dest && !e.is_connection() => {
                     log::info!("{e}; replacing the link");
                 }
-                Err(e) => walk
-                    .failures
-                    .borrow_mut()
-                    .push((String::from_utf8_lossy(&child).into_owned(), e)),
+                Err(e) => {
+                    let path = remote_join(&root, &child);
+                    walk.failures
+                        .borrow_mut()
+                        .push((String::from_utf8_lossy(&path).into_owned(), e));
+                    walk.unreadable.borrow_mut().push(child);
+                }
             }
         }
     })
 }
 
 /// Snapshots a remote tree, every directory listed by its own task. `Ok(None)` when the
-/// root does not exist. Directories that could not be listed, and links whose target
-/// could not be read, are returned as failures.
+/// root does not exist. Directories that could not be listed, and source links whose
+/// target could not be read, are returned as failures and marked
+/// [`TreeEntry::unreadable`] in the snapshot.
 pub async fn snapshot_remote(
     t: &Transfer,
     root: &[u8],
@@ -375,6 +428,7 @@ async fn snapshot_remote_as(
         tasks: RefCell::new(Vec::new()),
         guessed: RefCell::new(guessed),
         failures: RefCell::new(Vec::new()),
+        unreadable: RefCell::new(Vec::new()),
         filter: opts.filter.clone(),
         descend_excluded: opts.compare.delete_excluded,
         read_links: true,
@@ -390,6 +444,7 @@ async fn snapshot_remote_as(
             mode,
             target: None,
             excluded: false,
+            unreadable: false,
         },
     );
     list_remote_dir(
@@ -418,7 +473,10 @@ async fn snapshot_remote_as(
         let _ = listing.await;
     }
     let failures = std::mem::take(&mut *walk.failures.borrow_mut());
-    let snap = std::mem::take(&mut *walk.snap.borrow_mut());
+    let mut snap = std::mem::take(&mut *walk.snap.borrow_mut());
+    for rel in walk.unreadable.take() {
+        mark_unreadable(&mut snap, &rel);
+    }
     Ok((Some(snap), failures))
 }
 
@@ -706,7 +764,7 @@ pub async fn mirror_up(
 pub async fn mirror_up_listed(
     t: &Transfer,
     local_root: &Path,
-    local: Result<Option<Snapshot>>,
+    local: Result<Option<LocalSnapshot>>,
     remote_root: &[u8],
     opts: &MirrorOptions,
 ) -> MirrorReport {
@@ -738,7 +796,7 @@ pub async fn mirror_down_listed(
     t: &Transfer,
     remote_root: &[u8],
     local_root: &Path,
-    local: Result<Option<Snapshot>>,
+    local: Result<Option<LocalSnapshot>>,
     opts: &MirrorOptions,
 ) -> MirrorReport {
     let sides = Sides {
@@ -752,31 +810,34 @@ pub async fn mirror_down_listed(
     run(sides, local, opts).await
 }
 
-async fn run(sides: Sides, local: Result<Option<Snapshot>>, opts: &MirrorOptions) -> MirrorReport {
-    let started = Instant::now();
-    let mut report = MirrorReport::default();
-    let t = sides.t.clone();
-    // Every failure goes through the transfer context, so progress sinks see them all.
-    let fail = |report: &mut MirrorReport, path: String, e: Error| {
-        t.record_failure(path, e);
-        report.elapsed = started.elapsed();
-    };
+/// Both trees, as the plan compares them.
+struct Trees {
+    source: Snapshot,
+    dest: Snapshot,
+    dest_root_exists: bool,
+    /// Some remote directory could not be listed: deletes are not safe.
+    incomplete_listing: bool,
+}
 
+/// Lists the remote tree and takes the local one, recording what could not be read; `None`
+/// when nothing can be done (the recorded failures say why).
+async fn list_trees(
+    sides: &Sides,
+    local: Result<Option<LocalSnapshot>>,
+    opts: &MirrorOptions,
+) -> Option<Trees> {
+    let t = &sides.t;
     let remote_is_dest = sides.dir == Direction::Up;
-    let remote = snapshot_remote_as(&t, &sides.remote_root, opts, remote_is_dest).await;
+    let remote = snapshot_remote_as(t, &sides.remote_root, opts, remote_is_dest).await;
     let (local, (remote, listing_failures)) = match (local, remote) {
         (Ok(l), Ok(r)) => (l, r),
         (Err(e), _) => {
-            fail(&mut report, sides.local_root.display().to_string(), e);
-            return finish(report, &t);
+            t.record_failure(sides.local_root.display().to_string(), e);
+            return None;
         }
         (_, Err(e)) => {
-            fail(
-                &mut report,
-                String::from_utf8_lossy(&sides.remote_root).into_owned(),
-                e,
-            );
-            return finish(report, &t);
+            t.record_failure(lossy(&sides.remote_root), e);
+            return None;
         }
     };
     let incomplete_listing = !listing_failures.is_empty();
@@ -786,86 +847,173 @@ async fn run(sides: Sides, local: Result<Option<Snapshot>>, opts: &MirrorOptions
     }
     if connection_lost {
         // Nothing more can be done; the listing's errors already say why.
-        return finish(report, &t);
+        return None;
     }
+    // What could not be read locally is one failure each; the plan leaves it alone.
+    let local = local.map(|l| {
+        for (rel, e) in l.unreadable {
+            t.record_failure(sides.dest_name(&rel), e);
+        }
+        l.tree
+    });
     let (source, dest, dest_root_exists) = match sides.dir {
         Direction::Up => {
             let Some(src) = local else {
-                fail(
-                    &mut report,
+                t.record_failure(
                     sides.local_root.display().to_string(),
                     Error::local(
                         format!("cannot read {}", sides.local_root.display()),
                         std::io::ErrorKind::NotFound.into(),
                     ),
                 );
-                return finish(report, &t);
+                return None;
             };
             let exists = remote.is_some();
             (src, remote.unwrap_or_default(), exists)
         }
         Direction::Down => {
             let Some(src) = remote else {
-                fail(
-                    &mut report,
-                    String::from_utf8_lossy(&sides.remote_root).into_owned(),
+                t.record_failure(
+                    lossy(&sides.remote_root),
                     Error::Status {
                         op: "mirror",
-                        path: String::from_utf8_lossy(&sides.remote_root).into_owned(),
+                        path: lossy(&sides.remote_root),
                         code: crate::StatusCode::NoSuchFile,
                         message: "no such directory".into(),
                     },
                 );
-                return finish(report, &t);
+                return None;
             };
             let exists = local.is_some();
             (src, local.unwrap_or_default(), exists)
         }
     };
+    Some(Trees {
+        source,
+        dest,
+        dest_root_exists,
+        incomplete_listing,
+    })
+}
 
-    // A new remote tree is built in a staging directory (resuming one a killed mirror
-    // left) and renamed into place at the end: one rename for the tree instead of one
-    // per file, and nobody sees it half made.
+/// A new remote tree is built in a staging directory (resuming one a killed mirror left)
+/// and renamed into place at the end: one rename for the tree instead of one per file,
+/// and nobody sees it half made. Returns the sides writing into it and what it holds;
+/// `None` when the staged tree cannot be used (the recorded failure says why).
+async fn stage(sides: Sides, trees: Trees, opts: &MirrorOptions) -> Option<(Sides, Trees)> {
     let staging = match sides.dir {
-        Direction::Up if !dest_root_exists => staging_dir(&sides.remote_root),
+        Direction::Up if !trees.dest_root_exists => staging_dir(&sides.remote_root),
         _ => None,
     };
-    let (sides, dest, dest_root_exists) = match staging {
-        None => (sides, dest, dest_root_exists),
-        Some(staging) => {
-            let (partial, listing_failures) =
-                match snapshot_remote_as(&t, &staging, opts, true).await {
-                    Ok(r) => r,
-                    Err(e) => {
-                        fail(
-                            &mut report,
-                            String::from_utf8_lossy(&staging).into_owned(),
-                            e,
-                        );
-                        return finish(report, &t);
-                    }
-                };
-            if !listing_failures.is_empty() {
-                for (path, e) in listing_failures {
-                    t.record_failure(path, e);
-                }
-                return finish(report, &t);
-            }
-            if partial.is_some() {
-                log::info!(
-                    "resuming the staged tree {}",
-                    String::from_utf8_lossy(&staging)
-                );
-            }
-            let exists = partial.is_some();
-            let sides = Sides {
-                remote_root: Rc::new(staging),
-                staged: true,
-                ..sides
-            };
-            (sides, partial.unwrap_or_default(), exists)
+    let Some(staging) = staging else {
+        return Some((sides, trees));
+    };
+    let t = sides.t.clone();
+    let (partial, listing_failures) = match snapshot_remote_as(&t, &staging, opts, true).await {
+        Ok(r) => r,
+        Err(e) => {
+            t.record_failure(lossy(&staging), e);
+            return None;
         }
     };
+    if !listing_failures.is_empty() {
+        for (path, e) in listing_failures {
+            t.record_failure(path, e);
+        }
+        return None;
+    }
+    let sides = Sides {
+        remote_root: Rc::new(staging),
+        staged: true,
+        ..sides
+    };
+    let exists = partial.is_some();
+    let mut partial = partial.unwrap_or_default();
+    // A dry run changes nothing, not even the staged tree.
+    if exists && !opts.dry_run {
+        log::info!("resuming the staged tree {}", lossy(&sides.remote_root));
+        if let Err(e) = prune_staged(&sides, &trees.source, &mut partial).await {
+            t.record_failure(
+                format!(
+                    "{} (could not clear the staged tree {} left by an earlier run)",
+                    sides.dest_name(b""),
+                    lossy(&sides.remote_root)
+                ),
+                e,
+            );
+            return None;
+        }
+    }
+    let trees = Trees {
+        dest: partial,
+        dest_root_exists: exists,
+        ..trees
+    };
+    Some((sides, trees))
+}
+
+/// Removes from a resumed staging tree what a fresh mirror would not make there: entries
+/// the source lacks or excludes, the killed run's temporary files among them (with or
+/// without `--delete`: the staging tree is the mirror's own). Entries of another kind are
+/// left to the plan, which replaces them; what either side could not read is left alone.
+async fn prune_staged(sides: &Sides, source: &Snapshot, partial: &mut Snapshot) -> Result<()> {
+    let everything = Compare {
+        delete: true,
+        delete_excluded: true,
+        ..Compare::default()
+    };
+    let mut extras: Vec<(Vec<u8>, EntryKind)> = Vec::new();
+    let mut removed: HashSet<Vec<u8>> = HashSet::new();
+    for a in plan(source, partial, &everything).actions {
+        // Parents come first; a directory goes with everything below it.
+        if let Action::Delete { path, kind } = a
+            && !plan::covered(&removed, &path)
+        {
+            removed.insert(path.clone());
+            extras.push((path, kind));
+        }
+    }
+    let removals = extras
+        .iter()
+        .map(|(rel, kind)| sides.remove_dest(rel, *kind));
+    for r in futures_util::future::join_all(removals).await {
+        match r {
+            Err(e) if !e.is_not_found() => return Err(e),
+            _ => {}
+        }
+    }
+    partial.retain(|p, _| !plan::covered(&removed, p));
+    Ok(())
+}
+
+async fn run(
+    sides: Sides,
+    local: Result<Option<LocalSnapshot>>,
+    opts: &MirrorOptions,
+) -> MirrorReport {
+    let started = Instant::now();
+    let mut report = MirrorReport::default();
+    let t = sides.t.clone();
+    // Every failure goes through the transfer context, so progress sinks see them all.
+    let fail = |report: &mut MirrorReport, path: String, e: Error| {
+        t.record_failure(path, e);
+        report.elapsed = started.elapsed();
+    };
+
+    let listed = match list_trees(&sides, local, opts).await {
+        Some(trees) => stage(sides, trees, opts).await,
+        None => None,
+    };
+    let Some((sides, trees)) = listed else {
+        report.elapsed = started.elapsed();
+        return finish(report, &t);
+    };
+    let Trees {
+        source,
+        dest,
+        dest_root_exists,
+        incomplete_listing,
+    } = trees;
     // Prefetched answers the listings did not take: guessed directories that are excluded
     // or not directories there, the staging directory of a root that exists.
     t.sftp.discard_prefetched().await;
@@ -1123,40 +1271,16 @@ async fn run(sides: Sides, local: Result<Option<Snapshot>>, opts: &MirrorOptions
         }
     }
 
-    // Phase 5: directory times, now that nothing changes inside them.
+    // Phase 5: directory times, now that nothing changes inside them. Their replies are
+    // in before the staged tree moves (it is published only if nothing failed); sent
+    // early, they come in with the last files' replies.
     let pending_times = match early_times {
         Some(job) => job.await,
-        None if sides.dir == Direction::Up => submit_remote_dir_times(&sides, &stale_dirs).await,
-        None => {
-            for (rel, mtime) in &stale_dirs {
-                if let Err(err) = sides.set_dir_mtime(rel, *mtime).await {
-                    log::warn!("could not set the time of {}: {err}", sides.dest_name(rel));
-                }
-            }
-            Vec::new()
-        }
+        None => set_dir_times(&sides, &stale_dirs).await,
     };
-    // Remote times are not waited for: nothing after them depends on the outcome, and the
-    // session's shutdown collects every reply; a task logs failures as they arrive.
-    if !pending_times.is_empty() {
-        drop(spawn(async move {
-            for (path, reply) in pending_times {
-                let r = match reply.await {
-                    Ok(r) => crate::client::expect_ok_reply("setstat", &path, r),
-                    Err(e) => Err(e),
-                };
-                if let Err(e) = r {
-                    log::warn!(
-                        "could not set the time of {}: {e}",
-                        String::from_utf8_lossy(&path)
-                    );
-                }
-            }
-        }));
-    }
+    collect_dir_times(&sides, pending_times).await;
 
     if sides.staged {
-        // Queued behind everything the tree got, directory times included.
         t.move_staged_tree(
             &sides.remote_root,
             &sides.remote_name,
@@ -1178,8 +1302,8 @@ async fn run(sides: Sides, local: Result<Option<Snapshot>>, opts: &MirrorOptions
 }
 
 /// Source directories whose destination time must be set: new, of another kind, with
-/// another time, or changed inside by the plan (which moves their time). Excluded ones
-/// are left alone.
+/// another time, or changed inside by the plan (which moves their time). Excluded ones,
+/// and what either side could not read, are left alone.
 fn stale_dir_times(source: &Snapshot, dest: &Snapshot, the_plan: &Plan) -> Vec<(Vec<u8>, i64)> {
     let touched: HashSet<&[u8]> = the_plan
         .actions
@@ -1192,9 +1316,11 @@ fn stale_dir_times(source: &Snapshot, dest: &Snapshot, the_plan: &Plan) -> Vec<(
             }
         })
         .collect();
+    let unreadable = plan::unreadable_paths(source, dest);
     source
         .iter()
         .filter(|(_, e)| e.kind == EntryKind::Dir && !e.excluded)
+        .filter(|(rel, _)| !plan::covered(&unreadable, rel))
         .filter(|(rel, e)| {
             dest.get(*rel)
                 .is_none_or(|d| d.kind != EntryKind::Dir || d.mtime != e.mtime)
@@ -1204,28 +1330,79 @@ fn stale_dir_times(source: &Snapshot, dest: &Snapshot, the_plan: &Plan) -> Vec<(
         .collect()
 }
 
-/// Queues a SETSTAT of each remote directory's time, without waiting for the replies.
+/// Sets the destination directories' times: local ones at once, remote ones queued (see
+/// [`submit_remote_dir_times`]).
+async fn set_dir_times(sides: &Sides, dirs: &[(Vec<u8>, i64)]) -> Vec<(Vec<u8>, PendingReply)> {
+    if sides.dir == Direction::Up {
+        return submit_remote_dir_times(sides, dirs).await;
+    }
+    for (rel, mtime) in dirs {
+        match sides.set_dir_mtime(rel, *mtime).await {
+            Err(e) if !missing_after_failure(&sides.t, &e) => {
+                sides.t.record_failure(sides.dest_name(rel), e)
+            }
+            _ => {}
+        }
+    }
+    Vec::new()
+}
+
+/// True for a directory that is missing because making it failed (and said so).
+fn missing_after_failure(t: &Transfer, e: &Error) -> bool {
+    e.kind() == std::io::ErrorKind::NotFound && failure_count(t) > 0
+}
+
+/// Queues a SETSTAT of each remote directory's time, without waiting for the replies
+/// (see [`collect_dir_times`]). On a connection already lost (and reported), none.
 async fn submit_remote_dir_times(
     sides: &Sides,
     dirs: &[(Vec<u8>, i64)],
 ) -> Vec<(Vec<u8>, PendingReply)> {
     let mut pending = Vec::new();
+    if sides.t.sftp.channel().is_dead() && failure_count(&sides.t) > 0 {
+        return pending;
+    }
     for (rel, mtime) in dirs {
         let t32 = (*mtime).clamp(0, u32::MAX as i64) as u32;
-        let path = sides.remote(rel);
         let req = crate::proto::Request::Setstat {
-            path: path.clone(),
+            path: sides.remote(rel),
             attrs: FileAttributes {
                 atime_mtime: Some((t32, t32)),
                 ..Default::default()
             },
         };
         match sides.t.sftp.submit(&req).await {
-            Ok(reply) => pending.push((path, reply)),
-            Err(e) => log::warn!("could not set the time of {}: {e}", sides.dest_name(rel)),
+            Ok(reply) => pending.push((rel.clone(), reply)),
+            Err(e) => {
+                // The connection is gone: the rest would fail the same way.
+                sides.t.record_failure(sides.dest_name(rel), e);
+                break;
+            }
         }
     }
     pending
+}
+
+/// Waits for the replies to directory times and records what failed: a lost connection
+/// once, a directory that is missing because making it failed not again.
+async fn collect_dir_times(sides: &Sides, pending: Vec<(Vec<u8>, PendingReply)>) {
+    let mut lost = false;
+    for (rel, reply) in pending {
+        let path = sides.remote(&rel);
+        let r = reply
+            .await
+            .and_then(|r| crate::client::expect_ok_reply("setstat", &path, r));
+        match r {
+            Ok(()) => {}
+            Err(e) if sides.t.sftp.channel().is_dead() => {
+                if !std::mem::replace(&mut lost, true) {
+                    sides.t.record_failure(sides.dest_name(&rel), e);
+                }
+            }
+            Err(e) if missing_after_failure(&sides.t, &e) => {}
+            Err(e) => sides.t.record_failure(sides.dest_name(&rel), e),
+        }
+    }
 }
 
 /// Moves the transfer context's counts and failures into the report.
@@ -1234,6 +1411,7 @@ fn finish(mut report: MirrorReport, t: &Transfer) -> MirrorReport {
     report.copied = tr.files;
     report.bytes = tr.bytes;
     report.failures.extend(tr.failures);
+    report.tree_kept = tr.kept_staged.into_iter().next();
     report
 }
 

@@ -1,6 +1,6 @@
 //! Snapshots of both trees and the pure comparison that turns them into actions.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 
 use super::filter::{Filter, PatternSet};
@@ -33,6 +33,9 @@ pub struct TreeEntry {
     pub target: Option<Vec<u8>>,
     /// Matched an exclude pattern (kept so `--delete-excluded` can act on it).
     pub excluded: bool,
+    /// Could not be read (a directory that could not be listed, an entry that could not
+    /// be examined): nothing at or below it is planned, on either side.
+    pub unreadable: bool,
 }
 
 /// A tree: relative `/`-separated paths (parents sort before children) to entries.
@@ -170,14 +173,40 @@ fn is_below(path: &[u8], dir: &[u8]) -> bool {
     path.len() > dir.len() && path.starts_with(dir) && path[dir.len()] == b'/'
 }
 
-/// Compares a source and a destination snapshot.
+/// True when `path` or one of its parents (the root, `""`, included) is in `set`.
+pub(crate) fn covered<T>(set: &HashSet<T>, path: &[u8]) -> bool
+where
+    T: std::borrow::Borrow<[u8]> + Eq + std::hash::Hash,
+{
+    if set.is_empty() {
+        return false;
+    }
+    set.contains(path)
+        || set.contains(&path[..0])
+        || (path.iter().enumerate()).any(|(i, &b)| b == b'/' && set.contains(&path[..i]))
+}
+
+/// The paths either side could not read: what is at or below them is unknown.
+pub(crate) fn unreadable_paths<'a>(source: &'a Snapshot, dest: &'a Snapshot) -> HashSet<&'a [u8]> {
+    (source.iter().chain(dest.iter()))
+        .filter(|(_, e)| e.unreadable)
+        .map(|(p, _)| p.as_slice())
+        .collect()
+}
+
+/// Compares a source and a destination snapshot. Nothing is planned at or below an
+/// unreadable entry of either side: what is there is not known.
 pub fn plan(source: &Snapshot, dest: &Snapshot, cmp: &Compare) -> Plan {
+    let unreadable = unreadable_paths(source, dest);
     let mut out = Plan::default();
     let mut deletes = Vec::new();
     // Destination directories that will be removed whole because the source has a
     // non-directory there: nothing below them needs its own delete.
     let mut removed_dirs: Vec<&[u8]> = Vec::new();
     for (path, src) in source.iter().filter(|(_, e)| !e.excluded) {
+        if covered(&unreadable, path) {
+            continue;
+        }
         if src.kind == EntryKind::Symlink && src.target.is_none() {
             // A remote source link whose target could not be read: its listing failure
             // is reported, there is nothing to create, and what the destination has
@@ -260,7 +289,7 @@ pub fn plan(source: &Snapshot, dest: &Snapshot, cmp: &Compare) -> Plan {
             if d.excluded && !cmp.delete_excluded {
                 continue;
             }
-            if removed_dirs.iter().any(|r| is_below(path, r)) {
+            if removed_dirs.iter().any(|r| is_below(path, r)) || covered(&unreadable, path) {
                 continue;
             }
             // An excluded source entry is not mirrored: the destination's copy is an
@@ -296,6 +325,7 @@ mod tests {
             mode: 0o644,
             target: None,
             excluded: false,
+            unreadable: false,
         }
     }
     fn dir() -> TreeEntry {
@@ -306,6 +336,7 @@ mod tests {
             mode: 0o755,
             target: None,
             excluded: false,
+            unreadable: false,
         }
     }
     fn link(t: &str) -> TreeEntry {
@@ -316,6 +347,7 @@ mod tests {
             mode: 0o777,
             target: Some(t.as_bytes().to_vec()),
             excluded: false,
+            unreadable: false,
         }
     }
     fn snap(items: &[(&str, TreeEntry)]) -> Snapshot {
@@ -424,6 +456,45 @@ mod tests {
             },
         );
         assert_eq!(lines(&p), ["delete cache.tmp"]);
+    }
+
+    #[test]
+    fn nothing_is_planned_at_or_below_what_either_side_could_not_read() {
+        let unread = |mut e: TreeEntry| {
+            e.unreadable = true;
+            e
+        };
+        let src = snap(&[
+            ("bad", unread(dir())),
+            ("badfile", unread(file(0, 0))),
+            ("d", dir()),
+            ("d/new", file(1, 1)),
+            ("gone", unread(dir())),
+            ("gone/f", file(1, 1)),
+            ("ok", file(1, 1)),
+        ]);
+        let dst = snap(&[
+            ("bad", dir()),
+            ("bad/x", file(5, 5)),
+            ("bad/y", dir()),
+            ("bad/y/z", file(5, 5)),
+            ("badfile", file(9, 9)),
+            ("d", unread(dir())),
+            ("gone", dir()),
+            ("stale", file(1, 1)),
+        ]);
+        let cmp = Compare {
+            delete: true,
+            ..Default::default()
+        };
+        let p = plan(&src, &dst, &cmp);
+        assert_eq!(lines(&p), ["upload ok (1 bytes)", "delete stale"]);
+
+        let mut root = dir();
+        root.unreadable = true;
+        let mut dst = dst;
+        dst.insert(Vec::new(), root);
+        assert!(plan(&src, &dst, &cmp).actions.is_empty());
     }
 
     #[test]

@@ -199,7 +199,11 @@ fn batch_reply(mut data: Value, done: u64, failures: Vec<(String, Error)>) -> Re
 }
 
 fn report_reply(r: Report) -> Reply {
-    let data = json!({"bytes": r.bytes, "files": r.files, "dirs": r.dirs, "symlinks": r.symlinks});
+    let mut data =
+        json!({"bytes": r.bytes, "files": r.files, "dirs": r.dirs, "symlinks": r.symlinks});
+    if !r.kept_staged.is_empty() {
+        data["kept_staged"] = json!(r.kept_staged);
+    }
     batch_reply(data, r.files + r.dirs + r.symlinks, r.failures)
 }
 
@@ -391,6 +395,7 @@ impl Executor {
             "unchanged": r.unchanged,
             "deletes_skipped": r.deletes_skipped,
             "last_skipped": r.last_skipped,
+            "tree_kept": r.tree_kept,
         });
         let done = r.copied + r.dirs_created + r.symlinks + r.chmods + r.deleted;
         batch_reply(data, done, r.failures)

@@ -25,7 +25,9 @@ use crate::task::{DirLocks, Permit, Semaphore};
 use pace::{Ask, Pacer};
 
 pub use resume::resumable_temp_name;
-pub use tree::{LocalEntry, LocalKind, safe_remote_name, staging_dir, walk_local, walk_local_with};
+pub use tree::{
+    LocalEntry, LocalKind, LocalTree, safe_remote_name, staging_dir, walk_local, walk_local_with,
+};
 pub use upload::temp_name;
 
 /// Requests in flight per file by default (as OpenSSH's sftp).
@@ -112,6 +114,9 @@ pub struct Report {
     pub symlinks: u64,
     /// Every failed path with its error.
     pub failures: Vec<(String, Error)>,
+    /// New trees left in their staging directory because something in them failed, each
+    /// as a message naming the tree, the staging directory and what to do.
+    pub kept_staged: Vec<String>,
     /// Wall time.
     pub elapsed: Duration,
 }

@@ -52,10 +52,34 @@ pub struct LocalEntry {
     pub excluded: bool,
 }
 
+/// A listed local tree.
+#[derive(Debug, Default)]
+pub struct LocalTree {
+    /// The entries, parents before children.
+    pub entries: Vec<LocalEntry>,
+    /// What could not be read, relative to the root, with why: a directory that could not
+    /// be listed (its own entry is in `entries`, its contents are unknown), or an entry
+    /// that could not be examined (it is not in `entries`). The rest of the tree is listed.
+    pub unreadable: Vec<(PathBuf, Error)>,
+}
+
 /// Lists a local tree depth-first (parents before children), without following symlinks
-/// unless `follow_links`. Sockets, FIFOs and devices are skipped with a warning.
-pub fn walk_local(root: &Path, follow_links: bool) -> Result<Vec<LocalEntry>> {
+/// unless `follow_links`. Sockets, FIFOs and devices are skipped with a warning. Only an
+/// unreadable root is an error; anything below it that cannot be read is listed in
+/// [`LocalTree::unreadable`].
+pub fn walk_local(root: &Path, follow_links: bool) -> Result<LocalTree> {
     walk_local_with(root, follow_links, &|_, _| (false, true))
+}
+
+/// The names in a local directory, sorted.
+fn list_local_dir(dir: &Path) -> Result<Vec<OsString>> {
+    let err = |e| Error::local(format!("cannot list {}", dir.display()), e);
+    let mut names = fs::read_dir(dir)
+        .map_err(err)?
+        .map(|ent| ent.map(|e| e.file_name()).map_err(err))
+        .collect::<Result<Vec<_>>>()?;
+    names.sort();
+    Ok(names)
 }
 
 /// [`walk_local`] with a classifier: `classify(rel, is_dir)` returns whether the entry is
@@ -64,69 +88,87 @@ pub fn walk_local_with(
     root: &Path,
     follow_links: bool,
     classify: &dyn Fn(&Path, bool) -> (bool, bool),
-) -> Result<Vec<LocalEntry>> {
-    let mut out = Vec::new();
+) -> Result<LocalTree> {
+    let mut tree = LocalTree::default();
     let mut stack = vec![PathBuf::new()];
     while let Some(rel) = stack.pop() {
         let dir = root.join(&rel);
-        let rd = fs::read_dir(&dir)
-            .map_err(|e| Error::local(format!("cannot list {}", dir.display()), e))?;
-        let mut names: Vec<OsString> = Vec::new();
-        for ent in rd {
-            let ent = ent.map_err(|e| Error::local(format!("cannot list {}", dir.display()), e))?;
-            names.push(ent.file_name());
-        }
-        names.sort();
+        let names = match list_local_dir(&dir) {
+            Ok(names) => names,
+            Err(e) if rel.as_os_str().is_empty() => return Err(e),
+            Err(e) => {
+                tree.unreadable.push((rel, e));
+                continue;
+            }
+        };
         let mut subdirs = Vec::new();
         for name in names {
-            let path = dir.join(&name);
             let rel_path = rel.join(&name);
-            let lmeta = fs::symlink_metadata(&path)
-                .map_err(|e| Error::local(format!("cannot stat {}", path.display()), e))?;
-            let meta = if lmeta.file_type().is_symlink() && follow_links {
-                match fs::metadata(&path) {
-                    Ok(m) => m,
-                    Err(e) => {
-                        log::warn!("skipping dangling symlink {}: {e}", path.display());
-                        continue;
+            match local_entry(root, &rel_path, follow_links, classify) {
+                Ok(Some((entry, descend))) => {
+                    if descend {
+                        subdirs.push(rel_path);
                     }
+                    tree.entries.push(entry);
                 }
-            } else {
-                lmeta
-            };
-            use std::os::unix::fs::MetadataExt;
-            let ft = meta.file_type();
-            let (excluded, descend) = classify(&rel_path, ft.is_dir());
-            let kind = if ft.is_file() {
-                LocalKind::File { size: meta.len() }
-            } else if ft.is_dir() {
-                if descend {
-                    subdirs.push(rel_path.clone());
-                }
-                LocalKind::Dir
-            } else if ft.is_symlink() {
-                let target = fs::read_link(&path)
-                    .map_err(|e| Error::local(format!("cannot read link {}", path.display()), e))?;
-                LocalKind::Symlink { target }
-            } else {
-                log::warn!(
-                    "skipping {}: not a file, directory or symlink",
-                    path.display()
-                );
-                continue;
-            };
-            out.push(LocalEntry {
-                rel: rel_path,
-                kind,
-                mtime: meta.mtime(),
-                mode: meta.permissions().mode() & 0o7777,
-                excluded,
-            });
+                Ok(None) => {}
+                Err(e) => tree.unreadable.push((rel_path, e)),
+            }
         }
         // Reverse so the stack pops them in sorted order.
         stack.extend(subdirs.into_iter().rev());
     }
-    Ok(out)
+    Ok(tree)
+}
+
+/// One entry of a local walk, and whether to descend into it; `None` for what is skipped.
+fn local_entry(
+    root: &Path,
+    rel: &Path,
+    follow_links: bool,
+    classify: &dyn Fn(&Path, bool) -> (bool, bool),
+) -> Result<Option<(LocalEntry, bool)>> {
+    use std::os::unix::fs::MetadataExt;
+    let path = root.join(rel);
+    let lmeta = fs::symlink_metadata(&path)
+        .map_err(|e| Error::local(format!("cannot stat {}", path.display()), e))?;
+    let meta = if lmeta.file_type().is_symlink() && follow_links {
+        match fs::metadata(&path) {
+            Ok(m) => m,
+            Err(e) => {
+                log::warn!("skipping dangling symlink {}: {e}", path.display());
+                return Ok(None);
+            }
+        }
+    } else {
+        lmeta
+    };
+    let ft = meta.file_type();
+    let (excluded, descend) = classify(rel, ft.is_dir());
+    let kind = if ft.is_file() {
+        LocalKind::File { size: meta.len() }
+    } else if ft.is_dir() {
+        LocalKind::Dir
+    } else if ft.is_symlink() {
+        let target = fs::read_link(&path)
+            .map_err(|e| Error::local(format!("cannot read link {}", path.display()), e))?;
+        LocalKind::Symlink { target }
+    } else {
+        log::warn!(
+            "skipping {}: not a file, directory or symlink",
+            path.display()
+        );
+        return Ok(None);
+    };
+    let descend = descend && kind == LocalKind::Dir;
+    let entry = LocalEntry {
+        rel: rel.to_path_buf(),
+        kind,
+        mtime: meta.mtime(),
+        mode: meta.permissions().mode() & 0o7777,
+        excluded,
+    };
+    Ok(Some((entry, descend)))
 }
 
 /// Checks a name the server sent before it becomes part of a local path: no `.`, `..`,
@@ -182,11 +224,18 @@ enum StagedKind {
     File,
     Dir,
     Symlink,
+    /// Could not be read locally this time: whatever is staged there is left alone.
+    Unread,
 }
 
 /// The local tree's kinds by remote-style relative path.
-fn staged_kinds(entries: &[LocalEntry]) -> HashMap<Vec<u8>, StagedKind> {
-    entries
+fn staged_kinds(tree: &LocalTree) -> HashMap<Vec<u8>, StagedKind> {
+    let rel = |p: &Path| p.as_os_str().as_bytes().to_vec();
+    let unread = tree
+        .unreadable
+        .iter()
+        .map(|(p, _)| (rel(p), StagedKind::Unread));
+    tree.entries
         .iter()
         .filter(|e| !e.excluded)
         .map(|e| {
@@ -195,8 +244,10 @@ fn staged_kinds(entries: &[LocalEntry]) -> HashMap<Vec<u8>, StagedKind> {
                 LocalKind::Dir => StagedKind::Dir,
                 LocalKind::Symlink { .. } => StagedKind::Symlink,
             };
-            (e.rel.as_os_str().as_bytes().to_vec(), kind)
+            (rel(&e.rel), kind)
         })
+        // Last, so an unreadable directory's own entry does not count.
+        .chain(unread)
         .collect()
 }
 
@@ -210,7 +261,7 @@ impl Transfer {
     /// report; the run goes on. A `remote_root` that does not exist is built as a new tree
     /// (see [`Transfer::upload_new_tree`]); one that does gets the files added or replaced.
     pub async fn upload_tree(&self, local_root: &Path, remote_root: &[u8]) -> Report {
-        let entries = match walk_local(local_root, self.opts.follow_links) {
+        let tree = match walk_local(local_root, self.opts.follow_links) {
             Ok(e) => e,
             Err(e) => {
                 self.record_failure(local_root.display().to_string(), e);
@@ -219,7 +270,7 @@ impl Transfer {
         };
         self.ready().await;
         // Where a missing root would be staged is asked alongside: one round trip.
-        let staging = self.staging_for(remote_root, &entries);
+        let staging = self.staging_for(remote_root, &tree);
         let (root, staged) = match &staging {
             Some(dir) => {
                 let (root, staged) =
@@ -231,63 +282,54 @@ impl Transfer {
         };
         match (root, staging.zip(staged)) {
             (Err(e), Some((dir, found))) if e.is_not_found() => {
-                self.upload_staged(local_root, remote_root, entries, dir, found)
+                self.upload_staged(local_root, remote_root, tree, dir, found)
                     .await
             }
             (Err(e), None) if e.is_not_found() => {
                 self.dirlocks.mark_missing(remote_root);
-                self.upload_entries(local_root, remote_root, entries).await
+                self.upload_entries(local_root, remote_root, tree).await
             }
             // Whatever else is wrong with it, the uploads into it say.
-            _ => self.upload_entries(local_root, remote_root, entries).await,
+            _ => self.upload_entries(local_root, remote_root, tree).await,
         }
         self.take_report()
     }
 
     /// Where a new tree `remote_root` is staged: `None` with `inplace`, for an empty tree
     /// (one MKDIR is atomic already) and for a root without a name of its own.
-    fn staging_for(&self, remote_root: &[u8], entries: &[LocalEntry]) -> Option<Vec<u8>> {
-        staging_dir(remote_root).filter(|_| !self.opts.inplace && !entries.is_empty())
+    fn staging_for(&self, remote_root: &[u8], tree: &LocalTree) -> Option<Vec<u8>> {
+        staging_dir(remote_root).filter(|_| !self.opts.inplace && !tree.entries.is_empty())
     }
 
-    /// Uploads the given entries of `local_root` under `remote_root`; results accumulate
-    /// in this context's report.
-    pub async fn upload_entries(
-        &self,
-        local_root: &Path,
-        remote_root: &[u8],
-        entries: Vec<LocalEntry>,
-    ) {
+    /// Uploads the listed tree of `local_root` under `remote_root`; results accumulate in
+    /// this context's report, where each unreadable path of the tree is a failure.
+    pub async fn upload_entries(&self, local_root: &Path, remote_root: &[u8], tree: LocalTree) {
         let dest = TreeDest {
             write_root: remote_root,
             shown_root: remote_root,
             staged: false,
         };
-        self.upload_entries_to(local_root, &dest, entries).await
+        self.upload_entries_to(local_root, &dest, tree).await
     }
 
-    /// Uploads `entries` of `local_root` as the tree `remote_root`, which a STAT found
+    /// Uploads the listed tree of `local_root` as the tree `remote_root`, which a STAT found
     /// missing. The tree is built in a hidden staging directory beside it
     /// ([`staging_dir`]) and renamed into place at the end, so nobody sees it half made;
     /// inside, a small file is written under its final name, saving the rename per file
     /// that an upload into a visible directory needs. A staging directory left by a
     /// killed run is reused, after removing what the local tree does not have there
     /// (temporary files, entries of another kind). Failed files are reported and the rest
-    /// still lands; if the connection is lost, the staging directory stays for a rerun.
-    /// With `inplace`, or a root without a name of its own, the tree is written in place.
-    pub async fn upload_new_tree(
-        &self,
-        local_root: &Path,
-        remote_root: &[u8],
-        entries: Vec<LocalEntry>,
-    ) {
-        let Some(staging) = self.staging_for(remote_root, &entries) else {
+    /// still lands in the staging directory, which is then kept, not renamed (see
+    /// [`Report::kept_staged`]): a rerun resumes it. With `inplace`, or a root without a
+    /// name of its own, the tree is written in place.
+    pub async fn upload_new_tree(&self, local_root: &Path, remote_root: &[u8], tree: LocalTree) {
+        let Some(staging) = self.staging_for(remote_root, &tree) else {
             self.dirlocks.mark_missing(remote_root);
-            return self.upload_entries(local_root, remote_root, entries).await;
+            return self.upload_entries(local_root, remote_root, tree).await;
         };
         self.ready().await;
         let found = self.sftp.stat(&staging).await;
-        self.upload_staged(local_root, remote_root, entries, staging, found)
+        self.upload_staged(local_root, remote_root, tree, staging, found)
             .await
     }
 
@@ -296,7 +338,7 @@ impl Transfer {
         &self,
         local_root: &Path,
         remote_root: &[u8],
-        entries: Vec<LocalEntry>,
+        tree: LocalTree,
         staging: Vec<u8>,
         found: Result<FileAttributes>,
     ) {
@@ -304,7 +346,7 @@ impl Transfer {
             Err(e) if e.is_not_found() => self.dirlocks.mark_missing(&staging),
             Ok(a) if a.is_dir() => {
                 log::info!("resuming the staged tree {}", lossy(&staging));
-                let keep = staged_kinds(&entries);
+                let keep = staged_kinds(&tree);
                 if let Err(e) = self.prune_staged(staging.clone(), Vec::new(), &keep).await {
                     self.record_failure(
                         format!(
@@ -329,7 +371,7 @@ impl Transfer {
                     );
                 }
                 self.dirlocks.mark_missing(remote_root);
-                return self.upload_entries(local_root, remote_root, entries).await;
+                return self.upload_entries(local_root, remote_root, tree).await;
             }
         }
         let dest = TreeDest {
@@ -337,17 +379,32 @@ impl Transfer {
             shown_root: remote_root,
             staged: true,
         };
-        self.upload_entries_to(local_root, &dest, entries).await;
+        self.upload_entries_to(local_root, &dest, tree).await;
         self.move_staged_tree(&staging, remote_root, &lossy(remote_root))
             .await;
     }
 
-    /// Renames a staged tree onto its root at the end of an upload, recording a failure
-    /// under `shown` (the rename is skipped once the connection is lost: the staging
-    /// directory stays for a rerun). Never the remove + rename fallback: the root did not
-    /// exist, and if it does now, it is not ours to remove.
+    /// Renames a staged tree onto its root (shown as `shown`) at the end of an upload, if
+    /// the whole tree landed. When something in it failed (a failure recorded at or below
+    /// `shown` or `staging`) or the connection is lost, the half-made tree stays in the
+    /// staging directory for a rerun to resume, and [`Report::kept_staged`] says so. Never
+    /// the remove + rename fallback: the root did not exist, and if it does now, it is not
+    /// ours to remove.
     pub(crate) async fn move_staged_tree(&self, staging: &[u8], root: &[u8], shown: &str) {
-        if self.sftp.channel().is_dead() {
+        let failed = self.failures_within(&[shown, &lossy(staging)]);
+        if failed > 0 || self.sftp.channel().is_dead() {
+            let why = if self.sftp.channel().is_dead() {
+                "the connection was lost".to_string()
+            } else if failed == 1 {
+                "1 entry failed".to_string()
+            } else {
+                format!("{failed} entries failed")
+            };
+            self.report.borrow_mut().kept_staged.push(format!(
+                "{shown} was not created because {why}; what did land is in {}, \
+                 and running the same command again resumes it",
+                lossy(staging)
+            ));
             return;
         }
         let moved = if self.sftp.has_extension(crate::proto::ext::POSIX_RENAME) {
@@ -357,8 +414,6 @@ impl Transfer {
         };
         match moved {
             Ok(()) => {}
-            // Nothing was staged: what failed to create it was reported already.
-            Err(e) if e.is_not_found() && !self.report.borrow().failures.is_empty() => {}
             Err(e) => self.record_failure(
                 format!(
                     "{shown} (could not move the new tree into place; it stays in {})",
@@ -390,7 +445,8 @@ impl Transfer {
                 let kind = e.attrs.file_type();
                 match (keep.get(&rel), kind) {
                     (Some(StagedKind::Dir), FileType::Dir) => subdirs.push((path, rel)),
-                    (Some(StagedKind::File), FileType::File)
+                    (Some(StagedKind::Unread), _)
+                    | (Some(StagedKind::File), FileType::File)
                     | (Some(StagedKind::Symlink), FileType::Symlink) => {}
                     (_, FileType::Dir) => {
                         removals.push(
@@ -417,13 +473,34 @@ impl Transfer {
         })
     }
 
-    async fn upload_entries_to(
-        &self,
-        local_root: &Path,
-        dest: &TreeDest<'_>,
-        entries: Vec<LocalEntry>,
-    ) {
+    /// How many recorded failures name one of `roots` or a path below it.
+    fn failures_within(&self, roots: &[&str]) -> usize {
+        let within = |path: &str| {
+            roots.iter().any(|root| {
+                let root = root.trim_end_matches('/');
+                path.strip_prefix(root)
+                    .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+            })
+        };
+        let report = self.report.borrow();
+        report.failures.iter().filter(|(p, _)| within(p)).count()
+    }
+
+    async fn upload_entries_to(&self, local_root: &Path, dest: &TreeDest<'_>, tree: LocalTree) {
         self.ready().await;
+        // An unreadable directory is one failure; nothing is made for it, not even empty.
+        let LocalTree {
+            mut entries,
+            unreadable,
+        } = tree;
+        if !unreadable.is_empty() {
+            let skip: std::collections::HashSet<&Path> =
+                unreadable.iter().map(|(p, _)| p.as_path()).collect();
+            entries.retain(|e| !skip.contains(e.rel.as_path()));
+        }
+        for (rel, e) in unreadable {
+            self.record_failure(lossy(&rel_to_remote(dest.shown_root, &rel)), e);
+        }
         let (files, bytes) = entries.iter().fold((0, 0), |(f, b), e| match e.kind {
             LocalKind::File { size } => (f + 1, b + size),
             _ => (f, b),
@@ -858,7 +935,7 @@ mod tests {
         fs::write(d.path().join("a"), b"1").unwrap();
         fs::write(d.path().join("b/c/f"), b"22").unwrap();
         std::os::unix::fs::symlink("a", d.path().join("l")).unwrap();
-        let e = walk_local(d.path(), false).unwrap();
+        let e = walk_local(d.path(), false).unwrap().entries;
         let rels: Vec<_> = e
             .iter()
             .map(|e| e.rel.to_string_lossy().into_owned())

@@ -249,14 +249,7 @@ impl Sshd {
     /// directory the test created. Also opens the mode of `path` itself to 0755 so that
     /// a root-owned temporary parent does not block it.
     pub fn chown_to_user(&self, path: &Path) {
-        run_ok(
-            Command::new("chown")
-                .arg("-R")
-                .arg(format!("{}:", self.user))
-                .arg(path),
-        );
-        let mode = fs::metadata(path).expect("stat").permissions().mode();
-        fs::set_permissions(path, fs::Permissions::from_mode(mode | 0o755)).expect("chmod");
+        chown_to(&self.user, path);
     }
 
     fn log_path(&self) -> PathBuf {
@@ -316,6 +309,171 @@ fn sftp_client_args(port: u16, key: &Path) -> Vec<String> {
     ];
     v.extend(common_ssh_options());
     v
+}
+
+/// Hands `path` (recursively) to `user` and opens the mode of `path` itself to 0755.
+fn chown_to(user: &str, path: &Path) {
+    run_ok(
+        Command::new("chown")
+            .arg("-R")
+            .arg(format!("{user}:"))
+            .arg(path),
+    );
+    let mode = fs::metadata(path).expect("stat").permissions().mode();
+    fs::set_permissions(path, fs::Permissions::from_mode(mode | 0o755)).expect("chmod");
+}
+
+/// The uid and gid of [`TEST_USER`], creating the account first if needed.
+pub fn test_user_ids() -> (u32, u32) {
+    ensure_user(TEST_USER);
+    let id = |flag: &str| -> u32 {
+        let out = run_ok(Command::new("id").arg(flag).arg(TEST_USER));
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.trim()
+            .parse()
+            .unwrap_or_else(|e| panic!("id {flag} {TEST_USER} printed {text:?}: {e}"))
+    };
+    (id("-u"), id("-g"))
+}
+
+/// Hands `path` (recursively) to [`TEST_USER`], for a command run [`as_test_user`].
+pub fn give_to_test_user(path: &Path) {
+    ensure_user(TEST_USER);
+    chown_to(TEST_USER, path);
+}
+
+/// Makes `cmd` run as [`TEST_USER`] (without root's groups), so that local file modes are
+/// enforced: root reads everything. With `-D`, the server it starts runs as that user too.
+pub fn as_test_user(cmd: &mut Command) -> &mut Command {
+    use std::os::unix::process::CommandExt;
+    let (uid, gid) = test_user_ids();
+    cmd.uid(uid).gid(gid)
+}
+
+/// `sftpipe -D sftp-server ARGS`, run [`as_test_user`] with `RUST_LOG` unset.
+pub fn sftpipe_as_test_user(args: &[&str]) -> Output {
+    let mut cmd = Command::new(sftpipe_bin());
+    cmd.arg("-D")
+        .arg(sftp_server_path())
+        .args(args)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null());
+    as_test_user(&mut cmd).output().expect("run sftpipe")
+}
+
+/// A `-D` server command: sftp-server, killed with SIGKILL as soon as `watch` holds more
+/// than `threshold` bytes (`du -sb`), so a transfer is cut off by how far it got rather
+/// than after some time. The script is written into `dir`. The watcher's stdio is
+/// detached, so once the server is dead nothing holds the connection open.
+pub fn self_killing_server(dir: &Path, watch: &Path, threshold: u64) -> String {
+    let script = dir.join("self-killing-server");
+    write_file(
+        &script,
+        format!(
+            "#!/bin/sh\n\
+             (\n\
+               i=0\n\
+               while [ $i -lt 3000 ]; do\n\
+                 s=$(du -sb '{watch}' 2>/dev/null | cut -f1)\n\
+                 if [ \"${{s:-0}}\" -gt {threshold} ]; then kill -9 $$; exit 0; fi\n\
+                 sleep 0.01\n\
+                 i=$((i+1))\n\
+               done\n\
+             ) </dev/null >/dev/null 2>&1 &\n\
+             exec {server}\n",
+            watch = watch.display(),
+            server = sftp_server_path().display(),
+        ),
+    );
+    fs::set_permissions(&script, fs::Permissions::from_mode(0o755)).expect("chmod script");
+    script.display().to_string()
+}
+
+/// A `-D` server command whose sftp-server a watcher thread kills (SIGKILL) as soon as
+/// more than `threshold` bytes of files lie under `watch`: a transfer is cut off by how
+/// far it got, as if the host went away. Unlike [`self_killing_server`], the watcher
+/// polls without starting processes, so it keeps up on a loaded machine.
+pub struct ServerKiller {
+    command: String,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    watcher: Option<std::thread::JoinHandle<bool>>,
+}
+
+impl ServerKiller {
+    /// Writes the server script into `dir` and starts watching.
+    pub fn start(dir: &Path, watch: &Path, threshold: u64) -> ServerKiller {
+        use std::sync::atomic::Ordering;
+        let script = dir.join("killable-server");
+        let pid_file = dir.join("killable-server.pid");
+        write_file(
+            &script,
+            format!(
+                "#!/bin/sh\necho $$ > '{}'\nexec {}\n",
+                pid_file.display(),
+                sftp_server_path().display()
+            ),
+        );
+        fs::set_permissions(&script, fs::Permissions::from_mode(0o755)).expect("chmod script");
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let watcher = {
+            let (stop, watch) = (stop.clone(), watch.to_path_buf());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    if bytes_under(&watch) > threshold
+                        && let Ok(pid) = fs::read_to_string(&pid_file)
+                    {
+                        signal(&[pid.trim().parse().expect("pid")], "KILL");
+                        return true;
+                    }
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                false
+            })
+        };
+        ServerKiller {
+            command: script.display().to_string(),
+            stop,
+            watcher: Some(watcher),
+        }
+    }
+
+    /// The command for `-D`.
+    pub fn command(&self) -> &str {
+        &self.command
+    }
+
+    /// Stops watching; true when the server was killed.
+    pub fn finish(mut self) -> bool {
+        self.stop_watching()
+    }
+
+    fn stop_watching(&mut self) -> bool {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.watcher
+            .take()
+            .is_some_and(|w| w.join().expect("watcher thread"))
+    }
+}
+
+impl Drop for ServerKiller {
+    fn drop(&mut self) {
+        self.stop_watching();
+    }
+}
+
+/// The sizes of the files below `dir` added up (what vanishes meanwhile counts nothing).
+fn bytes_under(dir: &Path) -> u64 {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => bytes_under(&e.path()),
+            Ok(t) if t.is_file() => e.metadata().map(|m| m.len()).unwrap_or(0),
+            _ => 0,
+        })
+        .sum()
 }
 
 fn common_ssh_options() -> Vec<String> {
