@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs sftpipe's whole test suite: installs what the tests need (OpenSSH server and
 # sftp-server, run as a throwaway sshd on 127.0.0.1 by the tests themselves; reprepro for
-# the publish hook's end-to-end test), checks
+# the publish hook's end-to-end test; gesftpserver, a server that takes symlinks' paths in
+# the other order), checks
 # formatting and lints, then runs every unit and integration test.
 #
 #   contrib/test.sh            # everything
@@ -18,6 +19,7 @@ need=()
 command -v ssh >/dev/null || need+=(openssh-client)
 command -v setpriv >/dev/null || need+=(util-linux)
 command -v reprepro >/dev/null || need+=(reprepro)
+[[ -x /usr/libexec/gesftpserver ]] || need+=(gesftpserver)
 command -v dpkg-deb >/dev/null || need+=(dpkg)
 command -v python3 >/dev/null || need+=(python3)
 if ((${#need[@]})); then
