@@ -32,9 +32,12 @@ pub use plan::{Action, Compare, EntryKind, Plan, Snapshot, TreeEntry, plan};
 use crate::client::PendingReply;
 use crate::client::Sftp;
 use crate::error::{Error, Result};
-use crate::proto::{FileAttributes, FileType};
+use crate::proto::{FileAttributes, FileType, ext};
 use crate::task::{Countdown, JoinHandle, Semaphore, TaskGroup, Token, spawn};
-use crate::transfer::{LocalKind, Transfer, remote_join, safe_remote_name, walk_local_with};
+use crate::transfer::{
+    LinkSlot, LocalKind, Transfer, link_times, remote_join, safe_remote_name, set_local_link_mtime,
+    walk_local_with,
+};
 
 /// What to mirror and how.
 #[derive(Debug, Clone, Default)]
@@ -559,19 +562,39 @@ impl Sides {
         }
     }
 
-    async fn symlink(&self, rel: &[u8], target: &[u8]) -> Result<()> {
+    /// Makes the link `rel` → `target` with its own time `mtime`; `slot` says whether the
+    /// listing found a file or link to replace there.
+    async fn symlink(&self, rel: &[u8], target: &[u8], mtime: i64, slot: LinkSlot) -> Result<()> {
         match self.dir {
-            Direction::Up => self.t.upload_symlink(target, &self.remote(rel)).await,
+            Direction::Up => {
+                let remote = self.remote(rel);
+                self.t
+                    .upload_symlink(target, &remote, Some(mtime), slot)
+                    .await
+            }
             Direction::Down => {
                 let dest = self.local(rel);
                 let temp = local_temp(&dest);
                 let err = |e| Error::local(format!("cannot create symlink {}", dest.display()), e);
                 std::os::unix::fs::symlink(OsStr::from_bytes(target), &temp).map_err(err)?;
-                fs::rename(&temp, &dest).map_err(|e| {
+                let placed = set_local_link_mtime(&temp, mtime)
+                    .and_then(|()| fs::rename(&temp, &dest).map_err(err));
+                if placed.is_err() {
                     let _ = fs::remove_file(&temp);
-                    err(e)
-                })
+                }
+                placed
             }
+        }
+    }
+
+    /// Sets the own modification time of the link `rel`, whose target is right already.
+    async fn link_time(&self, rel: &[u8], mtime: i64) -> Result<()> {
+        match self.dir {
+            Direction::Up => {
+                let t = crate::transfer::to_u32_time(mtime);
+                self.t.sftp.lsetstat(self.remote(rel), &link_times(t)).await
+            }
+            Direction::Down => set_local_link_mtime(&self.local(rel), mtime),
         }
     }
 
@@ -847,7 +870,12 @@ async fn run(sides: Sides, local: Result<Option<Snapshot>>, opts: &MirrorOptions
     // Prefetched answers the listings did not take: guessed directories that are excluded
     // or not directories there, the staging directory of a root that exists.
     t.sftp.discard_prefetched().await;
-    let the_plan = plan(&source, &dest, &opts.compare);
+    // Links' own times count only where they can be set (else every run would redo them).
+    let compare = Compare {
+        link_times: sides.dir == Direction::Down || t.sftp.has_extension(ext::LSETSTAT),
+        ..opts.compare.clone()
+    };
+    let the_plan = plan(&source, &dest, &compare);
     t.ready().await;
     report.unchanged = the_plan.unchanged;
     if opts.dry_run {
@@ -912,8 +940,9 @@ async fn run(sides: Sides, local: Result<Option<Snapshot>>, opts: &MirrorOptions
             } => *k,
             _ => continue,
         };
-        // Renames replace files and links atomically; only directories (and a file where
-        // a directory must go) need removing first.
+        // Renames replace files atomically, and links replace what is in their way
+        // themselves; only directories (and a file where a directory must go) need
+        // removing first.
         if replaces != EntryKind::Dir && !matches!(a, Action::Mkdir { .. }) {
             continue;
         }
@@ -1009,15 +1038,32 @@ async fn run(sides: Sides, local: Result<Option<Snapshot>>, opts: &MirrorOptions
                         })
                         .await
                 }
-                Action::Symlink { target, .. } if !last_round => {
+                Action::Symlink {
+                    target, replaces, ..
+                } if !last_round => {
                     let target = target.clone();
+                    let mtime = source.get(&rel).map_or(0, |e| e.mtime);
+                    let slot = match replaces {
+                        Some(EntryKind::File | EntryKind::Symlink) => LinkSlot::Taken,
+                        _ => LinkSlot::Free,
+                    };
                     let token = token();
                     phase
                         .spawn(async move {
                             let _token = token;
-                            match s.symlink(&rel, &target).await {
+                            match s.symlink(&rel, &target, mtime, slot).await {
                                 Ok(()) => counters.borrow_mut().symlinks += 1,
                                 Err(e) => s.t.record_failure(s.dest_name(&rel), e),
+                            }
+                        })
+                        .await
+                }
+                Action::LinkTime { mtime, .. } if !last_round => {
+                    let mtime = *mtime;
+                    phase
+                        .spawn(async move {
+                            if let Err(e) = s.link_time(&rel, mtime).await {
+                                s.t.record_failure(s.dest_name(&rel), e);
                             }
                         })
                         .await
