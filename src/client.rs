@@ -1053,17 +1053,19 @@ impl Sftp {
     }
 
     /// Creates a symlink at `link` pointing to `target`, with the arguments in the order the
-    /// server takes ([`Sftp::symlink_order`]), and checks that `link` is a symlink now: an
-    /// LSTAT goes right behind the SYMLINK, in the same round trip. A server that takes the
-    /// arguments the other way round answers OK and makes a link named after the target;
-    /// that is an error here, never a success.
+    /// server takes ([`Sftp::symlink_order`]), and checks that `link` is a symlink now: a
+    /// READLINK goes right behind the SYMLINK, in the same round trip, and must succeed
+    /// (its text is not compared: ProFTPD answers with an absolute path; nor is LSTAT
+    /// asked: ProFTPD's follows links). A server that takes the arguments the other way
+    /// round answers OK and makes a link named after the target; that is an error here,
+    /// never a success.
     pub async fn symlink(&self, target: impl AsRef<[u8]>, link: impl AsRef<[u8]>) -> Result<()> {
         self.symlink_with_mtime(target, link, None).await
     }
 
     /// [`Sftp::symlink`], also setting the link's own access and modification times to
     /// `mtime` with `lsetstat@openssh.com` when the server offers it (nothing is set when it
-    /// does not), sent between the SYMLINK and the LSTAT: still one round trip. Meant for a
+    /// does not), sent between the SYMLINK and the READLINK: still one round trip. Meant for a
     /// `link` that does not exist: if it does, the SYMLINK fails, and the time of what is
     /// there has been set.
     pub async fn symlink_with_mtime(
@@ -1094,7 +1096,7 @@ impl Sftp {
             None => None,
         };
         let check = self
-            .submit(&Request::Lstat {
+            .submit(&Request::Readlink {
                 path: link.to_vec(),
             })
             .await?;
@@ -1102,29 +1104,19 @@ impl Sftp {
         if let Some(timed) = timed {
             expect_ok("lsetstat", link, timed.await?)?;
         }
-        match expect_attrs("lstat", link, check.await?) {
-            Ok(a) if a.is_symlink() => Ok(()),
-            found => {
-                let found = match found {
-                    Ok(a) => match a.file_type() {
-                        proto::FileType::File => "a file".to_string(),
-                        proto::FileType::Dir => "a directory".to_string(),
-                        _ => "no symlink".to_string(),
-                    },
-                    Err(e) => format!("an error ({e})"),
-                };
-                Err(Error::Protocol(format!(
-                    "the server said it made the symlink {}, but its LSTAT finds {found}: \
-                     it may take SYMLINK's paths the other way round (sent in {} order) \
-                     and have made a link named {} instead",
-                    String::from_utf8_lossy(link),
-                    match self.inner.symlink_order {
-                        SymlinkOrder::TargetFirst => "OpenSSH's",
-                        SymlinkOrder::LinkFirst => "the draft's",
-                    },
-                    String::from_utf8_lossy(target),
-                )))
-            }
+        match expect_one_name("readlink", link, check.await?) {
+            Ok(_) => Ok(()),
+            Err(e) => Err(Error::Protocol(format!(
+                "the server said it made the symlink {}, but there is none ({e}): it may \
+                 take SYMLINK's paths the other way round (they went in {} order) and have \
+                 made a link named {} instead",
+                String::from_utf8_lossy(link),
+                match self.inner.symlink_order {
+                    SymlinkOrder::TargetFirst => "OpenSSH's",
+                    SymlinkOrder::LinkFirst => "the draft's",
+                },
+                String::from_utf8_lossy(target),
+            ))),
         }
     }
 

@@ -174,7 +174,10 @@ fn symlinks_next_to_their_targets_are_never_renamed() {
     assert_links(&dst);
     assert_links(&dst2);
 
-    // Links that change target, and a file that becomes a link.
+    // Links that change target, a file that becomes a link, and a link that becomes a
+    // file: the mirror removes that link before the file's rename lands on its name.
+    fs::remove_file(src.join("gone")).unwrap();
+    write_file(src.join("gone"), b"now a file\n");
     write_file(src.join("g"), b"another\n");
     fs::remove_file(src.join("l")).unwrap();
     symlink("g", src.join("l")).unwrap();
@@ -189,6 +192,11 @@ fn symlinks_next_to_their_targets_are_never_renamed() {
         Vec::<&str>::new(),
         "{log}"
     );
+    let gone = format!("remove name \"{}\"", dst.join("gone").display());
+    let renamed = renames_of(&log, &["gone"]);
+    let (removed, renamed) = (log.find(&gone), renamed.first().and_then(|r| log.find(r)));
+    assert!(removed.is_some() && removed < renamed, "{log}");
+    assert_eq!(read_file(dst.join("gone")), b"now a file\n");
     for root in [&dst, &dst2] {
         assert_eq!(link_of(&root.join("l")), PathBuf::from("g"));
         assert_eq!(link_of(&root.join("was-file")), PathBuf::from("f"));
@@ -257,4 +265,54 @@ fn mirrors_keep_the_own_times_of_symlinks() {
     ));
     assert_eq!(own_mtime(&back.join("l")), 1_200_000_000);
     assert_eq!(planned(remote(&dst), s(&back)), "");
+}
+
+/// reprepro-hook replaces a distribution's link by REMOVE + SYMLINK, never by renaming a
+/// temporary link over it: on a server whose RENAME follows links (ProFTPD), that would
+/// move the directory the link points to.
+#[test]
+fn reprepro_links_are_replaced_without_a_rename() {
+    let d = tempfile::tempdir().unwrap();
+    let server = LoggedSftpServer::new(d.path());
+    let (base, published) = (d.path().join("repo"), d.path().join("published"));
+    write_file(
+        base.join("conf/outsftphook.conf"),
+        format!("targetdir {}\n", published.display()),
+    );
+    write_file(published.join("dists/t/main/Packages"), b"packages\n");
+    symlink("elsewhere", published.join("dists/t/current")).unwrap();
+    let log = base.join("logs/1700000000-aaaaaa.outlog");
+    write_file(
+        &log,
+        "BEGIN-DISTRIBUTION\tt\tdists/t\ttesting\n\
+         DISTSYMLINK\tdists/t\tcurrent\tmain\n\
+         END-DISTRIBUTION\tt\tdists/t\ttesting\n",
+    );
+    let out = Command::new(sftpipe_bin())
+        .arg("-D")
+        .arg(server.command())
+        .arg("reprepro-hook")
+        .arg("--basedir")
+        .arg(&base)
+        .arg(&log)
+        .current_dir(d.path())
+        .env_remove("RUST_LOG")
+        .env_remove("REPREPRO_BASE_DIR")
+        .env_remove("REPREPRO_OUT_DIR")
+        .env_remove("REPREPRO_LOG_DIR")
+        .env_remove("REPREPRO_CONFIG_DIR")
+        .env_remove("REPREPRO_DIST_DIR")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run sftpipe");
+    ok(out);
+    let said = server.take_log();
+    assert_eq!(
+        renames_of(&said, &["current"]),
+        Vec::<&str>::new(),
+        "{said}"
+    );
+    let dist = published.join("dists/t");
+    assert_eq!(link_of(&dist.join("current")), PathBuf::from("main"));
+    assert_eq!(read_file(dist.join("main/Packages")), b"packages\n");
 }

@@ -941,9 +941,11 @@ async fn run(sides: Sides, local: Result<Option<Snapshot>>, opts: &MirrorOptions
             _ => continue,
         };
         // Renames replace files atomically, and links replace what is in their way
-        // themselves; only directories (and a file where a directory must go) need
-        // removing first.
-        if replaces != EntryKind::Dir && !matches!(a, Action::Mkdir { .. }) {
+        // themselves. Directories (and a file where a directory must go) need removing
+        // first, and so does a link where a file goes: a rename onto a link may follow it
+        // (ProFTPD's does, and overwrites the file it points to).
+        let link_under_file = replaces == EntryKind::Symlink && matches!(a, Action::Copy { .. });
+        if replaces != EntryKind::Dir && !matches!(a, Action::Mkdir { .. }) && !link_under_file {
             continue;
         }
         let (s, rel) = (sides.clone(), a.path().to_vec());

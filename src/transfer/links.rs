@@ -37,8 +37,8 @@ impl Transfer {
     /// offers `lsetstat@openssh.com`, the link's own times are set too, in the same round
     /// trip. The result is checked (see [`Sftp::symlink`](crate::Sftp::symlink)).
     ///
-    /// A [`LinkSlot::Taken`] name is removed first, the REMOVE sent right before the
-    /// SYMLINK: one round trip, and readers see no entry for that moment. A `Free` one
+    /// A [`LinkSlot::Taken`] name is removed first (if it is there), the REMOVE sent right
+    /// before the SYMLINK: one round trip, and readers see no entry for that moment. A `Free` one
     /// that turns out taken (`put -r` onto an existing tree) is looked at: the same link
     /// stays (its time set), a file or another link is replaced so, a directory refused.
     pub async fn upload_symlink(
@@ -49,10 +49,13 @@ impl Transfer {
         slot: LinkSlot,
     ) -> Result<()> {
         let mtime = mtime.map(to_u32_time);
-        if slot == LinkSlot::Taken {
-            return self.replace_symlink(target, remote, mtime).await;
-        }
         let dir = parent_dir(remote).unwrap_or(b".").to_vec();
+        if slot == LinkSlot::Taken {
+            return self
+                .dirlocks
+                .within(&dir, || self.replace_symlink(target, remote, mtime))
+                .await;
+        }
         let made = self
             .dirlocks
             .within(&dir, || self.sftp.symlink_with_mtime(target, remote, mtime))
@@ -61,25 +64,27 @@ impl Transfer {
             Err(e) if may_be_taken(&e) => e,
             other => return other,
         };
-        // READLINK fails unless it is a link; LSTAT tells a directory. One round trip.
+        // READLINK fails unless it is a link; LSTAT, for a non-link, tells a directory (on
+        // a link ProFTPD's follows it). One round trip.
         let (link, attrs) =
             futures_util::join!(self.sftp.readlink(remote), self.sftp.lstat(remote));
-        match attrs {
-            Ok(a) if a.is_dir() => Err(Error::Status {
-                op: "symlink",
-                path: lossy(remote),
-                code: StatusCode::Failure,
-                message: "a directory is in the way".into(),
-            }),
-            Ok(_) if link.as_ref().is_ok_and(|l| l.as_slice() == target) => match mtime {
+        match (link, attrs) {
+            (Ok(l), _) if l == target => match mtime {
                 Some(t) if self.sftp.has_extension(ext::LSETSTAT) => {
                     self.sftp.lsetstat(remote, &link_times(t)).await
                 }
                 _ => Ok(()),
             },
-            Ok(_) => self.replace_symlink(target, remote, mtime).await,
+            (Ok(_), _) => self.replace_symlink(target, remote, mtime).await,
+            (Err(_), Ok(a)) if a.is_dir() => Err(Error::Status {
+                op: "symlink",
+                path: lossy(remote),
+                code: StatusCode::Failure,
+                message: "a directory is in the way".into(),
+            }),
+            (Err(_), Ok(_)) => self.replace_symlink(target, remote, mtime).await,
             // Nothing there: the SYMLINK failed for its own reasons.
-            Err(_) => Err(refused),
+            (Err(_), Err(_)) => Err(refused),
         }
     }
 
