@@ -11,7 +11,7 @@ use std::task::{Context, Poll};
 use crate::error::{Error, Result};
 use crate::proto::{
     self, ExtendedRequest, FileAttributes, Limits, NameEntry, OpenFlags, Request, Response,
-    StatusCode, Statvfs, ext,
+    StatusCode, Statvfs, SymlinkOrder, ext,
 };
 use crate::reactor::Channel;
 
@@ -36,6 +36,8 @@ struct Inner {
     chan: Rc<Channel>,
     version: u32,
     extensions: Vec<(String, String)>,
+    /// How SYMLINK's arguments go on the wire (see [`Sftp::symlink_order`]).
+    symlink_order: SymlinkOrder,
     /// In flight from the handshake on; `None` when the server does not offer it.
     limits_reply: Option<LimitsReply>,
     /// Set once the reply arrived, for the synchronous accessors.
@@ -425,12 +427,14 @@ impl Sftp {
             })
             .collect();
         log::debug!("server version {version}, extensions {extensions:?}");
+        let symlink_order = symlink_order_of(&extensions);
         let limits = Rc::new(Cell::new(None));
         let mut sftp = Sftp {
             inner: Rc::new(Inner {
                 chan: chan.clone(),
                 version,
                 extensions,
+                symlink_order,
                 limits_reply: None,
                 limits: limits.clone(),
                 prefetched_stats: RefCell::new(prefetched),
@@ -538,6 +542,23 @@ impl Sftp {
     /// The extensions the server announced, as (name, version) pairs.
     pub fn extensions(&self) -> &[(String, String)] {
         &self.inner.extensions
+    }
+
+    /// The order in which this server takes SSH_FXP_SYMLINK's two paths. The rule:
+    ///
+    /// - a server that announces `symlink-order@rjk.greenend.org.uk` (gesftpserver) is
+    ///   taken at its word: `linkpath-targetpath` is the draft's order, `targetpath-linkpath`
+    ///   OpenSSH's;
+    /// - any other server gets OpenSSH's order (target first): OpenSSH's sftp-server reads
+    ///   it so since its beginning and keeps it for compatibility (its PROTOCOL file), and
+    ///   servers made to work with OpenSSH's `sftp` follow it (paramiko's SFTPServer says so
+    ///   in its source). So does a gesftpserver value sftpipe does not know, with a warning.
+    ///
+    /// A server that silently reads the draft's order would make the link under the
+    /// target's name: [`Sftp::symlink`] checks the result, so that is an error, not a
+    /// success.
+    pub fn symlink_order(&self) -> SymlinkOrder {
+        self.inner.symlink_order
     }
 
     /// True when the server announced `name` with a version this client understands.
@@ -1170,16 +1191,72 @@ impl Sftp {
         expect_one_name("readlink", path, r)
     }
 
-    /// Creates a symlink at `link` pointing to `target`.
+    /// Creates a symlink at `link` pointing to `target`, with the arguments in the order the
+    /// server takes ([`Sftp::symlink_order`]), and checks that `link` is a symlink now: a
+    /// READLINK goes right behind the SYMLINK, in the same round trip, and must succeed
+    /// (its text is not compared: ProFTPD answers with an absolute path; nor is LSTAT
+    /// asked: ProFTPD's follows links). A server that takes the arguments the other way
+    /// round answers OK and makes a link named after the target; that is an error here,
+    /// never a success.
     pub async fn symlink(&self, target: impl AsRef<[u8]>, link: impl AsRef<[u8]>) -> Result<()> {
+        self.symlink_with_mtime(target, link, None).await
+    }
+
+    /// [`Sftp::symlink`], also setting the link's own access and modification times to
+    /// `mtime` with `lsetstat@openssh.com` when the server offers it (nothing is set when it
+    /// does not), sent between the SYMLINK and the READLINK: still one round trip. Meant for a
+    /// `link` that does not exist: if it does, the SYMLINK fails, and the time of what is
+    /// there has been set.
+    pub async fn symlink_with_mtime(
+        &self,
+        target: impl AsRef<[u8]>,
+        link: impl AsRef<[u8]>,
+        mtime: Option<u32>,
+    ) -> Result<()> {
         let (target, link) = (target.as_ref(), link.as_ref());
-        let r = self
-            .call(Request::Symlink {
+        let made = self
+            .submit(&Request::Symlink {
                 target: target.to_vec(),
                 link: link.to_vec(),
+                order: self.inner.symlink_order,
             })
             .await?;
-        expect_ok("symlink", link, r)
+        let timed = match mtime.filter(|_| self.has_extension(ext::LSETSTAT)) {
+            Some(t) => Some(
+                self.submit(&Request::Extended(ExtendedRequest::Lsetstat {
+                    path: link.to_vec(),
+                    attrs: FileAttributes {
+                        atime_mtime: Some((t, t)),
+                        ..Default::default()
+                    },
+                }))
+                .await?,
+            ),
+            None => None,
+        };
+        let check = self
+            .submit(&Request::Readlink {
+                path: link.to_vec(),
+            })
+            .await?;
+        expect_ok("symlink", link, made.await?)?;
+        if let Some(timed) = timed {
+            expect_ok("lsetstat", link, timed.await?)?;
+        }
+        match expect_one_name("readlink", link, check.await?) {
+            Ok(_) => Ok(()),
+            Err(e) => Err(Error::Protocol(format!(
+                "the server said it made the symlink {}, but there is none ({e}): it may \
+                 take SYMLINK's paths the other way round (they went in {} order) and have \
+                 made a link named {} instead",
+                String::from_utf8_lossy(link),
+                match self.inner.symlink_order {
+                    SymlinkOrder::TargetFirst => "OpenSSH's",
+                    SymlinkOrder::LinkFirst => "the draft's",
+                },
+                String::from_utf8_lossy(target),
+            ))),
+        }
     }
 
     /// Creates a hard link `new` to `old` (`hardlink@openssh.com`).
@@ -1268,6 +1345,24 @@ impl Sftp {
             )))
         }
     }
+}
+
+/// The rule of [`Sftp::symlink_order`], applied to a server's VERSION extensions.
+fn symlink_order_of(extensions: &[(String, String)]) -> SymlinkOrder {
+    let Some((_, value)) = extensions
+        .iter()
+        .find(|(name, _)| name == SymlinkOrder::EXTENSION)
+    else {
+        return SymlinkOrder::TargetFirst;
+    };
+    SymlinkOrder::from_announced(value.as_bytes()).unwrap_or_else(|| {
+        log::warn!(
+            "the server announces {} {value:?}, which sftpipe does not know; \
+             sending symlinks in OpenSSH's order",
+            SymlinkOrder::EXTENSION
+        );
+        SymlinkOrder::TargetFirst
+    })
 }
 
 fn relabel(e: Error, op: &'static str) -> Error {

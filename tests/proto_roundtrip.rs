@@ -8,7 +8,7 @@ use sftpipe::proto::wire::Reader;
 use sftpipe::proto::{
     ClientPacket, DEFAULT_MAX_PACKET, DecodeError, ExtendedRequest, FileAttributes, Framer, Limits,
     NameEntry, OpenFlags, Request, Response, SFTP_VERSION, ServerPacket, StatusCode, Statvfs,
-    encode_write, encode_write_header, kind,
+    SymlinkOrder, encode_write, encode_write_header, kind,
 };
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
@@ -274,6 +274,7 @@ fn sample_requests() -> Vec<Request> {
         Request::Symlink {
             target: b("/etc/hosts"),
             link: b("/tmp/l"),
+            order: SymlinkOrder::TargetFirst,
         },
     ];
     v.extend(sample_extended().into_iter().map(Request::Extended));
@@ -496,6 +497,7 @@ fn symlink_sends_target_then_link_like_openssh() {
         &Request::Symlink {
             target: b("/etc/hosts"),
             link: b("/tmp/l"),
+            order: SymlinkOrder::TargetFirst,
         },
     );
     // length 1 + 4 + (4 + 10) + (4 + 6) = 29
@@ -506,6 +508,32 @@ fn symlink_sends_target_then_link_like_openssh() {
         b"/tmp/l",
     ]);
     assert_eq!(wire, expected);
+}
+
+#[test]
+fn symlink_in_the_drafts_order_sends_link_then_target() {
+    let wire = request_bytes(
+        7,
+        &Request::Symlink {
+            target: b("/etc/hosts"),
+            link: b("/tmp/l"),
+            order: SymlinkOrder::LinkFirst,
+        },
+    );
+    let expected = cat(&[
+        &[0, 0, 0, 29, 20, 0, 0, 0, 7, 0, 0, 0, 6],
+        b"/tmp/l",
+        &[0, 0, 0, 10],
+        b"/etc/hosts",
+    ]);
+    assert_eq!(wire, expected);
+    let named = |v: &[u8]| SymlinkOrder::from_announced(v);
+    assert_eq!(named(b"linkpath-targetpath"), Some(SymlinkOrder::LinkFirst));
+    assert_eq!(
+        named(b"targetpath-linkpath"),
+        Some(SymlinkOrder::TargetFirst)
+    );
+    assert_eq!(named(b"sideways"), None);
 }
 
 #[test]
@@ -1374,7 +1402,12 @@ fn arb_request() -> impl Strategy<Value = Request> {
         arb_bytes().prop_map(|path| Request::Stat { path }),
         (arb_bytes(), arb_bytes()).prop_map(|(old, new)| Request::Rename { old, new }),
         arb_bytes().prop_map(|path| Request::Readlink { path }),
-        (arb_bytes(), arb_bytes()).prop_map(|(target, link)| Request::Symlink { target, link }),
+        // Decoding reads OpenSSH's order, the one a server that announces none takes.
+        (arb_bytes(), arb_bytes()).prop_map(|(target, link)| Request::Symlink {
+            target,
+            link,
+            order: SymlinkOrder::TargetFirst,
+        }),
         arb_extended().prop_map(Request::Extended),
     ]
 }

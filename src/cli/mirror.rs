@@ -128,6 +128,8 @@ pub fn mirror(g: &GlobalArgs, a: &MirrorArgs) -> Result<i32, CliError> {
             delete: a.delete,
             delete_excluded: a.delete_excluded,
             last: PatternSet::new(&a.last)?,
+            // Set by the mirror, from what the destination can do.
+            link_times: false,
         },
         filter: Filter::new(&exclude, &a.include)?,
         max_delete: a.max_delete,

@@ -32,9 +32,12 @@ pub use plan::{Action, Compare, EntryKind, Plan, Snapshot, TreeEntry, plan};
 use crate::client::PendingReply;
 use crate::client::Sftp;
 use crate::error::{Error, Result};
-use crate::proto::{FileAttributes, FileType};
+use crate::proto::{FileAttributes, FileType, ext};
 use crate::task::{Countdown, JoinHandle, Semaphore, TaskGroup, Token, spawn};
-use crate::transfer::{LocalKind, Transfer, lossy, remote_join, safe_remote_name, walk_local_with};
+use crate::transfer::{
+    LinkSlot, LocalKind, Transfer, link_times, lossy, remote_join, safe_remote_name,
+    set_local_link_mtime, walk_local_with,
+};
 
 /// What to mirror and how.
 #[derive(Debug, Clone, Default)]
@@ -637,19 +640,39 @@ impl Sides {
         }
     }
 
-    async fn symlink(&self, rel: &[u8], target: &[u8]) -> Result<()> {
+    /// Makes the link `rel` → `target` with its own time `mtime`; `slot` says whether the
+    /// listing found a file or link to replace there.
+    async fn symlink(&self, rel: &[u8], target: &[u8], mtime: i64, slot: LinkSlot) -> Result<()> {
         match self.dir {
-            Direction::Up => self.t.upload_symlink(target, &self.remote(rel)).await,
+            Direction::Up => {
+                let remote = self.remote(rel);
+                self.t
+                    .upload_symlink(target, &remote, Some(mtime), slot)
+                    .await
+            }
             Direction::Down => {
                 let dest = self.local(rel);
                 let temp = local_temp(&dest);
                 let err = |e| Error::local(format!("cannot create symlink {}", dest.display()), e);
                 std::os::unix::fs::symlink(OsStr::from_bytes(target), &temp).map_err(err)?;
-                fs::rename(&temp, &dest).map_err(|e| {
+                let placed = set_local_link_mtime(&temp, mtime)
+                    .and_then(|()| fs::rename(&temp, &dest).map_err(err));
+                if placed.is_err() {
                     let _ = fs::remove_file(&temp);
-                    err(e)
-                })
+                }
+                placed
             }
+        }
+    }
+
+    /// Sets the own modification time of the link `rel`, whose target is right already.
+    async fn link_time(&self, rel: &[u8], mtime: i64) -> Result<()> {
+        match self.dir {
+            Direction::Up => {
+                let t = crate::transfer::to_u32_time(mtime);
+                self.t.sftp.lsetstat(self.remote(rel), &link_times(t)).await
+            }
+            Direction::Down => set_local_link_mtime(&self.local(rel), mtime),
         }
     }
 
@@ -1017,7 +1040,12 @@ async fn run(
     // Prefetched answers the listings did not take: guessed directories that are excluded
     // or not directories there, the staging directory of a root that exists.
     t.sftp.discard_prefetched().await;
-    let the_plan = plan(&source, &dest, &opts.compare);
+    // Links' own times count only where they can be set (else every run would redo them).
+    let compare = Compare {
+        link_times: sides.dir == Direction::Down || t.sftp.has_extension(ext::LSETSTAT),
+        ..opts.compare.clone()
+    };
+    let the_plan = plan(&source, &dest, &compare);
     t.ready().await;
     report.unchanged = the_plan.unchanged;
     if opts.dry_run {
@@ -1082,9 +1110,12 @@ async fn run(
             } => *k,
             _ => continue,
         };
-        // Renames replace files and links atomically; only directories (and a file where
-        // a directory must go) need removing first.
-        if replaces != EntryKind::Dir && !matches!(a, Action::Mkdir { .. }) {
+        // Renames replace files atomically, and links replace what is in their way
+        // themselves. Directories (and a file where a directory must go) need removing
+        // first, and so does a link where a file goes: a rename onto a link may follow it
+        // (ProFTPD's does, and overwrites the file it points to).
+        let link_under_file = replaces == EntryKind::Symlink && matches!(a, Action::Copy { .. });
+        if replaces != EntryKind::Dir && !matches!(a, Action::Mkdir { .. }) && !link_under_file {
             continue;
         }
         let (s, rel) = (sides.clone(), a.path().to_vec());
@@ -1179,15 +1210,32 @@ async fn run(
                         })
                         .await
                 }
-                Action::Symlink { target, .. } if !last_round => {
+                Action::Symlink {
+                    target, replaces, ..
+                } if !last_round => {
                     let target = target.clone();
+                    let mtime = source.get(&rel).map_or(0, |e| e.mtime);
+                    let slot = match replaces {
+                        Some(EntryKind::File | EntryKind::Symlink) => LinkSlot::Taken,
+                        _ => LinkSlot::Free,
+                    };
                     let token = token();
                     phase
                         .spawn(async move {
                             let _token = token;
-                            match s.symlink(&rel, &target).await {
+                            match s.symlink(&rel, &target, mtime, slot).await {
                                 Ok(()) => counters.borrow_mut().symlinks += 1,
                                 Err(e) => s.t.record_failure(s.dest_name(&rel), e),
+                            }
+                        })
+                        .await
+                }
+                Action::LinkTime { mtime, .. } if !last_round => {
+                    let mtime = *mtime;
+                    phase
+                        .spawn(async move {
+                            if let Err(e) = s.link_time(&rel, mtime).await {
+                                s.t.record_failure(s.dest_name(&rel), e);
                             }
                         })
                         .await

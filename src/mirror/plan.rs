@@ -71,6 +71,13 @@ pub enum Action {
         /// What stands in the way and must go first.
         replaces: Option<EntryKind>,
     },
+    /// Set a symlink's own modification time only (its target is right).
+    LinkTime {
+        /// Relative path.
+        path: Vec<u8>,
+        /// Seconds since the epoch.
+        mtime: i64,
+    },
     /// Change permission bits only.
     Chmod {
         /// Relative path.
@@ -94,6 +101,7 @@ impl Action {
             Action::Copy { path, .. }
             | Action::Mkdir { path, .. }
             | Action::Symlink { path, .. }
+            | Action::LinkTime { path, .. }
             | Action::Chmod { path, .. }
             | Action::Delete { path, .. } => path,
         }
@@ -127,6 +135,7 @@ impl Action {
                 String::from_utf8_lossy(target),
                 replacing(replaces)
             ),
+            Action::LinkTime { .. } => format!("touch -h {p}"),
             Action::Chmod { mode, .. } => format!("chmod {mode:04o} {p}"),
             Action::Delete {
                 kind: EntryKind::Dir,
@@ -152,6 +161,11 @@ pub struct Compare {
     pub all: bool,
     /// Permission bits are mirrored too.
     pub preserve_mode: bool,
+    /// Symlinks' own modification times are compared (and mirrored) too, not only their
+    /// targets. A mirror sets it itself, for a destination that can set them (locally;
+    /// remotely with `lsetstat@openssh.com`): elsewhere a link whose time cannot be set
+    /// would be found changed on every run.
+    pub link_times: bool,
     /// Remove destination entries the source lacks.
     pub delete: bool,
     /// With `delete`, also remove excluded destination entries.
@@ -270,11 +284,18 @@ pub fn plan(source: &Snapshot, dest: &Snapshot, cmp: &Compare) -> Plan {
                     dst.is_some_and(|d| d.kind == EntryKind::Symlink && d.target == src.target);
                 if same {
                     out.unchanged += 1;
+                    let times = cmp.link_times && !cmp.size_only;
+                    if times && dst.is_some_and(|d| d.mtime != src.mtime) {
+                        out.actions.push(Action::LinkTime {
+                            path: path.clone(),
+                            mtime: src.mtime,
+                        });
+                    }
                 } else {
                     out.actions.push(Action::Symlink {
                         path: path.clone(),
                         target: src.target.clone().unwrap_or_default(),
-                        replaces: replaces.or(dst_kind.filter(|k| *k == EntryKind::File)),
+                        replaces: replaces.or(dst_kind.filter(|k| *k != EntryKind::Dir)),
                     });
                 }
             }
@@ -429,6 +450,42 @@ mod tests {
                 "symlink z -> t (replacing a file)"
             ]
         );
+    }
+
+    #[test]
+    fn links_compare_by_target_and_by_time_only_where_times_can_be_set() {
+        let at = |t: &str, mtime| TreeEntry { mtime, ..link(t) };
+        let src = snap(&[
+            ("same", at("a", 5)),
+            ("moved", at("b", 5)),
+            ("old", at("a", 5)),
+        ]);
+        let dst = snap(&[
+            ("same", at("a", 5)),
+            ("moved", at("a", 5)),
+            ("old", at("a", 9)),
+        ]);
+        let by_target = plan(&src, &dst, &Compare::default());
+        assert_eq!(
+            lines(&by_target),
+            ["symlink moved -> b (replacing a symlink)"]
+        );
+        assert_eq!(by_target.unchanged, 2);
+        let timed = Compare {
+            link_times: true,
+            ..Default::default()
+        };
+        let p = plan(&src, &dst, &timed);
+        assert_eq!(
+            lines(&p),
+            ["symlink moved -> b (replacing a symlink)", "touch -h old"]
+        );
+        assert_eq!(p.unchanged, 2);
+        let size_only = Compare {
+            size_only: true,
+            ..timed
+        };
+        assert_eq!(plan(&src, &dst, &size_only).actions.len(), 1);
     }
 
     #[test]

@@ -14,7 +14,7 @@ pub use attrs::{AttrFlags, FileAttributes, FileType, mode};
 pub use framing::Framer;
 pub use packet::{
     ClientPacket, ExtendedRequest, Limits, NameEntry, OpenFlags, Request, Response, ServerPacket,
-    StatusCode, Statvfs, encode_write, encode_write_header, encode_write_with,
+    StatusCode, Statvfs, SymlinkOrder, encode_write, encode_write_header, encode_write_with,
 };
 
 /// Extension name/value pairs of INIT and VERSION.

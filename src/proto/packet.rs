@@ -23,6 +23,39 @@ bitflags::bitflags! {
     }
 }
 
+/// The order of SSH_FXP_SYMLINK's two paths on the wire.
+///
+/// The draft (filexfer-02 to -05) sends `linkpath`, then `targetpath`. OpenSSH's
+/// sftp-server was written with the two swapped, noticed only once widely deployed, and
+/// kept so (its PROTOCOL file, "Reversal of arguments to SSH_FXP_SYMLINK"); its client
+/// sends them swapped too, and most servers read them as OpenSSH does (paramiko's
+/// SFTPServer, ProFTPD's mod_sftp, ...). Green End's gesftpserver follows the draft unless
+/// built otherwise, and says which with its `symlink-order@rjk.greenend.org.uk` extension.
+/// `Sftp::symlink_order` holds the rule a client follows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum SymlinkOrder {
+    /// OpenSSH's: target, then link path.
+    #[default]
+    TargetFirst,
+    /// The draft's: link path, then target.
+    LinkFirst,
+}
+
+impl SymlinkOrder {
+    /// The extension by which a server states its order.
+    pub const EXTENSION: &'static str = "symlink-order@rjk.greenend.org.uk";
+
+    /// The order an [`SymlinkOrder::EXTENSION`] value names: `linkpath-targetpath` (the
+    /// draft's) or `targetpath-linkpath` (OpenSSH's); `None` for anything else.
+    pub fn from_announced(value: &[u8]) -> Option<SymlinkOrder> {
+        match value {
+            b"linkpath-targetpath" => Some(SymlinkOrder::LinkFirst),
+            b"targetpath-linkpath" => Some(SymlinkOrder::TargetFirst),
+            _ => None,
+        }
+    }
+}
+
 /// Status codes of SSH_FXP_STATUS.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum StatusCode {
@@ -332,9 +365,13 @@ pub enum Request {
     Rename { old: Vec<u8>, new: Vec<u8> },
     /// SSH_FXP_READLINK.
     Readlink { path: Vec<u8> },
-    /// SSH_FXP_SYMLINK. On the wire OpenSSH sends the target first, then the link path
-    /// (the draft's order is reversed, and every deployed server follows OpenSSH).
-    Symlink { target: Vec<u8>, link: Vec<u8> },
+    /// SSH_FXP_SYMLINK: `link` is made, pointing to `target`; `order` says which of the
+    /// two goes first on the wire (see [`SymlinkOrder`]).
+    Symlink {
+        target: Vec<u8>,
+        link: Vec<u8>,
+        order: SymlinkOrder,
+    },
     /// SSH_FXP_EXTENDED.
     Extended(ExtendedRequest),
 }
@@ -420,9 +457,21 @@ impl Request {
                 out.put_string(old);
                 out.put_string(new);
             }
-            Request::Symlink { target, link } => {
+            Request::Symlink {
+                target,
+                link,
+                order: SymlinkOrder::TargetFirst,
+            } => {
                 out.put_string(target);
                 out.put_string(link);
+            }
+            Request::Symlink {
+                target,
+                link,
+                order: SymlinkOrder::LinkFirst,
+            } => {
+                out.put_string(link);
+                out.put_string(target);
             }
             Request::Extended(e) => {
                 out.put_string(e.name());
@@ -638,9 +687,11 @@ impl ClientPacket {
                 new: r.string()?,
             },
             kind::READLINK => Request::Readlink { path: r.string()? },
+            // As a server that announces no other order reads it: OpenSSH's.
             kind::SYMLINK => Request::Symlink {
                 target: r.string()?,
                 link: r.string()?,
+                order: SymlinkOrder::TargetFirst,
             },
             kind::EXTENDED => {
                 let name = r.string()?;

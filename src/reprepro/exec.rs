@@ -7,8 +7,9 @@
 //! 2. When every pool file is up, each distribution whose `.new` files all arrived is
 //!    made visible: every `.new` is moved onto its name with `posix-rename` (atomic: the
 //!    old file is there until the new one is), the top-level `Release`, `Release.gpg`
-//!    and `InRelease` last; then its symlinks are (re)created — under a temporary name,
-//!    renamed over the old link — and its deleted files removed.
+//!    and `InRelease` last; then its symlinks are (re)created — the old link removed and
+//!    the new one made in one round trip, never renamed (a RENAME may follow the link) —
+//!    and its deleted files removed.
 //! 3. Only when all of that succeeded, pool files are deleted (and pool directories left
 //!    empty removed, as reprepro does locally).
 //!
@@ -35,7 +36,7 @@ use crate::error::{Error, Result};
 use crate::proto::{FileAttributes, OpenFlags, Request, StatusCode, ext};
 use crate::task::dirlock::parent_dir;
 use crate::task::{JoinHandle, Semaphore, spawn};
-use crate::transfer::{Transfer, TransferOptions, lossy, remote_basename, remote_join};
+use crate::transfer::{LinkSlot, Transfer, TransferOptions, lossy, remote_basename, remote_join};
 
 /// Receives each completed step.
 pub trait DoneSink {
@@ -492,25 +493,13 @@ impl Ctx {
         }
     }
 
-    /// Creates the link under a temporary name and renames it over `link`, so readers see
-    /// the old link or the new one, never none.
+    /// Makes `link` → `target` in place of whatever link or file is there: REMOVE and
+    /// SYMLINK in one round trip, not a temporary link renamed over it (a RENAME that
+    /// follows links, as ProFTPD's does, would move the directory it points to instead).
     async fn replace_symlink(&self, target: &[u8], link: &[u8]) -> Result<()> {
-        let temp = hidden_temp(link);
-        match self.sftp.remove(&temp).await {
-            Ok(()) => {}
-            Err(e) if e.is_not_found() => {}
-            Err(e) => return Err(e),
-        }
-        let dir = parent_dir(&temp).unwrap_or(b".").to_vec();
         self.transfer
-            .dirlocks
-            .within(&dir, || self.sftp.symlink(target, &temp))
-            .await?;
-        if let Err(e) = self.sftp.posix_rename(&temp, link).await {
-            self.discard(&temp).await;
-            return Err(e);
-        }
-        Ok(())
+            .upload_symlink(target, link, None, LinkSlot::Taken)
+            .await
     }
 
     async fn dist_delete(&self, d: &DistDelete) -> bool {

@@ -6,6 +6,7 @@
 //! bytes in flight, so memory stays flat however many files or how large they are.
 
 mod download;
+mod links;
 pub mod pace;
 mod resume;
 mod tree;
@@ -24,11 +25,14 @@ use futures_util::stream::FuturesUnordered;
 use crate::task::{DirLocks, Permit, Semaphore};
 use pace::{Ask, Pacer};
 
+pub use links::LinkSlot;
+pub(crate) use links::{link_times, set_local_link_mtime};
 pub use resume::resumable_temp_name;
 pub use tree::{
     LocalEntry, LocalKind, LocalTree, safe_remote_name, staging_dir, walk_local, walk_local_with,
 };
 pub use upload::temp_name;
+pub(crate) use upload::to_u32_time;
 
 /// Requests in flight per file by default (as OpenSSH's sftp).
 pub const DEFAULT_REQUESTS: usize = 64;

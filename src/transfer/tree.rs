@@ -4,7 +4,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::fs;
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
@@ -13,11 +13,10 @@ use futures_util::StreamExt;
 use futures_util::future::LocalBoxFuture;
 use futures_util::stream::FuturesUnordered;
 
-use super::upload::temp_name;
+use super::links::LinkSlot;
 use super::{Report, Transfer, lossy, remote_basename, remote_join};
 use crate::error::{Error, Result};
 use crate::proto::{FileAttributes, FileType, NameEntry};
-use crate::task::dirlock::parent_dir;
 use crate::task::{JoinHandle, Semaphore, TaskGroup, spawn};
 
 /// What a local tree entry is.
@@ -551,10 +550,12 @@ impl Transfer {
                         .await
                 }
                 LocalKind::Symlink { target } => {
+                    let mtime = t.opts.preserve_times.then_some(entry.mtime);
                     spawner
                         .spawn(async move {
+                            let target = target.as_os_str().as_bytes();
                             let r = t
-                                .upload_symlink(target.as_os_str().as_bytes(), &remote)
+                                .upload_symlink(target, &remote, mtime, LinkSlot::Free)
                                 .await;
                             match r {
                                 Ok(()) => t.report.borrow_mut().symlinks += 1,
@@ -656,21 +657,6 @@ impl Transfer {
             }
             Err(e) => self.record_failure(lossy(remote), e),
         }
-    }
-
-    /// Creates (or atomically replaces) a remote symlink `remote` → `target`: the link is
-    /// made under a temporary name, then renamed over the final one.
-    pub async fn upload_symlink(&self, target: &[u8], remote: &[u8]) -> Result<()> {
-        let temp = temp_name(remote);
-        let dir = parent_dir(&temp).unwrap_or(b".").to_vec();
-        self.dirlocks
-            .within(&dir, || self.sftp.symlink(target, &temp))
-            .await?;
-        if let Err(e) = self.sftp.rename_replace(&temp, remote).await {
-            let _ = self.sftp.remove(&temp).await;
-            return Err(e);
-        }
-        Ok(())
     }
 
     /// Downloads the contents of `remote_root` into `local_root` (created if missing).
@@ -789,9 +775,11 @@ impl Transfer {
                     }
                     FileType::Symlink => {
                         let slot = walk.slots.acquire(1).await;
+                        let mtime = entry.attrs.mtime().filter(|_| self.opts.preserve_times);
                         let h = spawn(async move {
                             let _slot = slot;
-                            match t.download_symlink(&remote, &local).await {
+                            let mtime = mtime.map(i64::from);
+                            match t.download_symlink(&remote, &local, mtime).await {
                                 Ok(()) => t.report.borrow_mut().symlinks += 1,
                                 Err(e) => t.record_failure(lossy(&remote), e),
                             }
@@ -817,29 +805,6 @@ impl Transfer {
                 }
             }
         })
-    }
-
-    async fn download_symlink(&self, remote: &[u8], local: &Path) -> Result<()> {
-        let target = self.sftp.readlink(remote).await?;
-        if target.contains(&0) {
-            return Err(Error::Protocol(format!(
-                "symlink {} has a NUL in its target",
-                lossy(remote)
-            )));
-        }
-        let target = PathBuf::from(OsString::from_vec(target));
-        let lctx = |e| Error::local(format!("cannot create symlink {}", local.display()), e);
-        match fs::symlink_metadata(local) {
-            Ok(m) if m.is_dir() => {
-                return Err(Error::local(
-                    format!("cannot replace directory {} by a symlink", local.display()),
-                    std::io::ErrorKind::AlreadyExists.into(),
-                ));
-            }
-            Ok(_) => fs::remove_file(local).map_err(lctx)?,
-            Err(_) => {}
-        }
-        std::os::unix::fs::symlink(&target, local).map_err(lctx)
     }
 
     /// Removes a remote directory and everything below it (`rm -r`), children

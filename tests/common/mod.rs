@@ -655,6 +655,59 @@ pub fn tmpfs_tempdir(prefix: &str) -> tempfile::TempDir {
         .unwrap_or_else(|e| panic!("create a temporary directory: {e}"))
 }
 
+/// Green End's SFTP server (Debian's `gesftpserver`): it takes SSH_FXP_SYMLINK's paths in
+/// the draft's order, link first, and says so with `symlink-order@rjk.greenend.org.uk`.
+pub fn gesftpserver_path() -> PathBuf {
+    let p = PathBuf::from("/usr/libexec/gesftpserver");
+    assert!(
+        p.exists(),
+        "no {}: install gesftpserver (apt-get install gesftpserver)",
+        p.display()
+    );
+    p
+}
+
+/// OpenSSH's sftp-server behind a wrapper script that logs every request it serves
+/// (`-l INFO`, one line each: `symlink old "t" new "/p"`, `posix-rename old ...`,
+/// `remove name ...`) to a file, for tests about what was sent. The script is the `-D`
+/// command; it and the log live in `dir`.
+pub struct LoggedSftpServer {
+    script: PathBuf,
+    log: PathBuf,
+}
+
+impl LoggedSftpServer {
+    /// Writes the wrapper into `dir` (a path without single quotes).
+    pub fn new(dir: &Path) -> LoggedSftpServer {
+        let script = dir.join("logged-sftp-server");
+        let log = dir.join("sftp-server.log");
+        write_file(
+            &script,
+            format!(
+                "#!/bin/sh\nexec '{}' -e -l INFO 2>>'{}'\n",
+                sftp_server_path().display(),
+                log.display()
+            ),
+        );
+        fs::set_permissions(&script, fs::Permissions::from_mode(0o755))
+            .unwrap_or_else(|e| panic!("chmod {}: {e}", script.display()));
+        write_file(&log, b"");
+        LoggedSftpServer { script, log }
+    }
+
+    /// The command to pass to `-D`.
+    pub fn command(&self) -> String {
+        self.script.display().to_string()
+    }
+
+    /// The requests logged since the last [`LoggedSftpServer::take_log`], one per line.
+    pub fn take_log(&self) -> String {
+        let text = String::from_utf8_lossy(&read_file(&self.log)).into_owned();
+        write_file(&self.log, b"");
+        text
+    }
+}
+
 /// The SHA-256 of a file as lowercase hex, from `sha256sum`.
 pub fn sha256_file(path: impl AsRef<Path>) -> String {
     let path = path.as_ref();
