@@ -1180,6 +1180,30 @@ impl Sftp {
         }
     }
 
+    /// Moves `old` onto `new` as [`Sftp::rename_replace`] does, for an entry of unknown
+    /// kind: first an LSTAT and a READLINK of `old` (one round trip) make sure a symlink is
+    /// not moved on a server whose LSTAT follows links (ProFTPD): its RENAME follows them
+    /// too, and would move the file the link points to. That is refused
+    /// ([`Error::Unsupported`]), never done.
+    pub async fn move_entry(&self, old: impl AsRef<[u8]>, new: impl AsRef<[u8]>) -> Result<()> {
+        let (old, new) = (old.as_ref(), new.as_ref());
+        let attrs = self.submit(&Request::Lstat { path: old.to_vec() }).await?;
+        let link = self
+            .submit(&Request::Readlink { path: old.to_vec() })
+            .await?;
+        let attrs = expect_attrs("lstat", old, attrs.await?)?;
+        let is_link = expect_one_name("readlink", old, link.await?).is_ok();
+        if is_link && !attrs.is_symlink() {
+            return Err(Error::Unsupported(format!(
+                "{} is a symlink, but the server's LSTAT follows symlinks (as ProFTPD's \
+                 does), and so does its RENAME: moving it would move the file it points to \
+                 instead; not moved",
+                String::from_utf8_lossy(old)
+            )));
+        }
+        self.rename_replace(old, new).await
+    }
+
     /// Reads a symlink's target.
     pub async fn readlink(&self, path: impl AsRef<[u8]>) -> Result<Vec<u8>> {
         let path = path.as_ref();
@@ -1193,9 +1217,10 @@ impl Sftp {
 
     /// Creates a symlink at `link` pointing to `target`, with the arguments in the order the
     /// server takes ([`Sftp::symlink_order`]), and checks that `link` is a symlink now: a
-    /// READLINK goes right behind the SYMLINK, in the same round trip, and must succeed
-    /// (its text is not compared: ProFTPD answers with an absolute path; nor is LSTAT
-    /// asked: ProFTPD's follows links). A server that takes the arguments the other way
+    /// READLINK and an LSTAT go right behind the SYMLINK, in the same round trip, and the
+    /// READLINK must succeed (its text is not compared: ProFTPD answers with an absolute
+    /// path) or the LSTAT see a symlink (ProFTPD's LSTAT follows links; a chrooted
+    /// asyncssh refuses READLINK of a relative link). A server that takes the arguments the other way
     /// round answers OK and makes a link named after the target; that is an error here,
     /// never a success.
     pub async fn symlink(&self, target: impl AsRef<[u8]>, link: impl AsRef<[u8]>) -> Result<()> {
@@ -1239,12 +1264,22 @@ impl Sftp {
                 path: link.to_vec(),
             })
             .await?;
+        // Asked too because a chrooted asyncssh refuses READLINK of a relative link it
+        // made: there, an LSTAT that sees a symlink is the proof.
+        let kind = self
+            .submit(&Request::Lstat {
+                path: link.to_vec(),
+            })
+            .await?;
         expect_ok("symlink", link, made.await?)?;
         if let Some(timed) = timed {
             expect_ok("lsetstat", link, timed.await?)?;
         }
-        match expect_one_name("readlink", link, check.await?) {
+        let read = expect_one_name("readlink", link, check.await?);
+        let is_link = expect_attrs("lstat", link, kind.await?).is_ok_and(|a| a.is_symlink());
+        match read {
             Ok(_) => Ok(()),
+            Err(_) if is_link => Ok(()),
             Err(e) => Err(Error::Protocol(format!(
                 "the server said it made the symlink {}, but there is none ({e}): it may \
                  take SYMLINK's paths the other way round (they went in {} order) and have \

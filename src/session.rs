@@ -173,6 +173,12 @@ impl Session {
         self.run(self.sftp.rename_replace(old, new))
     }
 
+    /// Moves an entry of unknown kind onto `new` ([`crate::Sftp::move_entry`]): never a
+    /// symlink on a server whose RENAME would move what it points to.
+    pub fn move_entry(&self, old: impl AsRef<[u8]>, new: impl AsRef<[u8]>) -> Result<()> {
+        self.run(self.sftp.move_entry(old, new))
+    }
+
     /// A symlink's target.
     pub fn readlink(&self, path: impl AsRef<[u8]>) -> Result<Vec<u8>> {
         self.run(self.sftp.readlink(path))

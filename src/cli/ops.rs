@@ -455,7 +455,7 @@ pub fn mv(g: &GlobalArgs, a: &MvArgs) -> Result<i32, CliError> {
     if session.stat(&new).is_ok_and(|s| s.is_dir()) {
         new = remote_join(&new, remote_basename(&old));
     }
-    session.rename_replace(&old, &new)?;
+    session.move_entry(&old, &new)?;
     Ok(SUCCESS)
 }
 

@@ -1009,6 +1009,72 @@ async fn prune_staged(sides: &Sides, source: &Snapshot, partial: &mut Snapshot) 
     Ok(())
 }
 
+/// ProFTPD answers READLINK with the absolute path a link resolves to, not its text: a
+/// destination link whose answer is where the source link's relative target leads (from
+/// the remote root's real path) is taken as that same link, so an unchanged tree is not
+/// re-linked on every run. Costs one REALPATH, only when such an answer is seen.
+async fn match_resolved_links(sides: &Sides, source: &Snapshot, dest: &mut Snapshot) {
+    let candidates: Vec<(&Vec<u8>, &Vec<u8>)> = source
+        .iter()
+        .filter_map(|(path, src)| {
+            let want = src.target.as_ref()?;
+            let got = dest.get(path)?.target.as_ref()?;
+            (src.kind == EntryKind::Symlink
+                && !want.starts_with(b"/")
+                && got.starts_with(b"/")
+                && want != got)
+                .then_some((path, want))
+        })
+        .collect();
+    if candidates.is_empty() {
+        return;
+    }
+    let root = match sides.t.sftp.realpath(sides.remote_root.as_slice()).await {
+        Ok(root) => root,
+        Err(e) => {
+            log::debug!("{e}; links are compared by their text");
+            return;
+        }
+    };
+    for (path, want) in candidates {
+        let parent = path
+            .iter()
+            .rposition(|&b| b == b'/')
+            .map_or(&b""[..], |i| &path[..i]);
+        let resolved = lexical_join(&[&root, parent, want]);
+        if let Some(entry) = dest.get_mut(path)
+            && entry.target.as_deref() == Some(resolved.as_slice())
+        {
+            entry.target = Some(want.clone());
+        }
+    }
+}
+
+/// `parts` joined by `/`, with `.`, `..` and empty components resolved by name.
+fn lexical_join(parts: &[&[u8]]) -> Vec<u8> {
+    let mut out: Vec<&[u8]> = Vec::new();
+    for part in parts {
+        for c in part.split(|&b| b == b'/') {
+            match c {
+                b"" | b"." => {}
+                b".." => {
+                    out.pop();
+                }
+                c => out.push(c),
+            }
+        }
+    }
+    let mut path = Vec::new();
+    for c in out {
+        path.push(b'/');
+        path.extend_from_slice(c);
+    }
+    if path.is_empty() {
+        path.push(b'/');
+    }
+    path
+}
+
 async fn run(
     sides: Sides,
     local: Result<Option<LocalSnapshot>>,
@@ -1033,10 +1099,13 @@ async fn run(
     };
     let Trees {
         source,
-        dest,
+        mut dest,
         dest_root_exists,
         incomplete_listing,
     } = trees;
+    if sides.dir == Direction::Up {
+        match_resolved_links(&sides, &source, &mut dest).await;
+    }
     // Prefetched answers the listings did not take: guessed directories that are excluded
     // or not directories there, the staging directory of a root that exists.
     t.sftp.discard_prefetched().await;
@@ -1466,6 +1535,14 @@ fn finish(mut report: MirrorReport, t: &Transfer) -> MirrorReport {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lexical_join_resolves_dots_by_name() {
+        assert_eq!(lexical_join(&[b"/srv/m", b"a/b", b"../t"]), b"/srv/m/a/t");
+        assert_eq!(lexical_join(&[b"/srv", b"", b"./x"]), b"/srv/x");
+        assert_eq!(lexical_join(&[b"/", b"", b"../../x"]), b"/x");
+        assert_eq!(lexical_join(&[b"/a", b"", b".."]), b"/");
+    }
 
     #[test]
     fn guesses_are_local_subdirectories_shallowest_first_and_capped() {

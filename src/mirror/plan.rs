@@ -591,6 +591,9 @@ mod tests {
         // A destination link that could not be read is replaced.
         let src = snap(&[("l", link("a"))]);
         let dst = snap(&[("l", unread)]);
-        assert_eq!(lines(&plan(&src, &dst, &delete)), ["symlink l -> a"]);
+        assert_eq!(
+            lines(&plan(&src, &dst, &delete)),
+            ["symlink l -> a (replacing a symlink)"]
+        );
     }
 }

@@ -286,7 +286,7 @@ impl Executor {
                 done(sftp.mkdir(&path, &attrs).await)
             }
             Command::Rmdir { path } => done(sftp.rmdir(&path).await),
-            Command::Rename { source, dest } => done(sftp.rename_replace(&source, &dest).await),
+            Command::Rename { source, dest } => done(sftp.move_entry(&source, &dest).await),
             Command::Symlink { target, path } => done(sftp.symlink(&target, &path).await),
             Command::Readlink { path } => {
                 to_reply(sftp.readlink(&path).await.map(|t| json!(lossy(&t))))
