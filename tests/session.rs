@@ -15,7 +15,10 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::{Sshd, TEST_USER, random_bytes, read_file, sftp_server_path, write_file};
+use common::{
+    Sshd, TEST_USER, pid_recording_server, random_bytes, read_file, sftp_server_path, write_file,
+    write_script,
+};
 use sftpipe::proto::ext;
 use sftpipe::{ConnectOptions, Error, FileAttributes, OpenFlags, Session, StatusCode};
 
@@ -230,12 +233,6 @@ fn with_timeout<T: Send + 'static>(
             Ok(()) => panic!("{what}: the thread ended without a result"),
         },
     }
-}
-
-/// Writes an executable shell script.
-fn write_script(path: &Path, body: &str) {
-    write_file(path, format!("#!/bin/sh\n{body}\n"));
-    set_mode(path, 0o755);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1192,20 +1189,6 @@ fn a_missing_ssh_program_is_a_spawn_error() {
     let e = connect_err(&ConnectOptions::local_server("/nonexistent/sftp-server -e"));
     assert!(matches!(e, Error::Spawn { .. }), "{e:?}");
     assert!(e.to_string().contains("/nonexistent/sftp-server"), "{e}");
-}
-
-/// A `-D` server command that records its pid in `pidfile` and then is sftp-server.
-fn pid_recording_server(dir: &Path, pidfile: &Path) -> String {
-    let script = dir.join("server");
-    write_script(
-        &script,
-        &format!(
-            "echo $$ > {}\nexec {}",
-            pidfile.display(),
-            sftp_server_path().display()
-        ),
-    );
-    script.display().to_string()
 }
 
 fn kill_pid_in(pidfile: &Path) {
