@@ -20,6 +20,7 @@
 //! ```
 #![warn(missing_docs)]
 
+mod child;
 pub mod client;
 pub mod error;
 pub mod location;

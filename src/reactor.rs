@@ -18,6 +18,7 @@ use mio::event::Event;
 use mio::net::UnixStream;
 use mio::unix::pipe;
 use mio::{Events, Interest, Registry, Token};
+use nix::sys::signal::Signal;
 
 use crate::error::{ConnectionError, Error, Result};
 use crate::proto::{self, ClientPacket, Framer, Request, Response, ServerPacket};
@@ -29,6 +30,11 @@ pub trait Source {
     fn prepare(&self, registry: &Registry) -> bool;
     /// Called for each readiness event on one of the source's tokens.
     fn ready(&self, registry: &Registry, event: &Event);
+    /// When the source wants to be prepared again even if no event comes (a timeout),
+    /// asked after [`Source::prepare`]; the loop never blocks past it.
+    fn deadline(&self) -> Option<Instant> {
+        None
+    }
 }
 
 /// A `mio::Poll` and the sources registered with it.
@@ -74,8 +80,9 @@ impl Reactor {
         f(self.poll.borrow().registry())
     }
 
-    /// One round: prepare every source, poll (blocking only if `block`), dispatch events.
-    /// Returns `Ok(false)` when asked to block but no source expects any event.
+    /// One round: prepare every source, poll (blocking only if `block`, and then at most
+    /// until the sources' nearest deadline), dispatch events. Returns `Ok(false)` when
+    /// asked to block but no source expects any event.
     pub fn turn(&self, block: bool) -> io::Result<bool> {
         let sources: Vec<Rc<dyn Source>> = self
             .sources
@@ -85,16 +92,24 @@ impl Reactor {
             .filter_map(std::rc::Weak::upgrade)
             .collect();
         let mut expecting = false;
+        let mut deadline: Option<Instant> = None;
         {
             let poll = self.poll.borrow();
             for s in &sources {
                 expecting |= s.prepare(poll.registry());
+                if let Some(d) = s.deadline() {
+                    deadline = Some(deadline.map_or(d, |e| e.min(d)));
+                }
             }
         }
         if block && !expecting {
             return Ok(false);
         }
-        let timeout = if block { None } else { Some(Duration::ZERO) };
+        let timeout = if block {
+            deadline.map(|d| d.saturating_duration_since(Instant::now()))
+        } else {
+            Some(Duration::ZERO)
+        };
         let fired: Vec<(usize, Event)> = {
             let mut poll = self.poll.borrow_mut();
             let mut events = self.events.borrow_mut();
@@ -135,6 +150,18 @@ const STDERR_TAIL_LINES: usize = 20;
 const STDERR_LINE_MAX: usize = 4096;
 /// Bytes read from stdout per read call.
 const READ_CHUNK: usize = 256 * 1024;
+/// How long a child that closed the connection gets to exit, so that its exit status
+/// can be part of the error (ssh exits within milliseconds of closing it).
+const EXIT_GRACE: Duration = Duration::from_millis(500);
+/// How long after the child's exit its stderr gets to reach end of file (a process it
+/// left behind may hold it open).
+const STDERR_GRACE: Duration = Duration::from_millis(250);
+/// The longest gap between two looks at a closing child's exit (no event announces it).
+const MAX_LOOK_GAP: Duration = Duration::from_millis(50);
+/// How long the end of a session waits for the server to answer what it was sent.
+const SHUTDOWN_DRAIN: Duration = Duration::from_secs(5);
+/// How long the end of a session waits for the child to exit before killing it.
+const SHUTDOWN_REAP: Duration = Duration::from_secs(2);
 
 enum Slot {
     /// Sent; the task waits (its waker, once polled).
@@ -190,6 +217,21 @@ struct State {
     /// Requests whose data went out as zeros (their file region ran short): their replies
     /// are turned into this error.
     spoiled: HashMap<u32, io::Error>,
+    /// The child closed the connection; its exit is being collected.
+    closing: Option<Closing>,
+}
+
+/// A connection the child closed: its exit status and last stderr lines are collected on
+/// later turns of the loop, briefly, never by waiting in it.
+struct Closing {
+    /// When the connection was found closed.
+    since: Instant,
+    /// When the child's exit was seen, and its status (`None`: it cannot be known).
+    exited: Option<(Instant, Option<std::process::ExitStatus>)>,
+    /// When to look at the child again.
+    next_look: Instant,
+    /// The gap to the look after that (doubling: an exit raises no event).
+    gap: Duration,
 }
 
 /// The SFTP connection's I/O half, registered with a [`Reactor`].
@@ -255,6 +297,7 @@ impl Channel {
                 bytes_out: 0,
                 bytes_in: 0,
                 spoiled: HashMap::new(),
+                closing: None,
             }),
         });
         let as_source: Rc<dyn Source> = chan.clone();
@@ -487,9 +530,11 @@ impl Channel {
         }
     }
 
-    /// True once the connection is gone.
+    /// True once the connection is gone (also while the child's exit is being collected
+    /// for the error).
     pub fn is_dead(&self) -> bool {
-        self.state.borrow().dead.is_some()
+        let st = self.state.borrow();
+        st.dead.is_some() || st.closing.is_some()
     }
 
     /// The last stderr lines of the child.
@@ -500,47 +545,8 @@ impl Channel {
     /// Closes stdin and waits (bounded) for the child to exit; kills it if it lingers.
     pub fn shutdown(&self, reactor: &Reactor) {
         let mut st = self.state.borrow_mut();
-        // Everything queued must reach the server (CLOSEs of dropped handles, requests sent
-        // without waiting) and be answered before the server sees the end of its input:
-        // OpenSSH's sftp-server handles one request per turn of its loop and exits at end
-        // of input, dropping requests it read but had not handled yet. So: flush and read
-        // until every request is answered (bounded), then half-close, and read until the
-        // server closes its side.
-        let deadline = Instant::now() + Duration::from_secs(5);
-        let unanswered = |st: &State| {
-            st.inflight
-                .values()
-                .any(|slot| matches!(slot, Slot::Waiting(_) | Slot::Abandoned))
-        };
-        while st.dead.is_none()
-            && (!st.out.is_empty() || unanswered(&st))
-            && Instant::now() < deadline
-        {
-            st.stdin_writable = true;
-            if Self::flush(&mut st).is_err() {
-                break;
-            }
-            self.read_stdout(&mut st);
-            if !st.out.is_empty() || unanswered(&st) {
-                std::thread::sleep(Duration::from_millis(1));
-            }
-        }
-        if st.dead.is_none()
-            && let Some(sock) = st.sock.as_mut()
-        {
-            let _ = sock.shutdown(std::net::Shutdown::Write);
-            let mut scratch = vec![0u8; 64 * 1024];
-            while Instant::now() < deadline {
-                match sock.read(&mut scratch) {
-                    Ok(0) => break,
-                    Ok(_) => {}
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        std::thread::sleep(Duration::from_millis(1))
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(_) => break,
-                }
-            }
+        if st.dead.is_none() && st.closing.is_none() {
+            self.drain(&mut st);
         }
         reactor.with_registry(|reg| {
             if let Some(mut s) = st.sock.take() {
@@ -551,16 +557,63 @@ impl Channel {
             }
         });
         if st.dead.is_none() {
+            st.closing = None;
             st.dead = Some(ConnectionError {
                 reason: "session closed".into(),
                 stderr_tail: Vec::new(),
             });
         }
         if let Some(mut child) = st.child.take() {
-            reap(&mut child, Duration::from_secs(2));
+            crate::child::reap(&mut child, SHUTDOWN_REAP);
         }
         drop(st);
         reactor.remove(self.slot);
+    }
+
+    /// The end of a session: everything queued must reach the server (CLOSEs of dropped
+    /// handles, requests sent without waiting) and be answered before the server sees the
+    /// end of its input: OpenSSH's sftp-server handles one request per turn of its loop
+    /// and exits at end of input, dropping requests it read but had not handled yet. So:
+    /// flush and read until every request is answered (bounded), then half-close, and
+    /// read until the server closes its side.
+    fn drain(&self, st: &mut State) {
+        let deadline = Instant::now() + SHUTDOWN_DRAIN;
+        let unanswered = |st: &State| {
+            st.inflight
+                .values()
+                .any(|slot| matches!(slot, Slot::Waiting(_) | Slot::Abandoned))
+        };
+        let open =
+            |st: &State| st.dead.is_none() && st.closing.is_none() && Instant::now() < deadline;
+        while open(st) && (!st.out.is_empty() || unanswered(st)) {
+            st.stdin_writable = true;
+            if Self::flush(st).is_err() {
+                break;
+            }
+            self.read_stdout(st);
+            if let Some(sock) = st.sock.as_ref()
+                && (!st.out.is_empty() || unanswered(st))
+            {
+                wait_for(sock, !st.out.is_empty(), deadline);
+            }
+        }
+        if !open(st) {
+            return;
+        }
+        let Some(sock) = st.sock.as_mut() else {
+            return;
+        };
+        let _ = sock.shutdown(std::net::Shutdown::Write);
+        let mut scratch = vec![0u8; 64 * 1024];
+        while Instant::now() < deadline {
+            match sock.read(&mut scratch) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => wait_for(sock, false, deadline),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => break,
+            }
+        }
     }
 
     fn flush(st: &mut State) -> io::Result<()> {
@@ -719,40 +772,104 @@ impl Channel {
         }
     }
 
-    /// Marks the connection dead, collects the child's exit status and stderr, and wakes
-    /// every waiting task with the error.
+    /// Marks the connection dead and wakes every waiting task with the error. With a
+    /// `reason`, ending it is our decision: the child is killed and the error given at
+    /// once. Without one, the child closed the connection: see [`Channel::begin_closing`].
+    /// Never waits: this runs inside the event loop, which serves other work too.
     fn fail(&self, st: &mut State, reason: Option<String>) {
+        match reason {
+            Some(reason) => self.abort(st, reason, Signal::SIGKILL),
+            None => self.begin_closing(st),
+        }
+    }
+
+    /// Ends the connection with `reason`, sending the child `signal`.
+    fn abort(&self, st: &mut State, reason: String, signal: Signal) {
         if st.dead.is_some() {
             return;
         }
-        // The child is exiting: give it a moment to say why on stderr and to exit.
-        let mut status = None;
         if let Some(child) = st.child.as_mut() {
-            if reason.is_some() {
-                let _ = child.kill();
-            }
-            status = reap(child, Duration::from_secs(3));
+            crate::child::signal_child(child, signal);
         }
-        let deadline = Instant::now() + Duration::from_millis(500);
-        while st.stderr.is_some() && Instant::now() < deadline {
-            Self::read_stderr(st);
-            if st.stderr.is_some() {
-                std::thread::sleep(Duration::from_millis(5));
-            }
+        // What it said before is in the pipe already.
+        Self::read_stderr(st);
+        self.finish(st, reason);
+    }
+
+    /// The child closed the connection: its exit status and last words make the error.
+    /// They are collected on the next turns of the loop ([`Channel::look_at_child`]),
+    /// for at most [`EXIT_GRACE`] and [`STDERR_GRACE`]; tasks wait until then.
+    fn begin_closing(&self, st: &mut State) {
+        if st.dead.is_some() || st.closing.is_some() {
+            return;
         }
-        let reason = reason.unwrap_or_else(|| match status {
-            Some(s) if s.success() => format!("{} exited before answering", st.label),
-            Some(s) => match s.code() {
-                Some(c) => format!("{} exited with status {c}", st.label),
-                None => format!("{} was killed ({s})", st.label),
-            },
-            None => format!("{} closed its output", st.label),
+        st.sock = None;
+        st.out = OutQueue::default();
+        let now = Instant::now();
+        st.closing = Some(Closing {
+            since: now,
+            exited: None,
+            next_look: now,
+            gap: Duration::from_millis(1),
         });
+        self.look_at_child(st);
+    }
+
+    /// While closing: takes the child's exit status and stderr if they are there, and
+    /// fails the connection once both are in or waiting longer would not be prompt (a
+    /// child lingering after closing the connection is killed then, and reaped later).
+    fn look_at_child(&self, st: &mut State) {
+        Self::read_stderr(st);
+        let now = Instant::now();
+        let Some(c) = st.closing.as_mut() else {
+            return;
+        };
+        if c.exited.is_none() {
+            match st.child.as_mut().map(Child::try_wait) {
+                Some(Ok(None)) => {}
+                Some(Ok(Some(status))) => c.exited = Some((now, Some(status))),
+                Some(Err(_)) | None => c.exited = Some((now, None)),
+            }
+        }
+        let done = match c.exited {
+            Some((at, _)) => st.stderr.is_none() || now >= at + STDERR_GRACE,
+            None => now >= c.since + EXIT_GRACE,
+        };
+        if !done {
+            c.next_look = match c.exited {
+                Some((at, _)) => at + STDERR_GRACE,
+                None => (now + c.gap).min(c.since + EXIT_GRACE),
+            };
+            c.gap = (c.gap * 2).min(MAX_LOOK_GAP);
+            return;
+        }
+        let exited = c.exited;
+        st.closing = None;
+        if exited.is_none()
+            && let Some(child) = st.child.as_mut()
+        {
+            let _ = child.kill();
+        }
+        let label = &st.label;
+        let reason = match exited.and_then(|(_, status)| status) {
+            Some(s) if s.success() => format!("{label} exited before answering"),
+            Some(s) => match s.code() {
+                Some(c) => format!("{label} exited with status {c}"),
+                None => format!("{label} was killed ({s})"),
+            },
+            None => format!("{label} closed its output"),
+        };
+        self.finish(st, reason);
+    }
+
+    /// Records the error and wakes every waiting task with it.
+    fn finish(&self, st: &mut State, reason: String) {
         log::debug!("connection failed: {reason}");
         st.dead = Some(ConnectionError {
             reason,
             stderr_tail: st.stderr_tail.iter().cloned().collect(),
         });
+        st.closing = None;
         st.sock = None;
         st.out = OutQueue::default();
         let mut wakers: Vec<Waker> = st.space_waiters.drain(..).collect();
@@ -1075,20 +1192,17 @@ fn child_went_away(e: &io::Error) -> bool {
     )
 }
 
-/// Waits up to `limit` for the child to exit, then kills it.
-fn reap(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
-    let deadline = Instant::now() + limit;
-    loop {
-        match child.try_wait() {
-            Ok(Some(s)) => return Some(s),
-            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(1)),
-            Ok(None) => {
-                let _ = child.kill();
-                return child.wait().ok();
-            }
-            Err(_) => return None,
-        }
+/// Blocks until `sock` is readable (or, with `write`, writable) or `deadline`. Only for
+/// the end of a session, outside the event loop.
+fn wait_for(sock: &UnixStream, write: bool, deadline: Instant) {
+    use nix::poll::{PollFd, PollFlags, poll};
+    use std::os::fd::AsFd;
+    let mut flags = PollFlags::POLLIN;
+    if write {
+        flags |= PollFlags::POLLOUT;
     }
+    let mut fds = [PollFd::new(sock.as_fd(), flags)];
+    let _ = poll(&mut fds, crate::child::poll_timeout(deadline));
 }
 
 impl Source for Channel {
@@ -1096,6 +1210,10 @@ impl Source for Channel {
         let mut st = self.state.borrow_mut();
         if st.dead.is_some() {
             return false;
+        }
+        if st.closing.is_some() {
+            self.look_at_child(&mut st);
+            return st.dead.is_none();
         }
         if let Err(e) = Self::flush(&mut st) {
             let msg = if child_went_away(&e) {
@@ -1127,6 +1245,14 @@ impl Source for Channel {
             }
         }
         want_write || !st.inflight.is_empty() || st.version_waker.is_some()
+    }
+
+    fn deadline(&self) -> Option<Instant> {
+        let st = self.state.borrow();
+        if st.dead.is_some() {
+            return None;
+        }
+        st.closing.as_ref().map(|c| c.next_look)
     }
 
     fn ready(&self, _registry: &Registry, event: &Event) {
