@@ -217,6 +217,15 @@ struct State {
     /// Requests whose data went out as zeros (their file region ran short): their replies
     /// are turned into this error.
     spoiled: HashMap<u32, io::Error>,
+    /// Replies the server still owes: slots other than `Done`.
+    replies_due: usize,
+    /// How long the server may owe replies without sending a byte ([`Channel::set_stall_timeout`]).
+    stall_timeout: Option<Duration>,
+    /// Since when replies are due and nothing was received (`None`: none due, or bytes
+    /// just came; the next `prepare` starts the clock).
+    quiet_since: Option<Instant>,
+    /// The server's name in the stall message.
+    peer: String,
     /// The child closed the connection; its exit is being collected.
     closing: Option<Closing>,
 }
@@ -297,6 +306,10 @@ impl Channel {
                 bytes_out: 0,
                 bytes_in: 0,
                 spoiled: HashMap::new(),
+                replies_due: 0,
+                stall_timeout: None,
+                quiet_since: None,
+                peer: String::new(),
                 closing: None,
             }),
         });
@@ -324,6 +337,18 @@ impl Channel {
     /// Requests awaiting a reply.
     pub fn in_flight(&self) -> usize {
         self.state.borrow().inflight.len()
+    }
+
+    /// Fails the connection when replies are due and the server sends nothing for
+    /// `timeout` (`None`: never): every waiting request gets "no answer from PEER for 30 s;
+    /// giving up" and the child is killed. The clock runs only once the server's VERSION
+    /// came (ssh may be waiting for a password until then) and only while replies are due,
+    /// so an idle session never times out.
+    pub fn set_stall_timeout(&self, timeout: Option<Duration>, peer: impl Into<String>) {
+        let mut st = self.state.borrow_mut();
+        st.stall_timeout = timeout.filter(|t| !t.is_zero());
+        st.peer = peer.into();
+        st.quiet_since = None;
     }
 
     /// Sets the largest packet accepted from the server.
@@ -399,6 +424,7 @@ impl Channel {
             trace_sent(id, &v[start..]);
         });
         st.inflight.insert(id, Slot::Waiting(None));
+        st.replies_due += 1;
         Ok(id)
     }
 
@@ -452,6 +478,7 @@ impl Channel {
         st.next_id = id.wrapping_add(1);
         Self::maybe_probe(&mut st, id, queue_was_empty);
         st.inflight.insert(id, Slot::Waiting(None));
+        st.replies_due += 1;
         Ok(Some(id))
     }
 
@@ -509,7 +536,7 @@ impl Channel {
                 st.inflight.insert(id, Slot::Abandoned);
             }
             _ => {
-                st.inflight.remove(&id);
+                Self::remove_slot(&mut st, id);
             }
         }
     }
@@ -525,7 +552,7 @@ impl Channel {
                 st.inflight.insert(id, Slot::Dispensable);
             }
             _ => {
-                st.inflight.remove(&id);
+                Self::remove_slot(&mut st, id);
             }
         }
     }
@@ -667,6 +694,7 @@ impl Channel {
             st.framer.commit(n);
             log::trace!(target: "sftpipe::wire", "read {n} bytes");
             st.bytes_in += n as u64;
+            st.quiet_since = None;
             if let Err(msg) = Self::dispatch_packets(st) {
                 self.fail(st, Some(format!("protocol error from {}: {msg}", st.label)));
                 return;
@@ -729,7 +757,19 @@ impl Channel {
             st.rtt_min = Some(st.rtt_min.map_or(rtt, |m| m.min(rtt)));
             st.rtt_probe = None;
         }
-        st.inflight.remove(&id)
+        Self::remove_slot(st, id)
+    }
+
+    /// Removes a slot, counting the replies still due.
+    fn remove_slot(st: &mut State, id: u32) -> Option<Slot> {
+        let slot = st.inflight.remove(&id);
+        if matches!(
+            slot,
+            Some(Slot::Waiting(_) | Slot::Abandoned | Slot::Dispensable)
+        ) {
+            st.replies_due = st.replies_due.saturating_sub(1);
+        }
+        slot
     }
 
     fn read_stderr(st: &mut State) {
@@ -862,6 +902,35 @@ impl Channel {
         self.finish(st, reason);
     }
 
+    /// Fails the connection when replies are due and nothing came from the server for
+    /// the stall timeout. Returns true when it did.
+    fn check_stall(&self, st: &mut State) -> bool {
+        let Some(limit) = st.stall_timeout else {
+            return false;
+        };
+        if st.replies_due == 0 || !st.version_seen {
+            st.quiet_since = None;
+            return false;
+        }
+        let now = Instant::now();
+        let since = *st.quiet_since.get_or_insert(now);
+        if now.duration_since(since) < limit {
+            return false;
+        }
+        // Replies may be waiting unread (the loop was busy, the process stopped): look.
+        self.read_stdout(st);
+        if st.dead.is_some() || st.closing.is_some() || st.quiet_since.is_none() {
+            return st.dead.is_some();
+        }
+        let reason = format!(
+            "no answer from {} for {}; giving up",
+            st.peer,
+            seconds(limit)
+        );
+        self.fail(st, Some(reason));
+        true
+    }
+
     /// Records the error and wakes every waiting task with it.
     fn finish(&self, st: &mut State, reason: String) {
         log::debug!("connection failed: {reason}");
@@ -870,6 +939,7 @@ impl Channel {
             stderr_tail: st.stderr_tail.iter().cloned().collect(),
         });
         st.closing = None;
+        st.quiet_since = None;
         st.sock = None;
         st.out = OutQueue::default();
         let mut wakers: Vec<Waker> = st.space_waiters.drain(..).collect();
@@ -885,6 +955,15 @@ impl Channel {
         for w in wakers {
             w.wake();
         }
+    }
+}
+
+/// "30 s", "2.5 s".
+fn seconds(d: Duration) -> String {
+    if d.subsec_millis() == 0 {
+        format!("{} s", d.as_secs())
+    } else {
+        format!("{:.1} s", d.as_secs_f64())
     }
 }
 
@@ -1244,6 +1323,9 @@ impl Source for Channel {
                 }
             }
         }
+        if self.check_stall(&mut st) {
+            return false;
+        }
         want_write || !st.inflight.is_empty() || st.version_waker.is_some()
     }
 
@@ -1252,7 +1334,10 @@ impl Source for Channel {
         if st.dead.is_some() {
             return None;
         }
-        st.closing.as_ref().map(|c| c.next_look)
+        if let Some(c) = &st.closing {
+            return Some(c.next_look);
+        }
+        st.quiet_since?.checked_add(st.stall_timeout?)
     }
 
     fn ready(&self, _registry: &Registry, event: &Event) {

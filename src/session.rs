@@ -40,6 +40,7 @@ impl Session {
         let pipes = options.spawn()?;
         let rt = Runtime::new().map_err(|e| Error::local("creating the event loop", e))?;
         let chan = Channel::new(rt.reactor(), pipes)?;
+        chan.set_stall_timeout(options.stall_timeout(), options.peer());
         let handshake = Sftp::handshake_prefetching(chan.clone(), &options.prefetch);
         let sftp = match rt.block_on(handshake) {
             Ok(s) => s,

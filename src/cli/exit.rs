@@ -31,7 +31,8 @@ Exit status:
   2  usage error or invalid operand (refused host name, directory without -r, ...)
   3  remote path not found
   4  permission denied
-  5  ssh failed: cannot start, connect or authenticate, or connection lost
+  5  ssh failed: cannot start, connect or authenticate, connection lost, or no
+     answer within --timeout
   6  protocol error, or the server lacks a needed extension
   7  local file error
 

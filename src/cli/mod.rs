@@ -67,6 +67,17 @@ pub struct GlobalArgs {
     /// Print errors only (and no progress bar)
     #[arg(short = 'q', long = "quiet", conflicts_with = "verbose")]
     pub quiet: bool,
+    /// Give up (exit 5) when requests get no answer, not a byte from the server, for SECS
+    /// seconds [default: 60; 0: wait forever]. An idle connection never times out
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(..=86_400_000))]
+    pub timeout: Option<u64>,
+}
+
+impl GlobalArgs {
+    /// `--timeout` for [`ConnectOptions::timeout`].
+    pub fn timeout(&self) -> Option<std::time::Duration> {
+        self.timeout.map(std::time::Duration::from_secs)
+    }
 }
 
 /// ssh's connection flags with OpenSSH sftp's letters, shared by the global options and
@@ -411,6 +422,7 @@ pub fn connect_options(
         jump: global.ssh.jump.clone(),
         ssh_program: global.ssh.ssh_program.clone(),
         server_command: global.server_command.clone(),
+        timeout: global.timeout(),
         ..ConnectOptions::default()
     };
     if o.server_command.is_none() {
