@@ -23,6 +23,7 @@
 mod child;
 pub mod client;
 pub mod error;
+pub mod interrupt;
 pub mod location;
 pub mod mirror;
 pub mod proto;

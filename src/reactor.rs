@@ -6,7 +6,7 @@
 //! the negotiated maximum, the table of in-flight request ids, and stderr drained into
 //! `log` with a bounded tail kept for error messages.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read, Write};
 use std::process::Child;
@@ -44,7 +44,13 @@ pub struct Reactor {
     /// Held weakly: a source lives as long as its owner (a session's channel, a served
     /// stdin) and drops out of the loop with it.
     sources: RefCell<Vec<Option<std::rc::Weak<dyn Source>>>>,
+    /// The signal wake-up pipe of [`crate::interrupt`] is registered.
+    watching_signals: Cell<bool>,
 }
+
+/// The token of [`crate::interrupt`]'s wake-up pipe: belongs to no source, it only ends
+/// the poll so that the channels see the signal.
+const SIGNAL_TOKEN: Token = Token(usize::MAX);
 
 impl Reactor {
     /// A reactor with no sources.
@@ -53,6 +59,7 @@ impl Reactor {
             poll: RefCell::new(mio::Poll::new()?),
             events: RefCell::new(Events::with_capacity(64)),
             sources: RefCell::new(Vec::new()),
+            watching_signals: Cell::new(false),
         })
     }
 
@@ -80,10 +87,29 @@ impl Reactor {
         f(self.poll.borrow().registry())
     }
 
+    /// Registers the signal wake-up pipe, once [`crate::interrupt::catch_signals`] made it.
+    fn watch_signals(&self) {
+        if self.watching_signals.get() {
+            return;
+        }
+        if let Some(fd) = crate::interrupt::wake_fd() {
+            let poll = self.poll.borrow();
+            let mut src = mio::unix::SourceFd(&fd);
+            if let Err(e) = poll
+                .registry()
+                .register(&mut src, SIGNAL_TOKEN, Interest::READABLE)
+            {
+                log::debug!("cannot watch for signals: {e}");
+            }
+            self.watching_signals.set(true);
+        }
+    }
+
     /// One round: prepare every source, poll (blocking only if `block`, and then at most
     /// until the sources' nearest deadline), dispatch events. Returns `Ok(false)` when
     /// asked to block but no source expects any event.
     pub fn turn(&self, block: bool) -> io::Result<bool> {
+        self.watch_signals();
         let sources: Vec<Rc<dyn Source>> = self
             .sources
             .borrow()
@@ -570,10 +596,15 @@ impl Channel {
     }
 
     /// Closes stdin and waits (bounded) for the child to exit; kills it if it lingers.
+    /// After a caught signal ([`crate::interrupt`]), the child gets SIGTERM instead of
+    /// the rest of the session.
     pub fn shutdown(&self, reactor: &Reactor) {
         let mut st = self.state.borrow_mut();
         if st.dead.is_none() && st.closing.is_none() {
-            self.drain(&mut st);
+            match crate::interrupt::interrupted_message() {
+                Some(msg) => self.abort(&mut st, msg, Signal::SIGTERM),
+                None => self.drain(&mut st),
+            }
         }
         reactor.with_registry(|reg| {
             if let Some(mut s) = st.sock.take() {
@@ -602,7 +633,7 @@ impl Channel {
     /// end of its input: OpenSSH's sftp-server handles one request per turn of its loop
     /// and exits at end of input, dropping requests it read but had not handled yet. So:
     /// flush and read until every request is answered (bounded), then half-close, and
-    /// read until the server closes its side.
+    /// read until the server closes its side. A signal cuts it short.
     fn drain(&self, st: &mut State) {
         let deadline = Instant::now() + SHUTDOWN_DRAIN;
         let unanswered = |st: &State| {
@@ -610,8 +641,12 @@ impl Channel {
                 .values()
                 .any(|slot| matches!(slot, Slot::Waiting(_) | Slot::Abandoned))
         };
-        let open =
-            |st: &State| st.dead.is_none() && st.closing.is_none() && Instant::now() < deadline;
+        let open = |st: &State| {
+            st.dead.is_none()
+                && st.closing.is_none()
+                && crate::interrupt::caught().is_none()
+                && Instant::now() < deadline
+        };
         while open(st) && (!st.out.is_empty() || unanswered(st)) {
             st.stdin_writable = true;
             if Self::flush(st).is_err() {
@@ -632,7 +667,7 @@ impl Channel {
         };
         let _ = sock.shutdown(std::net::Shutdown::Write);
         let mut scratch = vec![0u8; 64 * 1024];
-        while Instant::now() < deadline {
+        while Instant::now() < deadline && crate::interrupt::caught().is_none() {
             match sock.read(&mut scratch) {
                 Ok(0) => break,
                 Ok(_) => {}
@@ -1271,16 +1306,23 @@ fn child_went_away(e: &io::Error) -> bool {
     )
 }
 
-/// Blocks until `sock` is readable (or, with `write`, writable) or `deadline`. Only for
-/// the end of a session, outside the event loop.
+/// Blocks until `sock` is readable (or, with `write`, writable), a signal is caught, or
+/// `deadline`. Only for the end of a session, outside the event loop.
 fn wait_for(sock: &UnixStream, write: bool, deadline: Instant) {
     use nix::poll::{PollFd, PollFlags, poll};
-    use std::os::fd::AsFd;
+    use std::os::fd::{AsFd, BorrowedFd};
     let mut flags = PollFlags::POLLIN;
     if write {
         flags |= PollFlags::POLLOUT;
     }
-    let mut fds = [PollFd::new(sock.as_fd(), flags)];
+    let mut fds = vec![PollFd::new(sock.as_fd(), flags)];
+    if let Some(fd) = crate::interrupt::wake_fd() {
+        // SAFETY: the wake-up pipe is never closed.
+        fds.push(PollFd::new(
+            unsafe { BorrowedFd::borrow_raw(fd) },
+            PollFlags::POLLIN,
+        ));
+    }
     let _ = poll(&mut fds, crate::child::poll_timeout(deadline));
 }
 
@@ -1288,6 +1330,10 @@ impl Source for Channel {
     fn prepare(&self, registry: &Registry) -> bool {
         let mut st = self.state.borrow_mut();
         if st.dead.is_some() {
+            return false;
+        }
+        if let Some(msg) = crate::interrupt::interrupted_message() {
+            self.abort(&mut st, msg, Signal::SIGTERM);
             return false;
         }
         if st.closing.is_some() {
@@ -1432,21 +1478,31 @@ impl AsyncFd {
     }
 
     /// Reads what is available (waiting until something is); `Ok(0)` at end of file.
+    /// Fails once a signal was caught ([`crate::interrupt`]), so that serving ends.
     pub async fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
-        std::future::poll_fn(|cx| match self.raw_io(true, buf.as_mut_ptr(), buf.len()) {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                self.state.borrow_mut().read_waker = Some(cx.waker().clone());
-                Poll::Pending
+        std::future::poll_fn(|cx| {
+            if let Some(e) = interrupted() {
+                return Poll::Ready(Err(e));
             }
-            r => Poll::Ready(r),
+            match self.raw_io(true, buf.as_mut_ptr(), buf.len()) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.state.borrow_mut().read_waker = Some(cx.waker().clone());
+                    Poll::Pending
+                }
+                r => Poll::Ready(r),
+            }
         })
         .await
     }
 
-    /// Writes all of `data`, waiting whenever the descriptor is full.
+    /// Writes all of `data`, waiting whenever the descriptor is full. Fails once a signal
+    /// was caught, like [`AsyncFd::read`].
     pub async fn write_all(&self, mut data: &[u8]) -> io::Result<()> {
         while !data.is_empty() {
             let n = std::future::poll_fn(|cx| {
+                if let Some(e) = interrupted() {
+                    return Poll::Ready(Err(e));
+                }
                 match self.raw_io(false, data.as_ptr() as *mut u8, data.len()) {
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                         self.state.borrow_mut().write_waker = Some(cx.waker().clone());
@@ -1465,9 +1521,23 @@ impl AsyncFd {
     }
 }
 
+/// The error of [`AsyncFd`] reads and writes once a signal was caught.
+fn interrupted() -> Option<io::Error> {
+    crate::interrupt::interrupted_message().map(io::Error::other)
+}
+
 impl Source for AsyncFd {
     fn prepare(&self, registry: &Registry) -> bool {
         let mut st = self.state.borrow_mut();
+        if crate::interrupt::caught().is_some() {
+            // Whoever waits gets the interruption as its error.
+            let wakers = [st.read_waker.take(), st.write_waker.take()];
+            drop(st);
+            for w in wakers.into_iter().flatten() {
+                w.wake();
+            }
+            return false;
+        }
         let want = match (st.read_waker.is_some(), st.write_waker.is_some()) {
             (true, true) => Some(Interest::READABLE | Interest::WRITABLE),
             (true, false) => Some(Interest::READABLE),

@@ -621,7 +621,7 @@ fn closed_port_is_a_connection_failure_with_ssh_stderr() {
 }
 
 // ---------------------------------------------------------------------------------------
-// A server that stops answering
+// A server that stops answering; signals
 // ---------------------------------------------------------------------------------------
 
 /// `sftpipe GLOBAL... -D SERVER put BIG DEST/big` of a 1 GiB sparse file, caught once
@@ -691,6 +691,42 @@ fn a_server_that_stops_answering_fails_after_the_timeout_with_exit_5() {
         Duration::from_secs(5),
         || !process_alive(up.server),
     );
+}
+
+/// Signals `sftpipe` during an upload (the server stopped first when `freeze`) and checks
+/// that it ends the server and exits with `128 + signal`, leaving no file under the
+/// final name.
+fn signal_during_upload(sig: &str, freeze: bool, status: i32) {
+    let up = upload_under_way(&[], 8 << 20);
+    if freeze {
+        // A server that cannot even see the end of its input: only a signal ends it.
+        send_signal(up.server, "STOP");
+    }
+    send_signal(up.sftpipe.id(), sig);
+    let out = output_within(up.sftpipe, Duration::from_secs(30));
+    assert_eq!(out.status.code(), Some(status), "{}", explain(&out));
+    assert!(
+        text(&out.stderr).contains(&format!("interrupted by SIG{sig}")),
+        "{}",
+        explain(&out)
+    );
+    wait_until("the server is ended", Duration::from_secs(5), || {
+        !process_alive(up.server)
+    });
+    assert!(
+        !up.dest.join("big").exists(),
+        "a partial file under the final name"
+    );
+}
+
+#[test]
+fn sigterm_ends_the_server_and_exits_143() {
+    signal_during_upload("TERM", false, 143);
+}
+
+#[test]
+fn sigint_ends_even_a_stopped_server_and_exits_130() {
+    signal_during_upload("INT", true, 130);
 }
 
 // ---------------------------------------------------------------------------------------

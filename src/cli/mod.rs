@@ -321,6 +321,11 @@ pub fn run(cli: Cli) -> i32 {
         Command::Serve(a) => serve::serve(g, &a),
         Command::RepreproHook(a) => reprepro::hook(g, &a),
     };
+    if let Some(sig) = sftpipe::interrupt::caught() {
+        // What failed, failed because of it; the child is gone (the session ended it).
+        log::warn!("interrupted by {}", sftpipe::interrupt::signal_name(sig));
+        return exit::interrupted(sig);
+    }
     match result {
         Ok(code) => code,
         Err(CliError::StdoutClosed) => exit::SUCCESS,

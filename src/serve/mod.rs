@@ -119,6 +119,8 @@ impl Output {
         if let Err(e) = self.fd.write_all(&bytes).await {
             if e.kind() == io::ErrorKind::BrokenPipe {
                 log::warn!("serve: the output was closed; dropping further answers");
+            } else if crate::interrupt::caught().is_some() {
+                log::debug!("serve: {e}; dropping further answers");
             } else {
                 log::error!("serve: cannot write an answer: {e}");
             }
@@ -179,7 +181,11 @@ pub async fn serve(
             }
             Ok(n) => decoder.feed(&buf[..n]),
             Err(e) => {
-                log::error!("serve: cannot read the input: {e}");
+                if crate::interrupt::caught().is_some() {
+                    log::debug!("serve: {e}");
+                } else {
+                    log::error!("serve: cannot read the input: {e}");
+                }
                 summary.input_abandoned = true;
                 break;
             }
