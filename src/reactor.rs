@@ -109,6 +109,13 @@ impl Reactor {
     /// until the sources' nearest deadline), dispatch events. Returns `Ok(false)` when
     /// asked to block but no source expects any event.
     pub fn turn(&self, block: bool) -> io::Result<bool> {
+        self.turn_if(|| block)
+    }
+
+    /// [`Reactor::turn`], blocking only if `block()` says so once the sources are
+    /// prepared: preparing may wake tasks (a connection found dead wakes everyone waiting
+    /// on it), and then the poll must not wait for I/O.
+    pub fn turn_if(&self, block: impl FnOnce() -> bool) -> io::Result<bool> {
         self.watch_signals();
         let sources: Vec<Rc<dyn Source>> = self
             .sources
@@ -128,6 +135,7 @@ impl Reactor {
                 }
             }
         }
+        let block = block();
         if block && !expecting {
             return Ok(false);
         }
