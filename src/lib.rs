@@ -20,8 +20,10 @@
 //! ```
 #![warn(missing_docs)]
 
+mod child;
 pub mod client;
 pub mod error;
+pub mod interrupt;
 pub mod location;
 pub mod mirror;
 pub mod proto;

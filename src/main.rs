@@ -7,6 +7,10 @@ use clap::Parser;
 fn main() {
     let args = cli::Cli::try_parse().unwrap_or_else(|e| e.exit());
     cli::init_logging(&args.global);
+    // End the ssh or -D child on SIGINT, SIGTERM and SIGHUP instead of leaving it behind.
+    if let Err(e) = sftpipe::interrupt::catch_signals() {
+        log::warn!("cannot catch signals: {e}");
+    }
     // Each concurrent file task holds a local descriptor; the common soft limit of 1024
     // would otherwise cap --max-open below what servers allow.
     sftpipe::transfer::raise_fd_limit();

@@ -6,7 +6,7 @@
 //! the negotiated maximum, the table of in-flight request ids, and stderr drained into
 //! `log` with a bounded tail kept for error messages.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read, Write};
 use std::process::Child;
@@ -18,6 +18,7 @@ use mio::event::Event;
 use mio::net::UnixStream;
 use mio::unix::pipe;
 use mio::{Events, Interest, Registry, Token};
+use nix::sys::signal::Signal;
 
 use crate::error::{ConnectionError, Error, Result};
 use crate::proto::{self, ClientPacket, Framer, Request, Response, ServerPacket};
@@ -29,6 +30,11 @@ pub trait Source {
     fn prepare(&self, registry: &Registry) -> bool;
     /// Called for each readiness event on one of the source's tokens.
     fn ready(&self, registry: &Registry, event: &Event);
+    /// When the source wants to be prepared again even if no event comes (a timeout),
+    /// asked after [`Source::prepare`]; the loop never blocks past it.
+    fn deadline(&self) -> Option<Instant> {
+        None
+    }
 }
 
 /// A `mio::Poll` and the sources registered with it.
@@ -38,7 +44,13 @@ pub struct Reactor {
     /// Held weakly: a source lives as long as its owner (a session's channel, a served
     /// stdin) and drops out of the loop with it.
     sources: RefCell<Vec<Option<std::rc::Weak<dyn Source>>>>,
+    /// The signal wake-up pipe of [`crate::interrupt`] is registered.
+    watching_signals: Cell<bool>,
 }
+
+/// The token of [`crate::interrupt`]'s wake-up pipe: belongs to no source, it only ends
+/// the poll so that the channels see the signal.
+const SIGNAL_TOKEN: Token = Token(usize::MAX);
 
 impl Reactor {
     /// A reactor with no sources.
@@ -47,6 +59,7 @@ impl Reactor {
             poll: RefCell::new(mio::Poll::new()?),
             events: RefCell::new(Events::with_capacity(64)),
             sources: RefCell::new(Vec::new()),
+            watching_signals: Cell::new(false),
         })
     }
 
@@ -74,9 +87,36 @@ impl Reactor {
         f(self.poll.borrow().registry())
     }
 
-    /// One round: prepare every source, poll (blocking only if `block`), dispatch events.
-    /// Returns `Ok(false)` when asked to block but no source expects any event.
+    /// Registers the signal wake-up pipe, once [`crate::interrupt::catch_signals`] made it.
+    fn watch_signals(&self) {
+        if self.watching_signals.get() {
+            return;
+        }
+        if let Some(fd) = crate::interrupt::wake_fd() {
+            let poll = self.poll.borrow();
+            let mut src = mio::unix::SourceFd(&fd);
+            if let Err(e) = poll
+                .registry()
+                .register(&mut src, SIGNAL_TOKEN, Interest::READABLE)
+            {
+                log::debug!("cannot watch for signals: {e}");
+            }
+            self.watching_signals.set(true);
+        }
+    }
+
+    /// One round: prepare every source, poll (blocking only if `block`, and then at most
+    /// until the sources' nearest deadline), dispatch events. Returns `Ok(false)` when
+    /// asked to block but no source expects any event.
     pub fn turn(&self, block: bool) -> io::Result<bool> {
+        self.turn_if(|| block)
+    }
+
+    /// [`Reactor::turn`], blocking only if `block()` says so once the sources are
+    /// prepared: preparing may wake tasks (a connection found dead wakes everyone waiting
+    /// on it), and then the poll must not wait for I/O.
+    pub fn turn_if(&self, block: impl FnOnce() -> bool) -> io::Result<bool> {
+        self.watch_signals();
         let sources: Vec<Rc<dyn Source>> = self
             .sources
             .borrow()
@@ -85,16 +125,25 @@ impl Reactor {
             .filter_map(std::rc::Weak::upgrade)
             .collect();
         let mut expecting = false;
+        let mut deadline: Option<Instant> = None;
         {
             let poll = self.poll.borrow();
             for s in &sources {
                 expecting |= s.prepare(poll.registry());
+                if let Some(d) = s.deadline() {
+                    deadline = Some(deadline.map_or(d, |e| e.min(d)));
+                }
             }
         }
+        let block = block();
         if block && !expecting {
             return Ok(false);
         }
-        let timeout = if block { None } else { Some(Duration::ZERO) };
+        let timeout = if block {
+            deadline.map(|d| d.saturating_duration_since(Instant::now()))
+        } else {
+            Some(Duration::ZERO)
+        };
         let fired: Vec<(usize, Event)> = {
             let mut poll = self.poll.borrow_mut();
             let mut events = self.events.borrow_mut();
@@ -135,6 +184,18 @@ const STDERR_TAIL_LINES: usize = 20;
 const STDERR_LINE_MAX: usize = 4096;
 /// Bytes read from stdout per read call.
 const READ_CHUNK: usize = 256 * 1024;
+/// How long a child that closed the connection gets to exit, so that its exit status
+/// can be part of the error (ssh exits within milliseconds of closing it).
+const EXIT_GRACE: Duration = Duration::from_millis(500);
+/// How long after the child's exit its stderr gets to reach end of file (a process it
+/// left behind may hold it open).
+const STDERR_GRACE: Duration = Duration::from_millis(250);
+/// The longest gap between two looks at a closing child's exit (no event announces it).
+const MAX_LOOK_GAP: Duration = Duration::from_millis(50);
+/// How long the end of a session waits for the server to answer what it was sent.
+const SHUTDOWN_DRAIN: Duration = Duration::from_secs(5);
+/// How long the end of a session waits for the child to exit before killing it.
+const SHUTDOWN_REAP: Duration = Duration::from_secs(2);
 
 enum Slot {
     /// Sent; the task waits (its waker, once polled).
@@ -192,6 +253,30 @@ struct State {
     /// Requests whose data went out as zeros (their file region ran short): their replies
     /// are turned into this error.
     spoiled: HashMap<u32, io::Error>,
+    /// Replies the server still owes: slots other than `Done`.
+    replies_due: usize,
+    /// How long the server may owe replies without sending a byte ([`Channel::set_stall_timeout`]).
+    stall_timeout: Option<Duration>,
+    /// Since when replies are due and nothing was received (`None`: none due, or bytes
+    /// just came; the next `prepare` starts the clock).
+    quiet_since: Option<Instant>,
+    /// The server's name in the stall message.
+    peer: String,
+    /// The child closed the connection; its exit is being collected.
+    closing: Option<Closing>,
+}
+
+/// A connection the child closed: its exit status and last stderr lines are collected on
+/// later turns of the loop, briefly, never by waiting in it.
+struct Closing {
+    /// When the connection was found closed.
+    since: Instant,
+    /// When the child's exit was seen, and its status (`None`: it cannot be known).
+    exited: Option<(Instant, Option<std::process::ExitStatus>)>,
+    /// When to look at the child again.
+    next_look: Instant,
+    /// The gap to the look after that (doubling: an exit raises no event).
+    gap: Duration,
 }
 
 /// The SFTP connection's I/O half, registered with a [`Reactor`].
@@ -258,6 +343,11 @@ impl Channel {
                 bytes_out: 0,
                 bytes_in: 0,
                 spoiled: HashMap::new(),
+                replies_due: 0,
+                stall_timeout: None,
+                quiet_since: None,
+                peer: String::new(),
+                closing: None,
             }),
         });
         let as_source: Rc<dyn Source> = chan.clone();
@@ -284,6 +374,18 @@ impl Channel {
     /// Requests awaiting a reply.
     pub fn in_flight(&self) -> usize {
         self.state.borrow().inflight.len()
+    }
+
+    /// Fails the connection when replies are due and the server sends nothing for
+    /// `timeout` (`None`: never): every waiting request gets "no answer from PEER for 30 s;
+    /// giving up" and the child is killed. The clock runs only once the server's VERSION
+    /// came (ssh may be waiting for a password until then) and only while replies are due,
+    /// so an idle session never times out.
+    pub fn set_stall_timeout(&self, timeout: Option<Duration>, peer: impl Into<String>) {
+        let mut st = self.state.borrow_mut();
+        st.stall_timeout = timeout.filter(|t| !t.is_zero());
+        st.peer = peer.into();
+        st.quiet_since = None;
     }
 
     /// Sets the largest packet accepted from the server.
@@ -423,6 +525,7 @@ impl Channel {
         st.next_id = id.wrapping_add(1);
         Self::maybe_probe(&mut st, id, queue_was_empty);
         st.inflight.insert(id, Slot::Waiting(None));
+        st.replies_due += 1;
         Ok(Some(id))
     }
 
@@ -480,7 +583,7 @@ impl Channel {
                 st.inflight.insert(id, Slot::Abandoned);
             }
             _ => {
-                st.inflight.remove(&id);
+                Self::remove_slot(&mut st, id);
             }
         }
     }
@@ -496,14 +599,16 @@ impl Channel {
                 st.inflight.insert(id, Slot::Dispensable);
             }
             _ => {
-                st.inflight.remove(&id);
+                Self::remove_slot(&mut st, id);
             }
         }
     }
 
-    /// True once the connection is gone.
+    /// True once the connection is gone (also while the child's exit is being collected
+    /// for the error).
     pub fn is_dead(&self) -> bool {
-        self.state.borrow().dead.is_some()
+        let st = self.state.borrow();
+        st.dead.is_some() || st.closing.is_some()
     }
 
     /// The last stderr lines of the child.
@@ -512,48 +617,14 @@ impl Channel {
     }
 
     /// Closes stdin and waits (bounded) for the child to exit; kills it if it lingers.
+    /// After a caught signal ([`crate::interrupt`]), the child gets SIGTERM instead of
+    /// the rest of the session.
     pub fn shutdown(&self, reactor: &Reactor) {
         let mut st = self.state.borrow_mut();
-        // Everything queued must reach the server (CLOSEs of dropped handles, requests sent
-        // without waiting) and be answered before the server sees the end of its input:
-        // OpenSSH's sftp-server handles one request per turn of its loop and exits at end
-        // of input, dropping requests it read but had not handled yet. So: flush and read
-        // until every request is answered (bounded), then half-close, and read until the
-        // server closes its side.
-        let deadline = Instant::now() + Duration::from_secs(5);
-        let unanswered = |st: &State| {
-            st.inflight
-                .values()
-                .any(|slot| matches!(slot, Slot::Waiting(_) | Slot::Abandoned))
-        };
-        while st.dead.is_none()
-            && (!st.out.is_empty() || unanswered(&st))
-            && Instant::now() < deadline
-        {
-            st.stdin_writable = true;
-            if Self::flush(&mut st).is_err() {
-                break;
-            }
-            self.read_stdout(&mut st);
-            if !st.out.is_empty() || unanswered(&st) {
-                std::thread::sleep(Duration::from_millis(1));
-            }
-        }
-        if st.dead.is_none()
-            && let Some(sock) = st.sock.as_mut()
-        {
-            let _ = sock.shutdown(std::net::Shutdown::Write);
-            let mut scratch = vec![0u8; 64 * 1024];
-            while Instant::now() < deadline {
-                match sock.read(&mut scratch) {
-                    Ok(0) => break,
-                    Ok(_) => {}
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        std::thread::sleep(Duration::from_millis(1))
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(_) => break,
-                }
+        if st.dead.is_none() && st.closing.is_none() {
+            match crate::interrupt::interrupted_message() {
+                Some(msg) => self.abort(&mut st, msg, Signal::SIGTERM),
+                None => self.drain(&mut st),
             }
         }
         reactor.with_registry(|reg| {
@@ -565,16 +636,67 @@ impl Channel {
             }
         });
         if st.dead.is_none() {
+            st.closing = None;
             st.dead = Some(ConnectionError {
                 reason: "session closed".into(),
                 stderr_tail: Vec::new(),
             });
         }
         if let Some(mut child) = st.child.take() {
-            reap(&mut child, Duration::from_secs(2));
+            crate::child::reap(&mut child, SHUTDOWN_REAP);
         }
         drop(st);
         reactor.remove(self.slot);
+    }
+
+    /// The end of a session: everything queued must reach the server (CLOSEs of dropped
+    /// handles, requests sent without waiting) and be answered before the server sees the
+    /// end of its input: OpenSSH's sftp-server handles one request per turn of its loop
+    /// and exits at end of input, dropping requests it read but had not handled yet. So:
+    /// flush and read until every request is answered (bounded), then half-close, and
+    /// read until the server closes its side. A signal cuts it short.
+    fn drain(&self, st: &mut State) {
+        let deadline = Instant::now() + SHUTDOWN_DRAIN;
+        let unanswered = |st: &State| {
+            st.inflight
+                .values()
+                .any(|slot| matches!(slot, Slot::Waiting(_) | Slot::Abandoned))
+        };
+        let open = |st: &State| {
+            st.dead.is_none()
+                && st.closing.is_none()
+                && crate::interrupt::caught().is_none()
+                && Instant::now() < deadline
+        };
+        while open(st) && (!st.out.is_empty() || unanswered(st)) {
+            st.stdin_writable = true;
+            if Self::flush(st).is_err() {
+                break;
+            }
+            self.read_stdout(st);
+            if let Some(sock) = st.sock.as_ref()
+                && (!st.out.is_empty() || unanswered(st))
+            {
+                wait_for(sock, !st.out.is_empty(), deadline);
+            }
+        }
+        if !open(st) {
+            return;
+        }
+        let Some(sock) = st.sock.as_mut() else {
+            return;
+        };
+        let _ = sock.shutdown(std::net::Shutdown::Write);
+        let mut scratch = vec![0u8; 64 * 1024];
+        while Instant::now() < deadline && crate::interrupt::caught().is_none() {
+            match sock.read(&mut scratch) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => wait_for(sock, false, deadline),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => break,
+            }
+        }
     }
 
     fn flush(st: &mut State) -> io::Result<()> {
@@ -628,6 +750,7 @@ impl Channel {
             st.framer.commit(n);
             log::trace!(target: "sftpipe::wire", "read {n} bytes");
             st.bytes_in += n as u64;
+            st.quiet_since = None;
             if let Err(msg) = Self::dispatch_packets(st) {
                 self.fail(st, Some(format!("protocol error from {}: {msg}", st.label)));
                 return;
@@ -690,7 +813,19 @@ impl Channel {
             st.rtt_min = Some(st.rtt_min.map_or(rtt, |m| m.min(rtt)));
             st.rtt_probe = None;
         }
-        st.inflight.remove(&id)
+        Self::remove_slot(st, id)
+    }
+
+    /// Removes a slot, counting the replies still due.
+    fn remove_slot(st: &mut State, id: u32) -> Option<Slot> {
+        let slot = st.inflight.remove(&id);
+        if matches!(
+            slot,
+            Some(Slot::Waiting(_) | Slot::Abandoned | Slot::Dispensable)
+        ) {
+            st.replies_due = st.replies_due.saturating_sub(1);
+        }
+        slot
     }
 
     fn read_stderr(st: &mut State) {
@@ -733,40 +868,134 @@ impl Channel {
         }
     }
 
-    /// Marks the connection dead, collects the child's exit status and stderr, and wakes
-    /// every waiting task with the error.
+    /// Marks the connection dead and wakes every waiting task with the error. With a
+    /// `reason`, ending it is our decision: the child is killed and the error given at
+    /// once. Without one, the child closed the connection: see [`Channel::begin_closing`].
+    /// Never waits: this runs inside the event loop, which serves other work too.
     fn fail(&self, st: &mut State, reason: Option<String>) {
+        match reason {
+            Some(reason) => self.abort(st, reason, Signal::SIGKILL),
+            None => self.begin_closing(st),
+        }
+    }
+
+    /// Ends the connection with `reason`, sending the child `signal`.
+    fn abort(&self, st: &mut State, reason: String, signal: Signal) {
         if st.dead.is_some() {
             return;
         }
-        // The child is exiting: give it a moment to say why on stderr and to exit.
-        let mut status = None;
         if let Some(child) = st.child.as_mut() {
-            if reason.is_some() {
-                let _ = child.kill();
-            }
-            status = reap(child, Duration::from_secs(3));
+            crate::child::signal_child(child, signal);
         }
-        let deadline = Instant::now() + Duration::from_millis(500);
-        while st.stderr.is_some() && Instant::now() < deadline {
-            Self::read_stderr(st);
-            if st.stderr.is_some() {
-                std::thread::sleep(Duration::from_millis(5));
-            }
+        // What it said before is in the pipe already.
+        Self::read_stderr(st);
+        self.finish(st, reason);
+    }
+
+    /// The child closed the connection: its exit status and last words make the error.
+    /// They are collected on the next turns of the loop ([`Channel::look_at_child`]),
+    /// for at most [`EXIT_GRACE`] and [`STDERR_GRACE`]; tasks wait until then.
+    fn begin_closing(&self, st: &mut State) {
+        if st.dead.is_some() || st.closing.is_some() {
+            return;
         }
-        let reason = reason.unwrap_or_else(|| match status {
-            Some(s) if s.success() => format!("{} exited before answering", st.label),
-            Some(s) => match s.code() {
-                Some(c) => format!("{} exited with status {c}", st.label),
-                None => format!("{} was killed ({s})", st.label),
-            },
-            None => format!("{} closed its output", st.label),
+        st.sock = None;
+        st.out = OutQueue::default();
+        let now = Instant::now();
+        st.closing = Some(Closing {
+            since: now,
+            exited: None,
+            next_look: now,
+            gap: Duration::from_millis(1),
         });
+        self.look_at_child(st);
+    }
+
+    /// While closing: takes the child's exit status and stderr if they are there, and
+    /// fails the connection once both are in or waiting longer would not be prompt (a
+    /// child lingering after closing the connection is killed then, and reaped later).
+    fn look_at_child(&self, st: &mut State) {
+        Self::read_stderr(st);
+        let now = Instant::now();
+        let Some(c) = st.closing.as_mut() else {
+            return;
+        };
+        if c.exited.is_none() {
+            match st.child.as_mut().map(Child::try_wait) {
+                Some(Ok(None)) => {}
+                Some(Ok(Some(status))) => c.exited = Some((now, Some(status))),
+                Some(Err(_)) | None => c.exited = Some((now, None)),
+            }
+        }
+        let done = match c.exited {
+            Some((at, _)) => st.stderr.is_none() || now >= at + STDERR_GRACE,
+            None => now >= c.since + EXIT_GRACE,
+        };
+        if !done {
+            c.next_look = match c.exited {
+                Some((at, _)) => at + STDERR_GRACE,
+                None => (now + c.gap).min(c.since + EXIT_GRACE),
+            };
+            c.gap = (c.gap * 2).min(MAX_LOOK_GAP);
+            return;
+        }
+        let exited = c.exited;
+        st.closing = None;
+        if exited.is_none()
+            && let Some(child) = st.child.as_mut()
+        {
+            let _ = child.kill();
+        }
+        let label = &st.label;
+        let reason = match exited.and_then(|(_, status)| status) {
+            Some(s) if s.success() => format!("{label} exited before answering"),
+            Some(s) => match s.code() {
+                Some(c) => format!("{label} exited with status {c}"),
+                None => format!("{label} was killed ({s})"),
+            },
+            None => format!("{label} closed its output"),
+        };
+        self.finish(st, reason);
+    }
+
+    /// Fails the connection when replies are due and nothing came from the server for
+    /// the stall timeout. Returns true when it did.
+    fn check_stall(&self, st: &mut State) -> bool {
+        let Some(limit) = st.stall_timeout else {
+            return false;
+        };
+        if st.replies_due == 0 || !st.version_seen {
+            st.quiet_since = None;
+            return false;
+        }
+        let now = Instant::now();
+        let since = *st.quiet_since.get_or_insert(now);
+        if now.duration_since(since) < limit {
+            return false;
+        }
+        // Replies may be waiting unread (the loop was busy, the process stopped): look.
+        self.read_stdout(st);
+        if st.dead.is_some() || st.closing.is_some() || st.quiet_since.is_none() {
+            return st.dead.is_some();
+        }
+        let reason = format!(
+            "no answer from {} for {}; giving up",
+            st.peer,
+            seconds(limit)
+        );
+        self.fail(st, Some(reason));
+        true
+    }
+
+    /// Records the error and wakes every waiting task with it.
+    fn finish(&self, st: &mut State, reason: String) {
         log::debug!("connection failed: {reason}");
         st.dead = Some(ConnectionError {
             reason,
             stderr_tail: st.stderr_tail.iter().cloned().collect(),
         });
+        st.closing = None;
+        st.quiet_since = None;
         st.sock = None;
         st.out = OutQueue::default();
         let mut wakers: Vec<Waker> = st.space_waiters.drain(..).collect();
@@ -782,6 +1011,15 @@ impl Channel {
         for w in wakers {
             w.wake();
         }
+    }
+}
+
+/// "30 s", "2.5 s".
+fn seconds(d: Duration) -> String {
+    if d.subsec_millis() == 0 {
+        format!("{} s", d.as_secs())
+    } else {
+        format!("{:.1} s", d.as_secs_f64())
     }
 }
 
@@ -1098,20 +1336,24 @@ fn child_went_away(e: &io::Error) -> bool {
     )
 }
 
-/// Waits up to `limit` for the child to exit, then kills it.
-fn reap(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
-    let deadline = Instant::now() + limit;
-    loop {
-        match child.try_wait() {
-            Ok(Some(s)) => return Some(s),
-            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(1)),
-            Ok(None) => {
-                let _ = child.kill();
-                return child.wait().ok();
-            }
-            Err(_) => return None,
-        }
+/// Blocks until `sock` is readable (or, with `write`, writable), a signal is caught, or
+/// `deadline`. Only for the end of a session, outside the event loop.
+fn wait_for(sock: &UnixStream, write: bool, deadline: Instant) {
+    use nix::poll::{PollFd, PollFlags, poll};
+    use std::os::fd::{AsFd, BorrowedFd};
+    let mut flags = PollFlags::POLLIN;
+    if write {
+        flags |= PollFlags::POLLOUT;
     }
+    let mut fds = vec![PollFd::new(sock.as_fd(), flags)];
+    if let Some(fd) = crate::interrupt::wake_fd() {
+        // SAFETY: the wake-up pipe is never closed.
+        fds.push(PollFd::new(
+            unsafe { BorrowedFd::borrow_raw(fd) },
+            PollFlags::POLLIN,
+        ));
+    }
+    let _ = poll(&mut fds, crate::child::poll_timeout(deadline));
 }
 
 impl Source for Channel {
@@ -1119,6 +1361,14 @@ impl Source for Channel {
         let mut st = self.state.borrow_mut();
         if st.dead.is_some() {
             return false;
+        }
+        if let Some(msg) = crate::interrupt::interrupted_message() {
+            self.abort(&mut st, msg, Signal::SIGTERM);
+            return false;
+        }
+        if st.closing.is_some() {
+            self.look_at_child(&mut st);
+            return st.dead.is_none();
         }
         if let Err(e) = Self::flush(&mut st) {
             let msg = if child_went_away(&e) {
@@ -1149,7 +1399,21 @@ impl Source for Channel {
                 }
             }
         }
+        if self.check_stall(&mut st) {
+            return false;
+        }
         want_write || !st.inflight.is_empty() || st.version_waker.is_some()
+    }
+
+    fn deadline(&self) -> Option<Instant> {
+        let st = self.state.borrow();
+        if st.dead.is_some() {
+            return None;
+        }
+        if let Some(c) = &st.closing {
+            return Some(c.next_look);
+        }
+        st.quiet_since?.checked_add(st.stall_timeout?)
     }
 
     fn ready(&self, _registry: &Registry, event: &Event) {
@@ -1244,21 +1508,31 @@ impl AsyncFd {
     }
 
     /// Reads what is available (waiting until something is); `Ok(0)` at end of file.
+    /// Fails once a signal was caught ([`crate::interrupt`]), so that serving ends.
     pub async fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
-        std::future::poll_fn(|cx| match self.raw_io(true, buf.as_mut_ptr(), buf.len()) {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                self.state.borrow_mut().read_waker = Some(cx.waker().clone());
-                Poll::Pending
+        std::future::poll_fn(|cx| {
+            if let Some(e) = interrupted() {
+                return Poll::Ready(Err(e));
             }
-            r => Poll::Ready(r),
+            match self.raw_io(true, buf.as_mut_ptr(), buf.len()) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.state.borrow_mut().read_waker = Some(cx.waker().clone());
+                    Poll::Pending
+                }
+                r => Poll::Ready(r),
+            }
         })
         .await
     }
 
-    /// Writes all of `data`, waiting whenever the descriptor is full.
+    /// Writes all of `data`, waiting whenever the descriptor is full. Fails once a signal
+    /// was caught, like [`AsyncFd::read`].
     pub async fn write_all(&self, mut data: &[u8]) -> io::Result<()> {
         while !data.is_empty() {
             let n = std::future::poll_fn(|cx| {
+                if let Some(e) = interrupted() {
+                    return Poll::Ready(Err(e));
+                }
                 match self.raw_io(false, data.as_ptr() as *mut u8, data.len()) {
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                         self.state.borrow_mut().write_waker = Some(cx.waker().clone());
@@ -1277,9 +1551,23 @@ impl AsyncFd {
     }
 }
 
+/// The error of [`AsyncFd`] reads and writes once a signal was caught.
+fn interrupted() -> Option<io::Error> {
+    crate::interrupt::interrupted_message().map(io::Error::other)
+}
+
 impl Source for AsyncFd {
     fn prepare(&self, registry: &Registry) -> bool {
         let mut st = self.state.borrow_mut();
+        if crate::interrupt::caught().is_some() {
+            // Whoever waits gets the interruption as its error.
+            let wakers = [st.read_waker.take(), st.write_waker.take()];
+            drop(st);
+            for w in wakers.into_iter().flatten() {
+                w.wake();
+            }
+            return false;
+        }
         let want = match (st.read_waker.is_some(), st.write_waker.is_some()) {
             (true, true) => Some(Interest::READABLE | Interest::WRITABLE),
             (true, false) => Some(Interest::READABLE),

@@ -35,11 +35,19 @@ pub struct Session {
 impl Session {
     /// Starts ssh (or the `-D` server command), runs the SFTP handshake and returns a
     /// ready session. Fails with [`Error::Connection`] carrying ssh's exit status and last
-    /// stderr lines when ssh cannot connect or authenticate.
+    /// stderr lines when ssh cannot connect or authenticate (or a signal was caught, see
+    /// [`crate::interrupt`]).
     pub fn connect(options: &ConnectOptions) -> Result<Session> {
+        if let Some(reason) = crate::interrupt::interrupted_message() {
+            return Err(Error::Connection(crate::ConnectionError {
+                reason,
+                stderr_tail: Vec::new(),
+            }));
+        }
         let pipes = options.spawn()?;
         let rt = Runtime::new().map_err(|e| Error::local("creating the event loop", e))?;
         let chan = Channel::new(rt.reactor(), pipes)?;
+        chan.set_stall_timeout(options.stall_timeout(), options.peer());
         let handshake = Sftp::handshake_prefetching(chan.clone(), &options.prefetch);
         let sftp = match rt.block_on(handshake) {
             Ok(s) => s,

@@ -5,6 +5,7 @@ use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use crate::error::{Error, Result};
 use crate::reactor::ChildPipes;
@@ -17,6 +18,14 @@ pub const HARDENING_OPTIONS: [&str; 4] = [
     "-oClearAllForwardings=yes",
     "-oPermitLocalCommand=no",
 ];
+
+/// How long requests may wait with nothing at all from the server, unless
+/// [`ConnectOptions::timeout`] says otherwise.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The longest `ServerAliveInterval` sftpipe passes to ssh (OpenSSH's `ServerAliveCountMax`
+/// of 3 then gives up on a silent server after 45 s).
+const MAX_SERVER_ALIVE: u64 = 15;
 
 /// How to reach the server. Field names follow OpenSSH `sftp`'s letters.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -50,6 +59,13 @@ pub struct ConnectOptions {
     /// project's loopback benchmark a 512 MiB upload took 17% less time with AES-GCM. Not
     /// done with `ssh_program`, which may not understand `-G`.
     pub keep_cipher_order: bool,
+    /// How long requests in flight may go without a byte from the server before the
+    /// session fails ("no answer from HOST for 60 s; giving up") and ssh is killed.
+    /// `None`: [`DEFAULT_TIMEOUT`]; zero: wait forever. Only counts after the handshake
+    /// (ssh may be asking for a password) and while replies are due: an idle session
+    /// never times out. Unless zero, ssh also gets `-oServerAliveInterval` (a quarter of
+    /// it, at most 15 s) when neither `ssh_options` nor ssh's configuration set one.
+    pub timeout: Option<Duration>,
 }
 
 impl ConnectOptions {
@@ -67,6 +83,19 @@ impl ConnectOptions {
             server_command: Some(command.into()),
             ..Default::default()
         }
+    }
+
+    /// The stall timeout in effect (see [`ConnectOptions::timeout`]); `None`: none.
+    pub fn stall_timeout(&self) -> Option<Duration> {
+        Some(self.timeout.unwrap_or(DEFAULT_TIMEOUT)).filter(|t| !t.is_zero())
+    }
+
+    /// The `ServerAliveInterval` (seconds) that goes with the stall timeout: ssh checks
+    /// the server is there a quarter of the timeout after it last heard from it, so with
+    /// `ServerAliveCountMax` 3 it notices a dead link before the timeout does.
+    fn server_alive_interval(&self) -> Option<u64> {
+        let t = self.stall_timeout()?;
+        Some((t.as_secs() / 4).clamp(1, MAX_SERVER_ALIVE))
     }
 
     /// The program and arguments to run, without running them.
@@ -126,42 +155,68 @@ impl ConnectOptions {
         Ok((program, args))
     }
 
-    /// [`ConnectOptions::command_line`] with the cipher preference settled (see
-    /// [`ConnectOptions::keep_cipher_order`]): this runs `ssh -G` twice, which reads ssh's
-    /// configuration but does not connect.
+    /// [`ConnectOptions::command_line`] with the cipher preference (see
+    /// [`ConnectOptions::keep_cipher_order`]) and `ServerAliveInterval` (see
+    /// [`ConnectOptions::timeout`]) settled: this runs `ssh -G` (twice for the ciphers),
+    /// which reads ssh's configuration but does not connect. Neither is done with
+    /// `ssh_program`, which may not understand `-G`.
     pub fn resolved_command_line(&self) -> Result<(String, Vec<String>)> {
         let (program, mut args) = self.command_line()?;
-        if self.server_command.is_some() || self.ssh_program.is_some() || self.keep_cipher_order {
+        if self.server_command.is_some() || self.ssh_program.is_some() {
             return Ok((program, args));
         }
-        if !cpu_has_aes() {
+        let reorder = !self.keep_cipher_order && cpu_has_aes();
+        if !self.keep_cipher_order && !reorder {
             log::debug!("no AES instructions on this CPU: keeping ssh's cipher order");
-            return Ok((program, args));
         }
+        let alive = self.server_alive_interval();
         // command_line() ends with "-s -- HOST sftp".
         let Some(host_at) = args.len().checked_sub(2) else {
             return Ok((program, args));
         };
+        if !reorder && alive.is_none() {
+            return Ok((program, args));
+        }
         let host = args[host_at].clone();
         let mut effective: Vec<String> = args[..host_at - 2].to_vec();
         effective.extend(["-G".into(), "--".into(), host.clone()]);
         let builtin = ["-F", "/dev/null", "-G", "--", host.as_str()].map(String::from);
-        if let Some(list) = aes_gcm_first(&program, &effective, &builtin) {
-            log::debug!("preferring AES-GCM: Ciphers={list}");
-            args.insert(host_at - 2, format!("-oCiphers={list}"));
+        let (effective, builtin) = ssh_g(&program, &effective, reorder.then_some(&builtin[..]));
+        let mut extra = Vec::new();
+        if let (Some(secs), Some(config)) = (alive, &effective) {
+            if config_value(config, "serveraliveinterval").is_some_and(|v| v == "0") {
+                extra.push(format!("-oServerAliveInterval={secs}"));
+            } else {
+                log::debug!("ServerAliveInterval is configured: keeping it");
+            }
         }
+        if let (Some(e), Some(b)) = (&effective, &builtin)
+            && let Some(list) = aes_gcm_first(e, b)
+        {
+            log::debug!("preferring AES-GCM: Ciphers={list}");
+            extra.push(format!("-oCiphers={list}"));
+        }
+        args.splice(host_at - 2..host_at - 2, extra);
         Ok((program, args))
+    }
+
+    /// The server's name for messages: `user@host`, `host`, or the server command.
+    pub fn peer(&self) -> String {
+        match (&self.server_command, &self.host) {
+            (Some(cmd), _) => format!("server command '{cmd}'"),
+            (None, Some(h)) => match &self.user {
+                Some(u) => format!("{u}@{h}"),
+                None => h.clone(),
+            },
+            (None, None) => "ssh".to_string(),
+        }
     }
 
     /// A short name for messages: "ssh to HOST" or the server command.
     pub fn label(&self) -> String {
         match (&self.server_command, &self.host) {
-            (Some(cmd), _) => format!("server command '{cmd}'"),
-            (None, Some(h)) => match &self.user {
-                Some(u) => format!("ssh to {u}@{h}"),
-                None => format!("ssh to {h}"),
-            },
-            (None, None) => "ssh".to_string(),
+            (None, Some(_)) => format!("ssh to {}", self.peer()),
+            _ => self.peer(),
         }
     }
 
@@ -197,10 +252,13 @@ impl ConnectOptions {
 /// The AES-GCM ciphers, moved to the front when nothing else chose ciphers.
 const AES_GCM: [&str; 2] = ["aes128-gcm@openssh.com", "aes256-gcm@openssh.com"];
 
-/// OpenSSH's built-in cipher list with AES-GCM first, if `ssh -G` with the connection's
-/// arguments shows that built-in list, i.e. nothing configured ciphers; `None` otherwise,
-/// or if either `ssh -G` fails.
-fn aes_gcm_first(program: &str, effective: &[String], builtin: &[String]) -> Option<String> {
+/// The output of `ssh -G` with the connection's arguments (`effective`) and, if asked,
+/// with `builtin` (OpenSSH's defaults), run at once; `None` for a run that failed.
+fn ssh_g(
+    program: &str,
+    effective: &[String],
+    builtin: Option<&[String]>,
+) -> (Option<String>, Option<String>) {
     let run = |args: &[String]| {
         Command::new(program)
             .args(args)
@@ -210,25 +268,23 @@ fn aes_gcm_first(program: &str, effective: &[String], builtin: &[String]) -> Opt
             .spawn()
             .ok()
     };
+    let output = |child: Option<std::process::Child>| {
+        let out = child?.wait_with_output().ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    };
     // Both at once: each takes a few milliseconds, mostly starting up.
-    let (a, b) = match (run(effective), run(builtin)) {
-        (Some(a), Some(b)) => (a, b),
-        (one, other) => {
-            for mut child in one.into_iter().chain(other) {
-                let _ = child.wait(); // reaped, not left a zombie
-            }
-            return None;
-        }
-    };
-    let ciphers_of = |child: std::process::Child| {
-        let out = child.wait_with_output().ok()?;
-        if !out.status.success() {
-            return None;
-        }
-        ciphers_line(&String::from_utf8_lossy(&out.stdout))
-    };
-    let (effective, builtin) = (ciphers_of(a), ciphers_of(b));
-    match (effective, builtin) {
+    let a = run(effective);
+    let b = builtin.and_then(run);
+    (output(a), output(b))
+}
+
+/// OpenSSH's built-in cipher list with AES-GCM first, if `ssh -G` with the connection's
+/// arguments (`effective`) shows that built-in list (`builtin`), i.e. nothing configured
+/// ciphers; `None` otherwise.
+fn aes_gcm_first(effective: &str, builtin: &str) -> Option<String> {
+    match (ciphers_line(effective), ciphers_line(builtin)) {
         (Some(e), Some(b)) if e == b => reorder_aes_gcm_first(&b),
         (Some(e), Some(_)) => {
             log::debug!("ciphers are configured ({e}): keeping them");
@@ -238,12 +294,17 @@ fn aes_gcm_first(program: &str, effective: &[String], builtin: &[String]) -> Opt
     }
 }
 
+/// The value of `key` (lower case) in `ssh -G` output.
+fn config_value<'a>(ssh_g_output: &'a str, key: &str) -> Option<&'a str> {
+    ssh_g_output.lines().find_map(|l| {
+        let (k, v) = l.split_once(' ')?;
+        (k == key).then(|| v.trim())
+    })
+}
+
 /// The value of `ssh -G`'s `ciphers` line.
 fn ciphers_line(ssh_g_output: &str) -> Option<String> {
-    ssh_g_output
-        .lines()
-        .find_map(|l| l.strip_prefix("ciphers "))
-        .map(|v| v.trim().to_string())
+    config_value(ssh_g_output, "ciphers").map(str::to_string)
 }
 
 /// `list` with the AES-GCM ciphers it has moved to the front; `None` if it has none, or
@@ -406,6 +467,61 @@ mod tests {
             ..opts(&empty, &[])
         };
         assert_eq!(ciphers_arg(&kept), None);
+    }
+
+    /// Through the real `ssh -G`: `ServerAliveInterval` goes with the stall timeout,
+    /// after the user's options and before the host, unless something set it.
+    #[test]
+    fn server_alive_interval_follows_the_timeout_unless_configured() {
+        let dir = tempfile::tempdir().unwrap();
+        let empty = dir.path().join("empty");
+        std::fs::write(&empty, "").unwrap();
+        let chosen = dir.path().join("chosen");
+        std::fs::write(&chosen, "Host *\n  ServerAliveInterval 7\n").unwrap();
+        let opts =
+            |config: &std::path::Path, options: &[&str], timeout: Option<u64>| ConnectOptions {
+                host: Some("example.invalid".into()),
+                config_file: Some(config.to_path_buf()),
+                ssh_options: options.iter().map(|s| s.to_string()).collect(),
+                timeout: timeout.map(Duration::from_secs),
+                ..Default::default()
+            };
+        let alive = |o: &ConnectOptions| {
+            let (_, args) = o.resolved_command_line().unwrap();
+            let at = args
+                .iter()
+                .position(|a| a.starts_with("-oServerAliveInterval="));
+            if let Some(at) = at {
+                let user = args.iter().position(|a| a == "-F").unwrap();
+                assert!(user < at && at < args.len() - 4, "{args:?}");
+            }
+            at.map(|at| args[at].clone())
+        };
+        let with = |secs: u64| Some(format!("-oServerAliveInterval={secs}"));
+        assert_eq!(alive(&opts(&empty, &[], None)), with(15));
+        assert_eq!(alive(&opts(&empty, &[], Some(600))), with(15));
+        assert_eq!(alive(&opts(&empty, &[], Some(8))), with(2));
+        assert_eq!(alive(&opts(&empty, &[], Some(2))), with(1));
+        assert_eq!(alive(&opts(&empty, &[], Some(0))), None);
+        assert_eq!(alive(&opts(&chosen, &[], None)), None);
+        assert_eq!(alive(&opts(&empty, &["ServerAliveInterval=5"], None)), None);
+        let program = ConnectOptions {
+            ssh_program: Some("ssh".into()),
+            ..opts(&empty, &[], None)
+        };
+        assert_eq!(alive(&program), None);
+        let (_, args) = ConnectOptions::local_server("/bin/sftp-server")
+            .resolved_command_line()
+            .unwrap();
+        assert!(args.is_empty(), "{args:?}");
+    }
+
+    #[test]
+    fn ssh_g_values_are_found_by_key() {
+        let out = "user root\nserveraliveinterval 0\nserveralivecountmax 3\n";
+        assert_eq!(config_value(out, "serveraliveinterval"), Some("0"));
+        assert_eq!(config_value(out, "serveralivecountmax"), Some("3"));
+        assert_eq!(config_value(out, "serveralive"), None);
     }
 
     #[test]

@@ -7,10 +7,13 @@ mod common;
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 use common::{
-    Sshd, TEST_USER, kill_once_a_file_grows, random_bytes, read_file, sftp_server_path, write_file,
+    KillOnDrop, Sshd, TEST_USER, dir_file_bytes, kill_once_a_file_grows, output_within,
+    pid_recording_server, process_alive, random_bytes, read_file, read_pid, send_signal,
+    sftp_server_path, wait_until, write_file,
 };
 
 fn text(b: &[u8]) -> String {
@@ -920,6 +923,115 @@ fn closed_port_is_a_connection_failure_with_ssh_stderr() {
         "{}",
         explain(&out)
     );
+}
+
+// ---------------------------------------------------------------------------------------
+// A server that stops answering; signals
+// ---------------------------------------------------------------------------------------
+
+/// `sftpipe GLOBAL... -D SERVER put BIG DEST/big` of a 1 GiB sparse file, caught once
+/// the server has written `bytes` of it (its pid recorded, killed if a test fails).
+struct Upload {
+    sftpipe: Child,
+    server: u32,
+    dest: PathBuf,
+    _server_guard: KillOnDrop,
+    _dir: tempfile::TempDir,
+}
+
+fn upload_under_way(global: &[&str], bytes: u64) -> Upload {
+    let dir = tempfile::tempdir().unwrap();
+    let big = dir.path().join("big");
+    fs::File::create(&big).unwrap().set_len(1 << 30).unwrap();
+    let dest = dir.path().join("dest");
+    fs::create_dir(&dest).unwrap();
+    let pidfile = dir.path().join("server.pid");
+    let server = pid_recording_server(dir.path(), &pidfile);
+    let sftpipe = Command::new(env!("CARGO_BIN_EXE_sftpipe"))
+        .args(global)
+        .args(["-D", &server, "put", &p(&big), &p(&dest.join("big"))])
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let server = read_pid(&pidfile);
+    let guard = KillOnDrop(server);
+    wait_until("the upload is under way", Duration::from_secs(60), || {
+        dir_file_bytes(&dest) >= bytes
+    });
+    Upload {
+        sftpipe,
+        server,
+        dest,
+        _server_guard: guard,
+        _dir: dir,
+    }
+}
+
+#[test]
+fn a_server_that_stops_answering_fails_after_the_timeout_with_exit_5() {
+    let up = upload_under_way(&["--timeout", "2"], 8 << 20);
+    send_signal(up.server, "STOP");
+    let stopped = Instant::now();
+    let out = output_within(up.sftpipe, Duration::from_secs(30));
+    let waited = stopped.elapsed();
+    assert_eq!(code(&out), 5, "{}", explain(&out));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("no answer from server command") && err.contains("for 2 s; giving up"),
+        "{err}"
+    );
+    assert!(
+        waited >= Duration::from_millis(1500) && waited < Duration::from_secs(10),
+        "gave up {waited:?} after the server stopped"
+    );
+    assert!(
+        !up.dest.join("big").exists(),
+        "a partial file under the final name"
+    );
+    wait_until(
+        "the stopped server is ended",
+        Duration::from_secs(5),
+        || !process_alive(up.server),
+    );
+}
+
+/// Signals `sftpipe` during an upload (the server stopped first when `freeze`) and checks
+/// that it ends the server and exits with `128 + signal`, leaving no file under the
+/// final name.
+fn signal_during_upload(sig: &str, freeze: bool, status: i32) {
+    let up = upload_under_way(&[], 8 << 20);
+    if freeze {
+        // A server that cannot even see the end of its input: only a signal ends it.
+        send_signal(up.server, "STOP");
+    }
+    send_signal(up.sftpipe.id(), sig);
+    let out = output_within(up.sftpipe, Duration::from_secs(30));
+    assert_eq!(out.status.code(), Some(status), "{}", explain(&out));
+    assert!(
+        text(&out.stderr).contains(&format!("interrupted by SIG{sig}")),
+        "{}",
+        explain(&out)
+    );
+    wait_until("the server is ended", Duration::from_secs(5), || {
+        !process_alive(up.server)
+    });
+    assert!(
+        !up.dest.join("big").exists(),
+        "a partial file under the final name"
+    );
+}
+
+#[test]
+fn sigterm_ends_the_server_and_exits_143() {
+    signal_during_upload("TERM", false, 143);
+}
+
+#[test]
+fn sigint_ends_even_a_stopped_server_and_exits_130() {
+    signal_during_upload("INT", true, 130);
 }
 
 // ---------------------------------------------------------------------------------------

@@ -13,7 +13,10 @@ use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
 use std::time::{Duration, Instant};
 
-use common::{random_bytes, read_file, sftp_server_path, sftpipe_bin, write_file};
+use common::{
+    random_bytes, read_file, read_pid, send_signal, sftp_server_path, sftpipe_bin, write_file,
+    write_script,
+};
 use serde_json::{Value, json};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
@@ -1024,6 +1027,54 @@ fn through_sshd_then_connection_lost() {
     );
     let a = srv.call(wire, "NOPE", json!({}));
     assert_eq!(a["status"], "fail");
+    srv.close_input();
+    let (status, stderr) = srv.wait();
+    assert_eq!(status.code(), Some(5), "{stderr}");
+}
+
+/// The server dies but the `-D` command around it lingers with the connection closed,
+/// as ssh may: the session gives up waiting for its exit status without holding up the
+/// event loop, so answers that need no connection keep coming at once meanwhile.
+#[test]
+fn a_connection_failing_slowly_does_not_hold_up_other_answers() {
+    let (_t, d) = tempdir();
+    let pidfile = d.join("server.pid");
+    let script = d.join("lingering-server");
+    write_script(
+        &script,
+        &format!(
+            "sh -c 'echo $$ > {pid}; exec {server}'\nexec >&- <&- 2>&-\nexec sleep 30",
+            pid = pidfile.display(),
+            server = sftp_server_path().display()
+        ),
+    );
+    let mut srv = Serve::start(&["-D".into(), s(&script)], &["--text"]);
+    let wire = Wire::Text;
+    srv.ok(wire, "STAT", json!({"path": s(&d)}));
+    send_signal(read_pid(&pidfile), "KILL");
+    srv.send(
+        wire,
+        &json!({"command": "STAT", "args": {"path": s(&d)}, "id": 1}),
+    );
+    // Bad requests, one at a time, until the STAT's error comes: none may wait.
+    let mut slowest = Duration::ZERO;
+    let mut stat_answered = false;
+    while !stat_answered {
+        let sent = Instant::now();
+        srv.send_raw(b"not json\n");
+        let mut a = srv.recv(wire);
+        if a["id"] == 1 {
+            assert_eq!(a["code"], "connection", "{a}");
+            stat_answered = true;
+            a = srv.recv(wire);
+        }
+        slowest = slowest.max(sent.elapsed());
+        assert_eq!(a["status"], "fail", "{a}");
+    }
+    assert!(
+        slowest < Duration::from_secs(1),
+        "an answer waited {slowest:?} while the connection failed"
+    );
     srv.close_input();
     let (status, stderr) = srv.wait();
     assert_eq!(status.code(), Some(5), "{stderr}");

@@ -15,7 +15,10 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::{Sshd, TEST_USER, random_bytes, read_file, sftp_server_path, write_file};
+use common::{
+    Sshd, TEST_USER, pid_recording_server, process_alive, random_bytes, read_file, read_pid,
+    sftp_server_path, wait_until, write_file, write_script,
+};
 use sftpipe::proto::ext;
 use sftpipe::{ConnectOptions, Error, FileAttributes, OpenFlags, Session, StatusCode};
 
@@ -230,12 +233,6 @@ fn with_timeout<T: Send + 'static>(
             Ok(()) => panic!("{what}: the thread ended without a result"),
         },
     }
-}
-
-/// Writes an executable shell script.
-fn write_script(path: &Path, body: &str) {
-    write_file(path, format!("#!/bin/sh\n{body}\n"));
-    set_mode(path, 0o755);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1194,20 +1191,6 @@ fn a_missing_ssh_program_is_a_spawn_error() {
     assert!(e.to_string().contains("/nonexistent/sftp-server"), "{e}");
 }
 
-/// A `-D` server command that records its pid in `pidfile` and then is sftp-server.
-fn pid_recording_server(dir: &Path, pidfile: &Path) -> String {
-    let script = dir.join("server");
-    write_script(
-        &script,
-        &format!(
-            "echo $$ > {}\nexec {}",
-            pidfile.display(),
-            sftp_server_path().display()
-        ),
-    );
-    script.display().to_string()
-}
-
 fn kill_pid_in(pidfile: &Path) {
     let pid = fs::read_to_string(pidfile).unwrap();
     let status = Command::new("kill")
@@ -1230,6 +1213,48 @@ fn open_blocks_on_a_fifo(session: &Session, dir: &Path) -> Error {
         started.elapsed()
     );
     e
+}
+
+/// A request the server never answers (it blocks opening a FIFO nobody writes to) fails
+/// after the timeout, and the server is killed; an idle session never times out.
+#[test]
+fn a_request_left_unanswered_fails_after_the_timeout() {
+    let d = scratch();
+    let pidfile = d.path().join("pid");
+    let options = ConnectOptions {
+        timeout: Some(Duration::from_millis(1500)),
+        ..ConnectOptions::local_server(pid_recording_server(d.path(), &pidfile))
+    };
+    let dir = d.path().to_path_buf();
+    let (e, waited) = with_timeout(
+        Duration::from_secs(60),
+        "an unanswered request",
+        move || {
+            let session = Session::connect(&options).unwrap();
+            // Idle for longer than the timeout: nothing is due, so nothing fails.
+            std::thread::sleep(Duration::from_secs(2));
+            assert!(session.stat(r(&dir)).unwrap().is_dir());
+            let fifo = dir.join("fifo");
+            nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+            let started = Instant::now();
+            let e = expect_err(session.open(r(&fifo)), "open of a FIFO nobody writes to");
+            (e, started.elapsed())
+        },
+    );
+    assert!(matches!(e, Error::Connection(_)), "{e:?}");
+    let shown = e.to_string();
+    assert!(
+        shown.contains("no answer from server command") && shown.contains("for 1.5 s; giving up"),
+        "{shown}"
+    );
+    assert!(
+        waited >= Duration::from_millis(1400) && waited < Duration::from_secs(10),
+        "gave up after {waited:?}"
+    );
+    let server = read_pid(&pidfile);
+    wait_until("the server is killed", Duration::from_secs(5), || {
+        !process_alive(server)
+    });
 }
 
 #[test]

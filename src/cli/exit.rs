@@ -23,6 +23,12 @@ pub const PROTOCOL: i32 = 6;
 /// A local file operation failed.
 pub const LOCAL: i32 = 7;
 
+/// The exit code after catching signal `sig` (SIGINT 130, SIGTERM 143, SIGHUP 129), as a
+/// shell reports a process the signal killed.
+pub fn interrupted(sig: i32) -> i32 {
+    128 + sig
+}
+
 /// The table shown at the end of `sftpipe --help`.
 pub const EXIT_CODES_HELP: &str = "\
 Exit status:
@@ -31,9 +37,11 @@ Exit status:
   2  usage error or invalid operand (refused host name, directory without -r, ...)
   3  remote path not found
   4  permission denied
-  5  ssh failed: cannot start, connect or authenticate, or connection lost
+  5  ssh failed: cannot start, connect or authenticate, connection lost, or no
+     answer within --timeout
   6  protocol error, or the server lacks a needed extension
   7  local file error
+  129, 130, 143  ended by SIGHUP, SIGINT, SIGTERM (the ssh or -D child is ended too)
 
 Remote operands are [user@]host:path (scp style; a ':' after a '/' means a local file)
 or sftp://[user@]host[:port]/path (percent-encoded; '//abs' is absolute, 'rel' and '~/x'
@@ -160,6 +168,10 @@ pub fn sanitize(s: &str) -> String {
 
 /// Prints `sftpipe: <message>` on stderr.
 pub fn report(message: impl fmt::Display) {
+    // After SIGINT or SIGTERM every failure is its consequence: `run` says it once.
+    if sftpipe::interrupt::caught().is_some() {
+        return;
+    }
     eprintln!("sftpipe: {}", sanitize(&message.to_string()));
 }
 

@@ -67,6 +67,17 @@ pub struct GlobalArgs {
     /// Print errors only (and no progress bar)
     #[arg(short = 'q', long = "quiet", conflicts_with = "verbose")]
     pub quiet: bool,
+    /// Give up (exit 5) when requests get no answer, not a byte from the server, for SECS
+    /// seconds [default: 60; 0: wait forever]. An idle connection never times out
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(..=86_400_000))]
+    pub timeout: Option<u64>,
+}
+
+impl GlobalArgs {
+    /// `--timeout` for [`ConnectOptions::timeout`].
+    pub fn timeout(&self) -> Option<std::time::Duration> {
+        self.timeout.map(std::time::Duration::from_secs)
+    }
 }
 
 /// ssh's connection flags with OpenSSH sftp's letters, shared by the global options and
@@ -311,6 +322,11 @@ pub fn run(cli: Cli) -> i32 {
         Command::Serve(a) => serve::serve(g, &a),
         Command::RepreproHook(a) => reprepro::hook(g, &a),
     };
+    if let Some(sig) = sftpipe::interrupt::caught() {
+        // What failed, failed because of it; the child is gone (the session ended it).
+        log::warn!("interrupted by {}", sftpipe::interrupt::signal_name(sig));
+        return exit::interrupted(sig);
+    }
     match result {
         Ok(code) => code,
         Err(CliError::StdoutClosed) => exit::SUCCESS,
@@ -412,6 +428,7 @@ pub fn connect_options(
         jump: global.ssh.jump.clone(),
         ssh_program: global.ssh.ssh_program.clone(),
         server_command: global.server_command.clone(),
+        timeout: global.timeout(),
         ..ConnectOptions::default()
     };
     if o.server_command.is_none() {

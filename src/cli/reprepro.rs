@@ -38,7 +38,7 @@ use super::format::human_size;
         comments):\n  servername HOST   username USER   targetdir /srv/www/debian\n  \
         verbose yes|no    autoretry yes|no  debug N   keepdirectories yes|no\n  \
         ssh_config FILE   ssh_option OPT (repeatable)   identity FILE (repeatable)\n  \
-        port N   jump HOST   ssh_program PROGRAM\n\n\
+        port N   jump HOST   ssh_program PROGRAM   timeout SECS (default 60; 0: never)\n\n\
         Examples:\n  \
         conf/options:  outhook /usr/share/sftpipe/outsftphook\n  \
         sftpipe reprepro-hook --basedir /srv/repo --pending     # retry what failed\n  \
@@ -140,6 +140,7 @@ impl HookArgs {
             server_command: g.server_command.clone(),
             prefetch: Default::default(),
             keep_cipher_order: false,
+            timeout: g.timeout(),
         }
     }
 }

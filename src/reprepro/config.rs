@@ -19,6 +19,7 @@
 //! | `port` | `ssh -p` port |
 //! | `jump` | `ssh -J` jump host(s) |
 //! | `ssh_program` | the ssh program to run instead of `ssh` |
+//! | `timeout` | seconds requests may wait with no answer before the run fails (default 60; 0: never) |
 //! | `keepdirectories` | `yes`/`no`: keep remote pool directories a deletion left empty (as reprepro's `--keepdirectories`) |
 //!
 //! Truth values are `yes`, `on`, `1`, `true` or `no`, `off`, `0`, `false`.
@@ -59,6 +60,8 @@ pub struct HookConfig {
     pub jump: Option<String>,
     /// `ssh_program`.
     pub ssh_program: Option<String>,
+    /// `timeout`, in seconds (see [`ConnectOptions::timeout`]).
+    pub timeout: Option<u64>,
 }
 
 /// Parses a truth value as the Python hook does.
@@ -137,6 +140,13 @@ impl HookConfig {
                 }
                 "jump" => c.jump = Some(need(value)?),
                 "ssh_program" => c.ssh_program = Some(need(value)?),
+                "timeout" => {
+                    c.timeout = Some(
+                        value
+                            .parse::<u64>()
+                            .map_err(|_| bad(format!("'timeout': invalid seconds '{value}'")))?,
+                    )
+                }
                 _ => return Err(bad(format!("unknown option '{key}'"))),
             }
         }
@@ -168,6 +178,9 @@ impl HookConfig {
             server_command: cli.server_command.clone(),
             prefetch: cli.prefetch.clone(),
             keep_cipher_order: cli.keep_cipher_order,
+            timeout: cli
+                .timeout
+                .or_else(|| self.timeout.map(std::time::Duration::from_secs)),
         }
     }
 }
@@ -330,7 +343,7 @@ mod tests {
                     targetdir = /srv/www/debian\nverbose yes\nautoretry=off\ndebug 0\n\
                     ssh_option Compression=yes\nssh_option = ConnectTimeout=5\n\
                     identity /k1\nidentity /k2\nport 2222\nssh_config=/cfg\n\
-                    keepdirectories true\njump gw\nssh_program /bin/ssh2\n";
+                    keepdirectories true\njump gw\nssh_program /bin/ssh2\ntimeout 90\n";
         let c = HookConfig::parse(text, Path::new("x.conf")).unwrap();
         assert_eq!(c.servername.as_deref(), Some("repo.example.org"));
         assert_eq!(c.username.as_deref(), Some("uploader"));
@@ -345,6 +358,7 @@ mod tests {
         assert_eq!(c.ssh_config.as_deref(), Some(Path::new("/cfg")));
         assert_eq!(c.jump.as_deref(), Some("gw"));
         assert_eq!(c.ssh_program.as_deref(), Some("/bin/ssh2"));
+        assert_eq!(c.timeout, Some(90));
         // An empty targetdir is the login directory.
         assert_eq!(
             HookConfig::parse("targetdir\n", Path::new("x"))
@@ -369,6 +383,7 @@ mod tests {
             ("port 0\n", "x.conf:1: 'port'"),
             ("port 70000\n", "x.conf:1: 'port'"),
             ("servername\n", "x.conf:1: 'servername' needs a value"),
+            ("timeout soon\n", "x.conf:1: 'timeout'"),
         ] {
             let e = HookConfig::parse(text, Path::new("x.conf")).unwrap_err();
             assert!(e.to_string().contains(want), "{text:?}: {e}");
@@ -378,7 +393,8 @@ mod tests {
     #[test]
     fn command_line_wins_over_the_file() {
         let c = HookConfig::parse(
-            "servername h\nusername u\nport 2222\nidentity /k\nssh_option A=1\nssh_config /f\n",
+            "servername h\nusername u\nport 2222\nidentity /k\nssh_option A=1\nssh_config /f\n\
+             timeout 9\n",
             Path::new("x"),
         )
         .unwrap();
@@ -388,12 +404,14 @@ mod tests {
         assert_eq!(o.port, Some(2222));
         assert_eq!(o.identities, [PathBuf::from("/k")]);
         assert_eq!(o.config_file.as_deref(), Some(Path::new("/f")));
+        assert_eq!(o.timeout, Some(std::time::Duration::from_secs(9)));
         let cli = ConnectOptions {
             user: Some("v".into()),
             port: Some(22),
             identities: vec!["/c".into()],
             ssh_options: vec!["A=2".into()],
             config_file: Some("/g".into()),
+            timeout: Some(std::time::Duration::ZERO),
             ..Default::default()
         };
         let o = c.connect_options(&cli);
@@ -402,6 +420,7 @@ mod tests {
         assert_eq!(o.identities, [PathBuf::from("/c")]);
         assert_eq!(o.ssh_options, ["A=2", "A=1"]);
         assert_eq!(o.config_file.as_deref(), Some(Path::new("/g")));
+        assert_eq!(o.timeout, Some(std::time::Duration::ZERO));
     }
 
     #[test]

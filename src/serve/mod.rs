@@ -123,6 +123,8 @@ impl Output {
         if let Err(e) = self.fd.write_all(&bytes).await {
             if e.kind() == io::ErrorKind::BrokenPipe {
                 log::warn!("serve: the output was closed; dropping further answers");
+            } else if crate::interrupt::caught().is_some() {
+                log::debug!("serve: {e}; dropping further answers");
             } else {
                 log::error!("serve: cannot write an answer: {e}");
             }
@@ -189,7 +191,12 @@ pub async fn serve(
             }
             Ok(n) => decoder.feed(&buf[..n]),
             Err(e) => {
-                summary.input_abandoned = Some(format!("cannot read the input: {e}"));
+                if crate::interrupt::caught().is_some() {
+                    // The signal is what is reported.
+                    log::debug!("serve: {e}");
+                } else {
+                    summary.input_abandoned = Some(format!("cannot read the input: {e}"));
+                }
                 break;
             }
         }

@@ -203,8 +203,8 @@ impl Runtime {
                     break;
                 }
             }
-            let busy = main.0.load(Ordering::Acquire) || !self.shared.ready.is_empty();
-            match self.reactor.turn(!busy) {
+            let idle = || !main.0.load(Ordering::Acquire) && self.shared.ready.is_empty();
+            match self.reactor.turn_if(idle) {
                 Ok(true) => {}
                 // Preparing the sources may itself have woken tasks (a connection found
                 // dead wakes everyone waiting on it): only a loop with nothing runnable
@@ -331,6 +331,49 @@ mod tests {
             false
         }
         fn ready(&self, _: &mio::Registry, _: &mio::event::Event) {}
+    }
+
+    /// A source waiting for an event that does not come before `0`.
+    struct WaitsLong(Instant);
+
+    impl Source for WaitsLong {
+        fn prepare(&self, _: &mio::Registry) -> bool {
+            true
+        }
+        fn ready(&self, _: &mio::Registry, _: &mio::event::Event) {}
+        fn deadline(&self) -> Option<Instant> {
+            Some(self.0)
+        }
+    }
+
+    #[test]
+    fn a_wake_during_prepare_does_not_wait_for_the_other_sources() {
+        let rt = Runtime::new().unwrap();
+        let parked = Rc::new(RefCell::new(None));
+        let sources: [Rc<dyn Source>; 2] = [
+            Rc::new(WakesInPrepare(parked.clone())),
+            Rc::new(WaitsLong(Instant::now() + Duration::from_secs(10))),
+        ];
+        for src in &sources {
+            let slot = rt.reactor().reserve();
+            rt.reactor().install(slot, src);
+        }
+        let started = Instant::now();
+        let mut polls = 0;
+        rt.block_on(std::future::poll_fn(|cx| {
+            polls += 1;
+            if polls == 1 {
+                *parked.borrow_mut() = Some(cx.waker().clone());
+                Poll::Pending
+            } else {
+                Poll::Ready(())
+            }
+        }));
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the woken task waited {:?}",
+            started.elapsed()
+        );
     }
 
     #[test]

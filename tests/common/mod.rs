@@ -807,3 +807,109 @@ pub fn kill_once_a_file_grows(cmd: &mut Command, dir: &Path, suffix: &str, bytes
         std::thread::sleep(Duration::from_millis(1));
     }
 }
+
+/// Writes an executable `#!/bin/sh` script with `body`.
+pub fn write_script(path: &Path, body: &str) {
+    write_file(path, format!("#!/bin/sh\n{body}\n"));
+    fs::set_permissions(path, fs::Permissions::from_mode(0o755))
+        .unwrap_or_else(|e| panic!("chmod {}: {e}", path.display()));
+}
+
+/// A `-D` server command: a script in `dir` that writes its pid to `pidfile` and then
+/// becomes (exec) sftp-server, so the pid is the server's.
+pub fn pid_recording_server(dir: &Path, pidfile: &Path) -> String {
+    let script = dir.join("server");
+    write_script(
+        &script,
+        &format!(
+            "echo $$ > {}\nexec {}",
+            pidfile.display(),
+            sftp_server_path().display()
+        ),
+    );
+    script.display().to_string()
+}
+
+/// Polls `cond` every few milliseconds until it holds; panics naming `what` after `limit`.
+pub fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !cond() {
+        assert!(Instant::now() < deadline, "{what}: not after {limit:?}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// The pid a [`pid_recording_server`] wrote, once it has.
+pub fn read_pid(pidfile: &Path) -> u32 {
+    let mut pid = None;
+    wait_until("the server writes its pid", Duration::from_secs(30), || {
+        pid = fs::read_to_string(pidfile)
+            .ok()
+            .and_then(|s| s.trim().parse().ok());
+        pid.is_some()
+    });
+    pid.unwrap_or_default()
+}
+
+/// Sends `sig` ("STOP", "TERM", ...) to `pid` with `kill(1)`.
+pub fn send_signal(pid: u32, sig: &str) {
+    signal(&[pid], sig);
+}
+
+/// True while process `pid` exists and is not a zombie (one that exited but was not
+/// reaped yet counts as gone).
+pub fn process_alive(pid: u32) -> bool {
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X"),
+        Err(_) => false,
+    }
+}
+
+/// SIGKILLs a process on drop if it is still there: a test that fails must not leave a
+/// stopped server behind.
+pub struct KillOnDrop(pub u32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if process_alive(self.0) {
+            signal(&[self.0], "KILL");
+        }
+    }
+}
+
+/// Total bytes of the regular files directly in `dir` (hidden ones included).
+pub fn dir_file_bytes(dir: &Path) -> u64 {
+    fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter_map(|e| e.metadata().ok())
+                .filter(|m| m.is_file())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// Waits up to `limit` for `child` to exit and collects its output; kills it and panics
+/// (with its output) if it does not.
+pub fn output_within(mut child: Child, limit: Duration) -> Output {
+    let deadline = Instant::now() + limit;
+    loop {
+        match child.try_wait() {
+            Ok(Some(_)) => return child.wait_with_output().expect("collect output"),
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
+            _ => {
+                let _ = child.kill();
+                let out = child.wait_with_output().expect("collect output");
+                panic!(
+                    "still running after {limit:?}; stderr:\n{}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+        }
+    }
+}
