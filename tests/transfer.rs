@@ -17,10 +17,7 @@ use std::rc::Rc;
 use std::sync::mpsc;
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
-use common::{
-    Sshd, TEST_USER, random_bytes, read_file, self_killing_server, sftp_server_path, sha256_file,
-    write_file,
-};
+use common::{Sshd, TEST_USER, random_bytes, read_file, sftp_server_path, sha256_file, write_file};
 use sftpipe::task::spawn;
 use sftpipe::transfer::{NoProgress, Progress, TransferOptions};
 use sftpipe::{ConnectOptions, Error, Session};
@@ -722,7 +719,8 @@ fn server_killed_mid_upload_leaves_no_partial_file_and_a_rerun_resumes_it() {
     let dest_dir = d.path().join("dest");
     fs::create_dir(&dest_dir).unwrap();
     let target = dest_dir.join("big.bin");
-    let server = self_killing_server(d.path(), &dest_dir, 50_000_000);
+    let killer = common::ServerKiller::start(d.path(), &dest_dir, 50_000_000);
+    let server = killer.command().to_string();
 
     let (s2, t2) = (src.clone(), target.clone());
     let e = with_timeout(
@@ -776,7 +774,8 @@ fn server_killed_mid_tree_upload_leaves_no_partial_file_and_a_rerun_completes() 
     }
     let dest = d.path().join("dest");
     fs::create_dir(&dest).unwrap();
-    let server = self_killing_server(d.path(), &dest, 60_000_000);
+    let killer = common::ServerKiller::start(d.path(), &dest, 60_000_000);
+    let server = killer.command().to_string();
 
     // Few requests per file, so the six large files together stay within the byte budget
     // (see `concurrent_large_uploads_share_the_byte_budget` for what happens otherwise).
@@ -853,7 +852,8 @@ fn a_new_tree_appears_whole_even_when_the_server_dies_midway() {
     fs::create_dir(&out).unwrap();
     let dest = out.join("tree");
     let staging = out.join(".tree.sftpipe-partial");
-    let server = self_killing_server(d.path(), &out, 40_000_000);
+    let killer = common::ServerKiller::start(d.path(), &out, 40_000_000);
+    let server = killer.command().to_string();
     let fitting = TransferOptions {
         requests: 8,
         ..opts()
@@ -1194,7 +1194,8 @@ fn server_killed_mid_upload_says_how_it_died() {
     make_big_file(&src, 64 * MIB, 64);
     let dest_dir = d.path().join("dest");
     fs::create_dir(&dest_dir).unwrap();
-    let server = self_killing_server(d.path(), &dest_dir, 16_000_000);
+    let killer = common::ServerKiller::start(d.path(), &dest_dir, 16_000_000);
+    let server = killer.command().to_string();
     let target = dest_dir.join("file");
     let e = with_timeout(
         Duration::from_secs(60),

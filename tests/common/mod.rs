@@ -361,38 +361,10 @@ pub fn sftpipe_as_test_user(args: &[&str]) -> Output {
     as_test_user(&mut cmd).output().expect("run sftpipe")
 }
 
-/// A `-D` server command: sftp-server, killed with SIGKILL as soon as `watch` holds more
-/// than `threshold` bytes (`du -sb`), so a transfer is cut off by how far it got rather
-/// than after some time. The script is written into `dir`. The watcher's stdio is
-/// detached, so once the server is dead nothing holds the connection open.
-pub fn self_killing_server(dir: &Path, watch: &Path, threshold: u64) -> String {
-    let script = dir.join("self-killing-server");
-    write_file(
-        &script,
-        format!(
-            "#!/bin/sh\n\
-             (\n\
-               i=0\n\
-               while [ $i -lt 3000 ]; do\n\
-                 s=$(du -sb '{watch}' 2>/dev/null | cut -f1)\n\
-                 if [ \"${{s:-0}}\" -gt {threshold} ]; then kill -9 $$; exit 0; fi\n\
-                 sleep 0.01\n\
-                 i=$((i+1))\n\
-               done\n\
-             ) </dev/null >/dev/null 2>&1 &\n\
-             exec {server}\n",
-            watch = watch.display(),
-            server = sftp_server_path().display(),
-        ),
-    );
-    fs::set_permissions(&script, fs::Permissions::from_mode(0o755)).expect("chmod script");
-    script.display().to_string()
-}
-
 /// A `-D` server command whose sftp-server a watcher thread kills (SIGKILL) as soon as
 /// more than `threshold` bytes of files lie under `watch`: a transfer is cut off by how
-/// far it got, as if the host went away. Unlike [`self_killing_server`], the watcher
-/// polls without starting processes, so it keeps up on a loaded machine.
+/// far it got, as if the host went away. The watcher polls without starting processes,
+/// so it keeps up on a loaded machine.
 pub struct ServerKiller {
     command: String,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
@@ -403,17 +375,8 @@ impl ServerKiller {
     /// Writes the server script into `dir` and starts watching.
     pub fn start(dir: &Path, watch: &Path, threshold: u64) -> ServerKiller {
         use std::sync::atomic::Ordering;
-        let script = dir.join("killable-server");
         let pid_file = dir.join("killable-server.pid");
-        write_file(
-            &script,
-            format!(
-                "#!/bin/sh\necho $$ > '{}'\nexec {}\n",
-                pid_file.display(),
-                sftp_server_path().display()
-            ),
-        );
-        fs::set_permissions(&script, fs::Permissions::from_mode(0o755)).expect("chmod script");
+        let command = pid_recording_server(dir, &pid_file);
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let watcher = {
             let (stop, watch) = (stop.clone(), watch.to_path_buf());
@@ -431,7 +394,7 @@ impl ServerKiller {
             })
         };
         ServerKiller {
-            command: script.display().to_string(),
+            command,
             stop,
             watcher: Some(watcher),
         }
@@ -681,16 +644,14 @@ impl LoggedSftpServer {
     pub fn new(dir: &Path) -> LoggedSftpServer {
         let script = dir.join("logged-sftp-server");
         let log = dir.join("sftp-server.log");
-        write_file(
+        write_script(
             &script,
-            format!(
-                "#!/bin/sh\nexec '{}' -e -l INFO 2>>'{}'\n",
+            &format!(
+                "exec '{}' -e -l INFO 2>>'{}'",
                 sftp_server_path().display(),
                 log.display()
             ),
         );
-        fs::set_permissions(&script, fs::Permissions::from_mode(0o755))
-            .unwrap_or_else(|e| panic!("chmod {}: {e}", script.display()));
         write_file(&log, b"");
         LoggedSftpServer { script, log }
     }
