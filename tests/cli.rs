@@ -626,25 +626,18 @@ fn plain_put_rerun_resumes_its_temporary_file() {
     assert_eq!(temp_files(&dir), Vec::<String>::new());
 }
 
-#[test]
-fn put_a_never_appends_to_a_file_that_is_not_a_prefix() {
+/// `SUB -a` (put or get, both local through `-D`) onto a copy that is not a prefix of the
+/// source, or may be an older version, never appends to it.
+fn resume_never_appends_to_a_file_that_is_not_a_prefix(sub: &str) {
     let d = tempfile::tempdir().unwrap();
     let src = d.path().join("src.bin");
     let data = random_bytes(6_000_000, 5);
     write_file(&src, &data);
     set_mtime(&src, 1_700_000_000);
     // 32 KiB requests: a partial copy is continued 2 MiB below its end.
-    let put_a = |dst: &Path| {
-        local(&[
-            "-v",
-            "put",
-            "-a",
-            "--buffer",
-            "32768",
-            "--progress=json",
-            &p(&src),
-            &p(dst),
-        ])
+    let resume = |dst: &Path| {
+        let args = [sub, "-a", "--buffer", "32768", "--progress=json"];
+        local(&[&args[..], &[&p(&src), &p(dst)]].concat())
     };
     let other = random_bytes(4_000_000, 6);
     for (name, mtime) in [("newer", None), ("older", Some(1_600_000_000))] {
@@ -654,84 +647,40 @@ fn put_a_never_appends_to_a_file_that_is_not_a_prefix() {
         if let Some(t) = mtime {
             set_mtime(&dst, t);
         }
-        let out = ok(put_a(&dst));
+        let out = ok(resume(&dst));
         assert!(
             read_file(&dst) == data,
-            "{name}: corrupted\n{}",
+            "{sub} {name}: corrupted\n{}",
             explain(&out)
         );
-        assert_eq!(bytes_sent(&out), 6_000_000, "{name}");
+        assert_eq!(bytes_sent(&out), 6_000_000, "{sub} {name}");
     }
     // The source's first bytes, but last modified before the source was: maybe an older
     // version that differs elsewhere. Refused, untouched.
     let dst = d.path().join("older-prefix.bin");
     write_file(&dst, &data[..4_000_000]);
     set_mtime(&dst, 1_600_000_000);
-    let out = put_a(&dst);
+    let out = resume(&dst);
     assert_eq!(code(&out), 2, "{}", explain(&out));
-    assert!(
-        explain(&out).contains("with plain put"),
-        "{}",
-        explain(&out)
-    );
+    let hint = format!("with plain {sub}");
+    assert!(explain(&out).contains(&hint), "{}", explain(&out));
     assert!(read_file(&dst) == data[..4_000_000]);
-    // Written after the source changed: continued in place.
+    // Written after the source changed: continued.
     let dst = d.path().join("newer-prefix.bin");
     write_file(&dst, &data[..4_000_000]);
-    let out = ok(put_a(&dst));
+    let out = ok(resume(&dst));
     assert!(read_file(&dst) == data);
     assert_eq!(bytes_sent(&out), 6_000_000 - (4_000_000 - (2 << 20)));
 }
 
 #[test]
+fn put_a_never_appends_to_a_file_that_is_not_a_prefix() {
+    resume_never_appends_to_a_file_that_is_not_a_prefix("put");
+}
+
+#[test]
 fn get_a_never_appends_to_a_file_that_is_not_a_prefix() {
-    let d = tempfile::tempdir().unwrap();
-    let src = d.path().join("src.bin");
-    let data = random_bytes(6_000_000, 7);
-    write_file(&src, &data);
-    set_mtime(&src, 1_700_000_000);
-    let get_a = |dst: &Path| {
-        local(&[
-            "get",
-            "-a",
-            "--buffer",
-            "32768",
-            "--progress=json",
-            &p(&src),
-            &p(dst),
-        ])
-    };
-    let other = random_bytes(4_000_000, 8);
-    for (name, mtime) in [("newer", None), ("older", Some(1_600_000_000))] {
-        let dst = d.path().join(format!("other-{name}.bin"));
-        write_file(&dst, &other);
-        if let Some(t) = mtime {
-            set_mtime(&dst, t);
-        }
-        let out = ok(get_a(&dst));
-        assert!(
-            read_file(&dst) == data,
-            "{name}: corrupted\n{}",
-            explain(&out)
-        );
-        assert_eq!(bytes_sent(&out), 6_000_000, "{name}");
-    }
-    let dst = d.path().join("older-prefix.bin");
-    write_file(&dst, &data[..4_000_000]);
-    set_mtime(&dst, 1_600_000_000);
-    let out = get_a(&dst);
-    assert_eq!(code(&out), 2, "{}", explain(&out));
-    assert!(
-        explain(&out).contains("with plain get"),
-        "{}",
-        explain(&out)
-    );
-    assert!(read_file(&dst) == data[..4_000_000]);
-    let dst = d.path().join("newer-prefix.bin");
-    write_file(&dst, &data[..4_000_000]);
-    let out = ok(get_a(&dst));
-    assert!(read_file(&dst) == data);
-    assert_eq!(bytes_sent(&out), 6_000_000 - (4_000_000 - (2 << 20)));
+    resume_never_appends_to_a_file_that_is_not_a_prefix("get");
 }
 
 // ---------------------------------------------------------------------------------------
