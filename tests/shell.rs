@@ -262,3 +262,101 @@ fn help_examples_are_whole_command_lines_at_80_columns() {
     }
     assert!(checked > 10, "only {checked} example lines found");
 }
+
+#[test]
+fn readme_install_steps_work() {
+    let readme = fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    assert!(readme.contains("cargo install --locked --path ."));
+    // --locked needs Cargo.lock to match Cargo.toml.
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let meta = Command::new(cargo)
+        .args(["metadata", "--locked", "--offline", "--format-version", "1"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdout(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        meta.status.success(),
+        "{}",
+        String::from_utf8_lossy(&meta.stderr)
+    );
+
+    // Run each documented `sftpipe generate` line with a scratch HOME.
+    let home = tempfile::tempdir().unwrap();
+    let path = format!(
+        "{}:{}",
+        sftpipe_bin().parent().unwrap().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let steps: Vec<&str> = readme
+        .lines()
+        .filter(|l| l.starts_with("sftpipe generate "))
+        .map(|l| l.split(" #").next().unwrap_or(l).trim())
+        .collect();
+    assert_eq!(steps.len(), 4, "{steps:?}");
+    for step in steps {
+        let target = step.rsplit(' ').next().unwrap().replace('~', "$HOME");
+        let script = format!(
+            "set -e; t={target}; if [[ $t == *man1 ]]; then mkdir -p \"$t\"; \
+             else mkdir -p \"$(dirname \"$t\")\"; fi; {}",
+            step.replace('~', "$HOME")
+        );
+        let out = Command::new("bash")
+            .args(["-c", &script])
+            .env("HOME", home.path())
+            .env("PATH", &path)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{step}: {out:?}");
+    }
+    for file in [
+        ".local/share/bash-completion/completions/sftpipe",
+        ".zfunc/_sftpipe",
+        ".config/fish/completions/sftpipe.fish",
+        ".local/share/man/man1/sftpipe.1",
+        ".local/share/man/man1/sftpipe-mirror.1",
+    ] {
+        let len = fs::metadata(home.path().join(file)).map(|m| m.len());
+        assert!(matches!(len, Ok(n) if n > 1000), "{file}: {len:?}");
+    }
+}
+
+#[test]
+fn demo_says_it_is_building_and_shows_cargo_progress() {
+    let dir = tempfile::tempdir().unwrap();
+    // A stand-in cargo: records its arguments, prints progress as cargo does, then fails
+    // so the demo stops before running anything.
+    let args = dir.path().join("args");
+    let fake = dir.path().join("cargo");
+    common::write_script(
+        &fake,
+        &format!(
+            "echo \"$@\" > {}\necho '   Compiling sftpipe v0.1.0' >&2\nexit 101",
+            args.display()
+        ),
+    );
+    let out = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/contrib/demo.sh"))
+        .arg(dir.path().join("dest"))
+        .env("CARGO", &fake)
+        .env(
+            "PATH",
+            format!(
+                "{}:{}",
+                dir.path().display(),
+                std::env::var("PATH").unwrap_or_default()
+            ),
+        )
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(101), "{stderr}");
+    let building = stderr.find("== building").expect("says it is building");
+    let compiling = stderr
+        .find("Compiling sftpipe")
+        .expect("cargo's progress shown");
+    assert!(building < compiling, "{stderr}");
+    let args = fs::read_to_string(&args).unwrap();
+    assert!(args.contains("build --release"), "{args}");
+    assert!(!args.contains("-q"), "cargo is quiet: {args}");
+}
