@@ -118,9 +118,36 @@ fn zsh_completion_is_valid_and_completes_operands_with_hosts() {
     let file = dir.path().join("_sftpipe");
     fs::write(&file, &script).unwrap();
     let file = file.display().to_string();
-    if let Some(out) = run_shell("zsh", &["-n", &file], &[]) {
-        assert!(out.status.success(), "{out:?}");
-    }
+    let Some(out) = run_shell("zsh", &["-n", &file], &[]) else {
+        return;
+    };
+    assert!(out.status.success(), "{out:?}");
+    // The operand completer's host list, with compsys stubbed out (it needs a terminal).
+    let home = dir.path().join("home");
+    home_with_hosts(&home);
+    let probe = format!(
+        "compdef() {{ :; }}; source {file}; \
+         _alternative() {{ print -r -- \"$@\"; print -rl -- $hosts; }}; _sftpipe_operand"
+    );
+    let home = home.display().to_string();
+    let path = bin_first_path();
+    let env = [("HOME", home.as_str()), ("PATH", path.as_str())];
+    let out = run_shell("zsh", &["-f", "-c", &probe], &env).unwrap();
+    let got = stdout(&out);
+    assert!(got.contains("hosts:host:compadd -S : -a hosts"), "{got}");
+    assert!(
+        got.lines().any(|l| l == "web1") && got.lines().any(|l| l == "web2"),
+        "{got}"
+    );
+}
+
+/// PATH with the sftpipe under test first (the scripts run `sftpipe generate hosts`).
+fn bin_first_path() -> String {
+    format!(
+        "{}:{}",
+        sftpipe_bin().parent().unwrap().display(),
+        std::env::var("PATH").unwrap_or_default()
+    )
 }
 
 #[test]
@@ -137,11 +164,7 @@ fn fish_completion_is_valid_and_offers_ssh_config_hosts_for_operands() {
     assert!(out.status.success(), "{out:?}");
     let home = dir.path().join("home");
     home_with_hosts(&home);
-    let path = format!(
-        "{}:{}",
-        sftpipe_bin().parent().unwrap().display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
+    let path = bin_first_path();
     let probe = format!("source {file}; complete -C 'sftpipe get we'");
     let home = home.display().to_string();
     let env = [("HOME", home.as_str()), ("PATH", path.as_str())];
@@ -283,11 +306,7 @@ fn readme_install_steps_work() {
 
     // Run each documented `sftpipe generate` line with a scratch HOME.
     let home = tempfile::tempdir().unwrap();
-    let path = format!(
-        "{}:{}",
-        sftpipe_bin().parent().unwrap().display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
+    let path = bin_first_path();
     let steps: Vec<&str> = readme
         .lines()
         .filter(|l| l.starts_with("sftpipe generate "))

@@ -190,7 +190,7 @@ const ZSH_HOOK: &str = r#"
 (( $+functions[_sftpipe_operand] )) ||
 _sftpipe_operand() {
     local -a hosts
-    hosts=(${(f)"$(${words[1]} generate hosts 2>/dev/null)"})
+    hosts=(${(f)"$(sftpipe generate hosts 2>/dev/null)"})
     _alternative 'files:file:_files' "hosts:host:compadd -S : -a hosts"
 }
 "#;
