@@ -4,6 +4,8 @@
 # run with -D instead of ssh; then change a file and mirror again (only it moves).
 #
 #   contrib/demo.sh [DEST]      # DEST defaults to /tmp/sftpipe-demo
+#
+# CARGO names the cargo to build with (default: cargo on PATH).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dest=${1:-/tmp/sftpipe-demo}
@@ -13,7 +15,10 @@ if [[ ! -x $server ]]; then
     ${SUDO:-$( [[ $(id -u) -eq 0 ]] || echo sudo )} apt-get update -qq
     ${SUDO:-$( [[ $(id -u) -eq 0 ]] || echo sudo )} apt-get install -y -qq openssh-sftp-server >/dev/null
 fi
-cargo build --release --quiet
+# cargo's own progress (Compiling ..., the build bar) goes to stderr: the first release
+# build takes a minute or two.
+echo "== building sftpipe (cargo build --release; a minute or two the first time)" >&2
+"${CARGO:-cargo}" build --release
 bin=target/release/sftpipe
 sample=$(mktemp -d)
 trap 'rm -rf "$sample"' EXIT

@@ -25,6 +25,10 @@ command -v python3 >/dev/null || need+=(python3)
 [[ -x /usr/libexec/gesftpserver ]] || need+=(gesftpserver)
 [[ -x /usr/sbin/proftpd ]] || need+=(proftpd-core)
 [[ -e /usr/lib/proftpd/mod_sftp.so ]] || need+=(proftpd-mod-crypto)
+# tests/shell.rs checks the generated completion scripts with each shell, man pages with groff.
+command -v zsh >/dev/null || need+=(zsh)
+command -v fish >/dev/null || need+=(fish)
+command -v groff >/dev/null || need+=(groff-base)
 python=/usr/bin/python3
 [[ -x $python ]] || python=python3
 "$python" -c 'import ensurepip, venv' 2>/dev/null || need+=(python3-venv)

@@ -31,8 +31,8 @@ use super::{
                   neither side is marked, DEST is the remote one.",
     after_help = "Examples:\n  \
         sftpipe mirror ./site www.example.org:/var/www/site\n  \
-        sftpipe mirror --delete --last 'dists/*/InRelease' --last 'dists/*/Release*' \
-        repo/ user@host:/srv/repo\n  \
+        sftpipe mirror --delete --last 'dists/*/InRelease' \\\n      \
+        --last 'dists/*/Release*' repo/ user@host:/srv/repo\n  \
         sftpipe mirror -n --delete host:backup ./restore\n\n\
         A remote DEST that does not exist yet is built as .DEST.sftpipe-partial beside it \
         and renamed into place when complete; if anything failed, or the mirror was \

@@ -10,6 +10,7 @@
 
 pub mod exit;
 pub mod format;
+pub mod generate;
 pub mod mirror;
 pub mod ops;
 pub mod progress;
@@ -141,6 +142,9 @@ pub enum Command {
     /// reprepro outhook: publish a reprepro repository's changes over SFTP, atomically
     #[command(name = "reprepro-hook")]
     RepreproHook(reprepro::HookArgs),
+    /// Shell completions, man pages, ssh config hosts (for packaging; see the README)
+    #[command(hide = true)]
+    Generate(generate::GenerateArgs),
 }
 
 /// Transfer tuning shared by `get`, `put` (and `mirror`).
@@ -321,6 +325,7 @@ pub fn run(cli: Cli) -> i32 {
         Command::Mirror(a) => mirror::mirror(g, &a),
         Command::Serve(a) => serve::serve(g, &a),
         Command::RepreproHook(a) => reprepro::hook(g, &a),
+        Command::Generate(a) => generate::generate(g, &a),
     };
     if let Some(sig) = sftpipe::interrupt::caught() {
         // What failed, failed because of it; the child is gone (the session ended it).

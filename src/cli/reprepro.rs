@@ -42,7 +42,7 @@ use super::format::human_size;
         Examples:\n  \
         conf/options:  outhook /usr/share/sftpipe/outsftphook\n  \
         sftpipe reprepro-hook --basedir /srv/repo --pending     # retry what failed\n  \
-        sftpipe reprepro-hook --basedir /srv/repo -n --pending  # show what it would do\n\n\
+        sftpipe reprepro-hook --basedir /srv/repo -n --pending  # show, change nothing\n\n\
         Exit status: 0 all done; 1 some steps failed (rerun to resume); 2 bad arguments, \
         configuration or .outlog, or older logs pending; 5 connection failed or lost; 3, 4, \
         6, 7 as for the other commands."
