@@ -824,6 +824,47 @@ fn chmod_sets_modes() {
 }
 
 // ---------------------------------------------------------------------------------------
+// Habits from sftp, scp, ls and rm
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn h_means_human_readable_and_ls_sorts_by_size_time_and_reverse() {
+    let d = tempfile::tempdir().unwrap();
+    write_file(d.path().join("big"), random_bytes(5000, 3));
+    write_file(d.path().join("mid"), random_bytes(100, 4));
+    write_file(d.path().join("small"), b"x");
+    set_mtime(&d.path().join("big"), 1_500_000_000);
+    set_mtime(&d.path().join("small"), 1_600_000_000);
+    set_mtime(&d.path().join("mid"), 1_700_000_000);
+    let names = |args: &[&str]| -> Vec<String> {
+        let mut all = vec!["ls"];
+        all.extend_from_slice(args);
+        let dir = p(d.path());
+        all.push(&dir);
+        let out = ok(local(&all));
+        text(&out.stdout)
+            .lines()
+            .map(|l| l.rsplit(' ').next().unwrap_or_default().to_string())
+            .collect()
+    };
+    // -lh is a long listing with sizes like 4.9K, not the help text.
+    let out = ok(local(&["ls", "-lh", &p(d.path())]));
+    let listing = text(&out.stdout);
+    assert!(listing.contains(" 4.9K ") && !listing.contains("Usage"), "{listing}");
+    assert_eq!(names(&["-S"]), ["big", "mid", "small"]);
+    assert_eq!(names(&["-t"]), ["mid", "small", "big"]);
+    assert_eq!(names(&["-rS"]), ["small", "mid", "big"]);
+    assert_eq!(names(&["-1r"]), ["small", "mid", "big"]);
+    // df -h too; help is --help everywhere (and a bare `sftpipe -h`).
+    let out = ok(local(&["df", "-h", &p(d.path())]));
+    assert!(text(&out.stdout).contains("Avail"), "{}", explain(&out));
+    for args in [&["ls", "--help"][..], &["df", "--help"], &["--help"], &["-h"]] {
+        let out = ok(run_in(None, args));
+        assert!(text(&out.stdout).contains("Usage: sftpipe"), "{args:?}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------
 // Exit codes and refusals
 // ---------------------------------------------------------------------------------------
 

@@ -39,9 +39,16 @@ use progress::ProgressMode;
                   command, as with OpenSSH's sftp: sftpipe [OPTIONS] COMMAND [ARGS]...",
     after_help = EXIT_CODES_HELP,
     subcommand_required = true,
-    arg_required_else_help = true
+    arg_required_else_help = true,
+    disable_help_flag = true
 )]
 pub struct Cli {
+    /// Print help (-h means human-readable sizes, as in ls and df)
+    #[arg(long = "help", global = true, action = ArgAction::Help)]
+    pub help: Option<bool>,
+    /// `sftpipe -h` alone still prints help: no option before the command takes -h.
+    #[arg(short = 'h', hide = true, action = ArgAction::Help)]
+    pub short_help: Option<bool>,
     /// Connection and logging options.
     #[command(flatten)]
     pub global: GlobalArgs,

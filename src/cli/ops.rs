@@ -3,7 +3,7 @@
 use std::fmt::Display;
 use std::io::{self, BufWriter, IsTerminal, StdoutLock, Write};
 
-use clap::{ArgAction, Args};
+use clap::Args;
 use futures_util::future::join_all;
 use sftpipe::task::DirLocks;
 use sftpipe::transfer::{remote_basename, remote_join};
@@ -21,6 +21,7 @@ after the first, the host may be left out (with -D, plain paths).";
 #[command(after_help = format!("{REMOTE_HELP}\n\nExamples:\n  \
     sftpipe ls host:/var/log\n  \
     sftpipe ls -la sftp://alice@host:2222/\n  \
+    sftpipe ls -lhS host:/var/log\n  \
     sftpipe -D /usr/lib/openssh/sftp-server ls -l /tmp"))]
 pub struct LsArgs {
     /// Long format: mode, owner, group, size, modification time (UTC), name
@@ -32,6 +33,18 @@ pub struct LsArgs {
     /// One name per line (the default unless stdout is a terminal)
     #[arg(short = '1')]
     pub one_per_line: bool,
+    /// Human-readable sizes with -l (powers of 1024)
+    #[arg(short = 'h', long = "human-readable")]
+    pub human: bool,
+    /// Sort by size, largest first
+    #[arg(short = 'S')]
+    pub by_size: bool,
+    /// Sort by modification time, newest first
+    #[arg(short = 't')]
+    pub by_time: bool,
+    /// Reverse the order
+    #[arg(short = 'r', long = "reverse")]
+    pub reverse: bool,
     /// Remote directories or files
     #[arg(value_name = "REMOTE", required = true)]
     pub remotes: Vec<String>,
@@ -133,7 +146,7 @@ pub struct ChmodArgs {
 
 /// `df`.
 #[derive(Debug, Args)]
-#[command(disable_help_flag = true, after_help = format!("{REMOTE_HELP}\n\nNeeds \
+#[command(after_help = format!("{REMOTE_HELP}\n\nNeeds \
     statvfs@openssh.com. Without REMOTE (only with -D), the server's current directory.\n\n\
     Examples:\n  sftpipe df -h host:\n  sftpipe df -i host:/srv"))]
 pub struct DfArgs {
@@ -143,9 +156,6 @@ pub struct DfArgs {
     /// Inodes instead of blocks
     #[arg(short = 'i', long = "inodes")]
     pub inodes: bool,
-    /// Print help
-    #[arg(long = "help", action = ArgAction::Help)]
-    pub help: Option<bool>,
     /// A path on the file system to show (host: for the home directory)
     #[arg(value_name = "REMOTE")]
     pub remote: Option<String>,
@@ -255,6 +265,7 @@ fn terminal_width() -> usize {
 
 struct LsView {
     long: bool,
+    human: bool,
     columns: Option<usize>,
     tty: bool,
 }
@@ -266,6 +277,7 @@ pub fn ls(g: &GlobalArgs, a: &LsArgs) -> Result<i32, CliError> {
     let tty = io::stdout().is_terminal();
     let view = LsView {
         long: a.long,
+        human: a.human,
         columns: (tty && !a.one_per_line && !a.long).then(terminal_width),
         tty,
     };
@@ -280,7 +292,7 @@ pub fn ls(g: &GlobalArgs, a: &LsArgs) -> Result<i32, CliError> {
         if is_dir {
             let mut entries = session.read_dir(&path)?;
             entries.retain(|e| a.all || !e.filename.starts_with(b"."));
-            entries.sort_by(|x, y| x.filename.cmp(&y.filename));
+            sort_entries(&mut entries, a);
             if several {
                 if !first {
                     out.line("")?;
@@ -299,6 +311,24 @@ pub fn ls(g: &GlobalArgs, a: &LsArgs) -> Result<i32, CliError> {
         first = false;
         out.flush()
     })
+}
+
+/// Sorts as ls does: by name, or by size (-S, largest first) or time (-t, newest first)
+/// with names breaking ties; -r reverses.
+fn sort_entries(entries: &mut [NameEntry], a: &LsArgs) {
+    entries.sort_by(|x, y| {
+        let key = if a.by_size {
+            y.attrs.size.cmp(&x.attrs.size)
+        } else if a.by_time {
+            y.attrs.mtime().cmp(&x.attrs.mtime())
+        } else {
+            std::cmp::Ordering::Equal
+        };
+        key.then_with(|| x.filename.cmp(&y.filename))
+    });
+    if a.reverse {
+        entries.reverse();
+    }
 }
 
 fn print_entries(
@@ -352,7 +382,11 @@ fn print_entries_at(
             .map(|(e, t)| {
                 let name = format::display_name(&e.filename, view.tty).into_owned();
                 let target = t.map(|t| format::display_name(&t, view.tty).into_owned());
-                format::long_row(e, name, target)
+                let mut row = format::long_row(e, name, target);
+                if let (true, Some(size)) = (view.human, e.attrs.size) {
+                    row.size = format::human_size(size);
+                }
+                row
             })
             .collect();
         for l in format::long_lines(&rows) {
