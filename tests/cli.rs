@@ -864,6 +864,17 @@ fn h_means_human_readable_and_ls_sorts_by_size_time_and_reverse() {
     }
 }
 
+#[test]
+fn a_missing_put_operand_is_named() {
+    let out = run_in(None, &["put", "hello.txt"]);
+    assert_eq!(code(&out), 2, "{}", explain(&out));
+    let err = text(&out.stderr);
+    assert!(err.contains("put: missing the REMOTE destination"), "{err}");
+    let out = run_in(None, &["put", "host:dir/"]);
+    assert_eq!(code(&out), 2, "{}", explain(&out));
+    assert!(text(&out.stderr).contains("missing the LOCAL file"), "{}", explain(&out));
+}
+
 // ---------------------------------------------------------------------------------------
 // Exit codes and refusals
 // ---------------------------------------------------------------------------------------

@@ -66,6 +66,7 @@ pub struct GetArgs {
     sftpipe put -r -p ./site host:/srv/www\n  \
     sftpipe put --fsync *.tar host:/backup/"
 )]
+#[command(override_usage = "sftpipe put [OPTIONS] <LOCAL>... <REMOTE>")]
 pub struct PutArgs {
     /// Copy directories and everything below them
     #[arg(short = 'r', long = "recursive")]
@@ -81,12 +82,10 @@ pub struct PutArgs {
     /// Transfer tuning
     #[command(flatten)]
     pub transfer: TransferArgs,
-    /// Local files or directories
-    #[arg(value_name = "LOCAL", required = true, num_args = 1..)]
-    pub locals: Vec<PathBuf>,
-    /// The remote destination
-    #[arg(value_name = "REMOTE", required = true)]
-    pub remote: OsString,
+    /// Local files or directories, then the remote destination (one list, so that a
+    /// missing operand can be named)
+    #[arg(value_name = "LOCAL... REMOTE", required = true, num_args = 1..)]
+    pub operands: Vec<OsString>,
 }
 
 /// Reports the outcome of a file done outside the library's batch functions.
@@ -188,15 +187,36 @@ fn local_name(local: &Path) -> Option<OsString> {
     }
 }
 
+/// The LOCAL operands and the REMOTE one, or a message naming what is missing when only
+/// one operand was given.
+fn put_operands(a: &PutArgs) -> Result<(Vec<PathBuf>, &OsString), CliError> {
+    if let [locals @ .., remote] = a.operands.as_slice()
+        && !locals.is_empty()
+    {
+        return Ok((locals.iter().map(PathBuf::from).collect(), remote));
+    }
+    let only = a.operands.first().map(|l| l.to_string_lossy()).unwrap_or_default();
+    let looks_remote = matches!(
+        sftpipe::location::parse_operand(&only),
+        Ok(sftpipe::location::Operand::Remote(_))
+    );
+    Err(CliError::Usage(if looks_remote {
+        format!("put: missing the LOCAL file to upload before '{only}' (sftpipe put LOCAL... REMOTE)")
+    } else {
+        format!("put: missing the REMOTE destination after '{only}' (e.g. sftpipe put {only} host:dir/)")
+    }))
+}
+
 /// `put LOCAL... REMOTE`: every file and tree concurrently over one connection.
 pub fn put(g: &GlobalArgs, a: &PutArgs) -> Result<i32, CliError> {
-    let remote_op = super::utf8_operand(&a.remote)?;
+    let (locals, remote_op) = put_operands(a)?;
+    let remote_op = super::utf8_operand(remote_op)?;
     let (ep, paths) = remote_operands(g, &[remote_op], false)?;
 
     // Check the local side before connecting: what is missing fails here.
     let mut early_codes = Vec::new();
     let mut found: Vec<(&PathBuf, Option<u64>)> = Vec::new();
-    for l in &a.locals {
+    for l in &locals {
         let e = match fs::metadata(l) {
             Ok(m) if m.is_file() => {
                 found.push((l, Some(m.len())));
@@ -221,7 +241,7 @@ pub fn put(g: &GlobalArgs, a: &PutArgs) -> Result<i32, CliError> {
     let combine = |code: i32| match early_codes.as_slice() {
         [] => code,
         _ if code == CONNECTION => CONNECTION,
-        [only] if a.locals.len() == 1 => *only,
+        [only] if locals.len() == 1 => *only,
         _ => FAILED,
     };
     if found.is_empty() {
@@ -286,14 +306,14 @@ pub fn put(g: &GlobalArgs, a: &PutArgs) -> Result<i32, CliError> {
     // After the STAT, whose round trip overlapped the LIMITS reply's.
     session.limits();
     let task_limit = max_open.unwrap_or_else(|| default_max_open(session.sftp())) * 2 + 16;
-    if a.locals.len() > 1 && !into_dir {
+    if locals.len() > 1 && !into_dir {
         return Err(CliError::Usage(format!(
             "target '{remote_op}' is not a directory (end it with '/' to create it)"
         )));
     }
 
     let mut jobs = Vec::new();
-    let single = found.len() == 1 && a.locals.len() == 1 && found[0].1.is_some();
+    let single = found.len() == 1 && locals.len() == 1 && found[0].1.is_some();
     for (local, size) in found {
         let dest = match (into_dir, local_name(local)) {
             (true, Some(name)) => {
