@@ -1114,6 +1114,42 @@ fn at(path: &Path) -> String {
 }
 
 #[test]
+fn ssh_options_are_accepted_after_the_command() {
+    if !common::sshd_available() {
+        return;
+    }
+    let sshd = Sshd::start();
+    let d = tempfile::tempdir().unwrap();
+    write_file(d.path().join("f"), b"after\n");
+    // get with -P -i -o after the command.
+    let mut args = vec!["get".to_string()];
+    args.extend(sshd.sftp_args());
+    args.extend([at(&d.path().join("f")), p(&d.path().join("back"))]);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    ok(run_in(None, &refs));
+    assert_eq!(read_file(d.path().join("back")), b"after\n");
+    // ls -l -F CONFIG: -l stays ls's long format, -F is ssh's.
+    let cfg = d.path().join("ssh_config");
+    let mut conf = format!(
+        "Host *\n  Port {}\n  IdentityFile {}\n",
+        sshd.port(),
+        sshd.key_path().display()
+    );
+    for o in ["StrictHostKeyChecking no", "UserKnownHostsFile /dev/null", "BatchMode yes"] {
+        conf.push_str(&format!("  {o}\n"));
+    }
+    write_file(&cfg, conf);
+    let out = ok(run_in(None, &["ls", "-l", "-F", &p(&cfg), &at(d.path())]));
+    assert!(text(&out.stdout).contains("-rw-"), "{}", explain(&out));
+    // An option that only goes before the command says so.
+    let out = run_in(None, &["ls", "-S", "-D", "x", "h:"]);
+    assert_eq!(code(&out), 2, "{}", explain(&out));
+    let err = text(&out.stderr);
+    assert!(err.contains("ssh options go before the command: sftpipe -D"), "{err}");
+    assert!(!err.contains("-- -D"), "{err}");
+}
+
+#[test]
 fn ssh_every_command_round_trip() {
     if !common::sshd_available() {
         return;
