@@ -875,6 +875,37 @@ fn a_missing_put_operand_is_named() {
     assert!(text(&out.stderr).contains("missing the LOCAL file"), "{}", explain(&out));
 }
 
+#[test]
+fn rm_r_removes_a_tree_and_counts_and_rm_rmdir_say_why_not() {
+    let d = tempfile::tempdir().unwrap();
+    let t = d.path().join("t");
+    make_tree(&t);
+    for i in 0..40 {
+        write_file(t.join(format!("sub/many/{i}")), b"x");
+    }
+    let outside = d.path().join("outside");
+    write_file(outside.join("kept"), b"k");
+    std::os::unix::fs::symlink(&outside, t.join("sub/to_outside")).unwrap();
+
+    let out = local(&["rm", &p(&t)]);
+    assert_eq!(code(&out), 2, "{}", explain(&out));
+    assert!(text(&out.stderr).contains("is a directory (use rm -r)"), "{}", explain(&out));
+    let out = local(&["rmdir", &p(&t)]);
+    assert_eq!(code(&out), 1, "{}", explain(&out));
+    assert!(text(&out.stderr).contains("directory not empty"), "{}", explain(&out));
+
+    let out = ok(local(&["rm", "-r", &p(&t)]));
+    assert!(!t.exists());
+    // a.txt b.bin .hidden link c.txt d.bin to_outside + 40; t sub deeper many.
+    let err = text(&out.stderr);
+    assert!(err.contains("removed 47 files, 4 directories"), "{err}");
+    // The link was removed, not followed.
+    assert!(outside.join("kept").exists());
+    let out = local(&["rm", "-r", &p(&t)]);
+    assert_eq!(code(&out), 3, "{}", explain(&out));
+    ok(local(&["rm", "-rf", &p(&t)]));
+}
+
 // ---------------------------------------------------------------------------------------
 // Exit codes and refusals
 // ---------------------------------------------------------------------------------------

@@ -253,7 +253,7 @@ pub enum Command {
     Get(transfer::GetArgs),
     /// Upload local files or trees
     Put(transfer::PutArgs),
-    /// Remove remote files or symlinks
+    /// Remove remote files or symlinks (with -r, directory trees)
     Rm(ops::RmArgs),
     /// Create remote directories
     Mkdir(ops::MkdirArgs),

@@ -63,12 +63,17 @@ pub struct StatArgs {
 
 /// `rm`.
 #[derive(Debug, Args)]
-#[command(after_help = format!("{REMOTE_HELP}\n\nRemoves files and symlinks (use rmdir for \
-    directories).\n\nExample:\n  sftpipe rm -f host:/tmp/a host:/tmp/b"))]
+#[command(after_help = format!("{REMOTE_HELP}\n\nRemoves files and symlinks; with -r, \
+    directories and everything below them (symlinks are removed, never followed), \
+    concurrently, and the counts are printed on stderr.\n\nExamples:\n  \
+    sftpipe rm -f host:/tmp/a host:/tmp/b\n  sftpipe rm -r host:/tmp/build"))]
 pub struct RmArgs {
     /// Ignore paths that do not exist
     #[arg(short = 'f', long = "force")]
     pub force: bool,
+    /// Remove directories and their contents
+    #[arg(short = 'r', short_alias = 'R', long = "recursive")]
+    pub recursive: bool,
     /// Remote files or symlinks
     #[arg(value_name = "REMOTE", required = true)]
     pub remotes: Vec<String>,
@@ -433,16 +438,54 @@ pub fn stat(g: &GlobalArgs, a: &StatArgs) -> Result<i32, CliError> {
     })
 }
 
-/// `rm`.
+/// `rm`: files and symlinks; with -r, trees too (counts on stderr).
 pub fn rm(g: &GlobalArgs, a: &RmArgs) -> Result<i32, CliError> {
     let (session, items) = open(g, &a.remotes)?;
-    each(&items, |(_, path)| {
+    let t = sftpipe::transfer::Transfer::new(session.sftp(), Default::default());
+    let (mut files, mut dirs) = (0u64, 0u64);
+    let code = each(&items, |(op, path)| {
         let path = expand_tilde(&session, path)?;
-        match session.remove(&path) {
-            Err(e) if a.force && e.is_not_found() => Ok(()),
-            r => Ok(r?),
+        let attrs = match a.recursive.then(|| session.lstat(&path)) {
+            Some(Err(e)) if a.force && e.is_not_found() => return Ok(()),
+            Some(r) => Some(r?),
+            None => None,
+        };
+        if attrs.is_some_and(|s| s.is_dir()) {
+            let mut done = session.run(t.remove_tree(&path));
+            files += done.files;
+            dirs += done.dirs;
+            let first = done.failures.pop();
+            for (_, e) in done.failures {
+                exit::report(&CliError::Sftp(e));
+            }
+            return first.map_or(Ok(()), |(_, e)| Err(e.into()));
         }
-    })
+        match session.remove(&path) {
+            Ok(()) => {
+                files += 1;
+                Ok(())
+            }
+            Err(e) if a.force && e.is_not_found() => Ok(()),
+            // Servers answer a plain failure for a directory: say why.
+            Err(e) if !e.is_connection() && session.lstat(&path).is_ok_and(|s| s.is_dir()) => {
+                Err(CliError::Usage(format!("'{op}' is a directory (use rm -r)")))
+            }
+            Err(e) => Err(e.into()),
+        }
+    })?;
+    if a.recursive && !g.quiet && files + dirs > 0 {
+        eprintln!("sftpipe: removed {}, {}", plural(files, "file"), plural(dirs, "directory"));
+    }
+    Ok(code)
+}
+
+/// `1 file`, `2 files`, `3 directories`.
+fn plural(n: u64, noun: &str) -> String {
+    match (n, noun.strip_suffix('y')) {
+        (1, _) => format!("1 {noun}"),
+        (_, Some(stem)) => format!("{n} {stem}ies"),
+        _ => format!("{n} {noun}s"),
+    }
 }
 
 /// `mkdir`.
@@ -477,8 +520,37 @@ pub fn rmdir(g: &GlobalArgs, a: &RmdirArgs) -> Result<i32, CliError> {
     let (session, items) = open(g, &a.remotes)?;
     each(&items, |(_, path)| {
         let path = expand_tilde(&session, path)?;
-        Ok(session.rmdir(&path)?)
+        match session.rmdir(&path) {
+            Err(e) if is_plain_failure(&e) && has_entries(&session, &path) => {
+                Err(CliError::Sftp(sftpipe::Error::Status {
+                    op: "rmdir",
+                    path: String::from_utf8_lossy(&path).into_owned(),
+                    code: sftpipe::StatusCode::Failure,
+                    message: "directory not empty (use rm -r)".into(),
+                }))
+            }
+            r => Ok(r?),
+        }
     })
+}
+
+/// Whether `e` is the server's unexplained SSH_FX_FAILURE (OpenSSH's answer to ENOTEMPTY
+/// and EISDIR alike).
+fn is_plain_failure(e: &sftpipe::Error) -> bool {
+    matches!(
+        e,
+        sftpipe::Error::Status {
+            code: sftpipe::StatusCode::Failure,
+            ..
+        }
+    )
+}
+
+/// Whether the remote directory `path` lists any entry besides `.` and `..`.
+fn has_entries(session: &Session, path: &[u8]) -> bool {
+    session
+        .read_dir(path)
+        .is_ok_and(|v| v.iter().any(|e| !matches!(&e.filename[..], b"." | b"..")))
 }
 
 /// `mv`.

@@ -7,6 +7,7 @@
 
 mod download;
 mod links;
+mod remove;
 pub mod pace;
 mod resume;
 mod tree;
@@ -26,6 +27,7 @@ use crate::task::{DirLocks, Permit, Semaphore};
 use pace::{Ask, Pacer};
 
 pub use links::LinkSlot;
+pub use remove::Removal;
 pub(crate) use links::{link_times, set_local_link_mtime};
 pub use resume::resumable_temp_name;
 pub use tree::{
