@@ -906,6 +906,56 @@ fn rm_r_removes_a_tree_and_counts_and_rm_rmdir_say_why_not() {
     ok(local(&["rm", "-rf", &p(&t)]));
 }
 
+#[test]
+fn get_to_stdout_and_put_from_stdin_through_a_temporary_name() {
+    use std::io::Write;
+    let d = tempfile::tempdir().unwrap();
+    let data = random_bytes(3_000_000, 5);
+    let src = d.path().join("src.bin");
+    write_file(&src, &data);
+    // get REMOTE - writes the bytes to stdout (a pipe here), nothing else.
+    let out = ok(local(&["get", &p(&src), "-"]));
+    assert_eq!(out.stdout.len(), data.len());
+    assert!(out.stdout == data, "stdout differs from the remote file");
+    assert!(!Path::new("-").exists());
+
+    // put - REMOTE: nothing at the target until stdin ends, then all of it at once.
+    let dst = d.path().join("dst.bin");
+    let server = p(&sftp_server_path());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sftpipe"))
+        .args(["-D", &server, "put", "-", &p(&dst)])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let _guard = KillOnDrop(child.id());
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(&data[..1_000_000]).unwrap();
+    wait_until("the temporary file grows", Duration::from_secs(30), || {
+        dir_file_bytes(d.path()) >= 3_000_000 + 500_000
+    });
+    assert!(!dst.exists(), "the target appeared before stdin ended");
+    assert_eq!(temp_files(d.path()).len(), 1);
+    stdin.write_all(&data[1_000_000..]).unwrap();
+    drop(stdin);
+    let out = output_within(child, Duration::from_secs(60));
+    assert!(out.status.success(), "{}", explain(&out));
+    assert!(read_file(&dst) == data, "uploaded bytes differ");
+    assert!(temp_files(d.path()).is_empty());
+
+    // stdin from a regular file works too.
+    let dst2 = d.path().join("dst2.bin");
+    let server_args = ["-D", &server, "put", "-", &p(&dst2)];
+    let status = Command::new(env!("CARGO_BIN_EXE_sftpipe"))
+        .args(server_args)
+        .stdin(fs::File::open(&src).unwrap())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert!(read_file(&dst2) == data);
+}
+
 // ---------------------------------------------------------------------------------------
 // Exit codes and refusals
 // ---------------------------------------------------------------------------------------

@@ -8,13 +8,13 @@ use std::rc::Rc;
 use clap::Args;
 use sftpipe::task::TaskGroup;
 use sftpipe::transfer::{
-    LocalTree, Progress, Transfer, default_max_open, remote_basename, remote_join,
+    LocalTree, Progress, StreamFd, Transfer, default_max_open, remote_basename, remote_join,
     safe_remote_name, staging_dir, walk_local,
 };
 use sftpipe::{Error, Session};
 
 use super::exit::{self, CONNECTION, CliError, FAILED};
-use super::progress::Tracker;
+use super::progress::{ProgressMode, Tracker};
 use super::{
     GlobalArgs, TransferArgs, UploadArgs, connect_prefetching, expand_tilde, remote_operands,
 };
@@ -24,13 +24,15 @@ use super::{
 #[command(
     after_help = "REMOTE is [user@]host:path or sftp://[user@]host[:port]/path (with -D, \
     a plain path). LOCAL defaults to '.'; when it is an existing directory the file or tree \
-    goes into it under REMOTE's name, else it is the new name.\n\n\
+    goes into it under REMOTE's name, else it is the new name; '-' writes the file to \
+    standard output.\n\n\
     Progress: a bar on stderr when it is a terminal; --progress=json prints on stdout one \
     {\"event\":\"file\",\"path\",\"bytes\",\"ok\"[,\"error\"]} object per file and a final \
     {\"event\":\"summary\",\"files\",\"bytes\",\"failed\",\"elapsed_ms\"}.\n\n\
     Examples:\n  sftpipe get host:/var/log/syslog\n  \
     sftpipe get -r -p host:/srv/www ./backup/\n  \
-    sftpipe get -a --progress=json sftp://host//data/big.iso /tmp/big.iso"
+    sftpipe get -a --progress=json sftp://host//data/big.iso /tmp/big.iso\n  \
+    sftpipe get host:db.sql.gz - | gunzip | less"
 )]
 pub struct GetArgs {
     /// Copy a directory and everything below it
@@ -61,10 +63,12 @@ pub struct GetArgs {
     temporary name and renamed into place when complete, unless --inplace. With -r, a \
     REMOTE that does not exist yet is built as a hidden .NAME.sftpipe-partial beside it \
     and renamed into place once all of it landed; after a failure or an interruption it \
-    stays there, and a rerun resumes it.\n\n\
+    stays there, and a rerun resumes it. LOCAL '-' reads standard input into REMOTE \
+    (through a temporary name as well).\n\n\
     Examples:\n  sftpipe put report.pdf host:docs/\n  \
     sftpipe put -r -p ./site host:/srv/www\n  \
-    sftpipe put --fsync *.tar host:/backup/"
+    sftpipe put --fsync *.tar host:/backup/\n  \
+    pg_dump db | gzip | sftpipe put - host:/backup/db.sql.gz"
 )]
 #[command(override_usage = "sftpipe put [OPTIONS] <LOCAL>... <REMOTE>")]
 pub struct PutArgs {
@@ -124,6 +128,9 @@ pub fn get(g: &GlobalArgs, a: &GetArgs) -> Result<i32, CliError> {
     let session = connect_prefetching(g, ep.as_ref(), target, dirs)?;
     let remote = expand_tilde(&session, &paths[0])?;
     let attrs = session.stat(&remote)?;
+    if a.local.as_deref() == Some(Path::new("-")) {
+        return get_to_stdout(g, a, &session, &remote, &attrs);
+    }
     let local = a.local.clone().unwrap_or_else(|| PathBuf::from("."));
     let local_is_dir = fs::metadata(&local).is_ok_and(|m| m.is_dir());
 
@@ -161,6 +168,70 @@ pub fn get(g: &GlobalArgs, a: &GetArgs) -> Result<i32, CliError> {
         file_outcome(&tracker, &remote, r);
         Ok(tracker.finish(true))
     }
+}
+
+/// `get REMOTE -`: the file's bytes on standard output.
+fn get_to_stdout(
+    g: &GlobalArgs,
+    a: &GetArgs,
+    session: &Session,
+    remote: &[u8],
+    attrs: &sftpipe::FileAttributes,
+) -> Result<i32, CliError> {
+    if attrs.is_dir() {
+        return Err(CliError::Usage(format!(
+            "'{}' is a directory: only a file can go to standard output",
+            a.remote
+        )));
+    }
+    if a.transfer.progress == ProgressMode::Json || a.resume {
+        return Err(CliError::Usage(
+            "get to standard output ('-') takes neither --progress=json nor -a".into(),
+        ));
+    }
+    let out = StreamFd::new(session.reactor(), libc::STDOUT_FILENO)
+        .map_err(|e| Error::local("cannot use standard output", e))?;
+    let tracker = Tracker::new(a.transfer.progress, g.quiet);
+    let t = session.transfer(a.transfer.options(), tracker.clone());
+    tracker.add_total(1, attrs.size.unwrap_or(0));
+    match session.run(t.download_stream(remote, &out)) {
+        Err(Error::Local { source, .. }) if source.kind() == std::io::ErrorKind::BrokenPipe => {
+            Err(CliError::StdoutClosed)
+        }
+        r => {
+            file_outcome(&tracker, remote, r);
+            Ok(tracker.finish(true))
+        }
+    }
+}
+
+/// `put - REMOTE`: standard input to one remote file, through a temporary name.
+fn put_from_stdin(g: &GlobalArgs, a: &PutArgs, remote_op: &str) -> Result<i32, CliError> {
+    if a.recursive || a.resume || remote_op.ends_with('/') {
+        return Err(CliError::Usage(
+            "put from standard input ('-') needs a remote file name, and takes neither -r \
+             nor -a"
+                .into(),
+        ));
+    }
+    let (ep, paths) = remote_operands(g, &[remote_op], false)?;
+    let session = connect_prefetching(g, ep.as_ref(), &[&paths[0]], &[])?;
+    let remote = expand_tilde(&session, &paths[0])?;
+    if session.stat(&remote).is_ok_and(|s| s.is_dir()) {
+        return Err(CliError::Usage(format!(
+            "'{remote_op}' is a directory: name the file to write standard input to"
+        )));
+    }
+    let input = StreamFd::new(session.reactor(), libc::STDIN_FILENO)
+        .map_err(|e| Error::local("cannot use standard input", e))?;
+    let mut opts = a.transfer.options();
+    a.upload.apply(&mut opts);
+    let tracker = Tracker::new(a.transfer.progress, g.quiet);
+    let t = session.transfer(opts, tracker.clone());
+    tracker.add_total(1, 0);
+    let r = session.run(t.upload_stream(&input, &remote));
+    file_outcome(&tracker, &remote, r);
+    Ok(tracker.finish(true))
 }
 
 enum Job {
@@ -211,6 +282,14 @@ fn put_operands(a: &PutArgs) -> Result<(Vec<PathBuf>, &OsString), CliError> {
 pub fn put(g: &GlobalArgs, a: &PutArgs) -> Result<i32, CliError> {
     let (locals, remote_op) = put_operands(a)?;
     let remote_op = super::utf8_operand(remote_op)?;
+    if locals.iter().any(|l| l.as_os_str() == "-") {
+        if locals.len() > 1 {
+            return Err(CliError::Usage(
+                "put: '-' (standard input) must be the only LOCAL".into(),
+            ));
+        }
+        return put_from_stdin(g, a, remote_op);
+    }
     let (ep, paths) = remote_operands(g, &[remote_op], false)?;
 
     // Check the local side before connecting: what is missing fails here.

@@ -10,6 +10,7 @@ mod links;
 mod remove;
 pub mod pace;
 mod resume;
+mod stream;
 mod tree;
 mod upload;
 
@@ -28,6 +29,7 @@ use pace::{Ask, Pacer};
 
 pub use links::LinkSlot;
 pub use remove::Removal;
+pub use stream::StreamFd;
 pub(crate) use links::{link_times, set_local_link_mtime};
 pub use resume::resumable_temp_name;
 pub use tree::{
