@@ -956,6 +956,59 @@ fn get_to_stdout_and_put_from_stdin_through_a_temporary_name() {
     assert!(read_file(&dst2) == data);
 }
 
+#[test]
+fn wildcards_match_on_the_remote_side_for_get_rm_and_locally_for_put() {
+    let d = tempfile::tempdir().unwrap();
+    let logs = d.path().join("logs");
+    write_file(logs.join("a.gz"), b"a");
+    write_file(logs.join("b.gz"), b"b");
+    write_file(logs.join(".hidden.gz"), b"h");
+    write_file(logs.join("c.txt"), b"c");
+    write_file(logs.join("star*.gz"), b"s");
+    // get: every match into the directory; a leading dot only matched explicitly.
+    let back = d.path().join("back");
+    fs::create_dir(&back).unwrap();
+    ok(local(&["get", &format!("{}/*.gz", p(&logs)), &p(&back)]));
+    let mut got: Vec<String> = fs::read_dir(&back)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    got.sort();
+    assert_eq!(got, ["a.gz", "b.gz", "star*.gz"]);
+    // A backslash escapes a wildcard.
+    let one = d.path().join("one");
+    ok(local(&["get", &format!("{}/star\\*.?z", p(&logs)), &p(&one)]));
+    assert_eq!(read_file(&one), b"s");
+    // Nothing matched: said plainly, exit 3.
+    let out = local(&["get", &format!("{}/*.zip", p(&logs)), &p(&back)]);
+    assert_eq!(code(&out), 3, "{}", explain(&out));
+    let err = text(&out.stderr);
+    assert!(err.contains(&format!("no remote file matches '{}/*.zip'", p(&logs))), "{err}");
+
+    // rm: the matches go, the rest stays.
+    ok(local(&["rm", &format!("{}/[ab].gz", p(&logs))]));
+    assert!(!logs.join("a.gz").exists() && !logs.join("b.gz").exists());
+    assert!(logs.join(".hidden.gz").exists() && logs.join("c.txt").exists());
+    let out = local(&["rm", &format!("{}/*.tmp", p(&logs))]);
+    assert_eq!(code(&out), 3, "{}", explain(&out));
+    assert!(text(&out.stderr).contains("no remote file matches"), "{}", explain(&out));
+
+    // put: a quoted local pattern is expanded locally.
+    let up = d.path().join("up");
+    ok(run_in(
+        Some(d.path()),
+        &["-D", &p(&sftp_server_path()), "put", "logs/*", &format!("{}/", p(&up))],
+    ));
+    assert!(up.join("c.txt").exists() && up.join("star*.gz").exists());
+    assert!(!up.join(".hidden.gz").exists());
+    let out = run_in(
+        Some(d.path()),
+        &["-D", &p(&sftp_server_path()), "put", "logs/*.css", &p(&up)],
+    );
+    assert_eq!(code(&out), 7, "{}", explain(&out));
+    assert!(text(&out.stderr).contains("no local file matches 'logs/*.css'"));
+}
+
 // ---------------------------------------------------------------------------------------
 // Exit codes and refusals
 // ---------------------------------------------------------------------------------------

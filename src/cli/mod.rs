@@ -650,6 +650,41 @@ pub fn expand_tilde(session: &Session, path: &[u8]) -> Result<Vec<u8>, CliError>
     })
 }
 
+/// The remote paths `path` (tilde already expanded) names: itself, or with wildcards the
+/// existing paths they match on the server (sorted; none is an error naming `operand`).
+pub fn expand_remote(
+    session: &Session,
+    operand: &str,
+    path: &[u8],
+) -> Result<Vec<Vec<u8>>, CliError> {
+    if !sftpipe::glob::has_magic(path) {
+        return Ok(vec![path.to_vec()]);
+    }
+    let found = sftpipe::glob::expand(path, |dir| match session.read_dir(dir) {
+        Ok(entries) => Ok(Some(
+            entries
+                .into_iter()
+                .map(|e| {
+                    let maybe_dir = e.attrs.is_dir() || e.attrs.is_symlink();
+                    (e.filename, maybe_dir)
+                })
+                .collect(),
+        )),
+        // Not there, or not a directory (OpenSSH says plain failure): nothing matches.
+        Err(e) if e.is_not_found() || e.status() == Some(sftpipe::StatusCode::Failure) => {
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    })?;
+    if found.is_empty() {
+        return Err(CliError::NoMatch {
+            pattern: operand.to_string(),
+            remote: true,
+        });
+    }
+    Ok(found)
+}
+
 /// Command-line paths that may not be UTF-8, for remote operands that must be.
 pub fn utf8_operand(s: &OsString) -> Result<&str, CliError> {
     s.to_str().ok_or_else(|| {

@@ -11,7 +11,7 @@ use sftpipe::{FileAttributes, NameEntry, Session};
 
 use super::exit::{self, CliError, FAILED, SUCCESS, stdout_error};
 use super::format::{self, DfMode};
-use super::{GlobalArgs, connect, expand_tilde, parse_mode, remote_operands};
+use super::{GlobalArgs, connect, expand_remote, expand_tilde, parse_mode, remote_operands};
 
 const REMOTE_HELP: &str = "Remote paths: [user@]host:path or sftp://[user@]host[:port]/path; \
 after the first, the host may be left out (with -D, plain paths).";
@@ -66,7 +66,8 @@ pub struct StatArgs {
 #[command(after_help = format!("{REMOTE_HELP}\n\nRemoves files and symlinks; with -r, \
     directories and everything below them (symlinks are removed, never followed), \
     concurrently, and the counts are printed on stderr.\n\nExamples:\n  \
-    sftpipe rm -f host:/tmp/a host:/tmp/b\n  sftpipe rm -r host:/tmp/build"))]
+    sftpipe rm -f host:/tmp/a host:/tmp/b\n  sftpipe rm -r host:/tmp/build\n  \
+    sftpipe rm 'host:tmp/*.tmp'   (wildcards are matched on the server)"))]
 pub struct RmArgs {
     /// Ignore paths that do not exist
     #[arg(short = 'f', long = "force")]
@@ -445,38 +446,67 @@ pub fn rm(g: &GlobalArgs, a: &RmArgs) -> Result<i32, CliError> {
     let (mut files, mut dirs) = (0u64, 0u64);
     let code = each(&items, |(op, path)| {
         let path = expand_tilde(&session, path)?;
-        let attrs = match a.recursive.then(|| session.lstat(&path)) {
-            Some(Err(e)) if a.force && e.is_not_found() => return Ok(()),
-            Some(r) => Some(r?),
-            None => None,
-        };
-        if attrs.is_some_and(|s| s.is_dir()) {
-            let mut done = session.run(t.remove_tree(&path));
-            files += done.files;
-            dirs += done.dirs;
-            let first = done.failures.pop();
-            for (_, e) in done.failures {
-                exit::report(&CliError::Sftp(e));
+        let paths = expand_remote(&session, op, &path)?;
+        let several = paths.len() > 1 || paths[0] != path;
+        each_match(&paths, |path| {
+            let shown = if several {
+                String::from_utf8_lossy(path).into_owned()
+            } else {
+                op.clone()
+            };
+            let attrs = match a.recursive.then(|| session.lstat(path)) {
+                Some(Err(e)) if a.force && e.is_not_found() => return Ok(()),
+                Some(r) => Some(r?),
+                None => None,
+            };
+            if attrs.is_some_and(|s| s.is_dir()) {
+                let mut done = session.run(t.remove_tree(path));
+                files += done.files;
+                dirs += done.dirs;
+                let first = done.failures.pop();
+                for (_, e) in done.failures {
+                    exit::report(&CliError::Sftp(e));
+                }
+                return first.map_or(Ok(()), |(_, e)| Err(e.into()));
             }
-            return first.map_or(Ok(()), |(_, e)| Err(e.into()));
-        }
-        match session.remove(&path) {
-            Ok(()) => {
-                files += 1;
-                Ok(())
+            match session.remove(path) {
+                Ok(()) => {
+                    files += 1;
+                    Ok(())
+                }
+                Err(e) if a.force && e.is_not_found() => Ok(()),
+                // Servers answer a plain failure for a directory: say why.
+                Err(e) if !e.is_connection() && session.lstat(path).is_ok_and(|s| s.is_dir()) => {
+                    Err(CliError::Usage(format!("'{shown}' is a directory (use rm -r)")))
+                }
+                Err(e) => Err(e.into()),
             }
-            Err(e) if a.force && e.is_not_found() => Ok(()),
-            // Servers answer a plain failure for a directory: say why.
-            Err(e) if !e.is_connection() && session.lstat(&path).is_ok_and(|s| s.is_dir()) => {
-                Err(CliError::Usage(format!("'{op}' is a directory (use rm -r)")))
-            }
-            Err(e) => Err(e.into()),
-        }
+        })
     })?;
     if a.recursive && !g.quiet && files + dirs > 0 {
         eprintln!("sftpipe: removed {}, {}", plural(files, "file"), plural(dirs, "directory"));
     }
     Ok(code)
+}
+
+/// Runs `f` on each path a wildcard operand matched: the first failure is returned (it
+/// decides the operand's exit code), later ones are reported; a lost connection or a
+/// closed stdout stops at once.
+fn each_match(
+    paths: &[Vec<u8>],
+    mut f: impl FnMut(&[u8]) -> Result<(), CliError>,
+) -> Result<(), CliError> {
+    let mut first = None;
+    for p in paths {
+        match f(p) {
+            Ok(()) => {}
+            Err(e @ CliError::StdoutClosed) => return Err(e),
+            Err(e) if e.is_connection() => return Err(e),
+            Err(e) if first.is_none() => first = Some(e),
+            Err(e) => exit::report(&e),
+        }
+    }
+    first.map_or(Ok(()), Err)
 }
 
 /// `1 file`, `2 files`, `3 directories`.

@@ -16,7 +16,8 @@ use sftpipe::{Error, Session};
 use super::exit::{self, CONNECTION, CliError, FAILED};
 use super::progress::{ProgressMode, Tracker};
 use super::{
-    GlobalArgs, TransferArgs, UploadArgs, connect_prefetching, expand_tilde, remote_operands,
+    GlobalArgs, TransferArgs, UploadArgs, connect_prefetching, expand_remote, expand_tilde,
+    remote_operands,
 };
 
 /// `get`.
@@ -25,7 +26,8 @@ use super::{
     after_help = "REMOTE is [user@]host:path or sftp://[user@]host[:port]/path (with -D, \
     a plain path). LOCAL defaults to '.'; when it is an existing directory the file or tree \
     goes into it under REMOTE's name, else it is the new name; '-' writes the file to \
-    standard output.\n\n\
+    standard output. REMOTE may hold wildcards (*, ?, [...], matched on the server, as \
+    sftp does; quote them from the local shell): every match goes into LOCAL.\n\n\
     Progress: a bar on stderr when it is a terminal; --progress=json prints on stdout one \
     {\"event\":\"file\",\"path\",\"bytes\",\"ok\"[,\"error\"]} object per file and a final \
     {\"event\":\"summary\",\"files\",\"bytes\",\"failed\",\"elapsed_ms\"}.\n\n\
@@ -123,10 +125,16 @@ pub fn get(g: &GlobalArgs, a: &GetArgs) -> Result<i32, CliError> {
     let (ep, paths) = remote_operands(g, std::slice::from_ref(&a.remote), false)?;
     // Its STAT (and with -r its OPENDIR, the first step of a tree download) is answered
     // with the handshake.
-    let target: &[&[u8]] = &[&paths[0]];
+    let pattern = sftpipe::glob::has_magic(&paths[0]);
+    let target: &[&[u8]] = if pattern { &[] } else { &[&paths[0]] };
     let dirs = if a.recursive { target } else { &[] };
     let session = connect_prefetching(g, ep.as_ref(), target, dirs)?;
     let remote = expand_tilde(&session, &paths[0])?;
+    let mut remotes = expand_remote(&session, &a.remote, &remote)?;
+    if remotes.len() > 1 {
+        return get_many(g, a, &session, &remotes);
+    }
+    let remote = remotes.pop().unwrap_or(remote);
     let attrs = session.stat(&remote)?;
     if a.local.as_deref() == Some(Path::new("-")) {
         return get_to_stdout(g, a, &session, &remote, &attrs);
@@ -168,6 +176,71 @@ pub fn get(g: &GlobalArgs, a: &GetArgs) -> Result<i32, CliError> {
         file_outcome(&tracker, &remote, r);
         Ok(tracker.finish(true))
     }
+}
+
+/// `get 'host:PATTERN' [DIR]`: every match into the local directory, concurrently.
+fn get_many(
+    g: &GlobalArgs,
+    a: &GetArgs,
+    session: &Session,
+    remotes: &[Vec<u8>],
+) -> Result<i32, CliError> {
+    let local = a.local.clone().unwrap_or_else(|| PathBuf::from("."));
+    if !fs::metadata(&local).is_ok_and(|m| m.is_dir()) {
+        return Err(CliError::Usage(format!(
+            "'{}' matches {} files: the target '{}' must be an existing directory",
+            a.remote,
+            remotes.len(),
+            local.display()
+        )));
+    }
+    let mut opts = a.transfer.options();
+    opts.resume = a.resume;
+    let tracker = Tracker::new(a.transfer.progress, g.quiet);
+    let t = session.transfer(opts, tracker.clone());
+    let mut jobs = Vec::new();
+    let mut early = 0;
+    for r in remotes {
+        let attrs = match session.stat(r) {
+            Ok(s) => s,
+            Err(e) if e.is_connection() => return Err(e.into()),
+            Err(e) => {
+                tracker.file_done(&String::from_utf8_lossy(r), 0, Some(&e));
+                continue;
+            }
+        };
+        let dest = local.join(safe_remote_name(remote_basename(r))?);
+        if attrs.is_dir() && !a.recursive {
+            let shown = String::from_utf8_lossy(r);
+            exit::report(&CliError::Usage(format!("'{shown}' is a directory (use get -r)")));
+            early += 1;
+            continue;
+        }
+        if !attrs.is_dir() {
+            tracker.add_total(1, attrs.size.unwrap_or(0));
+        }
+        jobs.push((r.clone(), dest, attrs));
+    }
+    let task_limit = default_max_open(session.sftp()) * 2 + 16;
+    session.run(async {
+        let mut group = TaskGroup::new(task_limit);
+        for (remote, dest, attrs) in jobs {
+            let (t, tracker) = (t.clone(), tracker.clone());
+            group
+                .spawn(async move {
+                    if attrs.is_dir() {
+                        t.download_tree(&remote, &dest).await;
+                    } else {
+                        let r = t.download(&remote, &dest, Some(&attrs)).await;
+                        file_outcome(&tracker, &remote, r);
+                    }
+                })
+                .await;
+        }
+        group.join().await;
+    });
+    let code = tracker.finish(false);
+    Ok(if early > 0 && code == exit::SUCCESS { FAILED } else { code })
 }
 
 /// `get REMOTE -`: the file's bytes on standard output.
@@ -278,6 +351,35 @@ fn put_operands(a: &PutArgs) -> Result<(Vec<PathBuf>, &OsString), CliError> {
     }))
 }
 
+/// Expands quoted local wildcards (`put 'dist/*' host:`) that name no file as written;
+/// a pattern matching nothing is reported. Returns the paths and the reported codes.
+fn expand_locals(locals: Vec<PathBuf>) -> (Vec<PathBuf>, Vec<i32>) {
+    use std::os::unix::ffi::OsStrExt;
+    let mut out = Vec::with_capacity(locals.len());
+    let mut codes = Vec::new();
+    for l in locals {
+        if !sftpipe::glob::has_magic(l.as_os_str().as_bytes()) || fs::symlink_metadata(&l).is_ok()
+        {
+            out.push(l);
+            continue;
+        }
+        let e = match sftpipe::glob::expand_local(&l) {
+            Ok(found) if !found.is_empty() => {
+                out.extend(found);
+                continue;
+            }
+            Ok(_) => CliError::NoMatch {
+                pattern: l.display().to_string(),
+                remote: false,
+            },
+            Err(e) => e.into(),
+        };
+        exit::report(&e);
+        codes.push(e.code());
+    }
+    (out, codes)
+}
+
 /// `put LOCAL... REMOTE`: every file and tree concurrently over one connection.
 pub fn put(g: &GlobalArgs, a: &PutArgs) -> Result<i32, CliError> {
     let (locals, remote_op) = put_operands(a)?;
@@ -293,7 +395,7 @@ pub fn put(g: &GlobalArgs, a: &PutArgs) -> Result<i32, CliError> {
     let (ep, paths) = remote_operands(g, &[remote_op], false)?;
 
     // Check the local side before connecting: what is missing fails here.
-    let mut early_codes = Vec::new();
+    let (locals, mut early_codes) = expand_locals(locals);
     let mut found: Vec<(&PathBuf, Option<u64>)> = Vec::new();
     for l in &locals {
         let e = match fs::metadata(l) {
@@ -320,7 +422,7 @@ pub fn put(g: &GlobalArgs, a: &PutArgs) -> Result<i32, CliError> {
     let combine = |code: i32| match early_codes.as_slice() {
         [] => code,
         _ if code == CONNECTION => CONNECTION,
-        [only] if locals.len() == 1 => *only,
+        [only] if locals.len() <= 1 => *only,
         _ => FAILED,
     };
     if found.is_empty() {
