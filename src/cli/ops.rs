@@ -67,7 +67,7 @@ pub struct StatArgs {
     directories and everything below them (symlinks are removed, never followed), \
     concurrently, and the counts are printed on stderr.\n\nExamples:\n  \
     sftpipe rm -f host:/tmp/a host:/tmp/b\n  sftpipe rm -r host:/tmp/build\n  \
-    sftpipe rm 'host:tmp/*.tmp'   (wildcards are matched on the server)"))]
+    sftpipe rm 'host:tmp/*.tmp'   # wildcards are matched on the server"))]
 pub struct RmArgs {
     /// Ignore paths that do not exist
     #[arg(short = 'f', long = "force")]
