@@ -84,7 +84,10 @@ where
 {
     let absolute = pattern.starts_with(b"/");
     let mut paths: Vec<Vec<u8>> = vec![if absolute { b"/".to_vec() } else { Vec::new() }];
-    let parts: Vec<&[u8]> = pattern.split(|&b| b == b'/').filter(|c| !c.is_empty()).collect();
+    let parts: Vec<&[u8]> = pattern
+        .split(|&b| b == b'/')
+        .filter(|c| !c.is_empty())
+        .collect();
     for (i, part) in parts.iter().enumerate() {
         let last = i + 1 == parts.len();
         if !has_magic(part) {

@@ -850,7 +850,10 @@ fn h_means_human_readable_and_ls_sorts_by_size_time_and_reverse() {
     // -lh is a long listing with sizes like 4.9K, not the help text.
     let out = ok(local(&["ls", "-lh", &p(d.path())]));
     let listing = text(&out.stdout);
-    assert!(listing.contains(" 4.9K ") && !listing.contains("Usage"), "{listing}");
+    assert!(
+        listing.contains(" 4.9K ") && !listing.contains("Usage"),
+        "{listing}"
+    );
     assert_eq!(names(&["-S"]), ["big", "mid", "small"]);
     assert_eq!(names(&["-t"]), ["mid", "small", "big"]);
     assert_eq!(names(&["-rS"]), ["small", "mid", "big"]);
@@ -858,7 +861,12 @@ fn h_means_human_readable_and_ls_sorts_by_size_time_and_reverse() {
     // df -h too; help is --help everywhere (and a bare `sftpipe -h`).
     let out = ok(local(&["df", "-h", &p(d.path())]));
     assert!(text(&out.stdout).contains("Avail"), "{}", explain(&out));
-    for args in [&["ls", "--help"][..], &["df", "--help"], &["--help"], &["-h"]] {
+    for args in [
+        &["ls", "--help"][..],
+        &["df", "--help"],
+        &["--help"],
+        &["-h"],
+    ] {
         let out = ok(run_in(None, args));
         assert!(text(&out.stdout).contains("Usage: sftpipe"), "{args:?}");
     }
@@ -872,7 +880,11 @@ fn a_missing_put_operand_is_named() {
     assert!(err.contains("put: missing the REMOTE destination"), "{err}");
     let out = run_in(None, &["put", "host:dir/"]);
     assert_eq!(code(&out), 2, "{}", explain(&out));
-    assert!(text(&out.stderr).contains("missing the LOCAL file"), "{}", explain(&out));
+    assert!(
+        text(&out.stderr).contains("missing the LOCAL file"),
+        "{}",
+        explain(&out)
+    );
 }
 
 #[test]
@@ -889,10 +901,18 @@ fn rm_r_removes_a_tree_and_counts_and_rm_rmdir_say_why_not() {
 
     let out = local(&["rm", &p(&t)]);
     assert_eq!(code(&out), 2, "{}", explain(&out));
-    assert!(text(&out.stderr).contains("is a directory (use rm -r)"), "{}", explain(&out));
+    assert!(
+        text(&out.stderr).contains("is a directory (use rm -r)"),
+        "{}",
+        explain(&out)
+    );
     let out = local(&["rmdir", &p(&t)]);
     assert_eq!(code(&out), 1, "{}", explain(&out));
-    assert!(text(&out.stderr).contains("directory not empty"), "{}", explain(&out));
+    assert!(
+        text(&out.stderr).contains("directory not empty"),
+        "{}",
+        explain(&out)
+    );
 
     let out = ok(local(&["rm", "-r", &p(&t)]));
     assert!(!t.exists());
@@ -977,13 +997,20 @@ fn wildcards_match_on_the_remote_side_for_get_rm_and_locally_for_put() {
     assert_eq!(got, ["a.gz", "b.gz", "star*.gz"]);
     // A backslash escapes a wildcard.
     let one = d.path().join("one");
-    ok(local(&["get", &format!("{}/star\\*.?z", p(&logs)), &p(&one)]));
+    ok(local(&[
+        "get",
+        &format!("{}/star\\*.?z", p(&logs)),
+        &p(&one),
+    ]));
     assert_eq!(read_file(&one), b"s");
     // Nothing matched: said plainly, exit 3.
     let out = local(&["get", &format!("{}/*.zip", p(&logs)), &p(&back)]);
     assert_eq!(code(&out), 3, "{}", explain(&out));
     let err = text(&out.stderr);
-    assert!(err.contains(&format!("no remote file matches '{}/*.zip'", p(&logs))), "{err}");
+    assert!(
+        err.contains(&format!("no remote file matches '{}/*.zip'", p(&logs))),
+        "{err}"
+    );
 
     // rm: the matches go, the rest stays.
     ok(local(&["rm", &format!("{}/[ab].gz", p(&logs))]));
@@ -991,13 +1018,23 @@ fn wildcards_match_on_the_remote_side_for_get_rm_and_locally_for_put() {
     assert!(logs.join(".hidden.gz").exists() && logs.join("c.txt").exists());
     let out = local(&["rm", &format!("{}/*.tmp", p(&logs))]);
     assert_eq!(code(&out), 3, "{}", explain(&out));
-    assert!(text(&out.stderr).contains("no remote file matches"), "{}", explain(&out));
+    assert!(
+        text(&out.stderr).contains("no remote file matches"),
+        "{}",
+        explain(&out)
+    );
 
     // put: a quoted local pattern is expanded locally.
     let up = d.path().join("up");
     ok(run_in(
         Some(d.path()),
-        &["-D", &p(&sftp_server_path()), "put", "logs/*", &format!("{}/", p(&up))],
+        &[
+            "-D",
+            &p(&sftp_server_path()),
+            "put",
+            "logs/*",
+            &format!("{}/", p(&up)),
+        ],
     ));
     assert!(up.join("c.txt").exists() && up.join("star*.gz").exists());
     assert!(!up.join(".hidden.gz").exists());
@@ -1269,7 +1306,11 @@ fn ssh_options_are_accepted_after_the_command() {
         sshd.port(),
         sshd.key_path().display()
     );
-    for o in ["StrictHostKeyChecking no", "UserKnownHostsFile /dev/null", "BatchMode yes"] {
+    for o in [
+        "StrictHostKeyChecking no",
+        "UserKnownHostsFile /dev/null",
+        "BatchMode yes",
+    ] {
         conf.push_str(&format!("  {o}\n"));
     }
     write_file(&cfg, conf);
@@ -1279,7 +1320,10 @@ fn ssh_options_are_accepted_after_the_command() {
     let out = run_in(None, &["ls", "-S", "-D", "x", "h:"]);
     assert_eq!(code(&out), 2, "{}", explain(&out));
     let err = text(&out.stderr);
-    assert!(err.contains("ssh options go before the command: sftpipe -D"), "{err}");
+    assert!(
+        err.contains("ssh options go before the command: sftpipe -D"),
+        "{err}"
+    );
     assert!(!err.contains("-- -D"), "{err}");
 }
 

@@ -36,7 +36,9 @@ use progress::ProgressMode;
     version,
     about = "Fast SFTP client driving the system ssh",
     long_about = "Fast SFTP client driving the system ssh.\n\nssh options come before the \
-                  command, as with OpenSSH's sftp: sftpipe [OPTIONS] COMMAND [ARGS]...",
+                  command, as with OpenSSH's sftp: sftpipe [OPTIONS] COMMAND [ARGS]... \
+                  (-F -o -i -P -l -J may also follow the command). -h means \
+                  human-readable sizes (ls -lh, df -h); help is --help.",
     after_help = EXIT_CODES_HELP,
     subcommand_required = true,
     arg_required_else_help = true,
@@ -89,7 +91,11 @@ pub fn command() -> clap::Command {
                 .short(letter)
                 .value_name(value)
                 .hide(true)
-                .action(if repeats { ArgAction::Append } else { ArgAction::Set });
+                .action(if repeats {
+                    ArgAction::Append
+                } else {
+                    ArgAction::Set
+                });
             if letter == 'P' {
                 arg = arg.value_parser(clap::value_parser!(u16).range(1..));
             }
@@ -108,7 +114,8 @@ pub fn parse() -> Cli {
         Ok(m) => m,
         Err(e) => {
             if let Some(msg) = misplaced_option(&e) {
-                cmd.error(clap::error::ErrorKind::UnknownArgument, msg).exit();
+                cmd.error(clap::error::ErrorKind::UnknownArgument, msg)
+                    .exit();
             }
             e.exit()
         }
@@ -671,9 +678,7 @@ pub fn expand_remote(
                 .collect(),
         )),
         // Not there, or not a directory (OpenSSH says plain failure): nothing matches.
-        Err(e) if e.is_not_found() || e.status() == Some(sftpipe::StatusCode::Failure) => {
-            Ok(None)
-        }
+        Err(e) if e.is_not_found() || e.status() == Some(sftpipe::StatusCode::Failure) => Ok(None),
         Err(e) => Err(e),
     })?;
     if found.is_empty() {

@@ -465,7 +465,7 @@ pub fn rm(g: &GlobalArgs, a: &RmArgs) -> Result<i32, CliError> {
                 dirs += done.dirs;
                 let first = done.failures.pop();
                 for (_, e) in done.failures {
-                    exit::report(&CliError::Sftp(e));
+                    exit::report(CliError::Sftp(e));
                 }
                 return first.map_or(Ok(()), |(_, e)| Err(e.into()));
             }
@@ -477,14 +477,20 @@ pub fn rm(g: &GlobalArgs, a: &RmArgs) -> Result<i32, CliError> {
                 Err(e) if a.force && e.is_not_found() => Ok(()),
                 // Servers answer a plain failure for a directory: say why.
                 Err(e) if !e.is_connection() && session.lstat(path).is_ok_and(|s| s.is_dir()) => {
-                    Err(CliError::Usage(format!("'{shown}' is a directory (use rm -r)")))
+                    Err(CliError::Usage(format!(
+                        "'{shown}' is a directory (use rm -r)"
+                    )))
                 }
                 Err(e) => Err(e.into()),
             }
         })
     })?;
     if a.recursive && !g.quiet && files + dirs > 0 {
-        eprintln!("sftpipe: removed {}, {}", plural(files, "file"), plural(dirs, "directory"));
+        eprintln!(
+            "sftpipe: removed {}, {}",
+            plural(files, "file"),
+            plural(dirs, "directory")
+        );
     }
     Ok(code)
 }

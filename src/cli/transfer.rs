@@ -212,7 +212,9 @@ fn get_many(
         let dest = local.join(safe_remote_name(remote_basename(r))?);
         if attrs.is_dir() && !a.recursive {
             let shown = String::from_utf8_lossy(r);
-            exit::report(&CliError::Usage(format!("'{shown}' is a directory (use get -r)")));
+            exit::report(CliError::Usage(format!(
+                "'{shown}' is a directory (use get -r)"
+            )));
             early += 1;
             continue;
         }
@@ -240,7 +242,11 @@ fn get_many(
         group.join().await;
     });
     let code = tracker.finish(false);
-    Ok(if early > 0 && code == exit::SUCCESS { FAILED } else { code })
+    Ok(if early > 0 && code == exit::SUCCESS {
+        FAILED
+    } else {
+        code
+    })
 }
 
 /// `get REMOTE -`: the file's bytes on standard output.
@@ -339,15 +345,23 @@ fn put_operands(a: &PutArgs) -> Result<(Vec<PathBuf>, &OsString), CliError> {
     {
         return Ok((locals.iter().map(PathBuf::from).collect(), remote));
     }
-    let only = a.operands.first().map(|l| l.to_string_lossy()).unwrap_or_default();
+    let only = a
+        .operands
+        .first()
+        .map(|l| l.to_string_lossy())
+        .unwrap_or_default();
     let looks_remote = matches!(
         sftpipe::location::parse_operand(&only),
         Ok(sftpipe::location::Operand::Remote(_))
     );
     Err(CliError::Usage(if looks_remote {
-        format!("put: missing the LOCAL file to upload before '{only}' (sftpipe put LOCAL... REMOTE)")
+        format!(
+            "put: missing the LOCAL file to upload before '{only}' (sftpipe put LOCAL... REMOTE)"
+        )
     } else {
-        format!("put: missing the REMOTE destination after '{only}' (e.g. sftpipe put {only} host:dir/)")
+        format!(
+            "put: missing the REMOTE destination after '{only}' (e.g. sftpipe put {only} host:dir/)"
+        )
     }))
 }
 
@@ -358,8 +372,7 @@ fn expand_locals(locals: Vec<PathBuf>) -> (Vec<PathBuf>, Vec<i32>) {
     let mut out = Vec::with_capacity(locals.len());
     let mut codes = Vec::new();
     for l in locals {
-        if !sftpipe::glob::has_magic(l.as_os_str().as_bytes()) || fs::symlink_metadata(&l).is_ok()
-        {
+        if !sftpipe::glob::has_magic(l.as_os_str().as_bytes()) || fs::symlink_metadata(&l).is_ok() {
             out.push(l);
             continue;
         }

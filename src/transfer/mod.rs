@@ -7,8 +7,8 @@
 
 mod download;
 mod links;
-mod remove;
 pub mod pace;
+mod remove;
 mod resume;
 mod stream;
 mod tree;
@@ -28,10 +28,10 @@ use crate::task::{DirLocks, Permit, Semaphore};
 use pace::{Ask, Pacer};
 
 pub use links::LinkSlot;
-pub use remove::Removal;
-pub use stream::StreamFd;
 pub(crate) use links::{link_times, set_local_link_mtime};
+pub use remove::Removal;
 pub use resume::resumable_temp_name;
+pub use stream::StreamFd;
 pub use tree::{
     LocalEntry, LocalKind, LocalTree, safe_remote_name, staging_dir, walk_local, walk_local_with,
 };
