@@ -177,8 +177,10 @@ fn misplaced_option(e: &clap::Error) -> Option<String> {
         .and_then(|v| v.first())
         .map(|v| format!(" {v}"))
         .unwrap_or_default();
-    let sub = std::env::args()
+    // args_os: a non-UTF-8 argument must not panic here.
+    let sub = std::env::args_os()
         .skip(1)
+        .filter_map(|a| a.into_string().ok())
         .find(|a| Command::has_subcommand(a))
         .unwrap_or_else(|| "COMMAND".into());
     let what = if SSH_LETTERS.contains(&flag) {
