@@ -23,6 +23,7 @@
 mod child;
 pub mod client;
 pub mod error;
+pub mod glob;
 pub mod interrupt;
 pub mod location;
 pub mod mirror;

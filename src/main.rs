@@ -2,10 +2,8 @@
 
 mod cli;
 
-use clap::Parser;
-
 fn main() {
-    let args = cli::Cli::try_parse().unwrap_or_else(|e| e.exit());
+    let args = cli::parse();
     cli::init_logging(&args.global);
     // End the ssh or -D child on SIGINT, SIGTERM and SIGHUP instead of leaving it behind.
     if let Err(e) = sftpipe::interrupt::catch_signals() {

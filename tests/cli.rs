@@ -773,6 +773,229 @@ fn chmod_sets_modes() {
 }
 
 // ---------------------------------------------------------------------------------------
+// Habits from sftp, scp, ls and rm
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn h_means_human_readable_and_ls_sorts_by_size_time_and_reverse() {
+    let d = tempfile::tempdir().unwrap();
+    write_file(d.path().join("big"), random_bytes(5000, 3));
+    write_file(d.path().join("mid"), random_bytes(100, 4));
+    write_file(d.path().join("small"), b"x");
+    set_mtime(&d.path().join("big"), 1_500_000_000);
+    set_mtime(&d.path().join("small"), 1_600_000_000);
+    set_mtime(&d.path().join("mid"), 1_700_000_000);
+    let names = |args: &[&str]| -> Vec<String> {
+        let mut all = vec!["ls"];
+        all.extend_from_slice(args);
+        let dir = p(d.path());
+        all.push(&dir);
+        let out = ok(local(&all));
+        text(&out.stdout)
+            .lines()
+            .map(|l| l.rsplit(' ').next().unwrap_or_default().to_string())
+            .collect()
+    };
+    // -lh is a long listing with sizes like 4.9K, not the help text.
+    let out = ok(local(&["ls", "-lh", &p(d.path())]));
+    let listing = text(&out.stdout);
+    assert!(
+        listing.contains(" 4.9K ") && !listing.contains("Usage"),
+        "{listing}"
+    );
+    assert_eq!(names(&["-S"]), ["big", "mid", "small"]);
+    assert_eq!(names(&["-t"]), ["mid", "small", "big"]);
+    assert_eq!(names(&["-rS"]), ["small", "mid", "big"]);
+    assert_eq!(names(&["-1r"]), ["small", "mid", "big"]);
+    // df -h too; help is --help everywhere (and a bare `sftpipe -h`).
+    let out = ok(local(&["df", "-h", &p(d.path())]));
+    assert!(text(&out.stdout).contains("Avail"), "{}", explain(&out));
+    for args in [
+        &["ls", "--help"][..],
+        &["df", "--help"],
+        &["--help"],
+        &["-h"],
+    ] {
+        let out = ok(run_in(None, args));
+        assert!(text(&out.stdout).contains("Usage: sftpipe"), "{args:?}");
+    }
+}
+
+#[test]
+fn a_missing_put_operand_is_named() {
+    let out = run_in(None, &["put", "hello.txt"]);
+    assert_eq!(code(&out), 2, "{}", explain(&out));
+    let err = text(&out.stderr);
+    assert!(err.contains("put: missing the REMOTE destination"), "{err}");
+    let out = run_in(None, &["put", "host:dir/"]);
+    assert_eq!(code(&out), 2, "{}", explain(&out));
+    assert!(
+        text(&out.stderr).contains("missing the LOCAL file"),
+        "{}",
+        explain(&out)
+    );
+}
+
+#[test]
+fn rm_r_removes_a_tree_and_counts_and_rm_rmdir_say_why_not() {
+    let d = tempfile::tempdir().unwrap();
+    let t = d.path().join("t");
+    make_tree(&t);
+    for i in 0..40 {
+        write_file(t.join(format!("sub/many/{i}")), b"x");
+    }
+    let outside = d.path().join("outside");
+    write_file(outside.join("kept"), b"k");
+    std::os::unix::fs::symlink(&outside, t.join("sub/to_outside")).unwrap();
+
+    let out = local(&["rm", &p(&t)]);
+    assert_eq!(code(&out), 2, "{}", explain(&out));
+    assert!(
+        text(&out.stderr).contains("is a directory (use rm -r)"),
+        "{}",
+        explain(&out)
+    );
+    let out = local(&["rmdir", &p(&t)]);
+    assert_eq!(code(&out), 1, "{}", explain(&out));
+    assert!(
+        text(&out.stderr).contains("directory not empty"),
+        "{}",
+        explain(&out)
+    );
+
+    let out = ok(local(&["rm", "-r", &p(&t)]));
+    assert!(!t.exists());
+    // a.txt b.bin .hidden link c.txt d.bin to_outside + 40; t sub deeper many.
+    let err = text(&out.stderr);
+    assert!(err.contains("removed 47 files, 4 directories"), "{err}");
+    // The link was removed, not followed.
+    assert!(outside.join("kept").exists());
+    let out = local(&["rm", "-r", &p(&t)]);
+    assert_eq!(code(&out), 3, "{}", explain(&out));
+    ok(local(&["rm", "-rf", &p(&t)]));
+}
+
+#[test]
+fn get_to_stdout_and_put_from_stdin_through_a_temporary_name() {
+    use std::io::Write;
+    let d = tempfile::tempdir().unwrap();
+    let data = random_bytes(3_000_000, 5);
+    let src = d.path().join("src.bin");
+    write_file(&src, &data);
+    // get REMOTE - writes the bytes to stdout (a pipe here), nothing else.
+    let out = ok(local(&["get", &p(&src), "-"]));
+    assert_eq!(out.stdout.len(), data.len());
+    assert!(out.stdout == data, "stdout differs from the remote file");
+    assert!(!Path::new("-").exists());
+
+    // put - REMOTE: nothing at the target until stdin ends, then all of it at once.
+    let dst = d.path().join("dst.bin");
+    let server = p(&sftp_server_path());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_sftpipe"))
+        .args(["-D", &server, "put", "-", &p(&dst)])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let _guard = KillOnDrop(child.id());
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(&data[..1_000_000]).unwrap();
+    wait_until("the temporary file grows", Duration::from_secs(30), || {
+        dir_file_bytes(d.path()) >= 3_000_000 + 500_000
+    });
+    assert!(!dst.exists(), "the target appeared before stdin ended");
+    assert_eq!(temp_files(d.path()).len(), 1);
+    stdin.write_all(&data[1_000_000..]).unwrap();
+    drop(stdin);
+    let out = output_within(child, Duration::from_secs(60));
+    assert!(out.status.success(), "{}", explain(&out));
+    assert!(read_file(&dst) == data, "uploaded bytes differ");
+    assert!(temp_files(d.path()).is_empty());
+
+    // stdin from a regular file works too.
+    let dst2 = d.path().join("dst2.bin");
+    let server_args = ["-D", &server, "put", "-", &p(&dst2)];
+    let status = Command::new(env!("CARGO_BIN_EXE_sftpipe"))
+        .args(server_args)
+        .stdin(fs::File::open(&src).unwrap())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert!(read_file(&dst2) == data);
+}
+
+#[test]
+fn wildcards_match_on_the_remote_side_for_get_rm_and_locally_for_put() {
+    let d = tempfile::tempdir().unwrap();
+    let logs = d.path().join("logs");
+    write_file(logs.join("a.gz"), b"a");
+    write_file(logs.join("b.gz"), b"b");
+    write_file(logs.join(".hidden.gz"), b"h");
+    write_file(logs.join("c.txt"), b"c");
+    write_file(logs.join("star*.gz"), b"s");
+    // get: every match into the directory; a leading dot only matched explicitly.
+    let back = d.path().join("back");
+    fs::create_dir(&back).unwrap();
+    ok(local(&["get", &format!("{}/*.gz", p(&logs)), &p(&back)]));
+    let mut got: Vec<String> = fs::read_dir(&back)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    got.sort();
+    assert_eq!(got, ["a.gz", "b.gz", "star*.gz"]);
+    // A backslash escapes a wildcard.
+    let one = d.path().join("one");
+    ok(local(&[
+        "get",
+        &format!("{}/star\\*.?z", p(&logs)),
+        &p(&one),
+    ]));
+    assert_eq!(read_file(&one), b"s");
+    // Nothing matched: said plainly, exit 3.
+    let out = local(&["get", &format!("{}/*.zip", p(&logs)), &p(&back)]);
+    assert_eq!(code(&out), 3, "{}", explain(&out));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains(&format!("no remote file matches '{}/*.zip'", p(&logs))),
+        "{err}"
+    );
+
+    // rm: the matches go, the rest stays.
+    ok(local(&["rm", &format!("{}/[ab].gz", p(&logs))]));
+    assert!(!logs.join("a.gz").exists() && !logs.join("b.gz").exists());
+    assert!(logs.join(".hidden.gz").exists() && logs.join("c.txt").exists());
+    let out = local(&["rm", &format!("{}/*.tmp", p(&logs))]);
+    assert_eq!(code(&out), 3, "{}", explain(&out));
+    assert!(
+        text(&out.stderr).contains("no remote file matches"),
+        "{}",
+        explain(&out)
+    );
+
+    // put: a quoted local pattern is expanded locally.
+    let up = d.path().join("up");
+    ok(run_in(
+        Some(d.path()),
+        &[
+            "-D",
+            &p(&sftp_server_path()),
+            "put",
+            "logs/*",
+            &format!("{}/", p(&up)),
+        ],
+    ));
+    assert!(up.join("c.txt").exists() && up.join("star*.gz").exists());
+    assert!(!up.join(".hidden.gz").exists());
+    let out = run_in(
+        Some(d.path()),
+        &["-D", &p(&sftp_server_path()), "put", "logs/*.css", &p(&up)],
+    );
+    assert_eq!(code(&out), 7, "{}", explain(&out));
+    assert!(text(&out.stderr).contains("no local file matches 'logs/*.css'"));
+}
+
+// ---------------------------------------------------------------------------------------
 // Exit codes and refusals
 // ---------------------------------------------------------------------------------------
 
@@ -1008,6 +1231,49 @@ fn ok_ssh(sshd: &Sshd, args: &[&str]) -> Output {
 
 fn at(path: &Path) -> String {
     format!("127.0.0.1:{}", path.display())
+}
+
+#[test]
+fn ssh_options_are_accepted_after_the_command() {
+    if !common::sshd_available() {
+        return;
+    }
+    let sshd = Sshd::start();
+    let d = tempfile::tempdir().unwrap();
+    write_file(d.path().join("f"), b"after\n");
+    // get with -P -i -o after the command.
+    let mut args = vec!["get".to_string()];
+    args.extend(sshd.sftp_args());
+    args.extend([at(&d.path().join("f")), p(&d.path().join("back"))]);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    ok(run_in(None, &refs));
+    assert_eq!(read_file(d.path().join("back")), b"after\n");
+    // ls -l -F CONFIG: -l stays ls's long format, -F is ssh's.
+    let cfg = d.path().join("ssh_config");
+    let mut conf = format!(
+        "Host *\n  Port {}\n  IdentityFile {}\n",
+        sshd.port(),
+        sshd.key_path().display()
+    );
+    for o in [
+        "StrictHostKeyChecking no",
+        "UserKnownHostsFile /dev/null",
+        "BatchMode yes",
+    ] {
+        conf.push_str(&format!("  {o}\n"));
+    }
+    write_file(&cfg, conf);
+    let out = ok(run_in(None, &["ls", "-l", "-F", &p(&cfg), &at(d.path())]));
+    assert!(text(&out.stdout).contains("-rw-"), "{}", explain(&out));
+    // An option that only goes before the command says so.
+    let out = run_in(None, &["ls", "-S", "-D", "x", "h:"]);
+    assert_eq!(code(&out), 2, "{}", explain(&out));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("ssh options go before the command: sftpipe -D"),
+        "{err}"
+    );
+    assert!(!err.contains("-- -D"), "{err}");
 }
 
 #[test]

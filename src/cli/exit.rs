@@ -58,6 +58,13 @@ pub enum CliError {
     Sftp(Error),
     /// Standard output was closed (`sftpipe ls | head`): stop quietly.
     StdoutClosed,
+    /// A wildcard pattern matched nothing (`remote`: on the server, else locally).
+    NoMatch {
+        /// The pattern as given.
+        pattern: String,
+        /// Where it was matched.
+        remote: bool,
+    },
 }
 
 /// The error for a failed write to standard output.
@@ -75,6 +82,10 @@ impl fmt::Display for CliError {
             CliError::Usage(m) => f.write_str(m),
             CliError::Sftp(e) => write!(f, "{e}"),
             CliError::StdoutClosed => f.write_str("standard output closed"),
+            CliError::NoMatch { pattern, remote } => {
+                let side = if *remote { "remote" } else { "local" };
+                write!(f, "no {side} file matches '{pattern}'")
+            }
         }
     }
 }
@@ -98,6 +109,8 @@ impl CliError {
             CliError::Usage(_) => USAGE,
             CliError::Sftp(e) => code_of(e),
             CliError::StdoutClosed => SUCCESS,
+            CliError::NoMatch { remote: true, .. } => NOT_FOUND,
+            CliError::NoMatch { remote: false, .. } => LOCAL,
         }
     }
 

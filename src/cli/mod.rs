@@ -37,18 +37,162 @@ use progress::ProgressMode;
     version,
     about = "Fast SFTP client driving the system ssh",
     long_about = "Fast SFTP client driving the system ssh.\n\nssh options come before the \
-                  command, as with OpenSSH's sftp: sftpipe [OPTIONS] COMMAND [ARGS]...",
+                  command, as with OpenSSH's sftp: sftpipe [OPTIONS] COMMAND [ARGS]... \
+                  (-F -o -i -P -l -J may also follow the command). -h means \
+                  human-readable sizes (ls -lh, df -h); help is --help.",
     after_help = EXIT_CODES_HELP,
     subcommand_required = true,
-    arg_required_else_help = true
+    arg_required_else_help = true,
+    disable_help_flag = true
 )]
 pub struct Cli {
+    /// Print help (-h means human-readable sizes, as in ls and df)
+    #[arg(long = "help", global = true, action = ArgAction::Help)]
+    pub help: Option<bool>,
+    /// `sftpipe -h` alone still prints help: no option before the command takes -h.
+    #[arg(short = 'h', hide = true, action = ArgAction::Help)]
+    pub short_help: Option<bool>,
     /// Connection and logging options.
     #[command(flatten)]
     pub global: GlobalArgs,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// ssh's letters also accepted after the command (`sftpipe ls -F cfg host:`), where the
+/// command has no option of that letter (`ls -l` stays ls's): id, letter, value name,
+/// whether it repeats.
+const LATE_SSH: [(&str, char, &str, bool); 6] = [
+    ("late_F", 'F', "CONFIGFILE", false),
+    ("late_o", 'o', "OPTION", true),
+    ("late_i", 'i', "IDENTITY", true),
+    ("late_P", 'P', "PORT", false),
+    ("late_l", 'l', "USER", false),
+    ("late_J", 'J', "JUMP", false),
+];
+
+/// ssh's options (for [`misplaced_option`]'s message).
+const SSH_LETTERS: [&str; 8] = ["-F", "-o", "-i", "-P", "-l", "-J", "-S", "-D"];
+
+/// The clap command: [`Cli`]'s, with the ssh options of [`LATE_SSH`] added to each
+/// command that has no option of that letter.
+pub fn command() -> clap::Command {
+    use clap::CommandFactory;
+    Cli::command().mut_subcommands(|sub| {
+        if sub.get_name() == "reprepro-hook" {
+            return sub; // It takes them itself.
+        }
+        let mut sub = sub;
+        for (id, letter, value, repeats) in LATE_SSH {
+            if sub.get_arguments().any(|a| a.get_short() == Some(letter)) {
+                continue;
+            }
+            let mut arg = clap::Arg::new(id)
+                .short(letter)
+                .value_name(value)
+                .hide(true)
+                .action(if repeats {
+                    ArgAction::Append
+                } else {
+                    ArgAction::Set
+                });
+            if letter == 'P' {
+                arg = arg.value_parser(clap::value_parser!(u16).range(1..));
+            }
+            sub = sub.arg(arg);
+        }
+        sub
+    })
+}
+
+/// Parses the command line, exiting as clap does on errors and for --help / --version.
+/// An option that only goes before the command gets a message saying so.
+pub fn parse() -> Cli {
+    use clap::FromArgMatches;
+    let mut cmd = command();
+    let matches = match cmd.try_get_matches_from_mut(std::env::args_os()) {
+        Ok(m) => m,
+        Err(e) => {
+            if let Some(msg) = misplaced_option(&e) {
+                cmd.error(clap::error::ErrorKind::UnknownArgument, msg)
+                    .exit();
+            }
+            e.exit()
+        }
+    };
+    let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    if let Some((_, sub)) = matches.subcommand() {
+        merge_late_ssh(&mut cli.global.ssh, sub);
+    }
+    cli
+}
+
+/// Adds the ssh options given after the command to those given before it.
+fn merge_late_ssh(ssh: &mut SshArgs, m: &clap::ArgMatches) {
+    let strings = |id: &str| -> Vec<String> {
+        m.try_get_many::<String>(id)
+            .ok()
+            .flatten()
+            .map(|v| v.cloned().collect())
+            .unwrap_or_default()
+    };
+    if let Some(f) = strings("late_F").pop() {
+        ssh.config_file = Some(f.into());
+    }
+    ssh.ssh_options.extend(strings("late_o"));
+    ssh.identities
+        .extend(strings("late_i").into_iter().map(PathBuf::from));
+    if let Ok(Some(&p)) = m.try_get_one::<u16>("late_P") {
+        ssh.port = Some(p);
+    }
+    if let Some(u) = strings("late_l").pop() {
+        ssh.user = Some(u);
+    }
+    if let Some(j) = strings("late_J").pop() {
+        ssh.jump = Some(j);
+    }
+}
+
+/// For an unknown option after the command that is one of ours before it (`-S`, `-D`,
+/// `-v`, or an ssh letter the command uses itself), the message to give instead of
+/// clap's tip.
+fn misplaced_option(e: &clap::Error) -> Option<String> {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    if e.kind() != ErrorKind::UnknownArgument {
+        return None;
+    }
+    let Some(ContextValue::String(arg)) = e.get(ContextKind::InvalidArg) else {
+        return None;
+    };
+    let flag = arg.split('=').next().unwrap_or(arg);
+    let top = <Cli as clap::CommandFactory>::command();
+    let top = top.get_arguments().find(|a| {
+        let short = a.get_short().map(|c| format!("-{c}"));
+        let long = a.get_long().map(|l| format!("--{l}"));
+        short.as_deref() == Some(flag) || long.as_deref() == Some(flag)
+    })?;
+    let value = top
+        .get_value_names()
+        .filter(|_| top.get_action().takes_values())
+        .and_then(|v| v.first())
+        .map(|v| format!(" {v}"))
+        .unwrap_or_default();
+    // args_os: a non-UTF-8 argument must not panic here.
+    let sub = std::env::args_os()
+        .skip(1)
+        .filter_map(|a| a.into_string().ok())
+        .find(|a| Command::has_subcommand(a))
+        .unwrap_or_else(|| "COMMAND".into());
+    let what = if SSH_LETTERS.contains(&flag) {
+        "ssh options go"
+    } else {
+        "it goes"
+    };
+    Some(format!(
+        "unexpected '{flag}' after the command: {what} before the command: \
+         sftpipe {flag}{value} {sub} ..."
+    ))
 }
 
 /// Options before the command: how to reach the server, and how much to log. The letters
@@ -119,7 +263,7 @@ pub enum Command {
     Get(transfer::GetArgs),
     /// Upload local files or trees
     Put(transfer::PutArgs),
-    /// Remove remote files or symlinks
+    /// Remove remote files or symlinks (with -r, directory trees)
     Rm(ops::RmArgs),
     /// Create remote directories
     Mkdir(ops::MkdirArgs),
@@ -520,6 +664,39 @@ pub fn expand_tilde(session: &Session, path: &[u8]) -> Result<Vec<u8>, CliError>
     })
 }
 
+/// The remote paths `path` (tilde already expanded) names: itself, or with wildcards the
+/// existing paths they match on the server (sorted; none is an error naming `operand`).
+pub fn expand_remote(
+    session: &Session,
+    operand: &str,
+    path: &[u8],
+) -> Result<Vec<Vec<u8>>, CliError> {
+    if !sftpipe::glob::has_magic(path) {
+        return Ok(vec![path.to_vec()]);
+    }
+    let found = sftpipe::glob::expand(path, |dir| match session.read_dir(dir) {
+        Ok(entries) => Ok(Some(
+            entries
+                .into_iter()
+                .map(|e| {
+                    let maybe_dir = e.attrs.is_dir() || e.attrs.is_symlink();
+                    (e.filename, maybe_dir)
+                })
+                .collect(),
+        )),
+        // Not there, or not a directory (OpenSSH says plain failure): nothing matches.
+        Err(e) if e.is_not_found() || e.status() == Some(sftpipe::StatusCode::Failure) => Ok(None),
+        Err(e) => Err(e),
+    })?;
+    if found.is_empty() {
+        return Err(CliError::NoMatch {
+            pattern: operand.to_string(),
+            remote: true,
+        });
+    }
+    Ok(found)
+}
+
 /// Command-line paths that may not be UTF-8, for remote operands that must be.
 pub fn utf8_operand(s: &OsString) -> Result<&str, CliError> {
     s.to_str().ok_or_else(|| {
@@ -538,6 +715,7 @@ mod tests {
     #[test]
     fn clap_definition_is_consistent() {
         Cli::command().debug_assert();
+        command().debug_assert();
     }
 
     #[test]

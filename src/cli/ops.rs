@@ -3,7 +3,7 @@
 use std::fmt::Display;
 use std::io::{self, BufWriter, IsTerminal, StdoutLock, Write};
 
-use clap::{ArgAction, Args};
+use clap::Args;
 use futures_util::future::join_all;
 use sftpipe::task::DirLocks;
 use sftpipe::transfer::{remote_basename, remote_join};
@@ -11,7 +11,7 @@ use sftpipe::{FileAttributes, NameEntry, Session};
 
 use super::exit::{self, CliError, FAILED, SUCCESS, stdout_error};
 use super::format::{self, DfMode};
-use super::{GlobalArgs, connect, expand_tilde, parse_mode, remote_operands};
+use super::{GlobalArgs, connect, expand_remote, expand_tilde, parse_mode, remote_operands};
 
 const REMOTE_HELP: &str = "Remote paths: [user@]host:path or sftp://[user@]host[:port]/path; \
 after the first, the host may be left out (with -D, plain paths).";
@@ -21,6 +21,7 @@ after the first, the host may be left out (with -D, plain paths).";
 #[command(after_help = format!("{REMOTE_HELP}\n\nExamples:\n  \
     sftpipe ls host:/var/log\n  \
     sftpipe ls -la sftp://alice@host:2222/\n  \
+    sftpipe ls -lhS host:/var/log\n  \
     sftpipe -D /usr/lib/openssh/sftp-server ls -l /tmp"))]
 pub struct LsArgs {
     /// Long format: mode, owner, group, size, modification time (UTC), name
@@ -32,6 +33,18 @@ pub struct LsArgs {
     /// One name per line (the default unless stdout is a terminal)
     #[arg(short = '1')]
     pub one_per_line: bool,
+    /// Human-readable sizes with -l (powers of 1024)
+    #[arg(short = 'h', long = "human-readable")]
+    pub human: bool,
+    /// Sort by size, largest first
+    #[arg(short = 'S')]
+    pub by_size: bool,
+    /// Sort by modification time, newest first
+    #[arg(short = 't')]
+    pub by_time: bool,
+    /// Reverse the order
+    #[arg(short = 'r', long = "reverse")]
+    pub reverse: bool,
     /// Remote directories or files
     #[arg(value_name = "REMOTE", required = true)]
     pub remotes: Vec<String>,
@@ -50,12 +63,18 @@ pub struct StatArgs {
 
 /// `rm`.
 #[derive(Debug, Args)]
-#[command(after_help = format!("{REMOTE_HELP}\n\nRemoves files and symlinks (use rmdir for \
-    directories).\n\nExample:\n  sftpipe rm -f host:/tmp/a host:/tmp/b"))]
+#[command(after_help = format!("{REMOTE_HELP}\n\nRemoves files and symlinks; with -r, \
+    directories and everything below them (symlinks are removed, never followed), \
+    concurrently, and the counts are printed on stderr.\n\nExamples:\n  \
+    sftpipe rm -f host:/tmp/a host:/tmp/b\n  sftpipe rm -r host:/tmp/build\n  \
+    sftpipe rm 'host:tmp/*.tmp'   # wildcards are matched on the server"))]
 pub struct RmArgs {
     /// Ignore paths that do not exist
     #[arg(short = 'f', long = "force")]
     pub force: bool,
+    /// Remove directories and their contents
+    #[arg(short = 'r', short_alias = 'R', long = "recursive")]
+    pub recursive: bool,
     /// Remote files or symlinks
     #[arg(value_name = "REMOTE", required = true)]
     pub remotes: Vec<String>,
@@ -133,7 +152,7 @@ pub struct ChmodArgs {
 
 /// `df`.
 #[derive(Debug, Args)]
-#[command(disable_help_flag = true, after_help = format!("{REMOTE_HELP}\n\nNeeds \
+#[command(after_help = format!("{REMOTE_HELP}\n\nNeeds \
     statvfs@openssh.com. Without REMOTE (only with -D), the server's current directory.\n\n\
     Examples:\n  sftpipe df -h host:\n  sftpipe df -i host:/srv"))]
 pub struct DfArgs {
@@ -143,9 +162,6 @@ pub struct DfArgs {
     /// Inodes instead of blocks
     #[arg(short = 'i', long = "inodes")]
     pub inodes: bool,
-    /// Print help
-    #[arg(long = "help", action = ArgAction::Help)]
-    pub help: Option<bool>,
     /// A path on the file system to show (host: for the home directory)
     #[arg(value_name = "REMOTE")]
     pub remote: Option<String>,
@@ -255,6 +271,7 @@ fn terminal_width() -> usize {
 
 struct LsView {
     long: bool,
+    human: bool,
     columns: Option<usize>,
     tty: bool,
 }
@@ -266,6 +283,7 @@ pub fn ls(g: &GlobalArgs, a: &LsArgs) -> Result<i32, CliError> {
     let tty = io::stdout().is_terminal();
     let view = LsView {
         long: a.long,
+        human: a.human,
         columns: (tty && !a.one_per_line && !a.long).then(terminal_width),
         tty,
     };
@@ -280,7 +298,7 @@ pub fn ls(g: &GlobalArgs, a: &LsArgs) -> Result<i32, CliError> {
         if is_dir {
             let mut entries = session.read_dir(&path)?;
             entries.retain(|e| a.all || !e.filename.starts_with(b"."));
-            entries.sort_by(|x, y| x.filename.cmp(&y.filename));
+            sort_entries(&mut entries, a);
             if several {
                 if !first {
                     out.line("")?;
@@ -299,6 +317,24 @@ pub fn ls(g: &GlobalArgs, a: &LsArgs) -> Result<i32, CliError> {
         first = false;
         out.flush()
     })
+}
+
+/// Sorts as ls does: by name, or by size (-S, largest first) or time (-t, newest first)
+/// with names breaking ties; -r reverses.
+fn sort_entries(entries: &mut [NameEntry], a: &LsArgs) {
+    entries.sort_by(|x, y| {
+        let key = if a.by_size {
+            y.attrs.size.cmp(&x.attrs.size)
+        } else if a.by_time {
+            y.attrs.mtime().cmp(&x.attrs.mtime())
+        } else {
+            std::cmp::Ordering::Equal
+        };
+        key.then_with(|| x.filename.cmp(&y.filename))
+    });
+    if a.reverse {
+        entries.reverse();
+    }
 }
 
 fn print_entries(
@@ -352,7 +388,11 @@ fn print_entries_at(
             .map(|(e, t)| {
                 let name = format::display_name(&e.filename, view.tty).into_owned();
                 let target = t.map(|t| format::display_name(&t, view.tty).into_owned());
-                format::long_row(e, name, target)
+                let mut row = format::long_row(e, name, target);
+                if let (true, Some(size)) = (view.human, e.attrs.size) {
+                    row.size = format::human_size(size);
+                }
+                row
             })
             .collect();
         for l in format::long_lines(&rows) {
@@ -399,16 +439,89 @@ pub fn stat(g: &GlobalArgs, a: &StatArgs) -> Result<i32, CliError> {
     })
 }
 
-/// `rm`.
+/// `rm`: files and symlinks; with -r, trees too (counts on stderr).
 pub fn rm(g: &GlobalArgs, a: &RmArgs) -> Result<i32, CliError> {
     let (session, items) = open(g, &a.remotes)?;
-    each(&items, |(_, path)| {
+    let t = sftpipe::transfer::Transfer::new(session.sftp(), Default::default());
+    let (mut files, mut dirs) = (0u64, 0u64);
+    let code = each(&items, |(op, path)| {
         let path = expand_tilde(&session, path)?;
-        match session.remove(&path) {
-            Err(e) if a.force && e.is_not_found() => Ok(()),
-            r => Ok(r?),
+        let paths = expand_remote(&session, op, &path)?;
+        let several = paths.len() > 1 || paths[0] != path;
+        each_match(&paths, |path| {
+            let shown = if several {
+                String::from_utf8_lossy(path).into_owned()
+            } else {
+                op.clone()
+            };
+            let attrs = match a.recursive.then(|| session.lstat(path)) {
+                Some(Err(e)) if a.force && e.is_not_found() => return Ok(()),
+                Some(r) => Some(r?),
+                None => None,
+            };
+            if attrs.is_some_and(|s| s.is_dir()) {
+                let mut done = session.run(t.remove_tree(path));
+                files += done.files;
+                dirs += done.dirs;
+                let first = done.failures.pop();
+                for (_, e) in done.failures {
+                    exit::report(CliError::Sftp(e));
+                }
+                return first.map_or(Ok(()), |(_, e)| Err(e.into()));
+            }
+            match session.remove(path) {
+                Ok(()) => {
+                    files += 1;
+                    Ok(())
+                }
+                Err(e) if a.force && e.is_not_found() => Ok(()),
+                // Servers answer a plain failure for a directory: say why.
+                Err(e) if !e.is_connection() && session.lstat(path).is_ok_and(|s| s.is_dir()) => {
+                    Err(CliError::Usage(format!(
+                        "'{shown}' is a directory (use rm -r)"
+                    )))
+                }
+                Err(e) => Err(e.into()),
+            }
+        })
+    })?;
+    if a.recursive && !g.quiet && files + dirs > 0 {
+        eprintln!(
+            "sftpipe: removed {}, {}",
+            plural(files, "file"),
+            plural(dirs, "directory")
+        );
+    }
+    Ok(code)
+}
+
+/// Runs `f` on each path a wildcard operand matched: the first failure is returned (it
+/// decides the operand's exit code), later ones are reported; a lost connection or a
+/// closed stdout stops at once.
+fn each_match(
+    paths: &[Vec<u8>],
+    mut f: impl FnMut(&[u8]) -> Result<(), CliError>,
+) -> Result<(), CliError> {
+    let mut first = None;
+    for p in paths {
+        match f(p) {
+            Ok(()) => {}
+            Err(e @ CliError::StdoutClosed) => return Err(e),
+            Err(e) if e.is_connection() => return Err(e),
+            Err(e) if first.is_none() => first = Some(e),
+            Err(e) => exit::report(&e),
         }
-    })
+    }
+    first.map_or(Ok(()), Err)
+}
+
+/// `1 file`, `2 files`, `3 directories`.
+fn plural(n: u64, noun: &str) -> String {
+    match (n, noun.strip_suffix('y')) {
+        (1, _) => format!("1 {noun}"),
+        (_, Some(stem)) => format!("{n} {stem}ies"),
+        _ => format!("{n} {noun}s"),
+    }
 }
 
 /// `mkdir`.
@@ -443,8 +556,37 @@ pub fn rmdir(g: &GlobalArgs, a: &RmdirArgs) -> Result<i32, CliError> {
     let (session, items) = open(g, &a.remotes)?;
     each(&items, |(_, path)| {
         let path = expand_tilde(&session, path)?;
-        Ok(session.rmdir(&path)?)
+        match session.rmdir(&path) {
+            Err(e) if is_plain_failure(&e) && has_entries(&session, &path) => {
+                Err(CliError::Sftp(sftpipe::Error::Status {
+                    op: "rmdir",
+                    path: String::from_utf8_lossy(&path).into_owned(),
+                    code: sftpipe::StatusCode::Failure,
+                    message: "directory not empty (use rm -r)".into(),
+                }))
+            }
+            r => Ok(r?),
+        }
     })
+}
+
+/// Whether `e` is the server's unexplained SSH_FX_FAILURE (OpenSSH's answer to ENOTEMPTY
+/// and EISDIR alike).
+fn is_plain_failure(e: &sftpipe::Error) -> bool {
+    matches!(
+        e,
+        sftpipe::Error::Status {
+            code: sftpipe::StatusCode::Failure,
+            ..
+        }
+    )
+}
+
+/// Whether the remote directory `path` lists any entry besides `.` and `..`.
+fn has_entries(session: &Session, path: &[u8]) -> bool {
+    session
+        .read_dir(path)
+        .is_ok_and(|v| v.iter().any(|e| !matches!(&e.filename[..], b"." | b"..")))
 }
 
 /// `mv`.

@@ -8,15 +8,16 @@ use std::rc::Rc;
 use clap::Args;
 use sftpipe::task::TaskGroup;
 use sftpipe::transfer::{
-    LocalTree, Progress, Transfer, default_max_open, remote_basename, remote_join,
+    LocalTree, Progress, StreamFd, Transfer, default_max_open, remote_basename, remote_join,
     safe_remote_name, staging_dir, walk_local,
 };
 use sftpipe::{Error, Session};
 
 use super::exit::{self, CONNECTION, CliError, FAILED};
-use super::progress::Tracker;
+use super::progress::{ProgressMode, Tracker};
 use super::{
-    GlobalArgs, TransferArgs, UploadArgs, connect_prefetching, expand_tilde, remote_operands,
+    GlobalArgs, TransferArgs, UploadArgs, connect_prefetching, expand_remote, expand_tilde,
+    remote_operands,
 };
 
 /// `get`.
@@ -24,13 +25,16 @@ use super::{
 #[command(
     after_help = "REMOTE is [user@]host:path or sftp://[user@]host[:port]/path (with -D, \
     a plain path). LOCAL defaults to '.'; when it is an existing directory the file or tree \
-    goes into it under REMOTE's name, else it is the new name.\n\n\
+    goes into it under REMOTE's name, else it is the new name; '-' writes the file to \
+    standard output. REMOTE may hold wildcards (*, ?, [...], matched on the server, as \
+    sftp does; quote them from the local shell): every match goes into LOCAL.\n\n\
     Progress: a bar on stderr when it is a terminal; --progress=json prints on stdout one \
     {\"event\":\"file\",\"path\",\"bytes\",\"ok\"[,\"error\"]} object per file and a final \
     {\"event\":\"summary\",\"files\",\"bytes\",\"failed\",\"elapsed_ms\"}.\n\n\
     Examples:\n  sftpipe get host:/var/log/syslog\n  \
     sftpipe get -r -p host:/srv/www ./backup/\n  \
-    sftpipe get -a --progress=json sftp://host//data/big.iso /tmp/big.iso"
+    sftpipe get -a --progress=json sftp://host//data/big.iso /tmp/big.iso\n  \
+    sftpipe get host:db.sql.gz - | gunzip | less"
 )]
 pub struct GetArgs {
     /// Copy a directory and everything below it
@@ -61,11 +65,14 @@ pub struct GetArgs {
     temporary name and renamed into place when complete, unless --inplace. With -r, a \
     REMOTE that does not exist yet is built as a hidden .NAME.sftpipe-partial beside it \
     and renamed into place once all of it landed; after a failure or an interruption it \
-    stays there, and a rerun resumes it.\n\n\
+    stays there, and a rerun resumes it. LOCAL '-' reads standard input into REMOTE \
+    (through a temporary name as well).\n\n\
     Examples:\n  sftpipe put report.pdf host:docs/\n  \
     sftpipe put -r -p ./site host:/srv/www\n  \
-    sftpipe put --fsync *.tar host:/backup/"
+    sftpipe put --fsync *.tar host:/backup/\n  \
+    pg_dump db | gzip | sftpipe put - host:/backup/db.sql.gz"
 )]
+#[command(override_usage = "sftpipe put [OPTIONS] <LOCAL>... <REMOTE>")]
 pub struct PutArgs {
     /// Copy directories and everything below them
     #[arg(short = 'r', long = "recursive")]
@@ -81,12 +88,10 @@ pub struct PutArgs {
     /// Transfer tuning
     #[command(flatten)]
     pub transfer: TransferArgs,
-    /// Local files or directories
-    #[arg(value_name = "LOCAL", required = true, num_args = 1..)]
-    pub locals: Vec<PathBuf>,
-    /// The remote destination
-    #[arg(value_name = "REMOTE", required = true)]
-    pub remote: OsString,
+    /// Local files or directories, then the remote destination (one list, so that a
+    /// missing operand can be named)
+    #[arg(value_name = "LOCAL... REMOTE", required = true, num_args = 1..)]
+    pub operands: Vec<OsString>,
 }
 
 /// Reports the outcome of a file done outside the library's batch functions.
@@ -120,11 +125,20 @@ pub fn get(g: &GlobalArgs, a: &GetArgs) -> Result<i32, CliError> {
     let (ep, paths) = remote_operands(g, std::slice::from_ref(&a.remote), false)?;
     // Its STAT (and with -r its OPENDIR, the first step of a tree download) is answered
     // with the handshake.
-    let target: &[&[u8]] = &[&paths[0]];
+    let pattern = sftpipe::glob::has_magic(&paths[0]);
+    let target: &[&[u8]] = if pattern { &[] } else { &[&paths[0]] };
     let dirs = if a.recursive { target } else { &[] };
     let session = connect_prefetching(g, ep.as_ref(), target, dirs)?;
     let remote = expand_tilde(&session, &paths[0])?;
+    let mut remotes = expand_remote(&session, &a.remote, &remote)?;
+    if remotes.len() > 1 {
+        return get_many(g, a, &session, &remotes);
+    }
+    let remote = remotes.pop().unwrap_or(remote);
     let attrs = session.stat(&remote)?;
+    if a.local.as_deref() == Some(Path::new("-")) {
+        return get_to_stdout(g, a, &session, &remote, &attrs);
+    }
     let local = a.local.clone().unwrap_or_else(|| PathBuf::from("."));
     let local_is_dir = fs::metadata(&local).is_ok_and(|m| m.is_dir());
 
@@ -164,6 +178,141 @@ pub fn get(g: &GlobalArgs, a: &GetArgs) -> Result<i32, CliError> {
     }
 }
 
+/// `get 'host:PATTERN' [DIR]`: every match into the local directory, concurrently.
+fn get_many(
+    g: &GlobalArgs,
+    a: &GetArgs,
+    session: &Session,
+    remotes: &[Vec<u8>],
+) -> Result<i32, CliError> {
+    let local = a.local.clone().unwrap_or_else(|| PathBuf::from("."));
+    if !fs::metadata(&local).is_ok_and(|m| m.is_dir()) {
+        return Err(CliError::Usage(format!(
+            "'{}' matches {} files: the target '{}' must be an existing directory",
+            a.remote,
+            remotes.len(),
+            local.display()
+        )));
+    }
+    let mut opts = a.transfer.options();
+    opts.resume = a.resume;
+    let tracker = Tracker::new(a.transfer.progress, g.quiet);
+    let t = session.transfer(opts, tracker.clone());
+    let mut jobs = Vec::new();
+    let mut early = 0;
+    for r in remotes {
+        let attrs = match session.stat(r) {
+            Ok(s) => s,
+            Err(e) if e.is_connection() => return Err(e.into()),
+            Err(e) => {
+                tracker.file_done(&String::from_utf8_lossy(r), 0, Some(&e));
+                continue;
+            }
+        };
+        let dest = local.join(safe_remote_name(remote_basename(r))?);
+        if attrs.is_dir() && !a.recursive {
+            let shown = String::from_utf8_lossy(r);
+            exit::report(CliError::Usage(format!(
+                "'{shown}' is a directory (use get -r)"
+            )));
+            early += 1;
+            continue;
+        }
+        if !attrs.is_dir() {
+            tracker.add_total(1, attrs.size.unwrap_or(0));
+        }
+        jobs.push((r.clone(), dest, attrs));
+    }
+    let task_limit = default_max_open(session.sftp()) * 2 + 16;
+    session.run(async {
+        let mut group = TaskGroup::new(task_limit);
+        for (remote, dest, attrs) in jobs {
+            let (t, tracker) = (t.clone(), tracker.clone());
+            group
+                .spawn(async move {
+                    if attrs.is_dir() {
+                        t.download_tree(&remote, &dest).await;
+                    } else {
+                        let r = t.download(&remote, &dest, Some(&attrs)).await;
+                        file_outcome(&tracker, &remote, r);
+                    }
+                })
+                .await;
+        }
+        group.join().await;
+    });
+    let code = tracker.finish(false);
+    Ok(if early > 0 && code == exit::SUCCESS {
+        FAILED
+    } else {
+        code
+    })
+}
+
+/// `get REMOTE -`: the file's bytes on standard output.
+fn get_to_stdout(
+    g: &GlobalArgs,
+    a: &GetArgs,
+    session: &Session,
+    remote: &[u8],
+    attrs: &sftpipe::FileAttributes,
+) -> Result<i32, CliError> {
+    if attrs.is_dir() {
+        return Err(CliError::Usage(format!(
+            "'{}' is a directory: only a file can go to standard output",
+            a.remote
+        )));
+    }
+    if a.transfer.progress == ProgressMode::Json || a.resume {
+        return Err(CliError::Usage(
+            "get to standard output ('-') takes neither --progress=json nor -a".into(),
+        ));
+    }
+    let out = StreamFd::new(session.reactor(), libc::STDOUT_FILENO)
+        .map_err(|e| Error::local("cannot use standard output", e))?;
+    let tracker = Tracker::new(a.transfer.progress, g.quiet);
+    let t = session.transfer(a.transfer.options(), tracker.clone());
+    tracker.add_total(1, attrs.size.unwrap_or(0));
+    match session.run(t.download_stream(remote, &out)) {
+        Err(Error::Local { source, .. }) if source.kind() == std::io::ErrorKind::BrokenPipe => {
+            Err(CliError::StdoutClosed)
+        }
+        r => {
+            file_outcome(&tracker, remote, r);
+            Ok(tracker.finish(true))
+        }
+    }
+}
+
+/// `put - REMOTE`: standard input to one remote file, through a temporary name.
+fn put_from_stdin(g: &GlobalArgs, a: &PutArgs, remote_op: &str) -> Result<i32, CliError> {
+    if a.recursive || a.resume || remote_op.ends_with('/') {
+        return Err(CliError::Usage(
+            "put from standard input ('-') needs a remote file name, and takes neither -r \
+             nor -a"
+                .into(),
+        ));
+    }
+    let (ep, paths) = remote_operands(g, &[remote_op], false)?;
+    let session = connect_prefetching(g, ep.as_ref(), &[&paths[0]], &[])?;
+    let remote = expand_tilde(&session, &paths[0])?;
+    if session.stat(&remote).is_ok_and(|s| s.is_dir()) {
+        return Err(CliError::Usage(format!(
+            "'{remote_op}' is a directory: name the file to write standard input to"
+        )));
+    }
+    let input = StreamFd::new(session.reactor(), libc::STDIN_FILENO)
+        .map_err(|e| Error::local("cannot use standard input", e))?;
+    let mut opts = a.transfer.options();
+    a.upload.apply(&mut opts);
+    let tracker = Tracker::new(a.transfer.progress, g.quiet);
+    let t = session.transfer(opts, tracker.clone());
+    tracker.add_total(1, 0);
+    let r = session.run(t.upload_stream(&input, &remote));
+    file_outcome(&tracker, &remote, r);
+    Ok(tracker.finish(true))
+}
+
 enum Job {
     File {
         local: PathBuf,
@@ -188,15 +337,80 @@ fn local_name(local: &Path) -> Option<OsString> {
     }
 }
 
+/// The LOCAL operands and the REMOTE one, or a message naming what is missing when only
+/// one operand was given.
+fn put_operands(a: &PutArgs) -> Result<(Vec<PathBuf>, &OsString), CliError> {
+    if let [locals @ .., remote] = a.operands.as_slice()
+        && !locals.is_empty()
+    {
+        return Ok((locals.iter().map(PathBuf::from).collect(), remote));
+    }
+    let only = a
+        .operands
+        .first()
+        .map(|l| l.to_string_lossy())
+        .unwrap_or_default();
+    let looks_remote = matches!(
+        sftpipe::location::parse_operand(&only),
+        Ok(sftpipe::location::Operand::Remote(_))
+    );
+    Err(CliError::Usage(if looks_remote {
+        format!(
+            "put: missing the LOCAL file to upload before '{only}' (sftpipe put LOCAL... REMOTE)"
+        )
+    } else {
+        format!(
+            "put: missing the REMOTE destination after '{only}' (e.g. sftpipe put {only} host:dir/)"
+        )
+    }))
+}
+
+/// Expands quoted local wildcards (`put 'dist/*' host:`) that name no file as written;
+/// a pattern matching nothing is reported. Returns the paths and the reported codes.
+fn expand_locals(locals: Vec<PathBuf>) -> (Vec<PathBuf>, Vec<i32>) {
+    use std::os::unix::ffi::OsStrExt;
+    let mut out = Vec::with_capacity(locals.len());
+    let mut codes = Vec::new();
+    for l in locals {
+        if !sftpipe::glob::has_magic(l.as_os_str().as_bytes()) || fs::symlink_metadata(&l).is_ok() {
+            out.push(l);
+            continue;
+        }
+        let e = match sftpipe::glob::expand_local(&l) {
+            Ok(found) if !found.is_empty() => {
+                out.extend(found);
+                continue;
+            }
+            Ok(_) => CliError::NoMatch {
+                pattern: l.display().to_string(),
+                remote: false,
+            },
+            Err(e) => e.into(),
+        };
+        exit::report(&e);
+        codes.push(e.code());
+    }
+    (out, codes)
+}
+
 /// `put LOCAL... REMOTE`: every file and tree concurrently over one connection.
 pub fn put(g: &GlobalArgs, a: &PutArgs) -> Result<i32, CliError> {
-    let remote_op = super::utf8_operand(&a.remote)?;
+    let (locals, remote_op) = put_operands(a)?;
+    let remote_op = super::utf8_operand(remote_op)?;
+    if locals.iter().any(|l| l.as_os_str() == "-") {
+        if locals.len() > 1 {
+            return Err(CliError::Usage(
+                "put: '-' (standard input) must be the only LOCAL".into(),
+            ));
+        }
+        return put_from_stdin(g, a, remote_op);
+    }
     let (ep, paths) = remote_operands(g, &[remote_op], false)?;
 
     // Check the local side before connecting: what is missing fails here.
-    let mut early_codes = Vec::new();
+    let (locals, mut early_codes) = expand_locals(locals);
     let mut found: Vec<(&PathBuf, Option<u64>)> = Vec::new();
-    for l in &a.locals {
+    for l in &locals {
         let e = match fs::metadata(l) {
             Ok(m) if m.is_file() => {
                 found.push((l, Some(m.len())));
@@ -221,7 +435,7 @@ pub fn put(g: &GlobalArgs, a: &PutArgs) -> Result<i32, CliError> {
     let combine = |code: i32| match early_codes.as_slice() {
         [] => code,
         _ if code == CONNECTION => CONNECTION,
-        [only] if a.locals.len() == 1 => *only,
+        [only] if locals.len() <= 1 => *only,
         _ => FAILED,
     };
     if found.is_empty() {
@@ -286,14 +500,14 @@ pub fn put(g: &GlobalArgs, a: &PutArgs) -> Result<i32, CliError> {
     // After the STAT, whose round trip overlapped the LIMITS reply's.
     session.limits();
     let task_limit = max_open.unwrap_or_else(|| default_max_open(session.sftp())) * 2 + 16;
-    if a.locals.len() > 1 && !into_dir {
+    if locals.len() > 1 && !into_dir {
         return Err(CliError::Usage(format!(
             "target '{remote_op}' is not a directory (end it with '/' to create it)"
         )));
     }
 
     let mut jobs = Vec::new();
-    let single = found.len() == 1 && a.locals.len() == 1 && found[0].1.is_some();
+    let single = found.len() == 1 && locals.len() == 1 && found[0].1.is_some();
     for (local, size) in found {
         let dest = match (into_dir, local_name(local)) {
             (true, Some(name)) => {

@@ -8,7 +8,9 @@
 mod download;
 mod links;
 pub mod pace;
+mod remove;
 mod resume;
+mod stream;
 mod tree;
 mod upload;
 
@@ -27,7 +29,9 @@ use pace::{Ask, Pacer};
 
 pub use links::LinkSlot;
 pub(crate) use links::{link_times, set_local_link_mtime};
+pub use remove::Removal;
 pub use resume::resumable_temp_name;
+pub use stream::StreamFd;
 pub use tree::{
     LocalEntry, LocalKind, LocalTree, safe_remote_name, staging_dir, walk_local, walk_local_with,
 };
