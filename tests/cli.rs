@@ -1310,3 +1310,57 @@ fn ssh_permission_denied_is_4() {
     );
     assert_eq!(code(&out), 4, "{}\n{}", explain(&out), sshd.log());
 }
+
+// ---------------------------------------------------------------------------------------
+// Messages
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn a_connection_never_made_reads_cannot_connect_with_ssh_words() {
+    let mut args = common::refused_ssh_args();
+    args.extend(["ls".to_string(), "127.0.0.1:".to_string()]);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = run_in(None, &refs);
+    assert_eq!(code(&out), 5, "{}", explain(&out));
+    let err = text(&out.stderr);
+    assert!(
+        err.starts_with("sftpipe: cannot connect to 127.0.0.1: "),
+        "{}",
+        explain(&out)
+    );
+    assert!(err.contains("Connection refused"), "{}", explain(&out));
+    assert!(!err.contains("connection lost"), "{}", explain(&out));
+}
+
+#[test]
+fn not_found_says_remote_or_local_in_plain_words() {
+    let d = tempfile::tempdir().unwrap();
+    let missing = p(&d.path().join("missing"));
+    let out = local(&["get", &format!(":{missing}"), &p(&d.path().join("x"))]);
+    assert_eq!(code(&out), 3, "{}", explain(&out));
+    assert_eq!(
+        text(&out.stderr).trim(),
+        format!("sftpipe: stat '{missing}': remote file not found")
+    );
+
+    let out = local(&["put", &missing, &format!(":{}", p(&d.path().join("x")))]);
+    assert_eq!(code(&out), 7, "{}", explain(&out));
+    let err = text(&out.stderr);
+    assert!(err.contains(&missing), "{}", explain(&out));
+    assert!(err.contains("local file not found"), "{}", explain(&out));
+}
+
+#[test]
+fn local_errors_have_no_rust_isms() {
+    let d = tempfile::tempdir().unwrap();
+    write_file(d.path().join("f"), b"x");
+    // A download into a path under a regular file: ENOTDIR from the OS.
+    let dest = p(&d.path().join("f/sub/x"));
+    let out = local(&["get", &format!(":{}", p(&d.path().join("f"))), &dest]);
+    assert!(!out.status.success(), "{}", explain(&out));
+    let err = text(&out.stderr);
+    assert!(err.contains("Not a directory"), "{}", explain(&out));
+    for rust in ["os error", "entity not found", "(os "] {
+        assert!(!err.contains(rust), "{rust}: {}", explain(&out));
+    }
+}

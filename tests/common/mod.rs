@@ -311,6 +311,18 @@ fn sftp_client_args(port: u16, key: &Path) -> Vec<String> {
     v
 }
 
+/// sftpipe options (`-P port -o ...`) for 127.0.0.1 on a port nothing listens on: ssh's
+/// connection is refused before any SFTP is spoken.
+pub fn refused_ssh_args() -> Vec<String> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let mut v = vec!["-P".to_string(), port.to_string()];
+    v.extend(common_ssh_options());
+    v
+}
+
 /// Hands `path` (recursively) to `user` and opens the mode of `path` itself to 0755.
 fn chown_to(user: &str, path: &Path) {
     run_ok(
