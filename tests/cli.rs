@@ -1364,3 +1364,25 @@ fn local_errors_have_no_rust_isms() {
         assert!(!err.contains(rust), "{rust}: {}", explain(&out));
     }
 }
+
+#[test]
+fn upload_errors_name_the_target_not_the_temporary_file() {
+    let d = tempfile::tempdir().unwrap();
+    let f = d.path().join("hello.txt");
+    write_file(&f, random_bytes(300_000, 9));
+    let locked = d.path().join("locked");
+    fs::create_dir(&locked).unwrap();
+    common::give_to_test_user(d.path());
+    set_mode(&locked, 0o555);
+    let target = p(&locked.join("hello.txt"));
+    // As the test user: root would write into the read-only directory.
+    let out = common::sftpipe_as_test_user(&[
+        "put",
+        &p(&f),
+        &format!(":{target}"),
+    ]);
+    assert_eq!(code(&out), 4, "{}", explain(&out));
+    let err = text(&out.stderr);
+    assert!(err.contains(&format!("'{target}'")), "{}", explain(&out));
+    assert!(!err.contains("sftpipe-tmp"), "{}", explain(&out));
+}
