@@ -1386,3 +1386,21 @@ fn upload_errors_name_the_target_not_the_temporary_file() {
     assert!(err.contains(&format!("'{target}'")), "{}", explain(&out));
     assert!(!err.contains("sftpipe-tmp"), "{}", explain(&out));
 }
+
+#[test]
+fn mirror_of_a_file_says_so_in_one_line() {
+    let d = tempfile::tempdir().unwrap();
+    let f = d.path().join("hello.txt");
+    write_file(&f, b"hi\n");
+    let up = local(&["mirror", &p(&f), &format!(":{}", p(&d.path().join("m")))]);
+    let down = local(&["mirror", &format!(":{}", p(&f)), &p(&d.path().join("m2"))]);
+    for (out, verb) in [(up, "put"), (down, "get")] {
+        assert_eq!(code(&out), 2, "{}", explain(&out));
+        let err = text(&out.stderr);
+        assert_eq!(err.lines().count(), 1, "{}", explain(&out));
+        assert!(err.contains("mirror takes directories"), "{}", explain(&out));
+        assert!(err.contains(&p(&f)), "{}", explain(&out));
+        assert!(err.contains(&format!("use {verb}")), "{}", explain(&out));
+    }
+    assert!(!d.path().join("m").exists() && !d.path().join("m2").exists());
+}

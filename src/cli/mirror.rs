@@ -196,6 +196,12 @@ pub fn mirror(g: &GlobalArgs, a: &MirrorArgs) -> Result<i32, CliError> {
                 .map_err(exit::stdout_error)?;
         }
     }
+    // A root that is a file (`mirror f host:f`) is a usage slip: one line says so.
+    if let Some(e) = refused_root(&report) {
+        tracker.finish_silently();
+        exit::report(e);
+        return Ok(exit::code_of(e));
+    }
     let code = tracker.finish(false);
     for skipped in [
         &report.deletes_skipped,
@@ -232,6 +238,14 @@ pub fn mirror(g: &GlobalArgs, a: &MirrorArgs) -> Result<i32, CliError> {
         writeln!(out, "{line}").map_err(exit::stdout_error)?;
     }
     Ok(exit_code(&report, code))
+}
+
+/// The error of a mirror that did nothing because its root is not one it takes.
+fn refused_root(report: &MirrorReport) -> Option<&Error> {
+    match report.failures.as_slice() {
+        [(_, e @ Error::InvalidInput(_))] if report.nothing_done() => Some(e),
+        _ => None,
+    }
 }
 
 /// 0 all done; 1 partial; a specific code (3-7) when nothing at all could be done.

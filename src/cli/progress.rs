@@ -86,6 +86,13 @@ impl Tracker {
         }
     }
 
+    /// Ends the display without a word: the caller reports.
+    pub fn finish_silently(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+
     /// Ends the display and returns the exit code: 0 when nothing failed, the failure's
     /// own code when `single` (one file was asked for), else 1 (5 when the connection
     /// was lost). Without JSON, failures are listed on stderr with a summary line.
