@@ -1376,11 +1376,7 @@ fn upload_errors_name_the_target_not_the_temporary_file() {
     set_mode(&locked, 0o555);
     let target = p(&locked.join("hello.txt"));
     // As the test user: root would write into the read-only directory.
-    let out = common::sftpipe_as_test_user(&[
-        "put",
-        &p(&f),
-        &format!(":{target}"),
-    ]);
+    let out = common::sftpipe_as_test_user(&["put", &p(&f), &format!(":{target}")]);
     assert_eq!(code(&out), 4, "{}", explain(&out));
     let err = text(&out.stderr);
     assert!(err.contains(&format!("'{target}'")), "{}", explain(&out));
@@ -1398,9 +1394,51 @@ fn mirror_of_a_file_says_so_in_one_line() {
         assert_eq!(code(&out), 2, "{}", explain(&out));
         let err = text(&out.stderr);
         assert_eq!(err.lines().count(), 1, "{}", explain(&out));
-        assert!(err.contains("mirror takes directories"), "{}", explain(&out));
+        assert!(
+            err.contains("mirror takes directories"),
+            "{}",
+            explain(&out)
+        );
         assert!(err.contains(&p(&f)), "{}", explain(&out));
         assert!(err.contains(&format!("use {verb}")), "{}", explain(&out));
     }
     assert!(!d.path().join("m").exists() && !d.path().join("m2").exists());
+}
+
+#[test]
+fn ls_quotes_names_on_a_terminal_as_gnu_ls_does() {
+    let d = tempfile::tempdir().unwrap();
+    for name in ["a b", "plain", "x\ny", "it's"] {
+        write_file(d.path().join(name), b"x");
+    }
+    let server = p(&sftp_server_path());
+    let shown = common::sftpipe_on_a_tty(&["-D", &server, "ls", "-1", &p(d.path())]);
+    let lines: Vec<&str> = shown.lines().collect();
+    assert_eq!(lines, ["'a b'", "\"it's\"", "plain", "$'x\\ny'"], "{shown}");
+    // Not on a terminal: the names as they are.
+    let out = ok(local(&["ls", "-1", &p(d.path())]));
+    assert_eq!(text(&out.stdout), "a b\nit's\nplain\nx\ny\n");
+}
+
+#[test]
+fn ls_long_shows_owners_alike_for_a_file_and_its_directory() {
+    let d = tempfile::tempdir().unwrap();
+    write_file(d.path().join("f"), b"x");
+    let listing = ok(local(&["ls", "-l", &p(d.path())]));
+    let alone = ok(local(&["ls", "-l", &p(&d.path().join("f"))]));
+    let owners = |out: &Output| -> Vec<String> {
+        let t = text(&out.stdout);
+        let line = t
+            .lines()
+            .find(|l| l.ends_with('f'))
+            .unwrap_or_default()
+            .to_string();
+        line.split_whitespace()
+            .skip(1)
+            .take(2)
+            .map(str::to_string)
+            .collect()
+    };
+    assert_eq!(owners(&listing).len(), 2, "{}", explain(&listing));
+    assert_eq!(owners(&listing), owners(&alone), "{}", explain(&alone));
 }

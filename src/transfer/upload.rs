@@ -66,7 +66,10 @@ fn name_the_target(e: Error, remote: &[u8]) -> Error {
     let temp = path.as_bytes();
     let temp_base = remote_basename(temp);
     if is_temp_of(remote_basename(remote), temp_base) && beside(remote, temp_base) == temp {
-        log::info!("{}: {op} of the temporary file {path} failed", lossy(remote));
+        log::info!(
+            "{}: {op} of the temporary file {path} failed",
+            lossy(remote)
+        );
         return Error::Status {
             op,
             path: lossy(remote),
