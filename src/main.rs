@@ -5,6 +5,8 @@ mod cli;
 use clap::Parser;
 
 fn main() {
+    // Summaries count from here: their time includes connecting.
+    cli::progress::process_start();
     let args = cli::Cli::try_parse().unwrap_or_else(|e| e.exit());
     cli::init_logging(&args.global);
     // End the ssh or -D child on SIGINT, SIGTERM and SIGHUP instead of leaving it behind.

@@ -341,6 +341,8 @@ fn progress_json_lines_parse() {
                 files += 1;
             }
             Some("summary") => summary = Some(v),
+            // Bytes in flight, at most every 250 ms.
+            Some("progress") => {}
             _ => panic!("unexpected line {line}"),
         }
     }
@@ -1441,4 +1443,130 @@ fn ls_long_shows_owners_alike_for_a_file_and_its_directory() {
     };
     assert_eq!(owners(&listing).len(), 2, "{}", explain(&listing));
     assert_eq!(owners(&listing), owners(&alone), "{}", explain(&alone));
+}
+
+// ---------------------------------------------------------------------------------------
+// Progress
+// ---------------------------------------------------------------------------------------
+
+/// A 64 MiB file sent one 4 KiB request at a time: a transfer of a few seconds.
+const SLOW: [&str; 4] = ["--requests", "1", "--buffer", "4K"];
+
+#[test]
+fn progress_json_reports_bytes_in_flight_before_the_file_ends() {
+    let d = tempfile::tempdir().unwrap();
+    let big = d.path().join("big.bin");
+    write_file(&big, random_bytes(64 << 20, 3));
+    let mut args = vec!["put", "--progress=json"];
+    args.extend(SLOW);
+    let dest = format!(":{}", p(&d.path().join("up.bin")));
+    let source = p(&big);
+    args.extend([source.as_str(), dest.as_str()]);
+    let out = ok(local(&args));
+    let events: Vec<serde_json::Value> = text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect(l))
+        .collect();
+    let first = events.iter().position(|v| v["event"] == "progress");
+    let done = events.iter().position(|v| v["event"] == "file");
+    let (Some(first), Some(done)) = (first, done) else {
+        panic!("{}", explain(&out));
+    };
+    assert!(first < done, "{}", explain(&out));
+    let v = &events[first];
+    assert_eq!(v["total"], 64 << 20, "{v}");
+    assert!(v["bytes"].as_u64().is_some_and(|b| b < 64 << 20), "{v}");
+    assert_eq!(v["file"], p(&big), "{v}");
+}
+
+#[test]
+fn progress_bar_without_a_terminal_writes_periodic_lines_in_binary_units() {
+    let d = tempfile::tempdir().unwrap();
+    let big = d.path().join("big.bin");
+    write_file(&big, random_bytes(64 << 20, 4));
+    let mut args = vec!["put", "--progress=bar"];
+    args.extend(SLOW);
+    let dest = format!(":{}", p(&d.path().join("up.bin")));
+    let source = p(&big);
+    args.extend([source.as_str(), dest.as_str()]);
+    let out = ok(local(&args));
+    let err = text(&out.stderr);
+    let periodic: Vec<&str> = err
+        .lines()
+        .filter(|l| l.contains('%') && l.contains("MiB/s") && l.ends_with("big.bin"))
+        .collect();
+    assert!(!periodic.is_empty(), "{}", explain(&out));
+    let summary = err.lines().last().unwrap_or_default();
+    assert!(
+        summary.starts_with("sftpipe: 1 file, 64.0 MiB in "),
+        "{}",
+        explain(&out)
+    );
+}
+
+#[test]
+fn progress_bar_on_a_terminal_names_the_file() {
+    let d = tempfile::tempdir().unwrap();
+    let big = d.path().join("named-in-the-bar.bin");
+    write_file(&big, random_bytes(16 << 20, 5));
+    let server = p(&sftp_server_path());
+    let dest = format!(":{}", p(&d.path().join("up.bin")));
+    let mut args = vec!["-D", server.as_str(), "put", "--progress=bar"];
+    args.extend(SLOW);
+    let source = p(&big);
+    args.extend([source.as_str(), dest.as_str()]);
+    let shown = common::sftpipe_on_a_tty(&args);
+    assert!(shown.contains("named-in-the-bar.bin ["), "{shown}");
+}
+
+#[test]
+fn mirror_prints_one_summary_in_binary_units() {
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("src");
+    make_tree(&src);
+    let out = ok(local(&[
+        "mirror",
+        "--progress=bar",
+        &p(&src),
+        &format!(":{}", p(&d.path().join("dst"))),
+    ]));
+    let err = text(&out.stderr);
+    let summaries: Vec<&str> = err.lines().filter(|l| l.starts_with("sftpipe:")).collect();
+    assert_eq!(summaries.len(), 1, "{}", explain(&out));
+    assert!(
+        summaries[0].starts_with("sftpipe: mirror: 5 uploaded (361.3 KiB)"),
+        "{}",
+        explain(&out)
+    );
+}
+
+#[test]
+fn summary_time_includes_connecting() {
+    let d = tempfile::tempdir().unwrap();
+    // A server that takes a second to answer, as a slow ssh login does.
+    let server = d.path().join("slow-server");
+    common::write_script(
+        &server,
+        &format!("sleep 1\nexec {}", sftp_server_path().display()),
+    );
+    write_file(d.path().join("f"), b"x");
+    let out = run_in(
+        None,
+        &[
+            "-D",
+            &p(&server),
+            "put",
+            "--progress=bar",
+            &p(&d.path().join("f")),
+            &format!(":{}", p(&d.path().join("g"))),
+        ],
+    );
+    assert!(out.status.success(), "{}", explain(&out));
+    let err = text(&out.stderr);
+    let secs: f64 = err
+        .rsplit_once(" in ")
+        .and_then(|(_, t)| t.split('s').next())
+        .and_then(|t| t.parse().ok())
+        .unwrap_or_else(|| panic!("{}", explain(&out)));
+    assert!(secs >= 1.0, "{}", explain(&out));
 }

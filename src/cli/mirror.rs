@@ -12,8 +12,7 @@ use sftpipe::mirror::{
 };
 
 use super::exit::{self, CliError};
-use super::format::human_size;
-use super::progress::{ProgressMode, Tracker};
+use super::progress::{ProgressMode, Tracker, binary_size, process_start};
 use super::{
     GlobalArgs, TransferArgs, UploadArgs, connect_with, expand_tilde, remote_operands, utf8_operand,
 };
@@ -174,6 +173,8 @@ pub fn mirror(g: &GlobalArgs, a: &MirrorArgs) -> Result<i32, CliError> {
         a.transfer.progress
     };
     let tracker = Tracker::new(mode, g.quiet);
+    // The mirror's own summary line is the only one.
+    tracker.without_summary();
     let t = session.transfer(topts, tracker.clone());
     let report = if upload {
         session.run(mirror_up_listed(&t, &local, local_snapshot, &remote, &opts))
@@ -276,7 +277,7 @@ fn summary(r: &MirrorReport, upload: bool, dry_run: bool) -> String {
             r.unchanged
         );
     }
-    let mut parts = vec![format!("{} {verb} ({}B)", r.copied, human_size(r.bytes))];
+    let mut parts = vec![format!("{} {verb} ({})", r.copied, binary_size(r.bytes))];
     if r.dirs_created > 0 {
         parts.push(format!("{} dirs created", r.dirs_created));
     }
@@ -291,9 +292,10 @@ fn summary(r: &MirrorReport, upload: bool, dry_run: bool) -> String {
     }
     parts.push(format!("{} unchanged", r.unchanged));
     parts.push(format!("{} failed", r.failures.len()));
+    // From the process's start: connecting included.
     format!(
         "mirror: {} in {:.2}s",
         parts.join(", "),
-        r.elapsed.as_secs_f64()
+        process_start().elapsed().as_secs_f64()
     )
 }

@@ -25,9 +25,11 @@ use super::{
     after_help = "REMOTE is [user@]host:path or sftp://[user@]host[:port]/path (with -D, \
     a plain path). LOCAL defaults to '.'; when it is an existing directory the file or tree \
     goes into it under REMOTE's name, else it is the new name.\n\n\
-    Progress: a bar on stderr when it is a terminal; --progress=json prints on stdout one \
-    {\"event\":\"file\",\"path\",\"bytes\",\"ok\"[,\"error\"]} object per file and a final \
-    {\"event\":\"summary\",\"files\",\"bytes\",\"failed\",\"elapsed_ms\"}.\n\n\
+    Progress: a bar on stderr when it is a terminal (--progress=bar elsewhere: a line a \
+    second); --progress=json prints on stdout {\"event\":\"progress\",\"bytes\",\"total\",\"file\"} \
+    every 250 ms while bytes move, one {\"event\":\"file\",\"path\",\"bytes\",\"ok\"[,\"error\"]} \
+    object per file and a final {\"event\":\"summary\",\"files\",\"bytes\",\"failed\",\"elapsed_ms\"} \
+    (times count from the start, connecting included).\n\n\
     Examples:\n  sftpipe get host:/var/log/syslog\n  \
     sftpipe get -r -p host:/srv/www ./backup/\n  \
     sftpipe get -a --progress=json sftp://host//data/big.iso /tmp/big.iso"

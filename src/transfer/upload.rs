@@ -524,7 +524,7 @@ impl Transfer {
             // A WRITE whose data came from the file fails here if reading it did.
             write_reply(handle.path(), r.map_err(|e| relabel_local(e, local))?)?;
             *acked += n as u64;
-            self.progress.transferred(n as u64);
+            self.progress.file_transferred(local, n as u64);
             Ok(())
         };
         loop {
