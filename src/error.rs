@@ -16,6 +16,9 @@ pub struct ConnectionError {
     pub reason: String,
     /// The last lines ssh (or the local server) wrote to stderr.
     pub stderr_tail: Vec<String>,
+    /// The server's name when the connection ended before the server's VERSION: the
+    /// connection was never made (ssh could not connect or authenticate).
+    pub unreached: Option<String>,
 }
 
 impl fmt::Display for ConnectionError {
@@ -35,7 +38,7 @@ impl fmt::Display for ConnectionError {
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The server refused an operation with a STATUS reply.
-    #[error("{op} {path}: {message}", path = display_path(path))]
+    #[error("{op} {path}: {}", status_text(*code, message), path = display_path(path))]
     Status {
         /// The operation, e.g. "open".
         op: &'static str,
@@ -46,11 +49,12 @@ pub enum Error {
         /// The server's message, or the code's description when it sent none.
         message: String,
     },
-    /// ssh (or the local server) exited, or the pipes broke.
-    #[error("connection lost: {0}")]
+    /// ssh (or the local server) exited, or the pipes broke: "cannot connect to HOST"
+    /// before the handshake, else "connection lost".
+    #[error("{}", connection_text(.0))]
     Connection(ConnectionError),
     /// ssh or the server command could not be started.
-    #[error("cannot start {program}: {source}")]
+    #[error("cannot start {program}: {}", plain_io(source))]
     Spawn {
         /// The program that failed to start.
         program: String,
@@ -65,7 +69,7 @@ pub enum Error {
     #[error("{0}")]
     Unsupported(String),
     /// A local file operation failed.
-    #[error("{context}: {source}")]
+    #[error("{context}: {}", local_text(source))]
     Local {
         /// What was being done, with the local path.
         context: String,
@@ -100,6 +104,60 @@ pub enum Error {
         /// Each failure with its path.
         failures: Vec<(String, Error)>,
     },
+}
+
+/// A refusal in words that say which side is concerned: a missing file is "remote file
+/// not found", with the server's own words when they say more.
+fn status_text(code: StatusCode, message: &str) -> String {
+    if code != StatusCode::NoSuchFile {
+        return message.to_string();
+    }
+    let generic = message.is_empty() || message.to_ascii_lowercase().starts_with("no such file");
+    if generic {
+        "remote file not found".into()
+    } else {
+        format!("remote file not found ({message})")
+    }
+}
+
+/// A local failure in plain words; a missing file is "local file not found".
+fn local_text(e: &io::Error) -> String {
+    if e.kind() == io::ErrorKind::NotFound {
+        "local file not found".into()
+    } else {
+        plain_io(e)
+    }
+}
+
+fn connection_text(c: &ConnectionError) -> String {
+    match &c.unreached {
+        Some(peer) => format!("cannot connect to {peer}: {c}"),
+        None => format!("connection lost: {c}"),
+    }
+}
+
+/// An I/O error in plain words: the OS's description without Rust's " (os error N)",
+/// and the kind's words for errors without an OS code, e.g. "No such file or directory"
+/// rather than "entity not found".
+pub fn plain_io(e: &io::Error) -> String {
+    if e.raw_os_error().is_some() || e.get_ref().is_some() {
+        let text = e.to_string();
+        return match text.rfind(" (os error ") {
+            Some(cut) if text.ends_with(')') => text[..cut].to_string(),
+            _ => text,
+        };
+    }
+    match e.kind() {
+        io::ErrorKind::NotFound => "No such file or directory".into(),
+        io::ErrorKind::PermissionDenied => "Permission denied".into(),
+        io::ErrorKind::AlreadyExists => "File exists".into(),
+        io::ErrorKind::IsADirectory => "Is a directory".into(),
+        io::ErrorKind::NotADirectory => "Not a directory".into(),
+        io::ErrorKind::DirectoryNotEmpty => "Directory not empty".into(),
+        io::ErrorKind::UnexpectedEof => "unexpected end of file".into(),
+        io::ErrorKind::BrokenPipe => "Broken pipe".into(),
+        _ => e.to_string(),
+    }
 }
 
 fn display_path(p: &str) -> String {
@@ -191,13 +249,13 @@ impl Error {
             Error::Connection(c) => Error::Connection(c.clone()),
             Error::Spawn { program, source } => Error::Spawn {
                 program: program.clone(),
-                source: io::Error::new(source.kind(), source.to_string()),
+                source: io::Error::new(source.kind(), plain_io(source)),
             },
             Error::Protocol(m) => Error::Protocol(m.clone()),
             Error::Unsupported(m) => Error::Unsupported(m.clone()),
             Error::Local { context, source } => Error::Local {
                 context: context.clone(),
-                source: io::Error::new(source.kind(), source.to_string()),
+                source: io::Error::new(source.kind(), plain_io(source)),
             },
             Error::InvalidInput(m) => Error::InvalidInput(m.clone()),
             Error::RequestTooLarge {

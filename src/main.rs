@@ -3,6 +3,8 @@
 mod cli;
 
 fn main() {
+    // Summaries count from here: their time includes connecting.
+    cli::progress::process_start();
     let args = cli::parse();
     cli::init_logging(&args.global);
     // End the ssh or -D child on SIGINT, SIGTERM and SIGHUP instead of leaving it behind.

@@ -371,6 +371,11 @@ impl Channel {
         (st.bytes_out, st.bytes_in)
     }
 
+    /// True once the server's VERSION came: the connection was made.
+    pub fn version_seen(&self) -> bool {
+        self.state.borrow().version_seen
+    }
+
     /// Requests awaiting a reply.
     pub fn in_flight(&self) -> usize {
         self.state.borrow().inflight.len()
@@ -640,6 +645,7 @@ impl Channel {
             st.dead = Some(ConnectionError {
                 reason: "session closed".into(),
                 stderr_tail: Vec::new(),
+                unreached: None,
             });
         }
         if let Some(mut child) = st.child.take() {
@@ -993,6 +999,7 @@ impl Channel {
         st.dead = Some(ConnectionError {
             reason,
             stderr_tail: st.stderr_tail.iter().cloned().collect(),
+            unreached: None,
         });
         st.closing = None;
         st.quiet_since = None;

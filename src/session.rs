@@ -42,6 +42,7 @@ impl Session {
             return Err(Error::Connection(crate::ConnectionError {
                 reason,
                 stderr_tail: Vec::new(),
+                unreached: None,
             }));
         }
         let pipes = options.spawn()?;
@@ -51,7 +52,12 @@ impl Session {
         let handshake = Sftp::handshake_prefetching(chan.clone(), &options.prefetch);
         let sftp = match rt.block_on(handshake) {
             Ok(s) => s,
-            Err(e) => {
+            Err(mut e) => {
+                if let Error::Connection(c) = &mut e
+                    && !chan.version_seen()
+                {
+                    c.unreached = Some(options.peer());
+                }
                 chan.shutdown(rt.reactor());
                 return Err(e);
             }

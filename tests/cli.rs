@@ -341,6 +341,8 @@ fn progress_json_lines_parse() {
                 files += 1;
             }
             Some("summary") => summary = Some(v),
+            // Bytes in flight, at most every 250 ms.
+            Some("progress") => {}
             _ => panic!("unexpected line {line}"),
         }
     }
@@ -1524,4 +1526,262 @@ fn ssh_permission_denied_is_4() {
         ],
     );
     assert_eq!(code(&out), 4, "{}\n{}", explain(&out), sshd.log());
+}
+
+// ---------------------------------------------------------------------------------------
+// Messages
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn a_connection_never_made_reads_cannot_connect_with_ssh_words() {
+    let mut args = common::refused_ssh_args();
+    args.extend(["ls".to_string(), "127.0.0.1:".to_string()]);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = run_in(None, &refs);
+    assert_eq!(code(&out), 5, "{}", explain(&out));
+    let err = text(&out.stderr);
+    assert!(
+        err.starts_with("sftpipe: cannot connect to 127.0.0.1: "),
+        "{}",
+        explain(&out)
+    );
+    assert!(err.contains("Connection refused"), "{}", explain(&out));
+    assert!(!err.contains("connection lost"), "{}", explain(&out));
+}
+
+#[test]
+fn not_found_says_remote_or_local_in_plain_words() {
+    let d = tempfile::tempdir().unwrap();
+    let missing = p(&d.path().join("missing"));
+    let out = local(&["get", &format!(":{missing}"), &p(&d.path().join("x"))]);
+    assert_eq!(code(&out), 3, "{}", explain(&out));
+    assert_eq!(
+        text(&out.stderr).trim(),
+        format!("sftpipe: stat '{missing}': remote file not found")
+    );
+
+    let out = local(&["put", &missing, &format!(":{}", p(&d.path().join("x")))]);
+    assert_eq!(code(&out), 7, "{}", explain(&out));
+    let err = text(&out.stderr);
+    assert!(err.contains(&missing), "{}", explain(&out));
+    assert!(err.contains("local file not found"), "{}", explain(&out));
+}
+
+#[test]
+fn local_errors_have_no_rust_isms() {
+    let d = tempfile::tempdir().unwrap();
+    write_file(d.path().join("f"), b"x");
+    // A download into a path under a regular file: ENOTDIR from the OS.
+    let dest = p(&d.path().join("f/sub/x"));
+    let out = local(&["get", &format!(":{}", p(&d.path().join("f"))), &dest]);
+    assert!(!out.status.success(), "{}", explain(&out));
+    let err = text(&out.stderr);
+    assert!(err.contains("Not a directory"), "{}", explain(&out));
+    for rust in ["os error", "entity not found", "(os "] {
+        assert!(!err.contains(rust), "{rust}: {}", explain(&out));
+    }
+}
+
+#[test]
+fn upload_errors_name_the_target_not_the_temporary_file() {
+    let d = tempfile::tempdir().unwrap();
+    let f = d.path().join("hello.txt");
+    write_file(&f, random_bytes(300_000, 9));
+    let locked = d.path().join("locked");
+    fs::create_dir(&locked).unwrap();
+    common::give_to_test_user(d.path());
+    set_mode(&locked, 0o555);
+    let target = p(&locked.join("hello.txt"));
+    // As the test user: root would write into the read-only directory.
+    let out = common::sftpipe_as_test_user(&["put", &p(&f), &format!(":{target}")]);
+    assert_eq!(code(&out), 4, "{}", explain(&out));
+    let err = text(&out.stderr);
+    assert!(err.contains(&format!("'{target}'")), "{}", explain(&out));
+    assert!(!err.contains("sftpipe-tmp"), "{}", explain(&out));
+}
+
+#[test]
+fn mirror_of_a_file_says_so_in_one_line() {
+    let d = tempfile::tempdir().unwrap();
+    let f = d.path().join("hello.txt");
+    write_file(&f, b"hi\n");
+    let up = local(&["mirror", &p(&f), &format!(":{}", p(&d.path().join("m")))]);
+    let down = local(&["mirror", &format!(":{}", p(&f)), &p(&d.path().join("m2"))]);
+    for (out, verb) in [(up, "put"), (down, "get")] {
+        assert_eq!(code(&out), 2, "{}", explain(&out));
+        let err = text(&out.stderr);
+        assert_eq!(err.lines().count(), 1, "{}", explain(&out));
+        assert!(
+            err.contains("mirror takes directories"),
+            "{}",
+            explain(&out)
+        );
+        assert!(err.contains(&p(&f)), "{}", explain(&out));
+        assert!(err.contains(&format!("use {verb}")), "{}", explain(&out));
+    }
+    assert!(!d.path().join("m").exists() && !d.path().join("m2").exists());
+}
+
+#[test]
+fn ls_quotes_names_on_a_terminal_as_gnu_ls_does() {
+    let d = tempfile::tempdir().unwrap();
+    for name in ["a b", "plain", "x\ny", "it's"] {
+        write_file(d.path().join(name), b"x");
+    }
+    let server = p(&sftp_server_path());
+    let shown = common::sftpipe_on_a_tty(&["-D", &server, "ls", "-1", &p(d.path())]);
+    let lines: Vec<&str> = shown.lines().collect();
+    assert_eq!(lines, ["'a b'", "\"it's\"", "plain", "$'x\\ny'"], "{shown}");
+    // Not on a terminal: the names as they are.
+    let out = ok(local(&["ls", "-1", &p(d.path())]));
+    assert_eq!(text(&out.stdout), "a b\nit's\nplain\nx\ny\n");
+}
+
+#[test]
+fn ls_long_shows_owners_alike_for_a_file_and_its_directory() {
+    let d = tempfile::tempdir().unwrap();
+    write_file(d.path().join("f"), b"x");
+    let listing = ok(local(&["ls", "-l", &p(d.path())]));
+    let alone = ok(local(&["ls", "-l", &p(&d.path().join("f"))]));
+    let owners = |out: &Output| -> Vec<String> {
+        let t = text(&out.stdout);
+        let line = t
+            .lines()
+            .find(|l| l.ends_with('f'))
+            .unwrap_or_default()
+            .to_string();
+        line.split_whitespace()
+            .skip(1)
+            .take(2)
+            .map(str::to_string)
+            .collect()
+    };
+    assert_eq!(owners(&listing).len(), 2, "{}", explain(&listing));
+    assert_eq!(owners(&listing), owners(&alone), "{}", explain(&alone));
+}
+
+// ---------------------------------------------------------------------------------------
+// Progress
+// ---------------------------------------------------------------------------------------
+
+/// A 64 MiB file sent one 4 KiB request at a time: a transfer of a few seconds.
+const SLOW: [&str; 4] = ["--requests", "1", "--buffer", "4K"];
+
+#[test]
+fn progress_json_reports_bytes_in_flight_before_the_file_ends() {
+    let d = tempfile::tempdir().unwrap();
+    let big = d.path().join("big.bin");
+    write_file(&big, random_bytes(64 << 20, 3));
+    let mut args = vec!["put", "--progress=json"];
+    args.extend(SLOW);
+    let dest = format!(":{}", p(&d.path().join("up.bin")));
+    let source = p(&big);
+    args.extend([source.as_str(), dest.as_str()]);
+    let out = ok(local(&args));
+    let events: Vec<serde_json::Value> = text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect(l))
+        .collect();
+    let first = events.iter().position(|v| v["event"] == "progress");
+    let done = events.iter().position(|v| v["event"] == "file");
+    let (Some(first), Some(done)) = (first, done) else {
+        panic!("{}", explain(&out));
+    };
+    assert!(first < done, "{}", explain(&out));
+    let v = &events[first];
+    assert_eq!(v["total"], 64 << 20, "{v}");
+    assert!(v["bytes"].as_u64().is_some_and(|b| b < 64 << 20), "{v}");
+    assert_eq!(v["file"], p(&big), "{v}");
+}
+
+#[test]
+fn progress_bar_without_a_terminal_writes_periodic_lines_in_binary_units() {
+    let d = tempfile::tempdir().unwrap();
+    let big = d.path().join("big.bin");
+    write_file(&big, random_bytes(64 << 20, 4));
+    let mut args = vec!["put", "--progress=bar"];
+    args.extend(SLOW);
+    let dest = format!(":{}", p(&d.path().join("up.bin")));
+    let source = p(&big);
+    args.extend([source.as_str(), dest.as_str()]);
+    let out = ok(local(&args));
+    let err = text(&out.stderr);
+    let periodic: Vec<&str> = err
+        .lines()
+        .filter(|l| l.contains('%') && l.contains("MiB/s") && l.ends_with("big.bin"))
+        .collect();
+    assert!(!periodic.is_empty(), "{}", explain(&out));
+    let summary = err.lines().last().unwrap_or_default();
+    assert!(
+        summary.starts_with("sftpipe: 1 file, 64.0 MiB in "),
+        "{}",
+        explain(&out)
+    );
+}
+
+#[test]
+fn progress_bar_on_a_terminal_names_the_file() {
+    let d = tempfile::tempdir().unwrap();
+    let big = d.path().join("named-in-the-bar.bin");
+    write_file(&big, random_bytes(16 << 20, 5));
+    let server = p(&sftp_server_path());
+    let dest = format!(":{}", p(&d.path().join("up.bin")));
+    let mut args = vec!["-D", server.as_str(), "put", "--progress=bar"];
+    args.extend(SLOW);
+    let source = p(&big);
+    args.extend([source.as_str(), dest.as_str()]);
+    let shown = common::sftpipe_on_a_tty(&args);
+    assert!(shown.contains("named-in-the-bar.bin ["), "{shown}");
+}
+
+#[test]
+fn mirror_prints_one_summary_in_binary_units() {
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("src");
+    make_tree(&src);
+    let out = ok(local(&[
+        "mirror",
+        "--progress=bar",
+        &p(&src),
+        &format!(":{}", p(&d.path().join("dst"))),
+    ]));
+    let err = text(&out.stderr);
+    let summaries: Vec<&str> = err.lines().filter(|l| l.starts_with("sftpipe:")).collect();
+    assert_eq!(summaries.len(), 1, "{}", explain(&out));
+    assert!(
+        summaries[0].starts_with("sftpipe: mirror: 5 uploaded (361.3 KiB)"),
+        "{}",
+        explain(&out)
+    );
+}
+
+#[test]
+fn summary_time_includes_connecting() {
+    let d = tempfile::tempdir().unwrap();
+    // A server that takes a second to answer, as a slow ssh login does.
+    let server = d.path().join("slow-server");
+    common::write_script(
+        &server,
+        &format!("sleep 1\nexec {}", sftp_server_path().display()),
+    );
+    write_file(d.path().join("f"), b"x");
+    let out = run_in(
+        None,
+        &[
+            "-D",
+            &p(&server),
+            "put",
+            "--progress=bar",
+            &p(&d.path().join("f")),
+            &format!(":{}", p(&d.path().join("g"))),
+        ],
+    );
+    assert!(out.status.success(), "{}", explain(&out));
+    let err = text(&out.stderr);
+    let secs: f64 = err
+        .rsplit_once(" in ")
+        .and_then(|(_, t)| t.split('s').next())
+        .and_then(|t| t.parse().ok())
+        .unwrap_or_else(|| panic!("{}", explain(&out)));
+    assert!(secs >= 1.0, "{}", explain(&out));
 }

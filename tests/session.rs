@@ -954,7 +954,10 @@ fn missing_paths_are_not_found_and_named(s: &Session, dir: &Path) {
         assert!(!e.is_connection());
         let shown = e.to_string();
         assert!(shown.starts_with(op), "{shown}");
-        assert_eq!(shown, format!("{op} '{}': No such file", missing.display()));
+        assert_eq!(
+            shown,
+            format!("{op} '{}': remote file not found", missing.display())
+        );
     }
     // The session is still good.
     assert!(s.stat(r(dir)).unwrap().is_dir());

@@ -221,6 +221,7 @@ mod tests {
         let lost = Error::Connection(sftpipe::ConnectionError {
             reason: "gone".into(),
             stderr_tail: vec![],
+            unreached: None,
         });
         assert_eq!(batch_code([], 3), SUCCESS);
         assert_eq!(batch_code([&nf], 1), NOT_FOUND);

@@ -129,19 +129,64 @@ pub fn human_size(n: u64) -> String {
     format!("{v:.0}{}", UNITS[unit])
 }
 
-/// A name fit for display: unchanged, or on a terminal with control characters
-/// replaced by `?` (as `ls` does), so a file name cannot drive the terminal.
+/// A name fit for display: unchanged, or on a terminal quoted as GNU `ls` does there
+/// (`shell-escape`): `'a b'`, `"it's"`, and `$'a\nb'` for control characters or bytes
+/// that are not UTF-8, so a file name cannot drive the terminal and can be pasted back.
 pub fn display_name(name: &[u8], tty: bool) -> Cow<'_, str> {
-    let s = String::from_utf8_lossy(name);
-    if tty && s.chars().any(char::is_control) {
-        Cow::Owned(
-            s.chars()
-                .map(|c| if c.is_control() { '?' } else { c })
-                .collect(),
-        )
-    } else {
-        s
+    if !tty {
+        return String::from_utf8_lossy(name);
     }
+    match std::str::from_utf8(name) {
+        Ok(s) if !s.chars().any(char::is_control) => shell_quote(s),
+        _ => Cow::Owned(dollar_quote(name)),
+    }
+}
+
+/// Quotes `s` for a POSIX shell when it holds a character the shell would interpret.
+fn shell_quote(s: &str) -> Cow<'_, str> {
+    const SPECIAL: &str = " !\"$&'()*;<=>?[\\]^`|";
+    let first_special = |c: char| matches!(c, '#' | '~');
+    let needs = s.is_empty()
+        || s.chars().any(|c| SPECIAL.contains(c))
+        || s.starts_with(first_special)
+        || s == "{"
+        || s == "}";
+    if !needs {
+        return Cow::Borrowed(s);
+    }
+    if s.contains('\'') && !s.contains(['"', '$', '`', '\\', '!']) {
+        return Cow::Owned(format!("\"{s}\""));
+    }
+    Cow::Owned(format!("'{}'", s.replace('\'', "'\\''")))
+}
+
+/// Bash's `$'...'` quoting: control characters and bytes that are not UTF-8 escaped.
+fn dollar_quote(name: &[u8]) -> String {
+    let mut out = String::from("$'");
+    for chunk in name.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            match c {
+                '\n' => out.push_str("\\n"),
+                '\t' => out.push_str("\\t"),
+                '\r' => out.push_str("\\r"),
+                '\x1b' => out.push_str("\\e"),
+                '\'' => out.push_str("\\'"),
+                '\\' => out.push_str("\\\\"),
+                c if c.is_control() => {
+                    let mut buf = [0u8; 4];
+                    for b in c.encode_utf8(&mut buf).bytes() {
+                        out.push_str(&format!("\\x{b:02x}"));
+                    }
+                }
+                c => out.push(c),
+            }
+        }
+        for b in chunk.invalid() {
+            out.push_str(&format!("\\x{b:02x}"));
+        }
+    }
+    out.push('\'');
+    out
 }
 
 /// Lays names out in columns (down, then across) for a terminal `width` wide.
@@ -230,6 +275,32 @@ pub fn owner_group(attrs: &FileAttributes, longname: Option<&[u8]>) -> (String, 
     match attrs.uid_gid {
         Some((u, g)) => (u.to_string(), g.to_string()),
         None => ("?".into(), "?".into()),
+    }
+}
+
+/// The server's `ls -l` line for `path`, read from its parent's listing (SFTP v3 gives
+/// owner names only there), so that a file shows its owner as its directory's listing
+/// would; empty when the parent cannot be listed.
+pub fn longname_in_parent(session: &sftpipe::Session, path: &[u8]) -> Vec<u8> {
+    let name = sftpipe::transfer::remote_basename(path);
+    if !path.ends_with(name) {
+        return Vec::new();
+    }
+    let parent = match path.len() - name.len() {
+        0 => b".".as_slice(),
+        1 => b"/".as_slice(),
+        n => &path[..n - 1],
+    };
+    match session.read_dir(parent) {
+        Ok(entries) => entries
+            .into_iter()
+            .find(|e| e.filename == name)
+            .map(|e| e.longname)
+            .unwrap_or_default(),
+        Err(e) => {
+            log::debug!("owner names of {}: {e}", String::from_utf8_lossy(path));
+            Vec::new()
+        }
     }
 }
 
@@ -480,9 +551,18 @@ mod tests {
     }
 
     #[test]
-    fn terminal_names_lose_control_characters() {
-        assert_eq!(display_name(b"a\x1bb", true), "a?b");
+    fn terminal_names_are_quoted_as_gnu_ls_does() {
+        assert_eq!(display_name(b"a\x1bb", true), "$'a\\eb'");
         assert_eq!(display_name(b"a\x1bb", false), "a\x1bb");
+        assert_eq!(display_name(b"a\nb", true), "$'a\\nb'");
+        assert_eq!(display_name(b"a\xffb", true), "$'a\\xffb'");
+        assert_eq!(display_name(b"plain-name_1.txt", true), "plain-name_1.txt");
+        assert_eq!(display_name(b"a b", true), "'a b'");
+        assert_eq!(display_name(b"a b", false), "a b");
+        assert_eq!(display_name(b"it's", true), "\"it's\"");
+        assert_eq!(display_name(b"it's $x", true), "'it'\\''s $x'");
+        assert_eq!(display_name(b"~x", true), "'~x'");
+        assert_eq!(display_name(b"x~", true), "x~");
     }
 
     #[test]

@@ -12,8 +12,7 @@ use sftpipe::mirror::{
 };
 
 use super::exit::{self, CliError};
-use super::format::human_size;
-use super::progress::{ProgressMode, Tracker};
+use super::progress::{ProgressMode, Tracker, binary_size, process_start};
 use super::{
     GlobalArgs, TransferArgs, UploadArgs, connect_with, expand_tilde, remote_operands, utf8_operand,
 };
@@ -174,6 +173,8 @@ pub fn mirror(g: &GlobalArgs, a: &MirrorArgs) -> Result<i32, CliError> {
         a.transfer.progress
     };
     let tracker = Tracker::new(mode, g.quiet);
+    // The mirror's own summary line is the only one.
+    tracker.without_summary();
     let t = session.transfer(topts, tracker.clone());
     let report = if upload {
         session.run(mirror_up_listed(&t, &local, local_snapshot, &remote, &opts))
@@ -195,6 +196,12 @@ pub fn mirror(g: &GlobalArgs, a: &MirrorArgs) -> Result<i32, CliError> {
             writeln!(out, "{}", exit::sanitize(&action.describe(verb)))
                 .map_err(exit::stdout_error)?;
         }
+    }
+    // A root that is a file (`mirror f host:f`) is a usage slip: one line says so.
+    if let Some(e) = refused_root(&report) {
+        tracker.finish_silently();
+        exit::report(e);
+        return Ok(exit::code_of(e));
     }
     let code = tracker.finish(false);
     for skipped in [
@@ -234,6 +241,14 @@ pub fn mirror(g: &GlobalArgs, a: &MirrorArgs) -> Result<i32, CliError> {
     Ok(exit_code(&report, code))
 }
 
+/// The error of a mirror that did nothing because its root is not one it takes.
+fn refused_root(report: &MirrorReport) -> Option<&Error> {
+    match report.failures.as_slice() {
+        [(_, e @ Error::InvalidInput(_))] if report.nothing_done() => Some(e),
+        _ => None,
+    }
+}
+
 /// 0 all done; 1 partial; a specific code (3-7) when nothing at all could be done.
 fn exit_code(report: &MirrorReport, batch: i32) -> i32 {
     if report.nothing_done() {
@@ -262,7 +277,7 @@ fn summary(r: &MirrorReport, upload: bool, dry_run: bool) -> String {
             r.unchanged
         );
     }
-    let mut parts = vec![format!("{} {verb} ({}B)", r.copied, human_size(r.bytes))];
+    let mut parts = vec![format!("{} {verb} ({})", r.copied, binary_size(r.bytes))];
     if r.dirs_created > 0 {
         parts.push(format!("{} dirs created", r.dirs_created));
     }
@@ -277,9 +292,10 @@ fn summary(r: &MirrorReport, upload: bool, dry_run: bool) -> String {
     }
     parts.push(format!("{} unchanged", r.unchanged));
     parts.push(format!("{} failed", r.failures.len()));
+    // From the process's start: connecting included.
     format!(
         "mirror: {} in {:.2}s",
         parts.join(", "),
-        r.elapsed.as_secs_f64()
+        process_start().elapsed().as_secs_f64()
     )
 }

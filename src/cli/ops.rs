@@ -309,7 +309,11 @@ pub fn ls(g: &GlobalArgs, a: &LsArgs) -> Result<i32, CliError> {
         } else {
             let entry = NameEntry {
                 filename: given.clone(),
-                longname: Vec::new(),
+                longname: if a.long {
+                    format::longname_in_parent(&session, &path)
+                } else {
+                    Vec::new()
+                },
                 attrs: lattrs,
             };
             print_entries_at(&session, &[path], &[entry], &view, &mut out)?;

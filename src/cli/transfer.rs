@@ -28,9 +28,11 @@ use super::{
     goes into it under REMOTE's name, else it is the new name; '-' writes the file to \
     standard output. REMOTE may hold wildcards (*, ?, [...], matched on the server, as \
     sftp does; quote them from the local shell): every match goes into LOCAL.\n\n\
-    Progress: a bar on stderr when it is a terminal; --progress=json prints on stdout one \
-    {\"event\":\"file\",\"path\",\"bytes\",\"ok\"[,\"error\"]} object per file and a final \
-    {\"event\":\"summary\",\"files\",\"bytes\",\"failed\",\"elapsed_ms\"}.\n\n\
+    Progress: a bar on stderr when it is a terminal (--progress=bar elsewhere: a line a \
+    second); --progress=json prints on stdout {\"event\":\"progress\",\"bytes\",\"total\",\"file\"} \
+    every 250 ms while bytes move, one {\"event\":\"file\",\"path\",\"bytes\",\"ok\"[,\"error\"]} \
+    object per file and a final {\"event\":\"summary\",\"files\",\"bytes\",\"failed\",\"elapsed_ms\"} \
+    (times count from the start, connecting included).\n\n\
     Examples:\n  sftpipe get host:/var/log/syslog\n  \
     sftpipe get -r -p host:/srv/www ./backup/\n  \
     sftpipe get -a --progress=json sftp://host//data/big.iso /tmp/big.iso\n  \

@@ -122,7 +122,7 @@ pub fn snapshot_local(root: &Path, opts: &MirrorOptions) -> Result<Option<LocalS
         Ok(m) if m.is_dir() || (opts.copy_links && root.is_dir()) => {}
         Ok(_) => {
             return Err(Error::InvalidInput(format!(
-                "{} is not a directory",
+                "mirror takes directories: {} is not one (use put to copy a file)",
                 root.display()
             )));
         }
@@ -403,8 +403,9 @@ async fn snapshot_remote_as(
         Ok(a) if a.is_dir() => a,
         Ok(_) => {
             return Err(Error::InvalidInput(format!(
-                "remote {} is not a directory",
-                String::from_utf8_lossy(&root)
+                "mirror takes directories: remote {} is not one (use {} to copy a file)",
+                String::from_utf8_lossy(&root),
+                if is_dest { "put" } else { "get" }
             )));
         }
         Err(e) if e.is_not_found() => return Ok((None, Vec::new())),

@@ -417,7 +417,7 @@ mod tests {
         let v = Reply::error(&e).to_json(Some(json!(7)));
         assert_eq!(
             v,
-            json!({"status": "error", "code": "not_found", "message": "stat '/x': No such file",
+            json!({"status": "error", "code": "not_found", "message": "stat '/x': remote file not found",
                    "data": null, "id": 7})
         );
         let v = Reply::fail("bad").to_json(None);

@@ -317,7 +317,7 @@ impl Fetch<'_> {
                         Error::local(format!("cannot write {}", self.local.display()), e)
                     })?;
                 self.received.add(offset, n);
-                self.progress.transferred(n);
+                self.progress.file_transferred(self.local, n);
                 if self.size_hint.is_some_and(|s| offset + n > s) {
                     self.size_hint = None;
                 }

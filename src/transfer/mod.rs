@@ -101,6 +101,11 @@ pub trait Progress {
     fn add_total(&self, _files: u64, _bytes: u64) {}
     /// Bytes were acknowledged by the server (upload) or written locally (download).
     fn transferred(&self, _bytes: u64) {}
+    /// Bytes of the local file `local` were moved (by default counted by
+    /// [`Progress::transferred`]).
+    fn file_transferred(&self, _local: &std::path::Path, bytes: u64) {
+        self.transferred(bytes)
+    }
     /// A file finished, successfully or not.
     fn file_done(&self, _path: &str, _bytes: u64, _error: Option<&Error>) {}
 }

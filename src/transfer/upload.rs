@@ -51,6 +51,40 @@ pub(crate) fn to_u32_time(secs: i64) -> u32 {
     secs.clamp(0, u32::MAX as i64) as u32
 }
 
+/// A refusal concerning the temporary file of an upload to `remote`, told against
+/// `remote`, the name the user gave: the temporary name is only logged (`-v`).
+fn name_the_target(e: Error, remote: &[u8]) -> Error {
+    let Error::Status {
+        op,
+        path,
+        code,
+        message,
+    } = e
+    else {
+        return e;
+    };
+    let temp = path.as_bytes();
+    let temp_base = remote_basename(temp);
+    if is_temp_of(remote_basename(remote), temp_base) && beside(remote, temp_base) == temp {
+        log::info!(
+            "{}: {op} of the temporary file {path} failed",
+            lossy(remote)
+        );
+        return Error::Status {
+            op,
+            path: lossy(remote),
+            code,
+            message,
+        };
+    }
+    Error::Status {
+        op,
+        path,
+        code,
+        message,
+    }
+}
+
 impl Transfer {
     /// Uploads one local file to `remote`, creating missing remote parents. Returns the
     /// bytes sent. Unless `inplace`, the data goes to a temporary name that is renamed onto
@@ -90,6 +124,18 @@ impl Transfer {
     }
 
     async fn upload_with(
+        &self,
+        local: &Path,
+        remote: &[u8],
+        committed: Option<&Token>,
+        fresh: bool,
+    ) -> Result<u64> {
+        self.upload_steps(local, remote, committed, fresh)
+            .await
+            .map_err(|e| name_the_target(e, remote))
+    }
+
+    async fn upload_steps(
         &self,
         local: &Path,
         remote: &[u8],
@@ -478,7 +524,7 @@ impl Transfer {
             // A WRITE whose data came from the file fails here if reading it did.
             write_reply(handle.path(), r.map_err(|e| relabel_local(e, local))?)?;
             *acked += n as u64;
-            self.progress.transferred(n as u64);
+            self.progress.file_transferred(local, n as u64);
             Ok(())
         };
         loop {

@@ -311,6 +311,37 @@ fn sftp_client_args(port: u16, key: &Path) -> Vec<String> {
     v
 }
 
+/// Runs `sftpipe ARGS` with its standard output on a terminal (util-linux `script`
+/// gives it a pty) and returns what it printed, line ends as `\n`.
+pub fn sftpipe_on_a_tty(args: &[&str]) -> String {
+    let quote = |a: &str| format!("'{}'", a.replace('\'', "'\\''"));
+    let mut line = quote(&sftpipe_bin().display().to_string());
+    for a in args {
+        line.push(' ');
+        line.push_str(&quote(a));
+    }
+    let out = Command::new("script")
+        .args(["-qec", &line, "/dev/null"])
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run script");
+    assert!(out.status.success(), "{line}: {out:?}");
+    String::from_utf8_lossy(&out.stdout).replace("\r\n", "\n")
+}
+
+/// sftpipe options (`-P port -o ...`) for 127.0.0.1 on a port nothing listens on: ssh's
+/// connection is refused before any SFTP is spoken.
+pub fn refused_ssh_args() -> Vec<String> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let mut v = vec!["-P".to_string(), port.to_string()];
+    v.extend(common_ssh_options());
+    v
+}
+
 /// Hands `path` (recursively) to `user` and opens the mode of `path` itself to 0755.
 fn chown_to(user: &str, path: &Path) {
     run_ok(
