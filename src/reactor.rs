@@ -520,7 +520,7 @@ impl Channel {
             if Self::flush(&mut st).is_err() {
                 break;
             }
-            self.read_stdout(&mut st);
+            self.read_stdout(&mut st, false);
             if !st.out.is_empty() || unanswered(&st) {
                 std::thread::sleep(Duration::from_millis(1));
             }
@@ -587,7 +587,9 @@ impl Channel {
         Ok(())
     }
 
-    fn read_stdout(&self, st: &mut State) {
+    /// Reads what the server sent. `closed`: the readiness event also said the server
+    /// closed its end, which raises no later event.
+    fn read_stdout(&self, st: &mut State, closed: bool) {
         loop {
             let Some(sock) = st.sock.as_mut() else { return };
             let buf = st.framer.spare(READ_CHUNK);
@@ -619,8 +621,9 @@ impl Channel {
                 return;
             }
             // A short read from a stream socket drained it (epoll(7)): whatever comes next
-            // raises a new edge, so the read that would only say EAGAIN is skipped.
-            if n < asked {
+            // raises a new edge, so the read that would only say EAGAIN is skipped. Not
+            // when the end of the stream came with the bytes: that edge was this one.
+            if n < asked && !closed {
                 return;
             }
         }
@@ -1139,13 +1142,14 @@ impl Source for Channel {
                         let msg = (!child_went_away(&e))
                             .then(|| format!("writing to {} failed: {e}", st.label));
                         // A broken pipe means the child died; reading tells why.
-                        self.read_stdout(&mut st);
+                        self.read_stdout(&mut st, true);
                         self.fail(&mut st, msg);
                         return;
                     }
                 }
                 if event.is_readable() || event.is_read_closed() || event.is_error() {
-                    self.read_stdout(&mut st);
+                    let closed = event.is_read_closed() || event.is_error();
+                    self.read_stdout(&mut st, closed);
                 }
             }
             T_STDERR => Self::read_stderr(&mut st),
@@ -1388,6 +1392,38 @@ mod tests {
             );
             assert!(q.spoiled.is_empty());
         }
+    }
+
+    /// A server whose last bytes and end of stream arrive together (it wrote and exited
+    /// before the client looked) raises one readiness edge for both: the short read of the
+    /// bytes must not be taken for "drained", or the end is never seen and the client
+    /// waits forever.
+    #[test]
+    fn the_end_of_stream_arriving_with_the_last_bytes_is_seen() {
+        let reactor = Reactor::new().unwrap();
+        // Started first, so that it cannot hold the socket open between fork and exec.
+        let child = std::process::Command::new("true")
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (ours, mut theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+        // Both are there when the socket is registered: one edge for the two.
+        theirs.write_all(&[0, 0]).unwrap();
+        drop(theirs);
+        let label = "test server".to_string();
+        let chan = Channel::new(
+            &reactor,
+            ChildPipes {
+                child,
+                sock: ours,
+                label,
+            },
+        )
+        .unwrap();
+        for _ in 0..20 {
+            reactor.turn(false).unwrap();
+        }
+        assert!(chan.is_dead(), "the end of the stream went unnoticed");
     }
 
     #[test]
