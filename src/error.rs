@@ -50,7 +50,7 @@ pub enum Error {
     #[error("connection lost: {0}")]
     Connection(ConnectionError),
     /// ssh or the server command could not be started.
-    #[error("cannot start {program}: {source}")]
+    #[error("cannot start {program}: {}", io_words(.source))]
     Spawn {
         /// The program that failed to start.
         program: String,
@@ -65,7 +65,7 @@ pub enum Error {
     #[error("{0}")]
     Unsupported(String),
     /// A local file operation failed.
-    #[error("{context}: {source}")]
+    #[error("{context}: {}", io_words(.source))]
     Local {
         /// What was being done, with the local path.
         context: String,
@@ -84,6 +84,18 @@ pub enum Error {
         /// Each failure with its path.
         failures: Vec<(String, Error)>,
     },
+}
+
+/// An I/O error in plain words: the system's message without the " (os error N)" that
+/// Rust's `Display` appends to it.
+pub fn io_words(e: &io::Error) -> String {
+    let text = e.to_string();
+    if let Some(code) = e.raw_os_error()
+        && let Some(words) = text.strip_suffix(&format!(" (os error {code})"))
+    {
+        return words.to_string();
+    }
+    text
 }
 
 fn display_path(p: &str) -> String {
@@ -162,13 +174,13 @@ impl Error {
             Error::Connection(c) => Error::Connection(c.clone()),
             Error::Spawn { program, source } => Error::Spawn {
                 program: program.clone(),
-                source: io::Error::new(source.kind(), source.to_string()),
+                source: io::Error::new(source.kind(), io_words(source)),
             },
             Error::Protocol(m) => Error::Protocol(m.clone()),
             Error::Unsupported(m) => Error::Unsupported(m.clone()),
             Error::Local { context, source } => Error::Local {
                 context: context.clone(),
-                source: io::Error::new(source.kind(), source.to_string()),
+                source: io::Error::new(source.kind(), io_words(source)),
             },
             Error::InvalidInput(m) => Error::InvalidInput(m.clone()),
             Error::Partial { total, failures } => Error::Partial {
@@ -210,5 +222,30 @@ impl From<io::Error> for Error {
             context: "I/O".into(),
             source: e,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_errors_are_in_plain_words() {
+        let e = Error::local(
+            "cannot write /x",
+            io::Error::from_raw_os_error(libc::ENOENT),
+        );
+        assert_eq!(e.to_string(), "cannot write /x: No such file or directory");
+        assert_eq!(e.duplicate().to_string(), e.to_string());
+        let spawn = Error::Spawn {
+            program: "ssh".into(),
+            source: io::Error::from_raw_os_error(libc::EACCES),
+        };
+        assert_eq!(spawn.to_string(), "cannot start ssh: Permission denied");
+        let custom = io::Error::new(io::ErrorKind::UnexpectedEof, "the file shrank");
+        assert_eq!(
+            Error::local("cannot read /y", custom).to_string(),
+            "cannot read /y: the file shrank"
+        );
     }
 }

@@ -19,7 +19,7 @@ use mio::net::UnixStream;
 use mio::unix::pipe;
 use mio::{Events, Interest, Registry, Token};
 
-use crate::error::{ConnectionError, Error, Result};
+use crate::error::{ConnectionError, Error, Result, io_words};
 use crate::proto::{self, ClientPacket, Framer, Request, Response, ServerPacket};
 
 /// Something registered with the reactor.
@@ -609,7 +609,14 @@ impl Channel {
                     return;
                 }
                 Err(e) => {
-                    self.fail(st, Some(format!("reading from {} failed: {e}", st.label)));
+                    self.fail(
+                        st,
+                        Some(format!(
+                            "reading from {} failed: {}",
+                            st.label,
+                            io_words(&e)
+                        )),
+                    );
                     return;
                 }
             };
@@ -1104,7 +1111,7 @@ impl Source for Channel {
             let msg = if child_went_away(&e) {
                 None
             } else {
-                Some(format!("writing to {} failed: {e}", st.label))
+                Some(format!("writing to {} failed: {}", st.label, io_words(&e)))
             };
             self.fail(&mut st, msg);
             return false;
@@ -1140,7 +1147,7 @@ impl Source for Channel {
                     st.stdin_writable = true;
                     if let Err(e) = Self::flush(&mut st) {
                         let msg = (!child_went_away(&e))
-                            .then(|| format!("writing to {} failed: {e}", st.label));
+                            .then(|| format!("writing to {} failed: {}", st.label, io_words(&e)));
                         // A broken pipe means the child died; reading tells why.
                         self.read_stdout(&mut st, true);
                         self.fail(&mut st, msg);
