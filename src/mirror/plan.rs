@@ -178,6 +178,12 @@ pub fn plan(source: &Snapshot, dest: &Snapshot, cmp: &Compare) -> Plan {
     // non-directory there: nothing below them needs its own delete.
     let mut removed_dirs: Vec<&[u8]> = Vec::new();
     for (path, src) in source.iter().filter(|(_, e)| !e.excluded) {
+        // A link whose target could not be read (that failure is reported) is left as the
+        // destination has it: there is nothing to make it from, and whatever is in its
+        // way must not be removed for it.
+        if src.kind == EntryKind::Symlink && src.target.is_none() {
+            continue;
+        }
         let dst = dest
             .get(path)
             .filter(|d| !d.excluded || cmp.delete_excluded);
@@ -320,6 +326,22 @@ mod tests {
     }
     fn lines(p: &Plan) -> Vec<String> {
         p.actions.iter().map(|a| a.describe("upload")).collect()
+    }
+
+    #[test]
+    fn a_link_whose_target_could_not_be_read_is_left_alone() {
+        let unreadable = TreeEntry {
+            target: None,
+            ..link("")
+        };
+        let src = snap(&[("l", unreadable.clone()), ("m", unreadable)]);
+        let dst = snap(&[("l", file(3, 1)), ("m", link("x"))]);
+        let cmp = Compare {
+            delete: true,
+            ..Default::default()
+        };
+        let p = plan(&src, &dst, &cmp);
+        assert!(p.actions.is_empty(), "{:?}", lines(&p));
     }
 
     #[test]
