@@ -888,10 +888,7 @@ async fn run(sides: Sides, local: Result<Option<Snapshot>>, opts: &MirrorOptions
         return finish(report, &t);
     }
 
-    let (files, bytes) = the_plan.actions.iter().fold((0, 0), |(f, b), a| match a {
-        Action::Copy { size, .. } => (f + 1, b + size),
-        _ => (f, b),
-    });
+    let (files, bytes) = the_plan.copy_totals();
     t.progress.add_total(files, bytes);
     let counters = Rc::new(RefCell::new(Counters::default()));
     let limit = t.open_files.capacity() * 2 + 16;

@@ -166,6 +166,17 @@ pub struct Plan {
     pub unchanged: u64,
 }
 
+impl Plan {
+    /// The files to copy and their bytes, for progress. Remote sizes are the server's
+    /// word: they saturate rather than overflow.
+    pub fn copy_totals(&self) -> (u64, u64) {
+        self.actions.iter().fold((0, 0), |(f, b), a| match a {
+            Action::Copy { size, .. } => (f + 1, b.saturating_add(*size)),
+            _ => (f, b),
+        })
+    }
+}
+
 fn is_below(path: &[u8], dir: &[u8]) -> bool {
     path.len() > dir.len() && path.starts_with(dir) && path[dir.len()] == b'/'
 }
@@ -326,6 +337,13 @@ mod tests {
     }
     fn lines(p: &Plan) -> Vec<String> {
         p.actions.iter().map(|a| a.describe("upload")).collect()
+    }
+
+    #[test]
+    fn copy_totals_saturate_at_absurd_sizes() {
+        let src = snap(&[("a", file(u64::MAX, 1)), ("b", file(u64::MAX, 1))]);
+        let p = plan(&src, &Snapshot::new(), &Compare::default());
+        assert_eq!(p.copy_totals(), (2, u64::MAX));
     }
 
     #[test]
