@@ -1,6 +1,7 @@
 //! Errors of sftpipe, with the context a user needs: which path, which operation, what the
 //! server said, and ssh's last words when the connection died.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::io;
 
@@ -20,11 +21,11 @@ pub struct ConnectionError {
 
 impl fmt::Display for ConnectionError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.reason)?;
+        f.write_str(&printable(&self.reason))?;
         if !self.stderr_tail.is_empty() {
             write!(f, "; its last output:")?;
             for line in &self.stderr_tail {
-                write!(f, "\n  {line}")?;
+                write!(f, "\n  {}", printable(line))?;
             }
         }
         Ok(())
@@ -35,7 +36,7 @@ impl fmt::Display for ConnectionError {
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The server refused an operation with a STATUS reply.
-    #[error("{op} {path}: {message}", path = display_path(path))]
+    #[error("{op} {}: {}", display_path(path), printable(message))]
     Status {
         /// The operation, e.g. "open".
         op: &'static str,
@@ -50,7 +51,7 @@ pub enum Error {
     #[error("connection lost: {0}")]
     Connection(ConnectionError),
     /// ssh or the server command could not be started.
-    #[error("cannot start {program}: {}", io_words(.source))]
+    #[error("cannot start {}: {}", printable(program), io_words(.source))]
     Spawn {
         /// The program that failed to start.
         program: String,
@@ -59,13 +60,13 @@ pub enum Error {
         source: io::Error,
     },
     /// The server sent something this client cannot accept.
-    #[error("protocol error: {0}")]
+    #[error("protocol error: {}", printable(.0))]
     Protocol(String),
     /// The server lacks an extension the operation needs.
-    #[error("{0}")]
+    #[error("{}", printable(.0))]
     Unsupported(String),
     /// A local file operation failed.
-    #[error("{context}: {}", io_words(.source))]
+    #[error("{}: {}", printable(context), io_words(.source))]
     Local {
         /// What was being done, with the local path.
         context: String,
@@ -74,7 +75,7 @@ pub enum Error {
         source: io::Error,
     },
     /// A bad argument: a refused host, an unsafe name, a malformed operand.
-    #[error("{0}")]
+    #[error("{}", printable(.0))]
     InvalidInput(String),
     /// Some of the files of a batch failed; each is listed.
     #[error("{} of {total} operations failed", failures.len())]
@@ -98,11 +99,29 @@ pub fn io_words(e: &io::Error) -> String {
     text
 }
 
+/// `s` with control characters (newlines too) escaped: names and messages from a server
+/// can hold any byte, and a message must stay one line that cannot move the terminal's
+/// cursor or pose as another line.
+pub fn printable(s: &str) -> Cow<'_, str> {
+    if !s.chars().any(char::is_control) {
+        return Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
+}
+
 fn display_path(p: &str) -> String {
     if p.is_empty() {
         String::new()
     } else {
-        format!("'{p}'")
+        format!("'{}'", printable(p))
     }
 }
 
@@ -228,6 +247,32 @@ impl From<io::Error> for Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_and_messages_from_the_server_cannot_break_lines_or_move_the_cursor() {
+        let e = Error::Status {
+            op: "open",
+            path: "/d/\nsftpipe: all done\x1b[2J".into(),
+            code: StatusCode::NoSuchFile,
+            message: "no\r\nsuch".into(),
+        };
+        let text = e.to_string();
+        assert!(!text.chars().any(char::is_control), "{text:?}");
+        assert_eq!(
+            text,
+            "open '/d/\\nsftpipe: all done\\u{1b}[2J': no\\r\\nsuch"
+        );
+        let local = Error::local("cannot write /t/a\nb", io::ErrorKind::Other.into());
+        assert!(!local.to_string().contains('\n'), "{local}");
+        let lost = Error::Connection(ConnectionError {
+            reason: "gone\x07".into(),
+            stderr_tail: vec!["one\x1b[1m".into(), "two".into()],
+        });
+        assert_eq!(
+            lost.to_string(),
+            "connection lost: gone\\u{7}; its last output:\n  one\\u{1b}[1m\n  two"
+        );
+    }
 
     #[test]
     fn local_errors_are_in_plain_words() {

@@ -9,9 +9,10 @@ use std::time::{Duration, Instant};
 use clap::ValueEnum;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use sftpipe::Error;
+use sftpipe::error::printable;
 use sftpipe::transfer::Progress;
 
-use super::exit::{self, sanitize};
+use super::exit;
 use super::format::human_size;
 
 /// How progress is shown (`--progress`).
@@ -175,7 +176,10 @@ impl Progress for Tracker {
                     t.files_ok += 1;
                     t.bytes_ok += bytes;
                 }
-                Some(e) => t.failures.push((sanitize(path), e.duplicate())),
+                // One line per failure, whatever the name holds.
+                Some(e) => t
+                    .failures
+                    .push((printable(path).into_owned(), e.duplicate())),
             }
         }
         if self.json {
