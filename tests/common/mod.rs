@@ -4,6 +4,8 @@
 //! Only std and `tempfile`: signals go through `kill(1)`, hashes through `sha256sum(1)`.
 #![allow(dead_code)]
 
+pub mod fake_server;
+
 use std::fs;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
