@@ -1,18 +1,20 @@
 //! Hostile servers: the client against a fake server that damages its replies (wrong ids,
-//! types, lengths, counts, hostile names, truncation, the stream ending at every byte).
+//! types, lengths, counts, hostile names, truncation, the stream ending mid-packet).
 //!
-//! The fake server (`tests/common/fake_server.rs`) is this test binary itself, run as the
+//! The fake server (`tests/common/fake_server/`) is this test binary itself, run as the
 //! `-D` server command, so every case goes through the real spawn path; this file has its
 //! own `main` (`harness = false`) so that the binary can be that server. Each case runs
 //! one operation — through the library or the `sftpipe` binary — and asserts: it returns
-//! within a deadline (no hang), does not panic, fails (if it fails) with a clear message,
-//! and writes nothing outside its target directory.
+//! within a deadline (no hang), does not panic, fails (if it fails) with clear one-line
+//! messages, does not balloon in memory, and writes nothing outside its target directory.
 //!
-//! The cases: every operation against an honest fake (which proves the fake right), the
-//! stream ending at every byte of small operations, and seeded random damage. Longer runs:
-//! `SFTPIPE_HOSTILE_ITERATIONS=N` random cases per operation (default 16),
-//! `SFTPIPE_HOSTILE_SEED=S` for other seeds, `SFTPIPE_HOSTILE_CASE=op/via/plan` (as printed
-//! for a failure) to run one case.
+//! The cases: every operation against the honest fake (which proves the fake right), seeded
+//! random damage, hostile names, and the stream ending at the boundaries and fields of every
+//! packet of small operations. Longer runs: `SFTPIPE_HOSTILE_ITERATIONS=N` random cases per
+//! operation (default 16), `SFTPIPE_HOSTILE_SEED=S` for other seeds,
+//! `SFTPIPE_HOSTILE_EVERY_BYTE=1` to end the stream at every byte,
+//! `SFTPIPE_HOSTILE_CASE=op/via/plan` (as printed for a failure) to run one case
+//! (`SFTPIPE_HOSTILE_REPEAT=N` times).
 
 mod common;
 
@@ -27,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use common::fake_server::tree::{SAMPLE_FILES, sample_bytes};
 use common::fake_server::{self, Plan};
-use sftpipe::mirror::{MirrorOptions, mirror_down};
+use sftpipe::mirror::{MirrorOptions, mirror_down, mirror_up};
 use sftpipe::transfer::{NoProgress, TransferOptions};
 use sftpipe::{ConnectOptions, Error, Session, StatusCode};
 
@@ -59,9 +61,13 @@ enum Op {
     PutTree,
     /// `mirror --delete` from the server into a local tree that has stale entries.
     Mirror,
+    /// `mirror --delete` of a local tree onto the server's.
+    MirrorUp,
+    /// `df` (statvfs).
+    Df,
 }
 
-const OPS: [Op; 9] = [
+const OPS: [Op; 11] = [
     Op::Stat,
     Op::Ls,
     Op::Realpath,
@@ -71,6 +77,8 @@ const OPS: [Op; 9] = [
     Op::Put,
     Op::PutTree,
     Op::Mirror,
+    Op::MirrorUp,
+    Op::Df,
 ];
 
 impl Op {
@@ -78,7 +86,7 @@ impl Op {
     fn reads_names(self) -> bool {
         matches!(
             self,
-            Op::Ls | Op::Realpath | Op::Readlink | Op::GetTree | Op::Mirror
+            Op::Ls | Op::Realpath | Op::Readlink | Op::GetTree | Op::Mirror | Op::MirrorUp
         )
     }
 
@@ -93,6 +101,8 @@ impl Op {
             Op::Put => "put",
             Op::PutTree => "put-tree",
             Op::Mirror => "mirror",
+            Op::MirrorUp => "mirror-up",
+            Op::Df => "df",
         }
     }
 }
@@ -175,28 +185,29 @@ fn main() {
     }
     let escaped_before = Path::new(ESCAPE).exists();
     let started = Instant::now();
-    let (count, failures) = match std::env::var("SFTPIPE_HOSTILE_CASE") {
+    let tally = match std::env::var("SFTPIPE_HOSTILE_CASE") {
         Ok(c) => {
             let case = Case::parse(&c).unwrap_or_else(|| panic!("bad SFTPIPE_HOSTILE_CASE {c}"));
             let repeat = env_u64("SFTPIPE_HOSTILE_REPEAT", 1) as usize;
-            (repeat, run_all(vec![case; repeat], repeat == 1))
+            run_all(vec![case; repeat], repeat == 1)
         }
         Err(_) => {
-            let cases = all_cases();
-            let sweeps = sweep_cases();
-            let count = cases.len() + sweeps.len();
-            let mut failures = run_all(cases, false);
-            failures.extend(run_all(sweeps, false));
-            (count, failures)
+            let mut tally = run_all(all_cases(), false);
+            tally.add(run_all(sweep_cases(), false));
+            tally
         }
     };
-    let peak = peak_rss_kib();
     eprintln!(
-        "hostile servers: {count} cases in {:.1}s, peak memory {} MiB, now {} MiB",
+        "hostile servers: {} cases in {:.1}s: {} succeeded, {} failed with clear errors, {} \
+         broke a rule; peak memory {} MiB",
+        tally.succeeded + tally.refused + tally.failures.len(),
         started.elapsed().as_secs_f64(),
-        peak / 1024,
-        status_kib("VmRSS:") / 1024
+        tally.succeeded,
+        tally.refused,
+        tally.failures.len(),
+        peak_rss_kib() / 1024,
     );
+    let failures = tally.failures;
     let mut failed = !failures.is_empty();
     for (case, why) in &failures {
         let id = case.id();
@@ -246,22 +257,47 @@ fn all_cases() -> Vec<Case> {
     cases
 }
 
-/// Runs the cases on a few threads; returns the failures.
-fn run_all(cases: Vec<Case>, verbose: bool) -> Vec<(Case, String)> {
+/// What a batch of cases came to.
+#[derive(Default)]
+struct Tally {
+    /// Cases whose operation succeeded.
+    succeeded: usize,
+    /// Cases whose operation failed, as it should, with clear errors.
+    refused: usize,
+    /// Cases that broke a rule, with which.
+    failures: Vec<(Case, String)>,
+}
+
+impl Tally {
+    fn add(&mut self, other: Tally) {
+        self.succeeded += other.succeeded;
+        self.refused += other.refused;
+        self.failures.extend(other.failures);
+    }
+}
+
+/// Runs the cases on a few threads.
+fn run_all(cases: Vec<Case>, verbose: bool) -> Tally {
     let queue = Arc::new(Mutex::new(VecDeque::from(cases)));
-    let failures = Arc::new(Mutex::new(Vec::new()));
+    let tally = Arc::new(Mutex::new(Tally::default()));
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 4));
     let threads: Vec<_> = (0..workers)
         .map(|_| {
-            let (queue, failures) = (queue.clone(), failures.clone());
+            let (queue, tally) = (queue.clone(), tally.clone());
             std::thread::spawn(move || {
                 loop {
                     let Some(case) = queue.lock().unwrap().pop_front() else {
                         break;
                     };
-                    if let Err(why) = run_case(case, verbose) {
-                        eprintln!("FAILED {}: {why}", case.id());
-                        failures.lock().unwrap().push((case, why));
+                    let outcome = run_case(case, verbose);
+                    let mut tally = tally.lock().unwrap();
+                    match outcome {
+                        Ok(true) => tally.succeeded += 1,
+                        Ok(false) => tally.refused += 1,
+                        Err(why) => {
+                            eprintln!("FAILED {}: {why}", case.id());
+                            tally.failures.push((case, why));
+                        }
                     }
                 }
             })
@@ -270,7 +306,7 @@ fn run_all(cases: Vec<Case>, verbose: bool) -> Vec<(Case, String)> {
     for t in threads {
         t.join().expect("a worker thread panicked");
     }
-    std::mem::take(&mut *failures.lock().unwrap())
+    std::mem::take(&mut *tally.lock().unwrap())
 }
 
 /// The stream ending at byte N, for each small operation through the library: at and
@@ -635,6 +671,27 @@ fn library_op(case: Case, s: &Session, target: &Path, src: &Path) -> LibResult {
                 }
             }
         }
+        Op::MirrorUp => {
+            let t = s.transfer(opts, std::rc::Rc::new(NoProgress));
+            let mut mo = MirrorOptions::default();
+            mo.compare.delete = true;
+            let tree = case.remote_tree();
+            let report = s.run(mirror_up(&t, &src.join("tree"), tree.as_bytes(), &mo));
+            failures(report.failures)?;
+            let z = s.stat(format!("{tree}/y/z")).map_err(|e| vec![e])?;
+            let gone = s
+                .stat(format!("{tree}/deep"))
+                .is_err_and(|e| e.is_not_found());
+            if honest && (z.size != Some(5000) || !gone) {
+                return Err(wrong(format!("{z:?}, deep deleted: {gone}")));
+            }
+        }
+        Op::Df => {
+            let v = s.statvfs("/data").map_err(|e| vec![e])?;
+            if honest && v.namemax != 255 {
+                return Err(wrong(format!("{v:?}")));
+            }
+        }
     }
     Ok(())
 }
@@ -686,6 +743,8 @@ fn cli_args(case: Case, scratch: &Scratch) -> Vec<String> {
             format!(":{tree}"),
             target("mirror"),
         ],
+        Op::MirrorUp => vec!["mirror --delete".into(), src("tree"), format!(":{tree}")],
+        Op::Df => vec!["df -h".into(), "/data".into()],
     };
     // Options go with their command word; operands may not be split.
     let (command, operands) = words.split_at(1);

@@ -4,7 +4,7 @@ use std::collections::HashSet;
 
 use sftpipe::proto::{
     ExtendedRequest, FileAttributes, Limits, NameEntry, Request, Response, ServerPacket,
-    StatusCode, kind,
+    StatusCode, Statvfs, kind,
 };
 
 use super::{Plan, Reply, tree::extensions};
@@ -335,9 +335,10 @@ fn hostile_packet(rng: &mut Rng, packet: ServerPacket, request: Option<&Request>
                 1 => vec![b'h'; 200_000],
                 _ => [h.as_slice(), b"x"].concat(),
             }),
-            Response::ExtendedReply(d) => Response::ExtendedReply(match rng.below(3) {
+            Response::ExtendedReply(d) => Response::ExtendedReply(match rng.below(4) {
                 0 => Vec::new(),
                 1 => d[..d.len() / 2].to_vec(),
+                2 => hostile_statvfs(rng),
                 _ => hostile_limits(rng),
             }),
             Response::Status { .. } => other_response(rng, request),
@@ -377,6 +378,25 @@ fn hostile_limits(rng: &mut Rng) -> Vec<u8> {
     l.max_read_length = l.max_read_length.max(512);
     l.max_write_length = l.max_write_length.max(512);
     l.encode()
+}
+
+/// `statvfs@openssh.com` with extreme values (sizes that overflow when multiplied).
+fn hostile_statvfs(rng: &mut Rng) -> Vec<u8> {
+    let mut value = || rng.pick(&[0, 1, 4096, u64::MAX, 1 << 63]);
+    Statvfs {
+        bsize: value(),
+        frsize: value(),
+        blocks: value(),
+        bfree: value(),
+        bavail: value(),
+        files: value(),
+        ffree: value(),
+        favail: value(),
+        fsid: value(),
+        flag: value(),
+        namemax: value(),
+    }
+    .encode()
 }
 
 /// A reply of a random kind, with content that is plausible for some other request.
