@@ -8,13 +8,13 @@
 //! within a deadline (no hang), does not panic, fails (if it fails) with clear one-line
 //! messages, does not balloon in memory, and writes nothing outside its target directory.
 //!
-//! The cases: every operation against the honest fake (which proves the fake right), seeded
-//! random damage, hostile names, and the stream ending at the boundaries and fields of every
-//! packet of small operations. Longer runs: `SFTPIPE_HOSTILE_ITERATIONS=N` random cases per
-//! operation (default 16), `SFTPIPE_HOSTILE_SEED=S` for other seeds,
-//! `SFTPIPE_HOSTILE_EVERY_BYTE=1` to end the stream at every byte,
-//! `SFTPIPE_HOSTILE_CASE=op/via/plan` (as printed for a failure) to run one case
-//! (`SFTPIPE_HOSTILE_REPEAT=N` times).
+//! The cases: every operation against the honest fake (which proves the fake right), names
+//! listed twice with different types, seeded random damage, hostile names, and the stream
+//! ending at the boundaries and fields of every packet of small operations. Longer runs:
+//! `SFTPIPE_HOSTILE_ITERATIONS=N` random cases per operation (default 16),
+//! `SFTPIPE_HOSTILE_SEED=S` for other seeds, `SFTPIPE_HOSTILE_EVERY_BYTE=1` to end the
+//! stream at every byte, `SFTPIPE_HOSTILE_CASE=op/via/plan` (as printed for a failure) to
+//! run one case (`SFTPIPE_HOSTILE_REPEAT=N` times).
 
 mod common;
 
@@ -239,8 +239,14 @@ fn all_cases() -> Vec<Case> {
     let mut cases = Vec::new();
     for via in [Via::Library, Via::Cli] {
         for op in OPS {
-            cases.push(Case::new(op, via, Plan::Honest, false));
-            cases.push(Case::new(op, via, Plan::Honest, true));
+            for small in [false, true] {
+                cases.push(Case::new(op, via, Plan::Honest, small));
+                // Names listed twice with different types (a directory and a link) once
+                // made a mirror write through a local link out of its tree.
+                if op.reads_names() {
+                    cases.push(Case::new(op, via, Plan::Twins, small));
+                }
+            }
         }
     }
     for op in OPS {
@@ -385,15 +391,16 @@ impl Scratch {
         common::write_file(src.join("up.txt"), common::random_bytes(2000, 1));
         common::write_file(src.join("tree/x"), "x\n");
         common::write_file(src.join("tree/y/z"), common::random_bytes(5000, 2));
-        // The mirror's stale local tree: a file to delete, one to replace, a type change.
+        // The mirror's stale local tree: a file to delete, files to replace, a directory
+        // where the server has a file, and links out of the tree where it has directories
+        // (a mirror must replace them, never write through them).
         let mirror = target.join("mirror");
         common::write_file(mirror.join("stale.txt"), "stale\n");
         common::write_file(mirror.join("a.txt"), "old\n");
-        common::write_file(
-            mirror.join("sub"),
-            "a file where the server has a directory\n",
-        );
         common::write_file(mirror.join("b"), "old\n");
+        common::write_file(mirror.join("empty/inside"), "a directory\n");
+        std::os::unix::fs::symlink("../../outside", mirror.join("sub")).expect("a symlink");
+        std::os::unix::fs::symlink(&trap, mirror.join("deep")).expect("a symlink");
         Scratch {
             _dir: dir,
             root,

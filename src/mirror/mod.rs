@@ -231,8 +231,21 @@ fn list_remote_dir(
             }
         };
         let mut links = Vec::new();
+        let mut names = HashSet::new();
         for entry in entries {
-            if let Err(e) = safe_remote_name(&entry.filename) {
+            let refused = match safe_remote_name(&entry.filename) {
+                Err(e) => Some(e),
+                // A name listed twice (with another type, say) keeps its first entry: with
+                // the second, the first one's children (a directory's, already being
+                // listed) would sit in the snapshot under something that is no directory,
+                // and be written through whatever is there locally, a link out of the tree.
+                Ok(_) if !names.insert(entry.filename.clone()) => Some(Error::Protocol(format!(
+                    "server listed {:?} twice",
+                    String::from_utf8_lossy(&entry.filename)
+                ))),
+                Ok(_) => None,
+            };
+            if let Some(e) = refused {
                 walk.failures.borrow_mut().push((
                     String::from_utf8_lossy(&remote_join(&dir, &entry.filename)).into_owned(),
                     e,

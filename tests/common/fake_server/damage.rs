@@ -80,14 +80,17 @@ impl Damage {
                     hang_up = true;
                 }
             }
-            Plan::Names(_) => {
+            Plan::Names(_) | Plan::Twins => {
                 for reply in batch {
                     match reply.packet {
                         ServerPacket::Response {
                             id,
                             response: Response::Name(entries),
                         } => {
-                            let entries = hostile_names(&mut self.rng, entries);
+                            let entries = match self.plan {
+                                Plan::Twins => twins(entries),
+                                _ => hostile_names(&mut self.rng, entries),
+                            };
                             let response = Response::Name(entries);
                             ServerPacket::Response { id, response }.encode(&mut out);
                         }
@@ -465,6 +468,19 @@ fn hostile_names(rng: &mut Rng, mut entries: Vec<NameEntry>) -> Vec<NameEntry> {
         }
     }
     entries
+}
+
+/// Each entry followed by one of the same name and another type (see [`Plan::Twins`]).
+fn twins(entries: Vec<NameEntry>) -> Vec<NameEntry> {
+    let mut out = Vec::with_capacity(entries.len() * 2);
+    for e in entries {
+        let mut twin = e.clone();
+        let dir = e.attrs.is_dir();
+        twin.attrs.permissions = Some(if dir { 0o120777 } else { 0o040755 });
+        out.push(e);
+        out.push(twin);
+    }
+    out
 }
 
 fn hostile_attrs(rng: &mut Rng, mut a: FileAttributes) -> FileAttributes {

@@ -40,6 +40,9 @@ pub enum Plan {
     /// Every listing, REALPATH and READLINK answer with seeded hostile names (`..`, `a/b`,
     /// duplicates of real names with other types, ...); nothing else damaged.
     Names(u64),
+    /// Every entry of every listing followed by a twin of the same name and another type:
+    /// a directory by a symlink, anything else by a directory.
+    Twins,
 }
 
 impl Plan {
@@ -50,13 +53,16 @@ impl Plan {
             Plan::HangUpAfter(n) => format!("hangup={n}"),
             Plan::Random(seed) => format!("random={seed}"),
             Plan::Names(seed) => format!("names={seed}"),
+            Plan::Twins => "twins".into(),
         }
     }
 
     /// Parses [`Plan::arg`]'s form.
     pub fn parse(s: &str) -> Option<Plan> {
-        if s == "honest" {
-            return Some(Plan::Honest);
+        match s {
+            "honest" => return Some(Plan::Honest),
+            "twins" => return Some(Plan::Twins),
+            _ => {}
         }
         let (k, v) = s.split_once('=')?;
         match k {
