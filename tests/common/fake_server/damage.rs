@@ -154,62 +154,72 @@ impl Damage {
 
     /// Writes `reply` damaged in one random way; returns true to hang up after it.
     fn damage(&mut self, reply: Reply, out: &mut Vec<u8>) -> bool {
-        let Reply { request, packet } = reply;
         let mut encoded = Vec::new();
-        packet.encode(&mut encoded);
-        let id_field = matches!(packet, ServerPacket::Response { .. });
+        reply.packet.encode(&mut encoded);
         match self.rng.below(16) {
-            // Semantic damage: a well-framed packet that says something wrong.
+            0..=6 => self.wrong_content(reply, &encoded, out),
+            7..=11 => self.wrong_bytes(&encoded, out),
+            _ => return self.broken_stream(&encoded, out),
+        }
+        false
+    }
+
+    /// A well-framed packet that says something wrong: an id never sent, a second reply,
+    /// hostile fields or another kind of reply, a packet of a random type before it.
+    fn wrong_content(&mut self, reply: Reply, encoded: &[u8], out: &mut Vec<u8>) {
+        let Reply { request, packet } = reply;
+        match self.rng.below(7) {
             0 => {
                 let mut p = packet;
                 set_id(&mut p, self.unused_id());
                 p.encode(out);
             }
             1 => {
-                out.extend_from_slice(&encoded);
-                out.extend_from_slice(&encoded);
+                out.extend_from_slice(encoded);
+                out.extend_from_slice(encoded);
             }
-            2..=5 => {
-                let p = hostile_packet(&mut self.rng, packet, request.as_ref().map(|r| &r.1));
-                p.encode(out);
-            }
-            6 => {
-                // A second VERSION, or a packet of a random (maybe unknown) type.
-                let mut extra = Vec::new();
+            2 => {
                 if self.rng.one_in(2) {
-                    ServerPacket::Version {
+                    let version = ServerPacket::Version {
                         version: 3,
                         extensions: Vec::new(),
-                    }
-                    .encode(&mut extra);
+                    };
+                    version.encode(out);
                 } else {
                     let len = 1 + self.rng.below(24) as usize;
                     let mut body = random_bytes(len, self.rng.next());
                     body[0] = self.rng.pick(&[0, 1, 2, 101, 102, 103, 104, 105, 201, 255]);
-                    frame(&body, &mut extra);
+                    frame(&body, out);
                 }
-                out.extend_from_slice(&extra);
-                out.extend_from_slice(&encoded);
+                out.extend_from_slice(encoded);
             }
-            // Damage to the bytes that keeps the framing.
-            7 | 8 => {
-                // The body cut short at every possible byte, re-framed.
-                let body = &encoded[4..];
-                let at = self.rng.below(body.len() as u64) as usize;
-                frame(&body[..at], out);
+            _ => {
+                let request = request.as_ref().map(|r| &r.1);
+                hostile_packet(&mut self.rng, packet, request).encode(out);
             }
-            9 => {
-                let mut body = encoded[4..].to_vec();
+        }
+    }
+
+    /// The packet's bytes damaged, its framing kept: the body cut short at any byte, bytes
+    /// after its last field, one byte changed, a NAME count that disagrees.
+    fn wrong_bytes(&mut self, encoded: &[u8], out: &mut Vec<u8>) {
+        let body = &encoded[4..];
+        match self.rng.below(5) {
+            0 => frame(&body[..self.rng.below(body.len() as u64) as usize], out),
+            1 => {
                 let tail = random_bytes(1 + self.rng.below(9) as usize, self.rng.next());
-                body.extend_from_slice(&tail);
-                frame(&body, out);
+                frame(&[body, &tail].concat(), out);
             }
-            10 | 11 => {
-                // One byte changed, anywhere but the request id (changing that could
-                // answer another request in its place and leave this one unanswered).
-                let mut bytes = encoded;
-                let skip = if id_field { 5..9 } else { 0..0 };
-                let choices: Vec<usize> = (4..bytes.len()).filter(|i| !skip.contains(i)).collect();
+            2 => match raw_count(encoded, &mut self.rng) {
+                Some(raw) => out.extend_from_slice(&raw),
+                None => out.extend_from_slice(encoded),
+            },
+            _ => {
+                // Anywhere but a reply's id (changing that could answer another request in
+                // its place and leave this one unanswered).
+                let mut bytes = encoded.to_vec();
+                let id = if body[0] == kind::VERSION { 0..0 } else { 5..9 };
+                let choices: Vec<usize> = (4..bytes.len()).filter(|i| !id.contains(i)).collect();
                 if !choices.is_empty() {
                     let at = choices[self.rng.below(choices.len() as u64) as usize];
                     bytes[at] ^= 1 << self.rng.below(8);
@@ -219,8 +229,14 @@ impl Damage {
                 }
                 out.extend_from_slice(&bytes);
             }
-            // Damage that breaks the framing: the stream ends after it.
-            12 => {
+        }
+    }
+
+    /// Damage the framing cannot survive, after which the stream ends: a wrong length, the
+    /// stream cut at any byte of the packet, garbage as a confused server would print.
+    fn broken_stream(&mut self, encoded: &[u8], out: &mut Vec<u8>) -> bool {
+        match self.rng.below(3) {
+            0 => {
                 let len = u32::from_be_bytes([encoded[0], encoded[1], encoded[2], encoded[3]]);
                 let wrong = match self.rng.below(5) {
                     0 => 0,
@@ -231,29 +247,14 @@ impl Damage {
                 };
                 out.extend_from_slice(&wrong.to_be_bytes());
                 out.extend_from_slice(&encoded[4..]);
-                return true;
             }
-            13 => {
-                // The stream ends at every possible byte of this reply.
-                let at = self.rng.below(encoded.len() as u64) as usize;
-                out.extend_from_slice(&encoded[..at]);
-                return true;
-            }
-            14 => {
-                if let Some(raw) = raw_count(&encoded, &mut self.rng) {
-                    out.extend_from_slice(&raw);
-                } else {
-                    out.extend_from_slice(&encoded);
-                }
-            }
+            1 => out.extend_from_slice(&encoded[..self.rng.below(encoded.len() as u64) as usize]),
             _ => {
-                // Garbage: random bytes, as a confused server would print.
                 let n = 1 + self.rng.below(40) as usize;
                 out.extend_from_slice(&random_bytes(n, self.rng.next()));
-                return true;
             }
         }
-        false
+        true
     }
 }
 
