@@ -522,11 +522,13 @@ impl Channel {
             }
             self.read_stdout(&mut st, false);
             if !st.out.is_empty() || unanswered(&st) {
+                // A server blocked writing its log to a full stderr answers nothing.
+                Self::read_stderr(&mut st);
                 std::thread::sleep(Duration::from_millis(1));
             }
         }
         if st.dead.is_none()
-            && let Some(sock) = st.sock.as_mut()
+            && let Some(mut sock) = st.sock.take()
         {
             let _ = sock.shutdown(std::net::Shutdown::Write);
             let mut scratch = vec![0u8; 64 * 1024];
@@ -535,12 +537,15 @@ impl Channel {
                     Ok(0) => break,
                     Ok(_) => {}
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        // Nor does it read the end of its input.
+                        Self::read_stderr(&mut st);
                         std::thread::sleep(Duration::from_millis(1))
                     }
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                     Err(_) => break,
                 }
             }
+            st.sock = Some(sock);
         }
         reactor.with_registry(|reg| {
             if let Some(mut s) = st.sock.take() {
@@ -1431,6 +1436,39 @@ mod tests {
             reactor.turn(false).unwrap();
         }
         assert!(chan.is_dead(), "the end of the stream went unnoticed");
+    }
+
+    /// A server that logs more than a pipe holds as the session ends (a debug-logging
+    /// sftp-server) waits, blocked on its stderr, until that is read: the end of the
+    /// session must read it, or it waits out its deadline and then kills the server.
+    #[test]
+    fn shutdown_reads_a_chatty_servers_stderr() {
+        use std::os::fd::OwnedFd;
+        use std::process::{Command, Stdio};
+        let reactor = Reactor::new().unwrap();
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+        let theirs_out = theirs.try_clone().unwrap();
+        let child = Command::new("sh")
+            .args(["-c", "head -c 1000000 /dev/zero >&2; cat"])
+            .stdin(Stdio::from(OwnedFd::from(theirs)))
+            .stdout(Stdio::from(OwnedFd::from(theirs_out)))
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let label = "chatty server".to_string();
+        let pipes = ChildPipes {
+            child,
+            sock: ours,
+            label,
+        };
+        let chan = Channel::new(&reactor, pipes).unwrap();
+        let started = Instant::now();
+        chan.shutdown(&reactor);
+        let took = started.elapsed();
+        assert!(
+            took < Duration::from_secs(2),
+            "the session took {took:?} to end"
+        );
     }
 
     #[test]
