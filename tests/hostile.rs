@@ -5,8 +5,8 @@
 //! `-D` server command, so every case goes through the real spawn path; this file has its
 //! own `main` (`harness = false`) so that the binary can be that server. Each case runs
 //! one operation — through the library or the `sftpipe` binary — and asserts: it returns
-//! within a deadline (no hang), does not panic, fails (if it fails) with clear one-line
-//! messages, does not balloon in memory, and writes nothing outside its target directory.
+//! within seconds (no hang, no stall), does not panic, fails (if it fails) with clear
+//! one-line messages, does not balloon in memory, and writes nothing outside its target.
 //!
 //! The cases: every operation against the honest fake (which proves the fake right), names
 //! listed twice with different types, seeded random damage, hostile names, and the stream
@@ -35,6 +35,8 @@ use sftpipe::{ConnectOptions, Error, Session, StatusCode};
 
 /// A case that takes longer than this hangs.
 const DEADLINE: Duration = Duration::from_secs(10);
+/// A case that takes longer than this stalls somewhere (cases take milliseconds).
+const STALL: Duration = Duration::from_secs(4);
 /// Random cases per operation and way of running it, unless `SFTPIPE_HOSTILE_ITERATIONS`.
 const DEFAULT_ITERATIONS: u64 = 16;
 /// The first random seed, unless `SFTPIPE_HOSTILE_SEED`.
@@ -465,10 +467,14 @@ fn run_case(case: Case, verbose: bool) -> Result<bool, String> {
     let scratch = Scratch::new();
     let before = snapshot(&scratch.root, &scratch.target);
     let (peak, peak_virtual) = (peak_rss_kib(), status_kib("VmPeak:"));
+    let started = Instant::now();
     let errors = match case.via {
         Via::Library => run_library(case, &scratch, None)?,
         Via::Cli => run_cli(case, &scratch)?,
     };
+    if started.elapsed() > STALL {
+        return Err(format!("took {:.1?}: a stall", started.elapsed()));
+    }
     let growth = peak_rss_kib().saturating_sub(peak);
     let reserved = status_kib("VmPeak:").saturating_sub(peak_virtual);
     if growth > MAX_CASE_GROWTH_KIB || reserved > MAX_CASE_RESERVED_KIB {

@@ -1,6 +1,7 @@
 //! How a [`Plan`] damages the replies on their way out.
 
 use std::collections::HashSet;
+use std::io::Write;
 
 use sftpipe::proto::{
     ExtendedRequest, FileAttributes, Limits, NameEntry, Request, Response, ServerPacket,
@@ -102,6 +103,9 @@ impl Damage {
                 if batch.len() > 1 && self.rng.one_in(RATE) {
                     self.shuffle_or_swap(&mut batch);
                 }
+                if self.rng.one_in(RATE) {
+                    self.chatter();
+                }
                 for reply in batch {
                     if hang_up {
                         break;
@@ -116,6 +120,18 @@ impl Damage {
         }
         self.sent += out.len();
         (out, hang_up)
+    }
+
+    /// Writes to stderr what a confused server might: a line too long for any buffer,
+    /// thousands of lines, terminal escapes, bytes that are not UTF-8.
+    fn chatter(&mut self) {
+        let noise: Vec<u8> = match self.rng.below(4) {
+            0 => vec![b'x'; 1 << 20],
+            1 => b"line\n".repeat(5000),
+            2 => b"\x1b[2J\x1b[31mred\r\x07\n".to_vec(),
+            _ => random_bytes(1000, self.rng.next()),
+        };
+        let _ = std::io::stderr().write_all(&noise);
     }
 
     /// Replies in another order (which servers may do), or two replies' ids swapped.
