@@ -172,17 +172,33 @@ impl Case {
     }
 }
 
+/// The name this file's one test answers to in `cargo test` filters.
+const NAME: &str = "hostile_servers";
+
+/// Whether libtest's arguments (`cargo test [FILTER] -- [--skip S] [--ignored] ...`)
+/// select this test; `--list` lists it.
+fn selected() -> bool {
+    let mut args = std::env::args().skip(1);
+    let (mut filters, mut skips) = (Vec::new(), Vec::new());
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--list" => {
+                println!("{NAME}: test");
+                return false;
+            }
+            "--ignored" => return false,
+            "--skip" => skips.extend(args.next()),
+            a if !a.starts_with('-') => filters.push(a.to_string()),
+            _ => {}
+        }
+    }
+    (filters.is_empty() || filters.iter().any(|f| NAME.contains(f.as_str())))
+        && !skips.iter().any(|s| NAME.contains(s.as_str()))
+}
+
 fn main() {
     fake_server::run_if_asked();
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.iter().any(|a| a == "--list") {
-        println!("hostile_servers: test");
-        return;
-    }
-    // libtest's filter: a positional argument the test's name must contain.
-    if let Some(filter) = args.iter().find(|a| !a.starts_with('-'))
-        && !"hostile_servers".contains(filter.as_str())
-    {
+    if !selected() {
         return;
     }
     let escaped_before = Path::new(ESCAPE).exists();
