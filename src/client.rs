@@ -161,7 +161,17 @@ impl Drop for Handle {
     }
 }
 
+/// The error for a STATUS reply where the operation needed another answer (or, from
+/// [`expect_ok`], a failure). A success there answers nothing: a protocol error, not an
+/// error whose message says "Success".
 fn status_error(op: &'static str, path: &[u8], code: StatusCode, message: &[u8]) -> Error {
+    if code == StatusCode::Ok {
+        return Error::Protocol(format!(
+            "unexpected {} status in reply to {op} '{}'",
+            code.name(),
+            String::from_utf8_lossy(path)
+        ));
+    }
     let message = if message.is_empty() {
         code.description().to_string()
     } else {
@@ -1422,5 +1432,33 @@ fn relabel(e: Error, op: &'static str) -> Error {
             message,
         },
         e => e,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_success_status_where_an_answer_was_due_is_a_protocol_error() {
+        let ok = || Response::Status {
+            code: StatusCode::Ok,
+            message: b"Success".to_vec(),
+            language: Vec::new(),
+        };
+        let errors = [
+            expect_attrs("stat", b"/x", ok()).unwrap_err(),
+            expect_name("readdir", b"/x", ok()).unwrap_err(),
+            read_reply(b"/x", ok()).unwrap_err(),
+        ];
+        for e in errors {
+            assert!(matches!(e, Error::Protocol(_)), "{e:?}");
+            let text = e.to_string();
+            assert!(
+                text.contains("SSH_FX_OK") && text.contains("'/x'"),
+                "{text}"
+            );
+        }
+        assert!(expect_ok("write", b"/x", ok()).is_ok());
     }
 }

@@ -1,6 +1,7 @@
 //! Errors of sftpipe, with the context a user needs: which path, which operation, what the
 //! server said, and ssh's last words when the connection died.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::io;
 
@@ -23,11 +24,11 @@ pub struct ConnectionError {
 
 impl fmt::Display for ConnectionError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.reason)?;
+        f.write_str(&printable(&self.reason))?;
         if !self.stderr_tail.is_empty() {
             write!(f, "; its last output:")?;
             for line in &self.stderr_tail {
-                write!(f, "\n  {line}")?;
+                write!(f, "\n  {}", printable(line))?;
             }
         }
         Ok(())
@@ -38,7 +39,7 @@ impl fmt::Display for ConnectionError {
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The server refused an operation with a STATUS reply.
-    #[error("{op} {path}: {}", status_text(*code, message), path = display_path(path))]
+    #[error("{op} {}: {}", display_path(path), printable(&status_text(*code, message)))]
     Status {
         /// The operation, e.g. "open".
         op: &'static str,
@@ -54,7 +55,7 @@ pub enum Error {
     #[error("{}", connection_text(.0))]
     Connection(ConnectionError),
     /// ssh or the server command could not be started.
-    #[error("cannot start {program}: {}", plain_io(source))]
+    #[error("cannot start {}: {}", printable(program), plain_io(source))]
     Spawn {
         /// The program that failed to start.
         program: String,
@@ -63,13 +64,13 @@ pub enum Error {
         source: io::Error,
     },
     /// The server sent something this client cannot accept.
-    #[error("protocol error: {0}")]
+    #[error("protocol error: {}", printable(.0))]
     Protocol(String),
     /// The server lacks an extension the operation needs.
-    #[error("{0}")]
+    #[error("{}", printable(.0))]
     Unsupported(String),
     /// A local file operation failed.
-    #[error("{context}: {}", local_text(source))]
+    #[error("{}: {}", printable(context), local_text(source))]
     Local {
         /// What was being done, with the local path.
         context: String,
@@ -78,7 +79,7 @@ pub enum Error {
         source: io::Error,
     },
     /// A bad argument: a refused host, an unsafe name, a malformed operand.
-    #[error("{0}")]
+    #[error("{}", printable(.0))]
     InvalidInput(String),
     /// A request larger than the server accepts (its `max-packet-length`, else OpenSSH's
     /// 256 KiB): refused before anything was sent, so the connection goes on.
@@ -160,11 +161,29 @@ pub fn plain_io(e: &io::Error) -> String {
     }
 }
 
+/// `s` with control characters (newlines too) escaped: names and messages from a server
+/// can hold any byte, and a message must stay one line that cannot move the terminal's
+/// cursor or pose as another line.
+pub fn printable(s: &str) -> Cow<'_, str> {
+    if !s.chars().any(char::is_control) {
+        return Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
+}
+
 fn display_path(p: &str) -> String {
     if p.is_empty() {
         String::new()
     } else {
-        format!("'{p}'")
+        format!("'{}'", printable(p))
     }
 }
 
@@ -308,5 +327,57 @@ impl From<io::Error> for Error {
             context: "I/O".into(),
             source: e,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_messages_from_the_server_cannot_break_lines_or_move_the_cursor() {
+        let e = Error::Status {
+            op: "open",
+            path: "/d/\nsftpipe: all done\x1b[2J".into(),
+            code: StatusCode::NoSuchFile,
+            message: "no\r\nsuch".into(),
+        };
+        let text = e.to_string();
+        assert!(!text.chars().any(char::is_control), "{text:?}");
+        assert_eq!(
+            text,
+            "open '/d/\\nsftpipe: all done\\u{1b}[2J': no\\r\\nsuch"
+        );
+        let local = Error::local("cannot write /t/a\nb", io::ErrorKind::Other.into());
+        assert!(!local.to_string().contains('\n'), "{local}");
+        let lost = Error::Connection(ConnectionError {
+            reason: "gone\x07".into(),
+            stderr_tail: vec!["one\x1b[1m".into(), "two".into()],
+            unreached: None,
+        });
+        assert_eq!(
+            lost.to_string(),
+            "connection lost: gone\\u{7}; its last output:\n  one\\u{1b}[1m\n  two"
+        );
+    }
+
+    #[test]
+    fn local_errors_are_in_plain_words() {
+        let e = Error::local(
+            "cannot write /x",
+            io::Error::from_raw_os_error(libc::ENOENT),
+        );
+        assert_eq!(e.to_string(), "cannot write /x: No such file or directory");
+        assert_eq!(e.duplicate().to_string(), e.to_string());
+        let spawn = Error::Spawn {
+            program: "ssh".into(),
+            source: io::Error::from_raw_os_error(libc::EACCES),
+        };
+        assert_eq!(spawn.to_string(), "cannot start ssh: Permission denied");
+        let custom = io::Error::new(io::ErrorKind::UnexpectedEof, "the file shrank");
+        assert_eq!(
+            Error::local("cannot read /y", custom).to_string(),
+            "cannot read /y: the file shrank"
+        );
     }
 }

@@ -20,7 +20,7 @@ use mio::unix::pipe;
 use mio::{Events, Interest, Registry, Token};
 use nix::sys::signal::Signal;
 
-use crate::error::{ConnectionError, Error, Result};
+use crate::error::{ConnectionError, Error, Result, plain_io};
 use crate::proto::{self, ClientPacket, Framer, Request, Response, ServerPacket};
 
 /// Something registered with the reactor.
@@ -679,11 +679,13 @@ impl Channel {
             if Self::flush(st).is_err() {
                 break;
             }
-            self.read_stdout(st);
+            self.read_stdout(st, false);
             if let Some(sock) = st.sock.as_ref()
                 && (!st.out.is_empty() || unanswered(st))
             {
-                wait_for(sock, !st.out.is_empty(), deadline);
+                // A server blocked writing its log to a full stderr answers nothing.
+                wait_for(sock, st.stderr.as_ref(), !st.out.is_empty(), deadline);
+                Self::read_stderr(st);
             }
         }
         if !open(st) {
@@ -695,10 +697,17 @@ impl Channel {
         let _ = sock.shutdown(std::net::Shutdown::Write);
         let mut scratch = vec![0u8; 64 * 1024];
         while Instant::now() < deadline && crate::interrupt::caught().is_none() {
+            let Some(sock) = st.sock.as_mut() else {
+                return;
+            };
             match sock.read(&mut scratch) {
                 Ok(0) => break,
                 Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => wait_for(sock, false, deadline),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    // Nor does it read the end of its input.
+                    wait_for(sock, st.stderr.as_ref(), false, deadline);
+                    Self::read_stderr(st);
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(_) => break,
             }
@@ -729,7 +738,9 @@ impl Channel {
         Ok(())
     }
 
-    fn read_stdout(&self, st: &mut State) {
+    /// Reads what the server sent. `closed`: the readiness event also said the server
+    /// closed its end, which raises no later event.
+    fn read_stdout(&self, st: &mut State, closed: bool) {
         loop {
             let Some(sock) = st.sock.as_mut() else { return };
             let buf = st.framer.spare(READ_CHUNK);
@@ -749,7 +760,14 @@ impl Channel {
                     return;
                 }
                 Err(e) => {
-                    self.fail(st, Some(format!("reading from {} failed: {e}", st.label)));
+                    self.fail(
+                        st,
+                        Some(format!(
+                            "reading from {} failed: {}",
+                            st.label,
+                            plain_io(&e)
+                        )),
+                    );
                     return;
                 }
             };
@@ -762,8 +780,9 @@ impl Channel {
                 return;
             }
             // A short read from a stream socket drained it (epoll(7)): whatever comes next
-            // raises a new edge, so the read that would only say EAGAIN is skipped.
-            if n < asked {
+            // raises a new edge, so the read that would only say EAGAIN is skipped. Not
+            // when the end of the stream came with the bytes: that edge was this one.
+            if n < asked && !closed {
                 return;
             }
         }
@@ -980,7 +999,7 @@ impl Channel {
             return false;
         }
         // Replies may be waiting unread (the loop was busy, the process stopped): look.
-        self.read_stdout(st);
+        self.read_stdout(st, false);
         if st.dead.is_some() || st.closing.is_some() || st.quiet_since.is_none() {
             return st.dead.is_some();
         }
@@ -1345,7 +1364,7 @@ fn child_went_away(e: &io::Error) -> bool {
 
 /// Blocks until `sock` is readable (or, with `write`, writable), a signal is caught, or
 /// `deadline`. Only for the end of a session, outside the event loop.
-fn wait_for(sock: &UnixStream, write: bool, deadline: Instant) {
+fn wait_for(sock: &UnixStream, stderr: Option<&pipe::Receiver>, write: bool, deadline: Instant) {
     use nix::poll::{PollFd, PollFlags, poll};
     use std::os::fd::{AsFd, BorrowedFd};
     let mut flags = PollFlags::POLLIN;
@@ -1353,6 +1372,9 @@ fn wait_for(sock: &UnixStream, write: bool, deadline: Instant) {
         flags |= PollFlags::POLLOUT;
     }
     let mut fds = vec![PollFd::new(sock.as_fd(), flags)];
+    if let Some(stderr) = stderr {
+        fds.push(PollFd::new(stderr.as_fd(), PollFlags::POLLIN));
+    }
     if let Some(fd) = crate::interrupt::wake_fd() {
         // SAFETY: the wake-up pipe is never closed.
         fds.push(PollFd::new(
@@ -1381,7 +1403,7 @@ impl Source for Channel {
             let msg = if child_went_away(&e) {
                 None
             } else {
-                Some(format!("writing to {} failed: {e}", st.label))
+                Some(format!("writing to {} failed: {}", st.label, plain_io(&e)))
             };
             self.fail(&mut st, msg);
             return false;
@@ -1431,15 +1453,16 @@ impl Source for Channel {
                     st.stdin_writable = true;
                     if let Err(e) = Self::flush(&mut st) {
                         let msg = (!child_went_away(&e))
-                            .then(|| format!("writing to {} failed: {e}", st.label));
+                            .then(|| format!("writing to {} failed: {}", st.label, plain_io(&e)));
                         // A broken pipe means the child died; reading tells why.
-                        self.read_stdout(&mut st);
+                        self.read_stdout(&mut st, true);
                         self.fail(&mut st, msg);
                         return;
                     }
                 }
                 if event.is_readable() || event.is_read_closed() || event.is_error() {
-                    self.read_stdout(&mut st);
+                    let closed = event.is_read_closed() || event.is_error();
+                    self.read_stdout(&mut st, closed);
                 }
             }
             T_STDERR => Self::read_stderr(&mut st),
@@ -1706,6 +1729,71 @@ mod tests {
             );
             assert!(q.spoiled.is_empty());
         }
+    }
+
+    /// A server whose last bytes and end of stream arrive together (it wrote and exited
+    /// before the client looked) raises one readiness edge for both: the short read of the
+    /// bytes must not be taken for "drained", or the end is never seen and the client
+    /// waits forever.
+    #[test]
+    fn the_end_of_stream_arriving_with_the_last_bytes_is_seen() {
+        let reactor = Reactor::new().unwrap();
+        // Started first, so that it cannot hold the socket open between fork and exec.
+        let child = std::process::Command::new("true")
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (ours, mut theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+        // Both are there when the socket is registered: one edge for the two.
+        theirs.write_all(&[0, 0]).unwrap();
+        drop(theirs);
+        let label = "test server".to_string();
+        let chan = Channel::new(
+            &reactor,
+            ChildPipes {
+                child,
+                sock: ours,
+                label,
+            },
+        )
+        .unwrap();
+        for _ in 0..20 {
+            reactor.turn(false).unwrap();
+        }
+        assert!(chan.is_dead(), "the end of the stream went unnoticed");
+    }
+
+    /// A server that logs more than a pipe holds as the session ends (a debug-logging
+    /// sftp-server) waits, blocked on its stderr, until that is read: the end of the
+    /// session must read it, or it waits out its deadline and then kills the server.
+    #[test]
+    fn shutdown_reads_a_chatty_servers_stderr() {
+        use std::os::fd::OwnedFd;
+        use std::process::{Command, Stdio};
+        let reactor = Reactor::new().unwrap();
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+        let theirs_out = theirs.try_clone().unwrap();
+        let child = Command::new("sh")
+            .args(["-c", "head -c 1000000 /dev/zero >&2; cat"])
+            .stdin(Stdio::from(OwnedFd::from(theirs)))
+            .stdout(Stdio::from(OwnedFd::from(theirs_out)))
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let label = "chatty server".to_string();
+        let pipes = ChildPipes {
+            child,
+            sock: ours,
+            label,
+        };
+        let chan = Channel::new(&reactor, pipes).unwrap();
+        let started = Instant::now();
+        chan.shutdown(&reactor);
+        let took = started.elapsed();
+        assert!(
+            took < Duration::from_secs(2),
+            "the session took {took:?} to end"
+        );
     }
 
     #[test]

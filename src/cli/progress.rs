@@ -11,9 +11,10 @@ use std::time::{Duration, Instant};
 use clap::ValueEnum;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use sftpipe::Error;
+use sftpipe::error::printable;
 use sftpipe::transfer::Progress;
 
-use super::exit::{self, sanitize};
+use super::exit;
 use super::format::thousands;
 
 /// How progress is shown (`--progress`).
@@ -157,7 +158,7 @@ impl Tracker {
             return;
         }
         live.last = (now, live.bytes);
-        let name = exit::sanitize(&live.file.to_string_lossy());
+        let name = printable(&live.file.to_string_lossy()).into_owned();
         if self.json {
             self.json_line(serde_json::json!({
                 "event": "progress", "bytes": live.bytes, "total": live.total, "file": name,
@@ -315,7 +316,7 @@ fn short_name(path: &Path) -> String {
         .file_name()
         .unwrap_or(path.as_os_str())
         .to_string_lossy();
-    let name = exit::sanitize(&name);
+    let name = printable(&name).into_owned();
     match name.char_indices().nth(SHOWN) {
         Some((cut, _)) => format!("{}...", &name[..cut]),
         None => name,
@@ -348,7 +349,10 @@ impl Progress for Tracker {
                     t.files_ok += 1;
                     t.bytes_ok += bytes;
                 }
-                Some(e) => t.failures.push((sanitize(path), e.duplicate())),
+                // One line per failure, whatever the name holds.
+                Some(e) => t
+                    .failures
+                    .push((printable(path).into_owned(), e.duplicate())),
             }
         }
         if self.json {

@@ -286,8 +286,21 @@ fn list_remote_dir(
             }
         };
         let mut links = Vec::new();
+        let mut names = HashSet::new();
         for entry in entries {
-            if let Err(e) = safe_remote_name(&entry.filename) {
+            let refused = match safe_remote_name(&entry.filename) {
+                Err(e) => Some(e),
+                // A name listed twice (with another type, say) keeps its first entry: with
+                // the second, the first one's children (a directory's, already being
+                // listed) would sit in the snapshot under something that is no directory,
+                // and be written through whatever is there locally, a link out of the tree.
+                Ok(_) if !names.insert(entry.filename.clone()) => Some(Error::Protocol(format!(
+                    "server listed {:?} twice",
+                    String::from_utf8_lossy(&entry.filename)
+                ))),
+                Ok(_) => None,
+            };
+            if let Some(e) = refused {
                 walk.failures.borrow_mut().push((
                     String::from_utf8_lossy(&remote_join(&dir, &entry.filename)).into_owned(),
                     e,
@@ -1156,10 +1169,7 @@ async fn run(
         return finish(report, &t);
     }
 
-    let (files, bytes) = the_plan.actions.iter().fold((0, 0), |(f, b), a| match a {
-        Action::Copy { size, .. } => (f + 1, b + size),
-        _ => (f, b),
-    });
+    let (files, bytes) = the_plan.copy_totals();
     t.progress.add_total(files, bytes);
     let counters = Rc::new(RefCell::new(Counters::default()));
     let limit = t.open_files.capacity() * 2 + 16;

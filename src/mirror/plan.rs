@@ -183,6 +183,17 @@ pub struct Plan {
     pub unchanged: u64,
 }
 
+impl Plan {
+    /// The files to copy and their bytes, for progress. Remote sizes are the server's
+    /// word: they saturate rather than overflow.
+    pub fn copy_totals(&self) -> (u64, u64) {
+        self.actions.iter().fold((0, 0), |(f, b), a| match a {
+            Action::Copy { size, .. } => (f + 1, b.saturating_add(*size)),
+            _ => (f, b),
+        })
+    }
+}
+
 fn is_below(path: &[u8], dir: &[u8]) -> bool {
     path.len() > dir.len() && path.starts_with(dir) && path[dir.len()] == b'/'
 }
@@ -221,10 +232,10 @@ pub fn plan(source: &Snapshot, dest: &Snapshot, cmp: &Compare) -> Plan {
         if covered(&unreadable, path) {
             continue;
         }
+        // A link whose target could not be read (that failure is reported) is left as the
+        // destination has it: there is nothing to make it from, and whatever is in its
+        // way must not be removed for it.
         if src.kind == EntryKind::Symlink && src.target.is_none() {
-            // A remote source link whose target could not be read: its listing failure
-            // is reported, there is nothing to create, and what the destination has
-            // there stays.
             continue;
         }
         let dst = dest
@@ -379,6 +390,29 @@ mod tests {
     }
     fn lines(p: &Plan) -> Vec<String> {
         p.actions.iter().map(|a| a.describe("upload")).collect()
+    }
+
+    #[test]
+    fn copy_totals_saturate_at_absurd_sizes() {
+        let src = snap(&[("a", file(u64::MAX, 1)), ("b", file(u64::MAX, 1))]);
+        let p = plan(&src, &Snapshot::new(), &Compare::default());
+        assert_eq!(p.copy_totals(), (2, u64::MAX));
+    }
+
+    #[test]
+    fn a_link_whose_target_could_not_be_read_is_left_alone() {
+        let unreadable = TreeEntry {
+            target: None,
+            ..link("")
+        };
+        let src = snap(&[("l", unreadable.clone()), ("m", unreadable)]);
+        let dst = snap(&[("l", file(3, 1)), ("m", link("x"))]);
+        let cmp = Compare {
+            delete: true,
+            ..Default::default()
+        };
+        let p = plan(&src, &dst, &cmp);
+        assert!(p.actions.is_empty(), "{:?}", lines(&p));
     }
 
     #[test]

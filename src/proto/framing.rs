@@ -69,7 +69,11 @@ impl Framer {
             }
             if self.buf.len() - self.end < want {
                 let size = (self.end + want).max(MIN_BUFFER).max(self.buf.len() * 2);
-                self.buf.resize(size, 0);
+                // A zeroed allocation costs nothing until its pages are used; `resize`
+                // would write all of them first (4 MiB per connection, however short).
+                let mut grown = vec![0u8; size];
+                grown[..self.end].copy_from_slice(&self.buf[..self.end]);
+                self.buf = grown;
             }
         }
         &mut self.buf[self.end..]

@@ -738,13 +738,7 @@ impl Transfer {
                     return;
                 }
             };
-            let (files, bytes) = entries.iter().fold((0, 0), |(f, b), e| {
-                if e.attrs.file_type() == FileType::File {
-                    (f + 1, b + e.attrs.size.unwrap_or(0))
-                } else {
-                    (f, b)
-                }
-            });
+            let (files, bytes) = file_totals(&entries);
             self.progress.add_total(files, bytes);
             let preserve = self.opts.preserve_times || self.opts.preserve_mode;
             for entry in entries {
@@ -868,6 +862,18 @@ struct DownloadWalk {
     dir_attrs: RefCell<Vec<(PathBuf, FileAttributes)>>,
 }
 
+/// The files of a listing and their bytes, for progress. The sizes are the server's
+/// word: they saturate rather than overflow.
+fn file_totals(entries: &[NameEntry]) -> (u64, u64) {
+    entries.iter().fold((0, 0), |(f, b), e| {
+        if e.attrs.file_type() == FileType::File {
+            (f + 1, b.saturating_add(e.attrs.size.unwrap_or(0)))
+        } else {
+            (f, b)
+        }
+    })
+}
+
 /// Creates a local directory for a download; refuses to descend through a symlink.
 fn make_local_dir(dir: &Path) -> Result<()> {
     match fs::symlink_metadata(dir) {
@@ -884,6 +890,20 @@ fn make_local_dir(dir: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn listed_sizes_add_up_without_overflow() {
+        let file = |size| NameEntry {
+            filename: b"f".to_vec(),
+            longname: Vec::new(),
+            attrs: FileAttributes {
+                size: Some(size),
+                ..FileAttributes::with_permissions(0o100644)
+            },
+        };
+        let listing = [file(u64::MAX), file(u64::MAX), file(1)];
+        assert_eq!(file_totals(&listing), (3, u64::MAX));
+    }
 
     #[test]
     fn unsafe_names_are_refused() {

@@ -4,6 +4,7 @@
 //! Only std and `tempfile`: signals go through `kill(1)`, hashes through `sha256sum(1)`.
 #![allow(dead_code)]
 
+pub mod fake_server;
 pub mod servers;
 pub mod tree;
 
