@@ -346,7 +346,7 @@ mod tests {
         assert!(!text.chars().any(char::is_control), "{text:?}");
         assert_eq!(
             text,
-            "open '/d/\\nsftpipe: all done\\u{1b}[2J': no\\r\\nsuch"
+            "open '/d/\\nsftpipe: all done\\u{1b}[2J': remote file not found (no\\r\\nsuch)"
         );
         let local = Error::local("cannot write /t/a\nb", io::ErrorKind::Other.into());
         assert!(!local.to_string().contains('\n'), "{local}");
@@ -367,7 +367,7 @@ mod tests {
             "cannot write /x",
             io::Error::from_raw_os_error(libc::ENOENT),
         );
-        assert_eq!(e.to_string(), "cannot write /x: No such file or directory");
+        assert_eq!(e.to_string(), "cannot write /x: local file not found");
         assert_eq!(e.duplicate().to_string(), e.to_string());
         let spawn = Error::Spawn {
             program: "ssh".into(),
