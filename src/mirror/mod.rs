@@ -595,7 +595,14 @@ impl Sides {
             Direction::Down => {
                 let p = self.local(rel);
                 let r = match fs::create_dir(&p) {
-                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && p.is_dir() => Ok(()),
+                    // A real directory, not a link to one: the tree is never written
+                    // through a link (it could lead outside the target).
+                    Err(e)
+                        if e.kind() == std::io::ErrorKind::AlreadyExists
+                            && fs::symlink_metadata(&p).is_ok_and(|m| m.is_dir()) =>
+                    {
+                        Ok(())
+                    }
                     r => r,
                 };
                 r.map_err(|e| Error::local(format!("cannot create directory {}", p.display()), e))?;
