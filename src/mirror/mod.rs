@@ -35,8 +35,8 @@ use crate::error::{Error, Result};
 use crate::proto::{FileAttributes, FileType, ext};
 use crate::task::{Countdown, JoinHandle, Semaphore, TaskGroup, Token, spawn};
 use crate::transfer::{
-    LinkSlot, LocalKind, Transfer, link_times, lossy, remote_join, safe_remote_name,
-    set_local_link_mtime, walk_local_with,
+    LinkSlot, LocalKind, Transfer, link_times, lossy, remote_join, remote_normalize,
+    safe_remote_name, set_local_link_mtime, walk_local_with,
 };
 
 /// What to mirror and how.
@@ -1062,38 +1062,13 @@ async fn match_resolved_links(sides: &Sides, source: &Snapshot, dest: &mut Snaps
             .iter()
             .rposition(|&b| b == b'/')
             .map_or(&b""[..], |i| &path[..i]);
-        let resolved = lexical_join(&[&root, parent, want]);
+        let resolved = remote_normalize(&remote_join(&remote_join(&root, parent), want));
         if let Some(entry) = dest.get_mut(path)
             && entry.target.as_deref() == Some(resolved.as_slice())
         {
             entry.target = Some(want.clone());
         }
     }
-}
-
-/// `parts` joined by `/`, with `.`, `..` and empty components resolved by name.
-fn lexical_join(parts: &[&[u8]]) -> Vec<u8> {
-    let mut out: Vec<&[u8]> = Vec::new();
-    for part in parts {
-        for c in part.split(|&b| b == b'/') {
-            match c {
-                b"" | b"." => {}
-                b".." => {
-                    out.pop();
-                }
-                c => out.push(c),
-            }
-        }
-    }
-    let mut path = Vec::new();
-    for c in out {
-        path.push(b'/');
-        path.extend_from_slice(c);
-    }
-    if path.is_empty() {
-        path.push(b'/');
-    }
-    path
 }
 
 async fn run(
@@ -1553,14 +1528,6 @@ fn finish(mut report: MirrorReport, t: &Transfer) -> MirrorReport {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn lexical_join_resolves_dots_by_name() {
-        assert_eq!(lexical_join(&[b"/srv/m", b"a/b", b"../t"]), b"/srv/m/a/t");
-        assert_eq!(lexical_join(&[b"/srv", b"", b"./x"]), b"/srv/x");
-        assert_eq!(lexical_join(&[b"/", b"", b"../../x"]), b"/x");
-        assert_eq!(lexical_join(&[b"/a", b"", b".."]), b"/");
-    }
 
     #[test]
     fn guesses_are_local_subdirectories_shallowest_first_and_capped() {

@@ -411,6 +411,30 @@ pub fn remote_join(dir: &[u8], name: &[u8]) -> Vec<u8> {
     p
 }
 
+/// `path` made absolute (a relative one from `/`), with `.`, `..` and repeated slashes
+/// resolved by name, as a server that resolves a link's target lexically does.
+pub fn remote_normalize(path: &[u8]) -> Vec<u8> {
+    let mut parts: Vec<&[u8]> = Vec::new();
+    for c in path.split(|&b| b == b'/') {
+        match c {
+            b"" | b"." => {}
+            b".." => {
+                parts.pop();
+            }
+            c => parts.push(c),
+        }
+    }
+    let mut out = Vec::with_capacity(path.len() + 1);
+    for c in parts {
+        out.push(b'/');
+        out.extend_from_slice(c);
+    }
+    if out.is_empty() {
+        out.push(b'/');
+    }
+    out
+}
+
 /// The last component of a remote path.
 pub fn remote_basename(path: &[u8]) -> &[u8] {
     let mut end = path.len();
@@ -432,6 +456,15 @@ pub(crate) fn lossy(p: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn remote_normalize_resolves_dots_by_name() {
+        assert_eq!(remote_normalize(b"/srv/m/a/b/../t"), b"/srv/m/a/t");
+        assert_eq!(remote_normalize(b"/srv//./x"), b"/srv/x");
+        assert_eq!(remote_normalize(b"/../../x"), b"/x");
+        assert_eq!(remote_normalize(b"/a/.."), b"/");
+        assert_eq!(remote_normalize(b"rel/x"), b"/rel/x");
+    }
 
     #[test]
     fn joins_and_basenames() {

@@ -116,25 +116,7 @@ impl Tree {
 
 /// `p` absolute, without `.`, `..` or repeated slashes; relative paths start at `/`.
 pub fn normalize(p: &[u8]) -> Vec<u8> {
-    let mut parts: Vec<&[u8]> = Vec::new();
-    for c in p.split(|&b| b == b'/') {
-        match c {
-            b"" | b"." => {}
-            b".." => {
-                parts.pop();
-            }
-            c => parts.push(c),
-        }
-    }
-    let mut out = Vec::new();
-    for c in parts {
-        out.push(b'/');
-        out.extend_from_slice(c);
-    }
-    if out.is_empty() {
-        out.push(b'/');
-    }
-    out
+    sftpipe::transfer::remote_normalize(p)
 }
 
 fn join(dir: &[u8], name: &[u8]) -> Vec<u8> {
