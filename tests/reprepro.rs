@@ -632,20 +632,8 @@ fn handwritten_logs_through_a_local_server() {
          POOLDELETE\tpool/main/o/old/old_0_all.deb\n"
     );
     let run = |args: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_sftpipe"))
-            .arg("-D")
-            .arg(&server)
-            .arg("reprepro-hook")
-            .arg("--basedir")
-            .arg(&base)
+        common::reprepro_hook_command(&server, &base)
             .args(args)
-            .env_remove("RUST_LOG")
-            .env_remove("REPREPRO_BASE_DIR")
-            .env_remove("REPREPRO_OUT_DIR")
-            .env_remove("REPREPRO_LOG_DIR")
-            .env_remove("REPREPRO_CONFIG_DIR")
-            .env_remove("REPREPRO_DIST_DIR")
-            .stdin(Stdio::null())
             .output()
             .unwrap()
     };

@@ -288,21 +288,9 @@ fn reprepro_links_are_replaced_without_a_rename() {
          DISTSYMLINK\tdists/t\tcurrent\tmain\n\
          END-DISTRIBUTION\tt\tdists/t\ttesting\n",
     );
-    let out = Command::new(sftpipe_bin())
-        .arg("-D")
-        .arg(server.command())
-        .arg("reprepro-hook")
-        .arg("--basedir")
-        .arg(&base)
+    let out = common::reprepro_hook_command(server.command(), &base)
         .arg(&log)
         .current_dir(d.path())
-        .env_remove("RUST_LOG")
-        .env_remove("REPREPRO_BASE_DIR")
-        .env_remove("REPREPRO_OUT_DIR")
-        .env_remove("REPREPRO_LOG_DIR")
-        .env_remove("REPREPRO_CONFIG_DIR")
-        .env_remove("REPREPRO_DIST_DIR")
-        .stdin(Stdio::null())
         .output()
         .expect("run sftpipe");
     ok(out);

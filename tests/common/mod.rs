@@ -906,3 +906,21 @@ pub fn output_within(mut child: Child, limit: Duration) -> Output {
         }
     }
 }
+
+/// `sftpipe -D SERVER reprepro-hook --basedir BASE`, with none of reprepro's variables
+/// from the environment (they would override the test's directories) and no stdin; the
+/// caller adds the outlog or options.
+pub fn reprepro_hook_command(server: impl AsRef<std::ffi::OsStr>, base: &Path) -> Command {
+    let mut cmd = Command::new(sftpipe_bin());
+    cmd.arg("-D")
+        .arg(server)
+        .arg("reprepro-hook")
+        .arg("--basedir")
+        .arg(base)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null());
+    for var in ["BASE", "OUT", "LOG", "CONFIG", "DIST"] {
+        cmd.env_remove(format!("REPREPRO_{var}_DIR"));
+    }
+    cmd
+}
