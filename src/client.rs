@@ -47,6 +47,9 @@ struct Inner {
     prefetched_stats: RefCell<Vec<(Vec<u8>, PendingReply)>>,
     /// OPENDIRs sent with INIT, each taken by the first [`Sftp::opendir`] of its path.
     prefetched_dirs: RefCell<Vec<PrefetchedDir>>,
+    /// The session's further channels, on its first channel's handle (see
+    /// [`Sftp::pool`]).
+    pool: RefCell<Option<crate::pool::Pool>>,
 }
 
 /// What to ask for right behind INIT (see [`Sftp::handshake_prefetching`]).
@@ -449,6 +452,7 @@ impl Sftp {
                 limits: limits.clone(),
                 prefetched_stats: RefCell::new(prefetched),
                 prefetched_dirs: RefCell::new(dirs),
+                pool: RefCell::new(None),
             }),
         };
         if sftp.has_extension(ext::LIMITS) {
@@ -499,6 +503,23 @@ impl Sftp {
             Some(reply) => reply.clone().await,
             None => None,
         }
+    }
+
+    /// The session's further channels ([`crate::pool`]), when this is a session's first
+    /// channel; transfers over it spread their files over them.
+    pub fn pool(&self) -> Option<crate::pool::Pool> {
+        self.inner.pool.borrow().clone()
+    }
+
+    /// Makes `pool` this channel's further channels (see [`Sftp::pool`]).
+    pub fn attach_pool(&self, pool: crate::pool::Pool) {
+        *self.inner.pool.borrow_mut() = Some(pool);
+    }
+
+    /// True when both handles use the same channel (requests on one are handled in
+    /// order, see [`crate::pool`]).
+    pub fn same_channel(&self, other: &Sftp) -> bool {
+        Rc::ptr_eq(&self.inner.chan, &other.inner.chan)
     }
 
     /// Whether a STAT of `path` was sent with the handshake and not yet taken by

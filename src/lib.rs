@@ -27,6 +27,7 @@ pub mod glob;
 pub mod interrupt;
 pub mod location;
 pub mod mirror;
+pub mod pool;
 pub mod proto;
 pub mod reactor;
 pub mod reprepro;

@@ -6,6 +6,7 @@ use std::io::{self, Read, Seek, SeekFrom, Write};
 
 use crate::client::{Handle, Sftp};
 use crate::error::{Error, Result};
+use crate::pool::Pool;
 use crate::proto::{FileAttributes, Limits, NameEntry, OpenFlags, Statvfs};
 use crate::reactor::Channel;
 use crate::task::Runtime;
@@ -45,11 +46,22 @@ impl Session {
                 unreached: None,
             }));
         }
-        let pipes = options.spawn()?;
+        let resolved = options.resolve()?;
+        let sharing = crate::pool::Sharing::choose(options, &resolved)?;
+        let master = sharing.master_options();
         let rt = Runtime::new().map_err(|e| Error::local("creating the event loop", e))?;
+        let pool = Pool::new(rt.reactor(), options, resolved.clone(), sharing);
+        let pipes = resolved.spawn(&master, &options.label())?;
         let chan = Channel::new(rt.reactor(), pipes)?;
         chan.set_stall_timeout(options.stall_timeout(), options.peer());
-        let handshake = Sftp::handshake_prefetching(chan.clone(), &options.prefetch);
+        let handshake = async {
+            let sftp = Sftp::handshake_prefetching(chan.clone(), &options.prefetch).await?;
+            sftp.attach_pool(pool.clone());
+            if pool.eager() {
+                pool.open_all();
+            }
+            Ok::<_, Error>(sftp)
+        };
         let sftp = match rt.block_on(handshake) {
             Ok(s) => s,
             Err(mut e) => {
@@ -59,6 +71,7 @@ impl Session {
                     c.unreached = Some(options.peer());
                 }
                 chan.shutdown(rt.reactor());
+                pool.remove_control_dir();
                 return Err(e);
             }
         };
@@ -300,7 +313,15 @@ impl Session {
 
 impl Drop for Session {
     fn drop(&mut self) {
+        // The extra channels first: with a shared connection the first one is the master.
+        let pool = self.sftp.pool();
+        if let Some(p) = &pool {
+            p.shutdown();
+        }
         self.sftp.channel().shutdown(self.rt.reactor());
+        if let Some(p) = &pool {
+            p.remove_control_dir();
+        }
     }
 }
 

@@ -66,7 +66,22 @@ pub struct ConnectOptions {
     /// never times out. Unless zero, ssh also gets `-oServerAliveInterval` (a quarter of
     /// it, at most 15 s) when neither `ssh_options` nor ssh's configuration set one.
     pub timeout: Option<Duration>,
+    /// The most SFTP channels a session opens (`--connections`); `None`:
+    /// [`DEFAULT_CONNECTIONS`]; 1: one channel, as OpenSSH's sftp. Extra channels share the
+    /// first one's ssh connection (see [`crate::pool`]) and are opened only when the work
+    /// gains from them, unless [`ConnectOptions::eager_connections`].
+    pub connections: Option<usize>,
+    /// Open every channel at the start instead of when the work gains from them.
+    pub eager_connections: bool,
+    /// Give each channel its own ssh connection (each authenticates) instead of sharing
+    /// the first one's through OpenSSH's connection multiplexing.
+    pub separate_connections: bool,
 }
+
+/// Channels per session unless [`ConnectOptions::connections`] says otherwise.
+pub const DEFAULT_CONNECTIONS: usize = 8;
+/// The most channels sftpipe opens, whatever is asked.
+pub const MAX_CONNECTIONS: usize = 64;
 
 impl ConnectOptions {
     /// Options for `host` with defaults.
@@ -88,6 +103,13 @@ impl ConnectOptions {
     /// The stall timeout in effect (see [`ConnectOptions::timeout`]); `None`: none.
     pub fn stall_timeout(&self) -> Option<Duration> {
         Some(self.timeout.unwrap_or(DEFAULT_TIMEOUT)).filter(|t| !t.is_zero())
+    }
+
+    /// The number of channels in effect (see [`ConnectOptions::connections`]).
+    pub fn max_connections(&self) -> usize {
+        self.connections
+            .unwrap_or(DEFAULT_CONNECTIONS)
+            .clamp(1, MAX_CONNECTIONS)
     }
 
     /// The `ServerAliveInterval` (seconds) that goes with the stall timeout: ssh checks
@@ -161,9 +183,16 @@ impl ConnectOptions {
     /// which reads ssh's configuration but does not connect. Neither is done with
     /// `ssh_program`, which may not understand `-G`.
     pub fn resolved_command_line(&self) -> Result<(String, Vec<String>)> {
+        let r = self.resolve()?;
+        Ok((r.program, r.args))
+    }
+
+    /// [`ConnectOptions::resolved_command_line`], keeping the `ssh -G` output it read
+    /// (for connection sharing, see [`crate::pool`]).
+    pub fn resolve(&self) -> Result<Resolved> {
         let (program, mut args) = self.command_line()?;
         if self.server_command.is_some() || self.ssh_program.is_some() {
-            return Ok((program, args));
+            return Ok(Resolved::plain(program, args));
         }
         let reorder = !self.keep_cipher_order && cpu_has_aes();
         if !self.keep_cipher_order && !reorder {
@@ -172,10 +201,10 @@ impl ConnectOptions {
         let alive = self.server_alive_interval();
         // command_line() ends with "-s -- HOST sftp".
         let Some(host_at) = args.len().checked_sub(2) else {
-            return Ok((program, args));
+            return Ok(Resolved::plain(program, args));
         };
-        if !reorder && alive.is_none() {
-            return Ok((program, args));
+        if !reorder && alive.is_none() && self.max_connections() == 1 {
+            return Ok(Resolved::plain(program, args));
         }
         let host = args[host_at].clone();
         let mut effective: Vec<String> = args[..host_at - 2].to_vec();
@@ -197,7 +226,11 @@ impl ConnectOptions {
             extra.push(format!("-oCiphers={list}"));
         }
         args.splice(host_at - 2..host_at - 2, extra);
-        Ok((program, args))
+        Ok(Resolved {
+            program,
+            args,
+            config: effective,
+        })
     }
 
     /// The server's name for messages: `user@host`, `host`, or the server command.
@@ -224,7 +257,51 @@ impl ConnectOptions {
     /// controlling terminal stays reachable, so ssh can still ask for a password or a
     /// host-key confirmation on `/dev/tty`.
     pub fn spawn(&self) -> Result<ChildPipes> {
-        let (program, args) = self.resolved_command_line()?;
+        self.resolve()?.spawn(&[], &self.label())
+    }
+}
+
+/// A resolved command line (see [`ConnectOptions::resolve`]), ready to start as often as
+/// a session needs channels.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    /// The program: ssh, `-S`'s, or `-D`'s.
+    pub program: String,
+    /// Its arguments; for ssh they end with `-s -- HOST sftp`.
+    pub args: Vec<String>,
+    /// `ssh -G`'s output for the connection, when it was read.
+    pub config: Option<String>,
+}
+
+impl Resolved {
+    fn plain(program: String, args: Vec<String>) -> Self {
+        Resolved {
+            program,
+            args,
+            config: None,
+        }
+    }
+
+    /// A value of the `ssh -G` output (key in lower case).
+    pub fn config_value(&self, key: &str) -> Option<&str> {
+        config_value(self.config.as_deref()?, key)
+    }
+
+    /// True when the command is ssh's (ends with `-s -- HOST sftp`), so ssh options can
+    /// go in before `-s`.
+    pub fn is_ssh(&self) -> bool {
+        self.args.len() >= 4 && self.args[self.args.len() - 4] == "-s"
+    }
+
+    /// Starts the child with `ssh_options` (`-oKEY=VALUE` words) added before `-s`; see
+    /// [`ConnectOptions::spawn`].
+    pub fn spawn(&self, ssh_options: &[String], label: &str) -> Result<ChildPipes> {
+        let program = self.program.clone();
+        let mut args = self.args.clone();
+        if !ssh_options.is_empty() && self.is_ssh() {
+            let at = args.len() - 4;
+            args.splice(at..at, ssh_options.iter().cloned());
+        }
         log::debug!("running {program} {}", args.join(" "));
         let (ours, theirs) = UnixStream::pair()
             .map_err(|e| Error::local("cannot create a socketpair for the child", e))?;
@@ -244,7 +321,7 @@ impl ConnectOptions {
         Ok(ChildPipes {
             child,
             sock: ours,
-            label: self.label(),
+            label: label.to_string(),
         })
     }
 }

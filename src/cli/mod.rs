@@ -216,6 +216,17 @@ pub struct GlobalArgs {
     /// seconds [default: 60; 0: wait forever]. An idle connection never times out
     #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(..=86_400_000))]
     pub timeout: Option<u64>,
+    /// Use up to N SFTP channels, each with its own ssh window and server process, sharing
+    /// one ssh connection (one login) [default: 8]. Channels are added when the work gains
+    /// from them (a round trip long enough to cap one channel); 1: a single channel
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub connections: Option<u16>,
+    /// Open all --connections channels at the start, whatever the round trip
+    #[arg(long)]
+    pub eager_connections: bool,
+    /// Give each channel its own ssh connection (and login) instead of sharing one
+    #[arg(long)]
+    pub separate_connections: bool,
 }
 
 impl GlobalArgs {
@@ -578,6 +589,9 @@ pub fn connect_options(
         ssh_program: global.ssh.ssh_program.clone(),
         server_command: global.server_command.clone(),
         timeout: global.timeout(),
+        connections: global.connections.map(usize::from),
+        eager_connections: global.eager_connections,
+        separate_connections: global.separate_connections,
         ..ConnectOptions::default()
     };
     if o.server_command.is_none() {

@@ -141,6 +141,9 @@ impl HookArgs {
             prefetch: Default::default(),
             keep_cipher_order: false,
             timeout: g.timeout(),
+            connections: g.connections.map(usize::from),
+            eager_connections: g.eager_connections,
+            separate_connections: g.separate_connections,
         }
     }
 }

@@ -624,15 +624,25 @@ impl Sides {
         src: Option<&TreeEntry>,
         committed: Option<&Token>,
     ) -> Result<u64> {
+        let (local, remote) = (self.local(rel), self.remote(rel));
         match self.dir {
-            Direction::Up if self.staged => {
-                self.t
-                    .upload_fresh(&self.local(rel), &self.remote(rel), committed)
-                    .await
-            }
             Direction::Up => {
+                let staged = self.staged;
                 self.t
-                    .upload_committing(&self.local(rel), &self.remote(rel), committed)
+                    .on_some_channel(|t| {
+                        // The token stands for "queued before the directory's times" on
+                        // the first channel only; elsewhere it goes when the task ends,
+                        // after the reply (ordering rule 2 of crate::pool).
+                        let committed = committed.filter(|_| t.on_base());
+                        let (local, remote) = (&local, &remote);
+                        async move {
+                            if staged {
+                                t.upload_fresh(local, remote, committed).await
+                            } else {
+                                t.upload_committing(local, remote, committed).await
+                            }
+                        }
+                    })
                     .await
             }
             Direction::Down => {
@@ -644,9 +654,13 @@ impl Sides {
                     atime_mtime: Some((e.mtime as u32, e.mtime as u32)),
                     ..Default::default()
                 });
+                let (temp_ref, attrs_ref) = (&temp, attrs.as_ref());
                 let r = self
                     .t
-                    .download_file(&self.remote(rel), &temp, attrs.as_ref(), true)
+                    .on_some_channel(|t| {
+                        let remote = &remote;
+                        async move { t.download_file(remote, temp_ref, attrs_ref, true).await }
+                    })
                     .await;
                 match r {
                     Ok(n) => fs::rename(&temp, &dest).map(|_| n).map_err(|e| {
@@ -1154,7 +1168,7 @@ async fn run(
     let (files, bytes) = the_plan.copy_totals();
     t.progress.add_total(files, bytes);
     let counters = Rc::new(RefCell::new(Counters::default()));
-    let limit = t.open_files.capacity() * 2 + 16;
+    let limit = t.task_limit();
     let source = Rc::new(source);
 
     // Phase 1: clear what stands in the way of a type change.
@@ -1224,6 +1238,12 @@ async fn run(
         });
 
     // Phase 2 and 3: everything but deletes, `--last` files after the rest.
+    let copies = the_plan
+        .actions
+        .iter()
+        .filter(|a| matches!(a, Action::Copy { .. }))
+        .count();
+    t.want(crate::pool::Want::Files(copies));
     let preserve_mode = opts.compare.preserve_mode;
     for last_round in [false, true] {
         if last_round && failure_count(&t) > 0 {

@@ -181,6 +181,9 @@ impl HookConfig {
             timeout: cli
                 .timeout
                 .or_else(|| self.timeout.map(std::time::Duration::from_secs)),
+            connections: cli.connections,
+            eager_connections: cli.eager_connections,
+            separate_connections: cli.separate_connections,
         }
     }
 }

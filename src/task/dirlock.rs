@@ -43,8 +43,10 @@ enum DirState {
     Exists { new: bool },
     /// Known not to exist (e.g. the root of an upload whose STAT said so).
     Missing,
-    /// Its MKDIR is on the way: requests sent from now on reach the server after it.
-    Submitted(MkdirOutcome),
+    /// Its MKDIR is on the way over the channel with this slot: requests sent on that
+    /// channel from now on reach the server after it; on another channel they must wait
+    /// for its verdict (ordering rule 2 of [`crate::pool`]).
+    Submitted(MkdirOutcome, usize),
     /// Could not be created: every later task gets this error.
     Failed(Error),
 }
@@ -83,8 +85,8 @@ impl Drop for Holding<'_> {
 enum Acquired<'a> {
     /// The directory exists.
     Exists,
-    /// Its MKDIR is on the way.
-    Submitted(MkdirOutcome),
+    /// Its MKDIR is on the way over the channel with this slot.
+    Submitted(MkdirOutcome, usize),
     /// Unknown: this task now holds it.
     Held(Holding<'a>),
 }
@@ -124,6 +126,21 @@ impl DirLocks {
         }
     }
 
+    /// The same locks (shared state) for work over another channel of the session: MKDIRs
+    /// go out over `sftp`, and MKDIRs sent over other channels are waited for (ordering
+    /// rule 2 of [`crate::pool`]).
+    pub fn for_channel(&self, sftp: &Sftp) -> DirLocks {
+        DirLocks {
+            sftp: sftp.clone(),
+            states: self.states.clone(),
+            dir_mode: self.dir_mode,
+        }
+    }
+
+    fn channel_slot(&self) -> usize {
+        self.sftp.channel().slot()
+    }
+
     /// Creates directories with this mode (subject to the server's umask).
     pub fn with_dir_mode(mut self, mode: u32) -> Self {
         self.dir_mode = Some(mode);
@@ -156,7 +173,7 @@ impl DirLocks {
         let dir = trim_trailing_slashes(dir);
         let created = matches!(
             self.states.borrow().get(dir),
-            Some(DirState::Exists { new: true }) | Some(DirState::Submitted(_))
+            Some(DirState::Exists { new: true }) | Some(DirState::Submitted(..))
         );
         created || self.known_missing(dir)
     }
@@ -175,7 +192,7 @@ impl DirLocks {
             match states.get(parent) {
                 Some(DirState::Missing)
                 | Some(DirState::Exists { new: true })
-                | Some(DirState::Submitted(_)) => return true,
+                | Some(DirState::Submitted(..)) => return true,
                 Some(DirState::Busy(_)) | None => cur = parent,
                 Some(DirState::Exists { new: false }) | Some(DirState::Failed(_)) => return false,
             }
@@ -203,8 +220,8 @@ impl DirLocks {
             let mut states = self.states.borrow_mut();
             match states.get_mut(dir) {
                 Some(DirState::Exists { .. }) => Poll::Ready(Ok(Acquired::Exists)),
-                Some(DirState::Submitted(outcome)) => {
-                    Poll::Ready(Ok(Acquired::Submitted(outcome.clone())))
+                Some(DirState::Submitted(outcome, chan)) => {
+                    Poll::Ready(Ok(Acquired::Submitted(outcome.clone(), *chan)))
                 }
                 Some(DirState::Failed(e)) => Poll::Ready(Err(e.duplicate())),
                 Some(DirState::Busy(wakers)) => {
@@ -239,13 +256,18 @@ impl DirLocks {
             return attempt().await;
         }
         let acquired = if self.known_missing(dir) {
-            Acquired::Submitted(self.submit_chain(dir).await?)
+            self.submit_chain(dir).await?
         } else {
             self.acquire(dir).await?
         };
         match acquired {
             Acquired::Exists => attempt().await,
-            Acquired::Submitted(outcome) => match attempt().await {
+            // MKDIR sent on another channel: only its reply makes the attempt safe.
+            Acquired::Submitted(outcome, chan) if chan != self.channel_slot() => {
+                outcome.await.map_err(|mkdir| mkdir.duplicate())?;
+                attempt().await
+            }
+            Acquired::Submitted(outcome, _) => match attempt().await {
                 Err(e) if e.is_not_found() => {
                     outcome.await.map_err(|mkdir| mkdir.duplicate())?;
                     attempt().await
@@ -291,20 +313,20 @@ impl DirLocks {
             return Ok(());
         }
         let acquired = if self.known_missing(dir) {
-            Acquired::Submitted(self.submit_chain(dir).await?)
+            self.submit_chain(dir).await?
         } else {
             self.acquire(dir).await?
         };
         match acquired {
             Acquired::Exists => Ok(()),
-            Acquired::Submitted(outcome) => outcome.await.map_err(|e| e.duplicate()),
+            Acquired::Submitted(outcome, _) => outcome.await.map_err(|e| e.duplicate()),
             Acquired::Held(held) => self.create_held(held).await,
         }
     }
 
     /// Sends the MKDIRs of `dir` and of its ancestors that are known missing, top-down,
-    /// without waiting for replies; returns `dir`'s verdict.
-    async fn submit_chain(&self, dir: &[u8]) -> Result<MkdirOutcome> {
+    /// without waiting for replies; returns `dir`'s verdict (as `Submitted`).
+    async fn submit_chain(&self, dir: &[u8]) -> Result<Acquired<'_>> {
         // The missing chain, from `dir` up to the first ancestor that exists, is on its
         // way, or is being created by someone else.
         let mut chain = vec![dir.to_vec()];
@@ -320,7 +342,12 @@ impl DirLocks {
         for d in chain.iter().rev() {
             match self.acquire(d).await? {
                 Acquired::Exists => last = None,
-                Acquired::Submitted(o) => last = Some(o),
+                // Below a MKDIR on another channel only once it is answered.
+                Acquired::Submitted(o, chan) if chan != self.channel_slot() => {
+                    o.await.map_err(|e| e.duplicate())?;
+                    last = None;
+                }
+                Acquired::Submitted(o, _) => last = Some(o),
                 Acquired::Held(mut held) => {
                     let attrs = match self.dir_mode {
                         Some(m) => FileAttributes::with_permissions(m),
@@ -353,16 +380,20 @@ impl DirLocks {
                     }
                     .boxed_local()
                     .shared();
-                    held.settle(Some(DirState::Submitted(outcome.clone())));
+                    held.settle(Some(DirState::Submitted(
+                        outcome.clone(),
+                        self.channel_slot(),
+                    )));
                     last = Some(outcome);
                 }
             }
         }
-        match last {
-            Some(o) => Ok(o),
+        let outcome = match last {
+            Some(o) => o,
             // `dir` turned out to exist meanwhile: an outcome that is already done.
-            None => Ok(async { Ok(()) }.boxed_local().shared()),
-        }
+            None => async { Ok(()) }.boxed_local().shared(),
+        };
+        Ok(Acquired::Submitted(outcome, self.channel_slot()))
     }
 
     /// MKDIR `dir`, creating parents on NO_SUCH_FILE. The caller holds `dir`'s lock.

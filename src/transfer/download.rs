@@ -71,7 +71,7 @@ impl Transfer {
         nofollow: bool,
     ) -> Result<u64> {
         self.ready().await;
-        let permit = self.open_files.acquire(1).await;
+        let permit = self.file_permit().await;
         let handle = self
             .sftp
             .open(remote, OpenFlags::READ, &FileAttributes::default())

@@ -10,6 +10,7 @@ mod links;
 pub mod pace;
 mod remove;
 mod resume;
+mod spread;
 mod stream;
 mod tree;
 mod upload;
@@ -157,7 +158,17 @@ impl Report {
 /// Shared state of concurrent file tasks on one connection.
 #[derive(Clone)]
 pub struct Transfer {
+    /// The channel this task works over (see [`Transfer::for_file`]).
     pub(crate) sftp: Sftp,
+    /// The session's first channel: directory work and the attributes of directories.
+    pub(crate) base: Sftp,
+    /// The session's further channels, when it has any.
+    pub(crate) pool: Option<crate::pool::Pool>,
+    /// Open-file limit per channel, and how many channels it was scaled to.
+    open_scale: Rc<spread::OpenScale>,
+    /// An open-file permit taken before this file's channel was picked (see
+    /// [`Transfer::on_some_channel`]); each file's context has its own.
+    reserved: Rc<RefCell<Option<Permit>>>,
     pub(crate) opts: Rc<TransferOptions>,
     pub(crate) dirlocks: DirLocks,
     pub(crate) open_files: Semaphore,
@@ -198,6 +209,10 @@ impl Transfer {
         let pacer = Pacer::new(opts.max_bytes_in_flight.max(MIN_BUDGET));
         Transfer {
             sftp: sftp.clone(),
+            base: sftp.clone(),
+            pool: sftp.pool(),
+            open_scale: Rc::new(spread::OpenScale::new(max_open, opts.max_open.is_some())),
+            reserved: Default::default(),
             dirlocks: DirLocks::new(sftp.clone()),
             open_files: Semaphore::new(max_open),
             budget: Semaphore::new(pacer.initial()),
@@ -220,7 +235,8 @@ impl Transfer {
             return;
         }
         if self.opts.max_open.is_none() {
-            self.open_files.set_capacity(default_max_open(&self.sftp));
+            self.open_scale.set_per_channel(default_max_open(&self.sftp));
+            self.scale_open_files();
         }
         if let Some(asked) = self.opts.chunk {
             let (up, down) = (self.upload_chunk(), self.download_chunk());
@@ -246,6 +262,10 @@ impl Transfer {
     pub fn fork(&self, opts: TransferOptions) -> Transfer {
         Transfer {
             sftp: self.sftp.clone(),
+            base: self.base.clone(),
+            pool: self.pool.clone(),
+            open_scale: self.open_scale.clone(),
+            reserved: Default::default(),
             opts: Rc::new(opts),
             dirlocks: DirLocks::new(self.sftp.clone()),
             open_files: self.open_files.clone(),
@@ -292,12 +312,11 @@ impl Transfer {
     /// Resizes the byte budget to the path (see [`pace`](self::pace)) once per measuring
     /// interval.
     fn pace(&self, request: Ask) {
-        let chan = self.sftp.channel();
-        let (out, inn) = chan.byte_counts();
-        let update =
-            self.pacer
-                .borrow_mut()
-                .update(Instant::now(), out + inn, chan.rtt_min(), request);
+        let (bytes, rtt) = self.path_counts();
+        let update = self
+            .pacer
+            .borrow_mut()
+            .update(Instant::now(), bytes, rtt, request);
         if let Some(window) = update
             && window != self.budget.capacity()
         {

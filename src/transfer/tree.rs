@@ -251,8 +251,13 @@ fn staged_kinds(tree: &LocalTree) -> HashMap<Vec<u8>, StagedKind> {
 }
 
 impl Transfer {
-    fn task_limit(&self) -> usize {
-        self.open_files.capacity() * 2 + 16
+    pub(crate) fn task_limit(&self) -> usize {
+        // Room for the open-file limit of every channel the session may open.
+        let channels = self.pool.as_ref().map_or(1, |p| p.max());
+        self.open_files.capacity() / (1 + self.pool.as_ref().map_or(0, |p| p.extras().len()))
+            * channels
+            * 2
+            + 16
     }
 
     /// Uploads the contents of `local_root` into `remote_root`: files, empty directories
@@ -505,6 +510,7 @@ impl Transfer {
             _ => (f, b),
         });
         self.progress.add_total(files, bytes);
+        self.want(crate::pool::Want::Files(files as usize));
         let has_children: std::collections::HashSet<PathBuf> = entries
             .iter()
             .filter_map(|e| e.rel.parent().map(Path::to_path_buf))
@@ -528,11 +534,18 @@ impl Transfer {
                 LocalKind::File { .. } => {
                     spawner
                         .spawn(async move {
-                            let r = if staged {
-                                t.upload_fresh(&local, &remote, None).await
-                            } else {
-                                t.upload(&local, &remote).await
-                            };
+                            let r = t
+                                .on_some_channel(|t| {
+                                    let (local, remote) = (&local, &remote);
+                                    async move {
+                                        if staged {
+                                            t.upload_fresh(local, remote, None).await
+                                        } else {
+                                            t.upload(local, remote).await
+                                        }
+                                    }
+                                })
+                                .await;
                             t.finish_file(&shown, r);
                         })
                         .await
@@ -679,6 +692,7 @@ impl Transfer {
             tasks: RefCell::new(Vec::new()),
             slots: Semaphore::new(self.task_limit()),
             dir_attrs: RefCell::new(Vec::new()),
+            files_seen: Default::default(),
         });
         self.clone()
             .list_and_fetch(remote_root.to_vec(), local_root.to_path_buf(), walk.clone())
@@ -740,6 +754,9 @@ impl Transfer {
             };
             let (files, bytes) = file_totals(&entries);
             self.progress.add_total(files, bytes);
+            let seen = walk.files_seen.get() + files as usize;
+            walk.files_seen.set(seen);
+            self.want(crate::pool::Want::Files(seen));
             let preserve = self.opts.preserve_times || self.opts.preserve_mode;
             for entry in entries {
                 let remote = remote_join(&remote_dir, &entry.filename);
@@ -785,7 +802,14 @@ impl Transfer {
                         let attrs = entry.attrs.clone();
                         let h = spawn(async move {
                             let _slot = slot;
-                            let r = t.download_file(&remote, &local, Some(&attrs), true).await;
+                            let r = t
+                                .on_some_channel(|t| {
+                                    let (remote, local, attrs) = (&remote, &local, &attrs);
+                                    async move {
+                                        t.download_file(remote, local, Some(attrs), true).await
+                                    }
+                                })
+                                .await;
                             t.finish_file(&remote, r);
                         });
                         walk.tasks.borrow_mut().push(h);
@@ -860,6 +884,8 @@ struct DownloadWalk {
     slots: Semaphore,
     /// With `-p`: each local directory and the remote attributes it gets at the end.
     dir_attrs: RefCell<Vec<(PathBuf, FileAttributes)>>,
+    /// Files listed so far (more channels pay off for many).
+    files_seen: std::cell::Cell<usize>,
 }
 
 /// The files of a listing and their bytes, for progress. The sizes are the server's

@@ -151,7 +151,7 @@ impl Transfer {
         let ctx = |e| Error::local(format!("cannot read {}", local.display()), e);
         // The permit is taken before the local file is opened, so the limit also bounds
         // local descriptors however many uploads are queued.
-        let permit = self.open_files.acquire(1).await;
+        let permit = self.file_permit().await;
         let file = Rc::new(fs::File::open(local).map_err(ctx)?);
         let meta = file.metadata().map_err(ctx)?;
         if !meta.is_file() {
