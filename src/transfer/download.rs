@@ -17,20 +17,20 @@ use crate::proto::{FileAttributes, OpenFlags, Request};
 
 /// Tracks which byte ranges arrived, to know the highest offset below which everything
 /// is on disk (what a failed download keeps, and where `--resume` continues).
-struct Received {
+pub(crate) struct Received {
     contiguous: u64,
     beyond: BTreeMap<u64, u64>,
 }
 
 impl Received {
-    fn new(start: u64) -> Self {
+    pub(crate) fn new(start: u64) -> Self {
         Received {
             contiguous: start,
             beyond: BTreeMap::new(),
         }
     }
 
-    fn add(&mut self, offset: u64, len: u64) {
+    pub(crate) fn add(&mut self, offset: u64, len: u64) {
         if offset <= self.contiguous {
             self.contiguous = self.contiguous.max(offset + len);
         } else {
@@ -100,7 +100,7 @@ impl Transfer {
 
         let mut received = Received::new(start);
         let result = self
-            .fetch(&handle, &file, start, attrs.size, &mut received, local)
+            .fetch_all(&handle, &file, start, attrs.size, &mut received, local)
             .await;
         // Reads need no CLOSE verdict: send it without waiting, the slot is free at once
         // because the server handles this connection's requests in order.
@@ -206,6 +206,41 @@ impl Transfer {
             file.set_times(times).map_err(lctx)?;
         }
         Ok(())
+    }
+
+    /// [`Transfer::fetch`], over several channels for a big file (see `stripe`).
+    async fn fetch_all(
+        &self,
+        handle: &crate::client::Handle,
+        file: &fs::File,
+        start: u64,
+        size_hint: Option<u64>,
+        received: &mut Received,
+        local: &Path,
+    ) -> Result<u64> {
+        let Some(size) = size_hint.filter(|&s| self.stripes_for(s.saturating_sub(start))) else {
+            return self
+                .fetch(handle, file, start, size_hint, received, local)
+                .await;
+        };
+        let cell = std::cell::RefCell::new(std::mem::replace(received, Received::new(start)));
+        let striped = self
+            .download_striped(handle, file, &cell, start, size, local)
+            .await;
+        *received = cell.into_inner();
+        match striped? {
+            Some(end) if received.contiguous >= end => Ok(end),
+            Some(end) => Err(Error::Protocol(format!(
+                "{}: server ended the file at {end} but sent only {} contiguous bytes",
+                String::from_utf8_lossy(handle.path()),
+                received.contiguous
+            ))),
+            // Past the size, the last READ confirms the end (or finds that it grew).
+            None => {
+                self.fetch(handle, file, size, Some(size), received, local)
+                    .await
+            }
+        }
     }
 
     /// Issues READs from `start`, writes replies at their offsets, re-requests the tail of

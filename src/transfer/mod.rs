@@ -12,6 +12,7 @@ mod remove;
 mod resume;
 mod spread;
 mod stream;
+mod stripe;
 mod tree;
 mod upload;
 

@@ -510,6 +510,15 @@ impl Transfer {
         let max_requests = self.opts.requests.max(1);
         let mut inflight = FuturesUnordered::new();
         let mut offset = start;
+        let mut acked = 0u64;
+        // A big file goes over several channels; what follows then only confirms its end.
+        if self.stripes_for(meta.len().saturating_sub(start)) {
+            self.upload_striped(handle, file, start, meta.len(), local)
+                .await
+                .map_err(|e| relabel_local(e, local))?;
+            acked = meta.len() - start;
+            offset = meta.len();
+        }
         let mut eof = false;
         // WRITEs are sized by the file's length, so a small file takes only its own size
         // of the byte budget (a full chunk each would cap concurrency at budget/chunk
@@ -519,7 +528,6 @@ impl Transfer {
         // A file sent in one WRITE may take a smaller share of the budget's floor than a
         // stream of chunks (see `pace`).
         let one_write = meta.len().saturating_sub(start) <= chunk as u64;
-        let mut acked = 0u64;
         let collect = |acked: &mut u64, (n, r): (usize, Result<crate::proto::Response>)| {
             // A WRITE whose data came from the file fails here if reading it did.
             write_reply(handle.path(), r.map_err(|e| relabel_local(e, local))?)?;
