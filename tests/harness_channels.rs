@@ -250,6 +250,10 @@ fn delayed_server_holds_back_only_the_chosen_instance() {
     assert_eq!(server.started(), 2);
     assert!(server.pid(2).is_some());
     assert_eq!(common::read_file(&second), data);
+    // The relay notes what it held as it exits, which may be just after the client did.
+    common::wait_until("the delayed server's note", Duration::from_secs(10), || {
+        server.delayed_chunks().is_some()
+    });
     assert!(
         server.delayed_chunks().is_some_and(|n| n >= 2),
         "{:?}",
@@ -261,4 +265,97 @@ fn delayed_server_holds_back_only_the_chosen_instance() {
     sftp_get_direct(&server.command(), &src, &third);
     assert_eq!(server.started(), 3);
     assert_eq!(common::read_file(&third), data);
+}
+
+/// The pieces as the #15 tests will use them, with today's sftpipe (one channel): `-S`
+/// through the recorder, a password through the counting askpass, `-D` through the delaying
+/// server, TMPDIR scanned afterwards.
+#[test]
+fn sftpipe_runs_through_each_piece() {
+    if !common::sshd_available() {
+        return;
+    }
+    let work = tempfile::tempdir().expect("tempdir");
+    let tmp = fresh_tmpdir();
+    let data = common::random_bytes(200_000, 7);
+    let src = work.path().join("src");
+    common::write_file(&src, &data);
+
+    // -S: one recorded ssh, running the sftp subsystem, gone afterwards.
+    let sshd = Sshd::start();
+    let recorder = SshRecorder::new(work.path());
+    let dest = work.path().join("via-recorder");
+    let mut cmd = Command::new(common::sftpipe_bin());
+    cmd.arg("-S")
+        .arg(recorder.program())
+        .args(sshd.sftp_args())
+        .arg("put")
+        .arg(&src)
+        .arg(format!("{}:{}", sshd.destination(), dest.display()))
+        .stdin(Stdio::null());
+    let out = common::control_dir::use_tmpdir(&mut cmd, tmp.path())
+        .output()
+        .expect("run sftpipe");
+    assert!(
+        out.status.success(),
+        "{}",
+        explain("sftpipe -S", &out, &sshd)
+    );
+    assert_eq!(common::read_file(&dest), data);
+    let calls = recorder.invocations();
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    assert!(calls[0].args.iter().any(|a| a == "sftp"), "{calls:?}");
+    assert!(!calls[0].alive());
+    assert_no_control_dirs(tmp.path());
+
+    // A password login: asked once.
+    let (pw_sshd, password) = password_sshd(&[]);
+    let askpass = Askpass::new(work.path(), &password);
+    let pw_dir = tempfile::tempdir().expect("tempdir");
+    pw_sshd.chown_to_user(pw_dir.path());
+    let pw_dest = pw_dir.path().join("via-password");
+    let out = askpass
+        .command(common::sftpipe_bin())
+        .args(common::askpass::password_client_args(&pw_sshd))
+        .arg("put")
+        .arg(&src)
+        .arg(format!("{}:{}", pw_sshd.destination(), pw_dest.display()))
+        .output()
+        .expect("run sftpipe");
+    assert!(
+        out.status.success(),
+        "{}",
+        explain("sftpipe password", &out, &pw_sshd)
+    );
+    assert_eq!(common::read_file(&pw_dest), data);
+    assert_eq!(askpass.count(), 1, "prompts: {:?}", askpass.prompts());
+
+    // -D: the first server started is the delayed one; the copy is still exact.
+    let server = DelayedServer::new(work.path(), 1, 50);
+    let got = work.path().join("via-delayed");
+    let out = Command::new(common::sftpipe_bin())
+        .arg("-D")
+        .arg(server.command())
+        .arg("get")
+        .arg(&src)
+        .arg(&got)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run sftpipe -D");
+    assert!(
+        out.status.success(),
+        "{}",
+        explain("sftpipe -D", &out, &sshd)
+    );
+    assert_eq!(common::read_file(&got), data);
+    assert_eq!(server.started(), 1);
+    common::wait_until("the delayed server's note", Duration::from_secs(10), || {
+        server.delayed_chunks().is_some()
+    });
+    assert!(
+        server.delayed_chunks().is_some_and(|n| n >= 1),
+        "{:?}",
+        server.delayed_chunks()
+    );
 }
