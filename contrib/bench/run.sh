@@ -1,13 +1,22 @@
 #!/usr/bin/env bash
 # sftpipe benchmark: sftpipe and its peers side by side, in one run, against a throwaway sshd.
 #
-# Usage: contrib/bench/run.sh [--quick] [--only loopback|rtt20] [--repeat N] [--out FILE]
-#                             [--timeout SECS] [--max-time SECS] [--keep] [--disk]
+# Usage: contrib/bench/run.sh [--quick] [--only COND,...] [--cases CASE,...] [--repeat N]
+#                             [--out FILE] [--timeout SECS] [--max-time SECS] [--keep] [--disk]
 #
 #   --quick          smoke run: 128 MiB big file, no 5,000-file trees, no 2 GiB / 10,000-file memory
 #                    runs (memory is then measured on the 128 MiB file and the 500-file tree, and
 #                    "one changed file" uses the 500-file tree); takes a few minutes
-#   --only COND      run only one network condition: loopback or rtt20
+#   --only CONDS     run only these network conditions (comma-separated): loopback, rtt20, rtt100
+#   --cases CASES    run only these workloads (comma-separated):
+#                      classic  workloads 1-3 below (by default at loopback and rtt20 only)
+#                      memory   workload 4 (loopback)
+#                      big      several channels (#15): 512 MiB put/get (every condition)
+#                      tree     several channels (#15): 500 files put -r / mirror (by default at
+#                               rtt100 only)
+#                    a case named here runs in every selected condition; without --cases all
+#                    four run with the defaults above. E.g. --only rtt100 --cases big runs the
+#                    #15 rows at 100 ms alone (a few minutes per repetition)
 #   --repeat N       time every command N times (peers interleaved) and report the median (default 1)
 #   --out FILE       also write the Markdown report to FILE (it always goes to stdout)
 #   --timeout SECS   per-command limit (default 300); a command that hits it is reported FAILED
@@ -15,14 +24,17 @@
 #   --keep           keep the work directory (/tmp/sftpipe-bench.*) for inspection
 #   --disk           keep the data on /tmp's file system instead of a tmpfs (see below)
 #
-# Environment: SFTPIPE=/path/to/sftpipe skips the cargo build; CARGO_TARGET_DIR is honoured.
+# Environment: SFTPIPE=/path/to/sftpipe skips the cargo build; CARGO_TARGET_DIR is honoured;
+# BENCH_BIG_MIB=N sets the size of the big file (default 512, 128 with --quick; e.g. 32 to check
+# that the script works end to end in little time).
 #
 # Needs root (it starts its own sshd and may apt-get install openssh-server, openssh-sftp-server,
 # rsync, lftp, time, python3 when missing) and a Debian-like system. It builds sftpipe in release
 # mode, starts sshd on 127.0.0.1 on a free port with fresh host/user keys, and runs every workload
-# under two network conditions, each a full round:
+# under three network conditions, each a full round:
 #   loopback  direct TCP to 127.0.0.1
 #   rtt20     ssh ProxyCommand contrib/bench/delay-relay.py holding each direction 10 ms (RTT 20 ms)
+#   rtt100    the same, 50 ms each way (RTT 100 ms)
 # Every tool gets the same ssh options (incl. the ProxyCommand): ssh/scp/sftp -o, rsync -e "ssh ...",
 # lftp sftp:connect-program "ssh -a -x ...", sftpipe -o. All data lives in one mktemp -d under /tmp
 # ("remote" paths are on the same machine); sshd and the work directory are removed on exit.
@@ -47,14 +59,34 @@
 #   4. memory (sftpipe only, loopback): peak RSS (/usr/bin/time %M: the largest of sftpipe and
 #      its ssh child) of put/get of a 2 GiB file (/dev/zero data) and put -r/get -r of 10,000
 #      files of 1 KiB in 100 dirs
+#   5. several channels (#15), "big" at every condition: the 512 MiB file up and down with
+#      ssh 'cat' (one channel: the ceiling), sftp, lftp pget -n 8 (download), rclone (upload;
+#      download with --multi-thread-streams 8), sftpipe --connections 1 and sftpipe with its
+#      default (8 connections); sftpipe's peak RSS is recorded for both (as in 4: the largest
+#      single process, sftpipe or one of its ssh children, not their sum). "tree" (rtt100): 500
+#      files of 4 KiB, put -r (rsync -a, lftp mirror -R --parallel=8, rclone copy
+#      --transfers 8, sftpipe put -r at 1 and default connections) and a fresh mirror (rsync -a,
+#      lftp, sftpipe mirror at 1 and default connections; no sftp put -r: one file at a time,
+#      it needs minutes at 100 ms). A sftpipe without --connections (see
+#      its --help) has these sftpipe rows reported SKIPPED.
+#      rclone: with --sftp-ssh (rclone >= 1.64) it runs the same ssh command as the others; an
+#      older rclone has only its own ssh library, so it gets host, port and key, and at rtt20/
+#      rtt100 a "delay-relay.py --listen" TCP listener with the same delay in place of the
+#      ProxyCommand (its cipher is then its own: see the header). Its hash check (md5sum over
+#      ssh after each file) is off and its shell type given, so it runs no commands the others
+#      do not.
 # Copies are verified (cmp / diff -r) for every peer; a peer that fails or whose copy differs is
 # reported as FAILED with the first line of its stderr, and the run goes on.
 #
 # Output: a Markdown report on stdout: one table per condition (workload | peer | seconds | ratio),
 # the memory table and the targets (PASS/FAIL): 512 MiB put/get <= 1.0x sftp (both conditions);
 # 500 files put -r at rtt20 <= 1.0x rsync; mirror fresh / no-op / one changed at rtt20 <= 1.0x rsync;
-# 5,000 files fresh mirror on loopback <= 1.0x rsync; peak RSS < 64 MiB. Progress goes to stderr.
-# A full run takes roughly 10 minutes on a quiet 2-core machine; absolute numbers on a busy
+# 5,000 files fresh mirror on loopback <= 1.0x rsync; peak RSS < 64 MiB; and for #15: 512 MiB
+# put/get at rtt100 <= 0.2x sftp and get <= 0.5x lftp pget -n 8, at rtt20 <= 0.5x sftp, on
+# loopback <= 1.0x sftpipe --connections 1; 500 files put -r and mirror at rtt100 <= 0.9x rsync;
+# sftpipe's peak RSS of the big-file rows < 64 MiB. Progress goes to stderr.
+# A full run takes roughly 20 minutes on a quiet 2-core machine (the #15 rows at rtt100 alone
+# about 8, with --only rtt100 --cases big,tree); absolute numbers on a busy
 # machine are noisy, use --repeat 3 on a quiet one for numbers worth quoting.
 #
 # Peer quirks worth knowing: lftp needs "open -u root, sftp://..." (empty password) or it tries to
@@ -73,16 +105,18 @@ T_START=${EPOCHREALTIME:?bash 5 or newer is needed (EPOCHREALTIME)}
 
 usage() { awk 'NR == 1 { next } /^#/ { sub(/^# ?/, ""); print; next } { exit }' "${BASH_SOURCE[0]}"; }
 
-QUICK=0 ONLY="" REPEAT=1 OUT="" CMD_TIMEOUT=300 MAX_TIME=2400 KEEP=0 DISK=0
+QUICK=0 ONLY="" CASES="" REPEAT=1 OUT="" CMD_TIMEOUT=300 MAX_TIME=2400 KEEP=0 DISK=0
 while (($#)); do
     case $1 in
-        --only | --repeat | --out | --timeout | --max-time)
+        --only | --cases | --repeat | --out | --timeout | --max-time)
             (($# >= 2)) || { echo "run.sh: $1 needs a value (see --help)" >&2; exit 2; } ;;
     esac
     case $1 in
         --quick) QUICK=1 ;;
         --only) ONLY=${2:-}; shift ;;
         --only=*) ONLY=${1#*=} ;;
+        --cases) CASES=${2:-}; shift ;;
+        --cases=*) CASES=${1#*=} ;;
         --repeat) REPEAT=${2:-}; shift ;;
         --repeat=*) REPEAT=${1#*=} ;;
         --out) OUT=${2:-}; shift ;;
@@ -98,7 +132,13 @@ while (($#)); do
     esac
     shift
 done
-case $ONLY in "" | loopback | rtt20) ;; *) echo "run.sh: --only takes loopback or rtt20" >&2; exit 2 ;; esac
+for c in ${ONLY//,/ }; do
+    case $c in loopback | rtt20 | rtt100) ;; *) echo "run.sh: --only takes loopback, rtt20, rtt100 (comma-separated), not '$c'" >&2; exit 2 ;; esac
+done
+for c in ${CASES//,/ }; do
+    case $c in classic | memory | big | tree) ;; *) echo "run.sh: --cases takes classic, memory, big, tree (comma-separated), not '$c'" >&2; exit 2 ;; esac
+done
+[ -z "${BENCH_BIG_MIB:-}" ] || [[ $BENCH_BIG_MIB =~ ^[1-9][0-9]*$ ]] || { echo "run.sh: BENCH_BIG_MIB must be a positive integer" >&2; exit 2; }
 for v in REPEAT CMD_TIMEOUT MAX_TIME; do
     [[ ${!v} =~ ^[1-9][0-9]*$ ]] || { echo "run.sh: ${v,,} must be a positive integer" >&2; exit 2; }
 done
@@ -122,6 +162,7 @@ for c in ssh scp sftp ssh-keygen; do command -v $c >/dev/null || { pkgs+=(openss
 command -v rsync >/dev/null || pkgs+=(rsync)
 command -v lftp >/dev/null || pkgs+=(lftp)
 [ -x /usr/bin/time ] || pkgs+=(time)
+command -v rclone >/dev/null || pkgs+=(rclone)
 [ -x /usr/bin/python3 ] || command -v python3 >/dev/null || pkgs+=(python3)
 if ((${#pkgs[@]})); then
     command -v apt-get >/dev/null || die "missing ${pkgs[*]} and no apt-get to install them"
@@ -149,7 +190,7 @@ fi
 # Work directory, sshd, cleanup
 
 WORK=$(mktemp -d /tmp/sftpipe-bench.XXXXXX)
-SSHD_PID="" CHILD="" TMPFS=0
+SSHD_PID="" CHILD="" TMPFS=0 BG_PIDS=()
 # tmpfs: the data peaks near 5 GiB (a 2 GiB file and its copy, the 512 MiB file, the trees).
 if ((!DISK)); then
     avail_gib=$(awk '/MemAvailable/ { printf "%d", $2 / 1048576 }' /proc/meminfo)
@@ -164,6 +205,7 @@ cleanup() {
     local rc=$?
     trap - EXIT INT TERM
     if [ -n "$CHILD" ]; then kill -TERM -- "-$CHILD" 2>/dev/null || true; fi
+    for p in "${BG_PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
     if [ -n "$SSHD_PID" ]; then
         kill "$SSHD_PID" 2>/dev/null || true
         for _ in 1 2 3 4 5 6 7 8 9 10; do kill -0 "$SSHD_PID" 2>/dev/null || break; sleep 0.1; done
@@ -242,6 +284,7 @@ log "sshd pid $SSHD_PID on 127.0.0.1:$PORT, work dir $WORK"
 # Test data
 
 if ((QUICK)); then BIG_MIB=128; else BIG_MIB=512; fi
+BIG_MIB=${BENCH_BIG_MIB:-$BIG_MIB}
 BIG=$WORK/src/big T500=$WORK/src/t500 T5K=$WORK/src/t5k T10K=$WORK/src/t10k HUGE=$WORK/src/huge
 
 gen_tree() { # DIR NDIRS FILES_PER_DIR FILE_SIZE: random files DIR/dNN/fNNNN
@@ -253,10 +296,26 @@ gen_tree() { # DIR NDIRS FILES_PER_DIR FILE_SIZE: random files DIR/dNN/fNNNN
         head -c $((n * size)) /dev/urandom | split -b "$size" -d -a 4 - "$sub/f"
     done
 }
-log "creating test data (${BIG_MIB} MiB file, 500-file tree$( ((QUICK)) || echo ', 5,000-file tree'))"
+# Which workloads run where (see --only and --cases)
+want_cond() { [ -z "$ONLY" ] || [[ ",$ONLY," == *",$1,"* ]]; }
+named_case() { [[ ",$CASES," == *",$1,"* ]]; }
+want() { # CASE COND: true when CASE runs in condition COND
+    want_cond "$2" || return 1
+    if [ -n "$CASES" ]; then named_case "$1"; return; fi
+    case $1 in
+        classic) [ "$2" != rtt100 ] ;;
+        memory) [ "$2" = loopback ] ;;
+        big) true ;;
+        tree) [ "$2" = rtt100 ] ;;
+    esac
+}
+CLASSIC_ANY=0
+for c in loopback rtt20 rtt100; do if want classic $c; then CLASSIC_ANY=1; fi; done
+
+log "creating test data (${BIG_MIB} MiB file, 500-file tree$( ((QUICK || !CLASSIC_ANY)) || echo ', 5,000-file tree'))"
 head -c "${BIG_MIB}M" /dev/urandom >"$BIG"
 gen_tree "$T500" 10 50 4096
-((QUICK)) || gen_tree "$T5K" 50 100 4096
+((QUICK || !CLASSIC_ANY)) || gen_tree "$T5K" 50 100 4096
 sync -f "$WORK" # no writeback of fresh test data during the first timed runs
 
 # ---------------------------------------------------------------------------------------------
@@ -264,11 +323,13 @@ sync -f "$WORK" # no writeback of fresh test data during the first timed runs
 
 TO() { timeout --foreground -k 5 "$CMD_TIMEOUT" "$@"; }
 
-setup_round() { # loopback | rtt20: per-tool command prefixes with identical ssh options
+declare -A ONE_WAY=([rtt20]=0.010 [rtt100]=0.050) # seconds each way
+
+setup_round() { # loopback | rtt20 | rtt100: per-tool command prefixes with identical ssh options
     ROUND=$1
     local opts=("${BASE_OPTS[@]}") str="${BASE_OPTS[*]}"
-    if [ "$ROUND" = rtt20 ]; then
-        local pc="ProxyCommand=$PY $RELAY 127.0.0.1 $PORT 0.010"
+    if [ "$ROUND" != loopback ]; then
+        local pc="ProxyCommand=$PY $RELAY 127.0.0.1 $PORT ${ONE_WAY[$ROUND]}"
         opts+=(-o "$pc")
         str+=" -o '$pc'"
     fi
@@ -569,10 +630,171 @@ run_memory() {
     rm -rf "$R/mem.t" "$L/mem.t"
 }
 
+# ---------------------------------------------------------------------------------------------
+# Several channels per session (#15): sftpipe --connections 1 and its default against ssh 'cat'
+# (one channel: the ceiling), sftp, and peers that open several connections of their own
+
+# Where the built sftpipe takes --connections: "global" (before the subcommand), "sub" (after
+# it), or "" when it has none yet: its rows are then SKIPPED.
+SP_CONN_AT=""
+if "$BIN" --help 2>&1 | grep -q -- '--connections'; then SP_CONN_AT=global
+elif "$BIN" put --help 2>&1 | grep -q -- '--connections'; then SP_CONN_AT=sub; fi
+SP1="sftpipe --connections 1" SPD="sftpipe (default, 8 connections)"
+CW_BIG_UP="channels: $BIGW, upload" CW_BIG_DOWN="channels: $BIGW, download"
+CW_TREE_UP="channels: 500 files, put -r" CW_TREE_MIRROR="channels: mirror fresh, 500 files"
+
+sp_conn_argv() { # N|default SUBCOMMAND: SPC_ARGV = sftpipe ... SUBCOMMAND with --connections N
+    local -a c=()
+    [ "$1" = default ] || c=(--connections "$1")
+    if [ "$SP_CONN_AT" = global ]; then SPC_ARGV=("${SP[@]}" "${c[@]}" "$2"); else SPC_ARGV=("${SP[@]}" "$2" "${c[@]}"); fi
+    SPC_ARGV+=(--progress=none)
+}
+# big files run under rss: sftpipe's peak RSS (KiB) goes to $WORK/log/rss
+spc_put() { sp_conn_argv "$1" put; rss "${SPC_ARGV[@]}" "$2" "$H:$3"; }
+spc_get() { sp_conn_argv "$1" get; rss "${SPC_ARGV[@]}" "$H:$2" "$3"; }
+spc_put_r() { sp_conn_argv "$1" put; TO "${SPC_ARGV[@]}" -r "$2" "$H:$3"; }
+spc_mirror_up() { sp_conn_argv "$1" mirror; TO "${SPC_ARGV[@]}" "$2" "$H:$3"; }
+lftp_pget() { TO lftp --norc -c "$LFTP_OPEN; pget -n 8 $1 -o $2"; }
+
+# rclone >= 1.64 runs an external ssh (--sftp-ssh); older ones only their own ssh library.
+RCLONE_SSH=0
+if rclone help flags 2>/dev/null | grep -q -- '--sftp-ssh '; then RCLONE_SSH=1; fi
+RELAY_LISTEN_PID=""
+: >"$WORK/ssh/rclone.conf"
+setup_rclone() { # after setup_round: RCLONE=(rclone ...) reaching the test sshd like the others
+    local -a r=(rclone --config "$WORK/ssh/rclone.conf" -q --retries 1 --low-level-retries 1
+        --sftp-user root --sftp-disable-hashcheck --sftp-shell-type unix)
+    if [ -n "$RELAY_LISTEN_PID" ]; then kill "$RELAY_LISTEN_PID" 2>/dev/null || true; RELAY_LISTEN_PID=""; fi
+    if ((RCLONE_SSH)); then
+        # one string split on blanks; rclone keeps a double-quoted word together
+        local cmd="ssh -p $PORT ${BASE_OPTS[*]}"
+        [ "$ROUND" = loopback ] || cmd+=" -o \"ProxyCommand=$PY $RELAY 127.0.0.1 $PORT ${ONE_WAY[$ROUND]}\""
+        r+=(--sftp-ssh "$cmd $H")
+    else
+        local port=$PORT _
+        if [ "$ROUND" != loopback ]; then # the same relay, as a TCP listener
+            port=$(free_port)
+            "$PY" "$RELAY" --listen "$port" 127.0.0.1 "$PORT" "${ONE_WAY[$ROUND]}" \
+                </dev/null >/dev/null 2>>"$WORK/log/relay-listen.err" &
+            RELAY_LISTEN_PID=$!
+            BG_PIDS+=("$RELAY_LISTEN_PID")
+            for _ in $(seq 50); do
+                "$PY" -c 'import socket, sys; socket.create_connection(("127.0.0.1", int(sys.argv[1]))).close()' \
+                    "$port" 2>/dev/null && break
+                sleep 0.1
+            done
+        fi
+        r+=(--sftp-host 127.0.0.1 --sftp-port "$port" --sftp-key-file "$KEY")
+    fi
+    RCLONE=("${r[@]}")
+}
+rclone_up() { TO "${RCLONE[@]}" copyto "$1" ":sftp:$2"; }
+rclone_down() { TO "${RCLONE[@]}" copyto --multi-thread-streams 8 --multi-thread-cutoff 1M ":sftp:$1" "$2"; }
+rclone_up_r() { TO "${RCLONE[@]}" copy --transfers 8 --checkers 8 "$1" ":sftp:$2"; }
+
+# sp_rows ARRAY PREP_CMD_CHECK...: appends the two sftpipe rows (SP1, SPD) when it can run them;
+# each argument is "prep|cmd|check" with N standing for the number of connections
+sp_rows() {
+    local -n rows=$1
+    [ -n "$SP_CONN_AT" ] || return 0
+    local t=$2 t1 td
+    t1=${t//@N@/1} td=${t//@N@/default}
+    rows+=("$SP1|$t1" "$SPD|$td")
+}
+skip_sp_rows() { # WORKLOAD: the sftpipe rows as SKIPPED when it has no --connections
+    [ -z "$SP_CONN_AT" ] || return 0
+    local l
+    for l in "$SP1" "$SPD"; do
+        ORDER+=("$ROUND|$1|$l")
+        RES[$ROUND|$1|$l]="SKIPPED (this sftpipe has no --connections)"
+    done
+}
+
+channels_big() {
+    local -a up=() down=()
+    up=("ssh cat|rmrf $R/cb.ssh|ssh_up $BIG $R/cb.ssh|same_file_rm $BIG $R/cb.ssh"
+        "sftp|rmrf $R/cb.sftp|sftp_up $BIG $R/cb.sftp|same_file_rm $BIG $R/cb.sftp"
+        "rclone|rmrf $R/cb.rc|rclone_up $BIG $R/cb.rc|same_file_rm $BIG $R/cb.rc")
+    sp_rows up "rmrf $R/cb.sp@N@|spc_put @N@ $BIG $R/cb.sp@N@|same_file_rm $BIG $R/cb.sp@N@"
+    bench "$CW_BIG_UP" sftp - "${up[@]}"
+    skip_sp_rows "$CW_BIG_UP"
+    down=("ssh cat|rmrf $L/cb.ssh|ssh_down $BIG $L/cb.ssh|same_file_rm $BIG $L/cb.ssh"
+        "sftp|rmrf $L/cb.sftp|sftp_down $BIG $L/cb.sftp|same_file_rm $BIG $L/cb.sftp"
+        "lftp pget -n 8|rmrf $L/cb.lftp|lftp_pget $BIG $L/cb.lftp|same_file_rm $BIG $L/cb.lftp"
+        "rclone, 8 streams|rmrf $L/cb.rc|rclone_down $BIG $L/cb.rc|same_file_rm $BIG $L/cb.rc")
+    sp_rows down "rmrf $L/cb.sp@N@|spc_get @N@ $BIG $L/cb.sp@N@|same_file_rm $BIG $L/cb.sp@N@"
+    bench "$CW_BIG_DOWN" sftp - "${down[@]}"
+    skip_sp_rows "$CW_BIG_DOWN"
+}
+
+channels_tree() {
+    local -a up=() mir=()
+    up=("rsync -a|rmrf $R/ct.rsync|rsync_up $T500/ $R/ct.rsync/|same_tree $T500 $R/ct.rsync"
+        "lftp mirror -R|rmrf $R/ct.lftp|lftp_up $T500 $R/ct.lftp|same_tree $T500 $R/ct.lftp"
+        "rclone copy --transfers 8|rmrf $R/ct.rc|rclone_up_r $T500 $R/ct.rc|same_tree $T500 $R/ct.rc")
+    sp_rows up "rmrf $R/ct.sp@N@|spc_put_r @N@ $T500 $R/ct.sp@N@|same_tree $T500 $R/ct.sp@N@"
+    bench "$CW_TREE_UP" "rsync -a" - "${up[@]}"
+    skip_sp_rows "$CW_TREE_UP"
+    mir=("rsync -a|rmrf $R/ct.rsync|rsync_up $T500/ $R/ct.rsync/|same_tree $T500 $R/ct.rsync"
+        "lftp mirror -R|rmrf $R/ct.lftp|lftp_up $T500 $R/ct.lftp|same_tree $T500 $R/ct.lftp")
+    sp_rows mir "rmrf $R/ct.spm@N@|spc_mirror_up @N@ $T500 $R/ct.spm@N@|same_tree $T500 $R/ct.spm@N@"
+    bench "$CW_TREE_MIRROR" "rsync -a" - "${mir[@]}"
+    skip_sp_rows "$CW_TREE_MIRROR"
+    rm -rf "$R"/ct.*
+}
+
+run_channels() { # COND: the #15 rows selected for this condition
+    local big=0 tree=0
+    if want big "$1"; then big=1; fi
+    if want tree "$1"; then tree=1; fi
+    ((big || tree)) || return 0
+    setup_round "$1"
+    setup_rclone
+    log "=== several channels (#15), round $ROUND$([ -n "$SP_CONN_AT" ] || echo ': sftpipe has no --connections, its rows are SKIPPED') ==="
+    if ! TO "${SSH[@]}" "$H" true </dev/null 2>"$WORK/log/err"; then
+        log "warning: ssh to the test sshd fails in round $ROUND: $(first_line "$WORK/log/err")"
+    fi
+    if ((big)); then channels_big; fi
+    if ((tree)); then channels_tree; fi
+}
+
+target_channels() { # the #15 targets for the conditions that ran
+    local c dir
+    if want big rtt100; then
+        target "$BIGW put ≤ 0.2× sftp (rtt100)" "rtt100|$CW_BIG_UP|$SPD" "rtt100|$CW_BIG_UP|sftp" 0.2
+        target "$BIGW get ≤ 0.2× sftp (rtt100)" "rtt100|$CW_BIG_DOWN|$SPD" "rtt100|$CW_BIG_DOWN|sftp" 0.2
+        target "$BIGW get ≤ 0.5× lftp pget -n 8 (rtt100)" "rtt100|$CW_BIG_DOWN|$SPD" "rtt100|$CW_BIG_DOWN|lftp pget -n 8" 0.5
+    fi
+    if want big rtt20; then
+        target "$BIGW put ≤ 0.5× sftp (rtt20)" "rtt20|$CW_BIG_UP|$SPD" "rtt20|$CW_BIG_UP|sftp" 0.5
+        target "$BIGW get ≤ 0.5× sftp (rtt20)" "rtt20|$CW_BIG_DOWN|$SPD" "rtt20|$CW_BIG_DOWN|sftp" 0.5
+    fi
+    if want big loopback; then
+        target "$BIGW put ≤ 1.0× --connections 1 (loopback)" "loopback|$CW_BIG_UP|$SPD" "loopback|$CW_BIG_UP|$SP1"
+        target "$BIGW get ≤ 1.0× --connections 1 (loopback)" "loopback|$CW_BIG_DOWN|$SPD" "loopback|$CW_BIG_DOWN|$SP1"
+    fi
+    if want tree rtt100; then
+        target "500 files put -r ≤ 0.9× rsync (rtt100)" "rtt100|$CW_TREE_UP|$SPD" "rtt100|$CW_TREE_UP|rsync -a" 0.9
+        target "mirror fresh 500 files ≤ 0.9× rsync (rtt100)" "rtt100|$CW_TREE_MIRROR|$SPD" "rtt100|$CW_TREE_MIRROR|rsync -a" 0.9
+    fi
+    for c in loopback rtt20 rtt100; do
+        want big "$c" || continue
+        for dir in "$CW_BIG_UP" "$CW_BIG_DOWN"; do
+            local kb=${RSS[$c|$dir|$SPD]:-} name="peak RSS, $SPD, ${dir#channels: } ($c) < 64 MiB"
+            if [[ ${RES[$c|$dir|$SPD]:-} == SKIPPED* ]]; then TARGETS+=("| $name | – | SKIPPED |")
+            elif isnum "$kb"; then
+                local res=FAIL
+                ((kb < 65536)) && res=PASS
+                TARGETS+=("| $name | $(awk -v k="$kb" 'BEGIN { printf "%.1f MiB", k / 1024 }') | $res |")
+            else TARGETS+=("| $name | ${RES[$c|$dir|$SPD]:-not run} | FAIL |"); fi
+        done
+    done
+}
+
 LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
-if [ "$ONLY" != rtt20 ]; then run_round loopback; fi
-if [ "$ONLY" != loopback ]; then run_round rtt20; fi
-if [ "$ONLY" != rtt20 ]; then run_memory; fi
+for c in loopback rtt20 rtt100; do if want classic $c; then run_round $c; fi; done
+if want memory loopback; then run_memory; fi
+for c in loopback rtt20 rtt100; do run_channels $c; done
 LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
 TOTAL=$(elapsed)
 
@@ -583,17 +805,18 @@ isnum() { [[ $1 =~ ^[0-9]+(\.[0-9]+)?$ ]]; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "n/a" }'; }
 
 declare -a TARGETS=()
-target() { # NAME KEY REFKEY
-    local name=$1 v=${RES[$2]:-} r=${RES[$3]:-} q result value
+target() { # NAME KEY REFKEY [FACTOR]: PASS when KEY's seconds <= FACTOR (default 1) x REFKEY's
+    local name=$1 v=${RES[$2]:-} r=${RES[$3]:-} f=${4:-1} q result value
     if [ -z "$v" ] || [ -z "$r" ]; then
         TARGETS+=("| $name | – | SKIPPED (not run) |")
         return
     fi
+    if [[ $v == SKIPPED* ]]; then TARGETS+=("| $name | ${v//|/\\|} | SKIPPED |"); return; fi
     if ! isnum "$v"; then TARGETS+=("| $name | sftpipe: ${v%% (*} | FAIL |"); return; fi
     if ! isnum "$r"; then TARGETS+=("| $name | reference: ${r%% (*} | n/a |"); return; fi
     q=$(ratio "$v" "$r")
     value="$(printf '%.2f' "$v") s vs $(printf '%.2f' "$r") s = ${q}×"
-    if awk -v a="$v" -v b="$r" 'BEGIN { exit !(a <= b) }'; then result=PASS; else result=FAIL; fi
+    if awk -v a="$v" -v b="$r" -v f="$f" 'BEGIN { exit !(a <= b * f) }'; then result=PASS; else result=FAIL; fi
     TARGETS+=("| $name | $value | $result |")
 }
 
@@ -606,15 +829,21 @@ report() {
     echo "- sftpipe: $("$BIN" --version 2>&1 | head -1) ($(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$REPO" diff --quiet HEAD 2>/dev/null || echo ', modified tree')); $(ssh -V 2>&1); $(rsync --version | head -1 | sed 's/  */ /g'); lftp $(lftp --version | head -1 | sed -n 's/.*Version \([^ ]*\).*/\1/p')"
     echo "- ssh cipher: $(ssh -v -p "$PORT" "${BASE_OPTS[@]}" "$H" true </dev/null 2>&1 | sed -n 's/.*kex: client->server cipher: \([^ ]*\).*/\1/p' | head -1)"
     echo "- data on: $DATA_ON"
-    echo "- options: repeat=$REPEAT (median)$( ((QUICK)) && echo ', --quick')${ONLY:+, --only $ONLY}; total run time ${TOTAL} s"
-    echo "- rtt20 = ssh ProxyCommand delay-relay.py, 10 ms each way; ratio = seconds / seconds of the reference peer (1.00 = as fast; lower is better)"
+    echo "- options: repeat=$REPEAT (median)$( ((QUICK)) && echo ', --quick')${ONLY:+, --only $ONLY}${CASES:+, --cases $CASES}; big file ${BIG_MIB} MiB; total run time ${TOTAL} s"
+    echo "- rtt20 / rtt100 = ssh ProxyCommand delay-relay.py, 10 / 50 ms each way; ratio = seconds / seconds of the reference peer (1.00 = as fast; lower is better)"
+    echo "- rclone: $(rclone version 2>/dev/null | head -1); $( ((RCLONE_SSH)) && echo 'with --sftp-ssh (the same ssh command)' || echo 'its own ssh library (no --sftp-ssh in this version), delays by delay-relay.py --listen')"
+    echo "- sftpipe --connections: $(case $SP_CONN_AT in global) echo 'global option' ;; sub) echo 'subcommand option' ;; *) echo 'not supported by this build: its #15 rows are SKIPPED' ;; esac)"
     for key in "${ORDER[@]}"; do
         IFS='|' read -r round workload peer <<<"$key"
         [ "$round" != memory ] || continue
         if [ "$round" != "$cur" ]; then
             cur=$round
             echo
-            if [ "$round" = loopback ]; then echo "## loopback (direct)"; else echo "## rtt20 (20 ms RTT)"; fi
+            case $round in
+                loopback) echo "## loopback (direct)" ;;
+                rtt20) echo "## rtt20 (20 ms RTT)" ;;
+                *) echo "## $round (${round#rtt} ms RTT)" ;;
+            esac
             echo
             echo "| workload | peer | seconds | ratio |"
             echo "|---|---|---:|---:|"
@@ -635,8 +864,8 @@ report() {
     echo
     echo "## memory (sftpipe, loopback)"
     echo
-    if [ "$ONLY" = rtt20 ]; then
-        echo "not run (--only rtt20)"
+    if ! printf '%s\n' "${ORDER[@]}" | grep -q '^memory|'; then
+        echo "not run"
     else
         echo "| workload | peak RSS | seconds | < 64 MiB |"
         echo "|---|---:|---:|---|"
@@ -674,18 +903,21 @@ report() {
 }
 
 for c in loopback rtt20; do
-    target "512 MiB put ≤ 1.0× sftp ($c)" "$c|$BIGW, upload|sftpipe put" "$c|$BIGW, upload|sftp"
-    target "512 MiB get ≤ 1.0× sftp ($c)" "$c|$BIGW, download|sftpipe get" "$c|$BIGW, download|sftp"
+    want classic $c || continue
+    target "$BIGW put ≤ 1.0× sftp ($c)" "$c|$BIGW, upload|sftpipe put" "$c|$BIGW, upload|sftp"
+    target "$BIGW get ≤ 1.0× sftp ($c)" "$c|$BIGW, download|sftpipe get" "$c|$BIGW, download|sftp"
 done
-if ((QUICK)); then
-    for i in 0 1 2 3; do TARGETS[i]=${TARGETS[i]//512 MiB/$BIGW}; done
+if want classic rtt20; then
+    target "500 files put -r ≤ 1.0× rsync (rtt20)" "rtt20|500 files, upload|sftpipe put -r" "rtt20|500 files, upload|rsync -a"
+    target "mirror fresh 500 files ≤ 1.0× rsync (rtt20)" "rtt20|mirror: fresh, 500 files|sftpipe mirror" "rtt20|mirror: fresh, 500 files|rsync -a"
+    target "mirror no-op 500 files ≤ 1.0× rsync (rtt20)" "rtt20|mirror: no-op, 500 files|sftpipe mirror" "rtt20|mirror: no-op, 500 files|rsync -a"
+    if ((QUICK)); then cw="mirror: 1 changed of 500 files"; else cw="mirror: 1 changed of 5,000 files"; fi
+    target "$cw ≤ 1.0× rsync (rtt20)" "rtt20|$cw|sftpipe mirror" "rtt20|$cw|rsync -a"
 fi
-target "500 files put -r ≤ 1.0× rsync (rtt20)" "rtt20|500 files, upload|sftpipe put -r" "rtt20|500 files, upload|rsync -a"
-target "mirror fresh 500 files ≤ 1.0× rsync (rtt20)" "rtt20|mirror: fresh, 500 files|sftpipe mirror" "rtt20|mirror: fresh, 500 files|rsync -a"
-target "mirror no-op 500 files ≤ 1.0× rsync (rtt20)" "rtt20|mirror: no-op, 500 files|sftpipe mirror" "rtt20|mirror: no-op, 500 files|rsync -a"
-if ((QUICK)); then cw="mirror: 1 changed of 500 files"; else cw="mirror: 1 changed of 5,000 files"; fi
-target "$cw ≤ 1.0× rsync (rtt20)" "rtt20|$cw|sftpipe mirror" "rtt20|$cw|rsync -a"
-target "mirror fresh 5,000 files ≤ 1.0× rsync (loopback)" "loopback|mirror: fresh, 5,000 files|sftpipe mirror" "loopback|mirror: fresh, 5,000 files|rsync -a"
+if want classic loopback && ((!QUICK)); then
+    target "mirror fresh 5,000 files ≤ 1.0× rsync (loopback)" "loopback|mirror: fresh, 5,000 files|sftpipe mirror" "loopback|mirror: fresh, 5,000 files|rsync -a"
+fi
+target_channels
 
 report >"$WORK/report.md"
 cat "$WORK/report.md"

@@ -4,8 +4,12 @@
 //! Only std and `tempfile`: signals go through `kill(1)`, hashes through `sha256sum(1)`.
 #![allow(dead_code)]
 
+pub mod askpass;
+pub mod control_dir;
+pub mod delayed_server;
 pub mod fake_server;
 pub mod servers;
+pub mod ssh_recorder;
 pub mod tree;
 
 use std::fs;
@@ -51,6 +55,8 @@ pub struct Sshd {
     dir: tempfile::TempDir,
     port: u16,
     user: String,
+    /// Lines written before the defaults of `sshd_config` (sshd keeps a keyword's first value).
+    extra: Vec<String>,
     child: Option<Child>,
 }
 
@@ -58,20 +64,32 @@ impl Sshd {
     /// Starts a server that lets `root` (the user running the tests) log in with
     /// [`Sshd::key_path`].
     pub fn start() -> Sshd {
-        Sshd::launch("root")
+        Sshd::launch("root", &[])
+    }
+
+    /// Like [`Sshd::start`], with `extra` lines of `sshd_config` (e.g. `"MaxSessions 2"`).
+    /// They come before the defaults, and sshd keeps the first value of a keyword, so they
+    /// override them. No `Match` blocks: those would swallow the defaults after them.
+    pub fn start_with(extra: &[&str]) -> Sshd {
+        Sshd::launch("root", extra)
+    }
+
+    /// [`Sshd::start_as`] with `extra` config lines as in [`Sshd::start_with`].
+    pub fn start_as_with(user: &str, extra: &[&str]) -> Sshd {
+        if user != "root" {
+            ensure_user(user);
+        }
+        Sshd::launch(user, extra)
     }
 
     /// Starts a server for the local user `user`, creating it first if needed (race-safe
     /// across threads and processes). Use [`TEST_USER`] for permission tests: root ignores
     /// file modes, an ordinary user does not.
     pub fn start_as(user: &str) -> Sshd {
-        if user != "root" {
-            ensure_user(user);
-        }
-        Sshd::launch(user)
+        Sshd::start_as_with(user, &[])
     }
 
-    fn launch(user: &str) -> Sshd {
+    fn launch(user: &str, extra: &[&str]) -> Sshd {
         assert!(
             Path::new(SSHD).exists(),
             "{SSHD} is missing: apt-get install openssh-server openssh-sftp-server"
@@ -99,6 +117,7 @@ impl Sshd {
             dir,
             port: 0,
             user: user.to_string(),
+            extra: extra.iter().map(|l| l.to_string()).collect(),
             child: None,
         };
         let mut failures = String::new();
@@ -126,7 +145,8 @@ impl Sshd {
     fn try_spawn(&self, port: u16, sftp_server: &Path) -> Result<Child, String> {
         let d = self.dir.path();
         let config = d.join("sshd_config");
-        let text = format!(
+        let mut text: String = self.extra.iter().map(|l| format!("{l}\n")).collect();
+        text += &format!(
             "ListenAddress 127.0.0.1\n\
              Port {port}\n\
              HostKey {host_key}\n\
