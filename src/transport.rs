@@ -191,10 +191,17 @@ impl ConnectOptions {
     /// (for connection sharing, see [`crate::pool`]).
     pub fn resolve(&self) -> Result<Resolved> {
         let (program, mut args) = self.command_line()?;
-        if self.server_command.is_some() || self.ssh_program.is_some() {
+        if self.server_command.is_some() {
             return Ok(Resolved::plain(program, args));
         }
-        let reorder = !self.keep_cipher_order && cpu_has_aes();
+        // A `-S` program is handled as ssh only if it is OpenSSH's (or wraps it).
+        if let Some(p) = &self.ssh_program
+            && !is_openssh(p)
+        {
+            log::debug!("{p} is not OpenSSH's ssh: no ssh -G, no connection sharing");
+            return Ok(Resolved::plain(program, args));
+        }
+        let reorder = !self.keep_cipher_order && cpu_has_aes() && self.ssh_program.is_none();
         if !self.keep_cipher_order && !reorder {
             log::debug!("no AES instructions on this CPU: keeping ssh's cipher order");
         }
@@ -204,7 +211,10 @@ impl ConnectOptions {
             return Ok(Resolved::plain(program, args));
         };
         if !reorder && alive.is_none() && self.max_connections() == 1 {
-            return Ok(Resolved::plain(program, args));
+            return Ok(Resolved {
+                openssh: true,
+                ..Resolved::plain(program, args)
+            });
         }
         let host = args[host_at].clone();
         let mut effective: Vec<String> = args[..host_at - 2].to_vec();
@@ -230,6 +240,7 @@ impl ConnectOptions {
             program,
             args,
             config: effective,
+            openssh: true,
         })
     }
 
@@ -271,6 +282,8 @@ pub struct Resolved {
     pub args: Vec<String>,
     /// `ssh -G`'s output for the connection, when it was read.
     pub config: Option<String>,
+    /// The program is OpenSSH's ssh (it can share a connection).
+    pub openssh: bool,
 }
 
 impl Resolved {
@@ -279,6 +292,7 @@ impl Resolved {
             program,
             args,
             config: None,
+            openssh: false,
         }
     }
 
@@ -324,6 +338,18 @@ impl Resolved {
             label: label.to_string(),
         })
     }
+}
+
+/// True when `program -V` says it is OpenSSH (a wrapper that runs ssh counts).
+fn is_openssh(program: &str) -> bool {
+    Command::new(program)
+        .arg("-V")
+        .stdin(Stdio::null())
+        .output()
+        .is_ok_and(|o| {
+            let text = [o.stderr, o.stdout].concat();
+            String::from_utf8_lossy(&text).contains("OpenSSH")
+        })
 }
 
 /// The AES-GCM ciphers, moved to the front when nothing else chose ciphers.

@@ -3,8 +3,10 @@
 //! The first channel's `ssh` becomes the master (`ControlMaster=yes`) with its socket in a
 //! private 0700 directory that sftpipe makes and removes; every further channel's `ssh`
 //! attaches to it (`ControlMaster=no`), so the user authenticates once. An attaching `ssh`
-//! whose master is gone would open a connection of its own: `BatchMode=yes` makes sure
-//! that never asks for a password a second time.
+//! whose master is gone, or whose session the server refused (`MaxSessions`), would quietly
+//! open a connection of its own: `ProxyCommand=false` makes that fail instead (the
+//! multiplexed path never runs a proxy command), and `BatchMode=yes` makes sure nothing
+//! asks for a password a second time.
 //!
 //! When the user's own configuration already shares connections (`ssh -G` shows a
 //! `ControlPath` and a `ControlMaster` other than `no`), it is used as it is: every
@@ -18,8 +20,8 @@ use crate::transport::{ConnectOptions, Resolved};
 /// How a session's channels reach the server.
 #[derive(Debug)]
 pub enum Sharing {
-    /// Each channel its own process: `-D` server commands, `-S` programs that may not be
-    /// OpenSSH, or `--separate-connections`.
+    /// Each channel its own process: `-D` server commands, `-S` programs that are not
+    /// OpenSSH's ssh (`-V` tells), or `--separate-connections`.
     Separate,
     /// The user's configuration shares connections already.
     UserConfigured,
@@ -30,7 +32,7 @@ pub enum Sharing {
 impl Sharing {
     /// Decides how channels of `options` (resolved as `resolved`) share a connection.
     pub fn choose(options: &ConnectOptions, resolved: &Resolved) -> Result<Sharing> {
-        if options.server_command.is_some() || options.ssh_program.is_some() {
+        if !resolved.openssh {
             return Ok(Sharing::Separate);
         }
         if options.separate_connections || options.max_connections() == 1 {
@@ -65,8 +67,12 @@ impl Sharing {
                 "-oControlMaster=no".into(),
                 format!("-oControlPath={}", dir.socket().display()),
                 "-oBatchMode=yes".into(),
+                "-oProxyCommand=false".into(),
             ],
-            Sharing::UserConfigured => vec!["-oBatchMode=yes".into()],
+            Sharing::UserConfigured => vec![
+                "-oBatchMode=yes".into(),
+                "-oProxyCommand=false".into(),
+            ],
             Sharing::Separate => Vec::new(),
         }
     }
