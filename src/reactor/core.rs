@@ -535,3 +535,431 @@ fn trace_sent(id: u32, packet: &[u8]) {
         log::trace!(target: "sftpipe::wire", "-> #{id} {} ({} bytes)", proto::kind::name(kind), packet.len());
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::task::Wake;
+
+    /// A waker that counts its wake-ups.
+    #[derive(Default)]
+    struct Count(AtomicUsize);
+
+    impl Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn counting() -> (Arc<Count>, Waker) {
+        let c = Arc::new(Count::default());
+        (c.clone(), Waker::from(c))
+    }
+
+    fn woken(c: &Count) -> usize {
+        c.0.load(Ordering::SeqCst)
+    }
+
+    fn version_packet() -> Vec<u8> {
+        let mut v = Vec::new();
+        ServerPacket::Version {
+            version: 3,
+            extensions: vec![(b"limits@openssh.com".to_vec(), b"1".to_vec())],
+        }
+        .encode(&mut v);
+        v
+    }
+
+    fn data_reply(id: u32, data: &[u8]) -> Vec<u8> {
+        let mut v = Vec::new();
+        ServerPacket::Response {
+            id,
+            response: Response::Data(data.to_vec()),
+        }
+        .encode(&mut v);
+        v
+    }
+
+    /// A request of `len` bytes, length field included.
+    fn request(id: u32, len: usize, out: &mut Vec<u8>) {
+        out.extend_from_slice(&(len as u32 - 4).to_be_bytes());
+        out.push(proto::kind::STAT);
+        out.extend_from_slice(&id.to_be_bytes());
+        out.resize(out.len() + len - 9, b'x');
+    }
+
+    fn send(core: &mut Core, out: &mut Vec<u8>, now: Instant) -> u32 {
+        let id = core.try_send_with(out, now, |id, v| {
+            request(id, 20, v);
+            Ok(true)
+        });
+        match id {
+            Ok(Some(id)) => id,
+            other => panic!("not sent: {other:?}"),
+        }
+    }
+
+    /// A core past the handshake, as a driver would have it.
+    fn connected() -> Core {
+        let mut core = Core::new();
+        core.send_init(&mut Vec::new()).unwrap();
+        core.recv(&version_packet(), Instant::now()).unwrap();
+        assert!(core.version_seen());
+        core
+    }
+
+    fn feed_in_chunks(core: &mut Core, bytes: &[u8], sizes: &[usize]) -> Result<(), Violation> {
+        let now = Instant::now();
+        let mut rest = bytes;
+        for &size in sizes.iter().cycle() {
+            if rest.is_empty() {
+                break;
+            }
+            let (chunk, tail) = rest.split_at(size.clamp(1, rest.len()));
+            core.recv(chunk, now)?;
+            rest = tail;
+        }
+        Ok(())
+    }
+
+    /// Sends `n` requests, feeds their replies in `order` cut at `sizes`, and checks that
+    /// each task is woken once and gets its own reply.
+    fn replies_in_any_order_and_split(n: usize, order: &[usize], sizes: &[usize]) {
+        let mut core = connected();
+        let mut out = Vec::new();
+        let now = Instant::now();
+        let ids: Vec<u32> = (0..n).map(|_| send(&mut core, &mut out, now)).collect();
+        let wakers: Vec<_> = ids
+            .iter()
+            .map(|&id| {
+                let (count, waker) = counting();
+                assert!(core.poll_reply(id, &waker).is_pending());
+                count
+            })
+            .collect();
+        let stream: Vec<u8> = order
+            .iter()
+            .flat_map(|&i| data_reply(ids[i], format!("reply {i}").as_bytes()))
+            .collect();
+        feed_in_chunks(&mut core, &stream, sizes).unwrap();
+        assert_eq!(core.buffered(), 0);
+        let (_, waker) = counting();
+        for (i, &id) in ids.iter().enumerate() {
+            assert_eq!(woken(&wakers[i]), 1, "request {i}");
+            match core.poll_reply(id, &waker) {
+                Poll::Ready(Ok(Response::Data(d))) => {
+                    assert_eq!(d, format!("reply {i}").as_bytes())
+                }
+                other => panic!("request {i}: {other:?}"),
+            }
+        }
+        assert_eq!(core.in_flight(), 0);
+        assert!(!core.expects_input());
+    }
+
+    proptest! {
+        #[test]
+        fn replies_come_through_whatever_the_order_and_cuts(
+            order in (1usize..8).prop_flat_map(|n| Just((0..n).collect::<Vec<_>>()).prop_shuffle()),
+            sizes in prop::collection::vec(1usize..40, 1..10),
+        ) {
+            replies_in_any_order_and_split(order.len(), &order, &sizes);
+        }
+
+        /// Whatever a server sends, the core answers with packets or a violation, never a
+        /// panic, and holds less than one packet of the largest size allowed.
+        #[test]
+        fn any_bytes_give_packets_or_a_violation(
+            bytes in prop::collection::vec(any::<u8>(), 0..300),
+            sizes in prop::collection::vec(1usize..40, 1..10),
+        ) {
+            let mut core = Core::new();
+            core.set_max_packet(64);
+            if feed_in_chunks(&mut core, &bytes, &sizes).is_ok() {
+                prop_assert!(core.buffered() < 4 + 64, "{} bytes held", core.buffered());
+            }
+        }
+    }
+
+    #[test]
+    fn replies_fed_one_byte_at_a_time() {
+        replies_in_any_order_and_split(3, &[2, 0, 1], &[1]);
+    }
+
+    #[test]
+    fn the_version_wakes_its_waiter_once_and_is_taken() {
+        let mut core = Core::new();
+        let mut out = Vec::new();
+        core.send_init(&mut out).unwrap();
+        assert_eq!(out, [0, 0, 0, 5, proto::kind::INIT, 0, 0, 0, 3]);
+        let (count, waker) = counting();
+        assert!(core.poll_version(&waker).is_pending());
+        assert!(core.expects_input());
+        feed_in_chunks(&mut core, &version_packet(), &[1]).unwrap();
+        assert_eq!(woken(&count), 1);
+        match core.poll_version(&waker) {
+            Poll::Ready(Ok((3, ext))) => assert_eq!(ext[0].0, b"limits@openssh.com"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            core.recv(&version_packet(), Instant::now()),
+            Err(Violation::SecondVersion)
+        );
+    }
+
+    /// The server's last reply and the end of its stream come in one read: the reply is
+    /// given, and only the requests still waiting get the connection's error.
+    #[test]
+    fn the_last_bytes_with_the_end_of_the_stream() {
+        let mut core = connected();
+        let mut out = Vec::new();
+        let now = Instant::now();
+        let answered = send(&mut core, &mut out, now);
+        let unanswered = send(&mut core, &mut out, now);
+        let (count, waker) = counting();
+        assert!(core.poll_reply(unanswered, &waker).is_pending());
+        core.recv(&data_reply(answered, b"last"), now).unwrap();
+        // The driver read 0 bytes next: the end of the stream.
+        core.fail(ConnectionError {
+            reason: "server exited".into(),
+            stderr_tail: Vec::new(),
+            unreached: None,
+        });
+        assert_eq!(woken(&count), 1);
+        assert!(matches!(
+            core.poll_reply(answered, &waker),
+            Poll::Ready(Ok(Response::Data(d))) if d == b"last"
+        ));
+        assert!(matches!(
+            core.poll_reply(unanswered, &waker),
+            Poll::Ready(Err(Error::Connection(e))) if e.reason == "server exited"
+        ));
+        assert!(core.send_init(&mut out).is_err());
+        assert_eq!(core.poll_timeout(), None);
+    }
+
+    #[test]
+    fn a_truncated_stream_leaves_the_request_waiting() {
+        let mut core = connected();
+        let mut out = Vec::new();
+        let id = send(&mut core, &mut out, Instant::now());
+        let (count, waker) = counting();
+        assert!(core.poll_reply(id, &waker).is_pending());
+        let reply = data_reply(id, b"cut short");
+        core.recv(&reply[..reply.len() - 1], Instant::now())
+            .unwrap();
+        assert_eq!(core.buffered(), reply.len() - 1);
+        assert_eq!(woken(&count), 0);
+        assert!(core.poll_reply(id, &waker).is_pending());
+    }
+
+    #[test]
+    fn replies_to_unknown_or_answered_ids_are_violations() {
+        let mut core = connected();
+        let mut out = Vec::new();
+        let now = Instant::now();
+        assert_eq!(
+            core.recv(&data_reply(99, b""), now),
+            Err(Violation::UnknownId(99))
+        );
+        let mut core = connected();
+        let id = send(&mut core, &mut out, now);
+        core.recv(&data_reply(id, b"one"), now).unwrap();
+        assert_eq!(
+            core.recv(&data_reply(id, b"two"), now),
+            Err(Violation::SecondReply(id))
+        );
+        let (_, waker) = counting();
+        assert!(matches!(
+            core.poll_reply(id, &waker),
+            Poll::Ready(Ok(Response::Data(d))) if d == b"one"
+        ));
+    }
+
+    /// The length field alone condemns a packet: nothing of its body is awaited.
+    #[test]
+    fn an_oversized_length_is_refused_from_its_four_bytes() {
+        let mut core = connected();
+        core.set_max_packet(1000);
+        let e = core.recv(&[0, 0, 0x10, 0], Instant::now());
+        assert_eq!(
+            e,
+            Err(Violation::Decode(DecodeError::BadLength {
+                len: 4096,
+                max: 1000
+            }))
+        );
+        assert_eq!(
+            core.recv(&[0, 0, 0, 0], Instant::now())
+                .map_err(|e| e.to_string()),
+            Err("packet length 4096 outside 1..=1000".to_string())
+        );
+    }
+
+    #[test]
+    fn abandoned_and_dispensed_slots() {
+        let mut core = connected();
+        let mut out = Vec::new();
+        let now = Instant::now();
+        let (a, d, r) = (
+            send(&mut core, &mut out, now),
+            send(&mut core, &mut out, now),
+            send(&mut core, &mut out, now),
+        );
+        core.abandon(a);
+        core.dispense(d);
+        assert!(
+            core.awaits_replies(),
+            "abandoned and waiting requests are owed"
+        );
+        core.recv(&data_reply(r, b""), now).unwrap();
+        core.recv(&data_reply(a, b""), now).unwrap();
+        assert!(!core.awaits_replies(), "a dispensed one is not");
+        assert_eq!(core.in_flight(), 2);
+        // Ids stay reserved until their reply came and was taken.
+        core.next_id = d;
+        assert_eq!(send(&mut core, &mut out, now), r + 1);
+        core.recv(&data_reply(d, b""), now).unwrap();
+        // A reply that came and was never looked at is freed by abandoning it.
+        core.abandon(r);
+        assert_eq!(core.in_flight(), 1);
+        assert_eq!(core.replies_due, 1);
+    }
+
+    #[test]
+    fn abandoning_after_the_end_frees_the_slot() {
+        let mut core = connected();
+        let mut out = Vec::new();
+        let id = send(&mut core, &mut out, Instant::now());
+        core.fail(ConnectionError {
+            reason: "gone".into(),
+            stderr_tail: Vec::new(),
+            unreached: None,
+        });
+        core.abandon(id);
+        assert_eq!(core.in_flight(), 0);
+        assert!(!core.expects_input());
+    }
+
+    #[test]
+    fn a_request_too_large_is_not_sent_and_uses_no_id() {
+        let mut core = connected();
+        core.set_max_request(100);
+        let mut out = b"queued".to_vec();
+        let now = Instant::now();
+        let next = core.next_id;
+        let r = core.try_send_with(&mut out, now, |id, v| {
+            request(id, 101, v);
+            Ok(true)
+        });
+        assert!(matches!(
+            r,
+            Err(Error::RequestTooLarge {
+                op: "SSH_FXP_STAT",
+                size: 101,
+                max: 100,
+                ..
+            })
+        ));
+        // A header whose length counts file data queued behind it is judged by the length.
+        let r = core.try_send_with(&mut out, now, |id, v| {
+            request(id, 20, v);
+            let at = v.len() - 20;
+            v[at..at + 4].copy_from_slice(&200u32.to_be_bytes());
+            Ok(true)
+        });
+        assert!(matches!(r, Err(Error::RequestTooLarge { size: 204, .. })));
+        assert_eq!(out, b"queued");
+        assert_eq!(core.in_flight(), 0);
+        let declined = core.try_send_with(&mut out, now, |id, v| {
+            request(id, 20, v);
+            Ok(false)
+        });
+        assert!(matches!(declined, Ok(None)));
+        assert_eq!(out, b"queued");
+        assert_eq!(send(&mut core, &mut out, now), next);
+        assert_eq!(out.len(), 6 + 20);
+    }
+
+    #[test]
+    fn the_stall_deadline_follows_the_given_instants() {
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let limit = Duration::from_secs(10);
+        let mut core = Core::new();
+        core.set_stall_timeout(Some(limit));
+        let mut out = Vec::new();
+        // Before the VERSION (ssh may be asking for a password), no clock.
+        let early = send(&mut core, &mut out, t0);
+        assert_eq!(core.check_stall(at(100)), None);
+        assert_eq!(core.poll_timeout(), None);
+        core.recv(&version_packet(), at(100)).unwrap();
+        let id = send(&mut core, &mut out, at(100));
+        assert_eq!(core.check_stall(at(101)), None);
+        assert_eq!(core.poll_timeout(), Some(at(111)));
+        assert_eq!(core.check_stall(at(110)), None);
+        // Bytes stop the clock (here the first of a reply); the next look starts it again.
+        let reply = data_reply(id, b"");
+        core.recv(&reply[..1], at(110)).unwrap();
+        assert!(!core.is_quiet());
+        assert_eq!(core.poll_timeout(), None);
+        assert_eq!(core.check_stall(at(112)), None);
+        assert_eq!(core.poll_timeout(), Some(at(122)));
+        assert_eq!(core.check_stall(at(121)), None);
+        assert_eq!(core.check_stall(at(122)), Some(limit));
+        assert!(core.is_quiet());
+        // Once nothing is due the clock stops, whatever the time.
+        core.recv(&reply[1..], at(123)).unwrap();
+        core.recv(&data_reply(early, b""), at(123)).unwrap();
+        assert_eq!(core.check_stall(at(1000)), None);
+        assert_eq!(core.poll_timeout(), None);
+        // A zero timeout is none.
+        core.set_stall_timeout(Some(Duration::ZERO));
+        send(&mut core, &mut out, at(1000));
+        assert_eq!(core.check_stall(at(5000)), None);
+    }
+
+    #[test]
+    fn the_round_trip_is_timed_on_a_request_sent_with_nothing_queued() {
+        let t0 = Instant::now();
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        let mut core = Core::new();
+        let mut out = Vec::new();
+        // Sent before the VERSION: waits for the connection, not timed.
+        let early = send(&mut core, &mut out, t0);
+        core.recv(&version_packet(), ms(500)).unwrap();
+        core.recv(&data_reply(early, b""), ms(500)).unwrap();
+        assert_eq!(core.rtt_min(), None);
+        out.clear();
+        let probe = send(&mut core, &mut out, ms(1000));
+        // Queued behind the probe: not timed.
+        let queued = send(&mut core, &mut out, ms(1000));
+        core.recv(&data_reply(probe, b""), ms(1030)).unwrap();
+        core.recv(&data_reply(queued, b""), ms(1100)).unwrap();
+        assert_eq!(core.rtt_min(), Some(Duration::from_millis(30)));
+        out.clear();
+        let faster = send(&mut core, &mut out, ms(2000));
+        core.recv(&data_reply(faster, b""), ms(2010)).unwrap();
+        assert_eq!(core.rtt_min(), Some(Duration::from_millis(10)));
+    }
+
+    #[test]
+    fn a_spoiled_request_fails_with_the_local_error() {
+        let mut core = connected();
+        let mut out = Vec::new();
+        let id = send(&mut core, &mut out, Instant::now());
+        core.spoil(
+            id,
+            io::Error::new(io::ErrorKind::UnexpectedEof, "the file shrank"),
+        );
+        core.recv(&data_reply(id, b""), Instant::now()).unwrap();
+        let (_, waker) = counting();
+        assert!(matches!(
+            core.poll_reply(id, &waker),
+            Poll::Ready(Err(Error::Local { .. }))
+        ));
+    }
+}

@@ -2,7 +2,7 @@
 //!
 //! [`Reactor`] is generic: sources ([`Source`]) register and get called on readiness.
 //! [`Channel`] drives one SFTP connection: the child's socket and stderr, the outgoing
-//! queue ([`outqueue`]), the child's exit; its protocol state is the I/O-free
+//! queue (`outqueue.rs`), the child's exit; its protocol state is the I/O-free
 //! [`Core`]. [`AsyncFd`] lets tasks await any other descriptor.
 
 mod asyncfd;
