@@ -689,7 +689,8 @@ impl Source for Channel {
                 Some(format!("writing to {} failed: {}", st.label, plain_io(&e)))
             };
             self.fail(&mut st, msg);
-            return false;
+            // A closed connection is still awaited while the child's exit is collected.
+            return !st.core.is_dead();
         }
         let want_write = !st.out.is_empty();
         if want_write != st.write_registered {
@@ -821,6 +822,43 @@ mod tests {
         assert!(
             took < Duration::from_secs(2),
             "the session took {took:?} to end"
+        );
+    }
+
+    /// A child that closed the connection but has not exited yet is being waited for: the
+    /// loop must not be told that nothing is pending meanwhile, even when the closed
+    /// connection was found by a write (the executor would call that a deadlock).
+    #[test]
+    fn a_write_to_a_closed_connection_keeps_the_loop_waiting_for_the_child() {
+        let reactor = Reactor::new().unwrap();
+        let child = std::process::Command::new("sleep")
+            .arg("10")
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+        drop(theirs);
+        let pipes = ChildPipes {
+            child,
+            sock: ours,
+            label: "test server".into(),
+        };
+        let chan = Channel::new(&reactor, pipes).unwrap();
+        chan.send_init().unwrap();
+        while !chan.state.borrow().core.is_dead() {
+            let expecting = reactor.turn(true).unwrap();
+            let st = chan.state.borrow();
+            assert!(
+                expecting || st.core.is_dead(),
+                "nothing pending while closing: {}",
+                st.closing.is_some()
+            );
+        }
+        let e = chan.state.borrow().core.error().map(|e| e.to_string());
+        assert!(
+            e.as_deref()
+                .is_some_and(|e| e.contains("test server closed its output")),
+            "{e:?}"
         );
     }
 }
