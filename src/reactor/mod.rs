@@ -1,4 +1,4 @@
-//! The one event loop: a `mio::Poll` that owns the server's three pipes.
+//! The one event loop: a `mio::Poll` driving the server connections and any other descriptor.
 //!
 //! [`Reactor`] is generic: sources ([`Source`]) register and get called on readiness.
 //! [`Channel`] drives one SFTP connection: the child's socket and stderr, the outgoing
