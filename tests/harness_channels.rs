@@ -74,13 +74,15 @@ fn extra_sshd_config_limits_sessions_and_recorder_sees_master_and_clients() {
         control.exists()
     });
 
-    // One session through the master holds the only slot; a second one is refused.
+    // One session through the master holds the only slot (its `cat` ends when the channel
+    // closes: nothing outlives the test); a second one is refused.
     let mut holder = via_master(
         recorder.program(),
         &sshd,
         &control,
-        &["echo started; exec sleep 60"],
+        &["echo started; exec cat"],
     )
+    .stdin(Stdio::piped())
     .stdout(Stdio::piped())
     .spawn()
     .expect("start the first session");
