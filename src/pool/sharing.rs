@@ -40,8 +40,7 @@ impl Sharing {
         }
         let master = resolved.config_value("controlmaster");
         let path = resolved.config_value("controlpath");
-        if path.is_some_and(|p| p != "none") && master.is_some_and(|m| m != "false" && m != "no")
-        {
+        if path.is_some_and(|p| p != "none") && master.is_some_and(|m| m != "false" && m != "no") {
             log::debug!("ssh's configuration shares connections: using it");
             return Ok(Sharing::UserConfigured);
         }
@@ -69,10 +68,9 @@ impl Sharing {
                 "-oBatchMode=yes".into(),
                 "-oProxyCommand=false".into(),
             ],
-            Sharing::UserConfigured => vec![
-                "-oBatchMode=yes".into(),
-                "-oProxyCommand=false".into(),
-            ],
+            Sharing::UserConfigured => {
+                vec!["-oBatchMode=yes".into(), "-oProxyCommand=false".into()]
+            }
             Sharing::Separate => Vec::new(),
         }
     }

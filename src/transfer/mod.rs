@@ -236,7 +236,8 @@ impl Transfer {
             return;
         }
         if self.opts.max_open.is_none() {
-            self.open_scale.set_per_channel(default_max_open(&self.sftp));
+            self.open_scale
+                .set_per_channel(default_max_open(&self.sftp));
             self.scale_open_files();
         }
         if let Some(asked) = self.opts.chunk {

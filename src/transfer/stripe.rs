@@ -166,7 +166,9 @@ impl Transfer {
                     if !used.iter().any(|u| u.same_channel(&s)) {
                         used.push(s.clone());
                         let t = self.on(&s);
-                        lanes.push(async move { t.lane_with_own_handle(path, lane, stripes, local).await });
+                        lanes.push(async move {
+                            t.lane_with_own_handle(path, lane, stripes, local).await
+                        });
                     }
                 }
             }
@@ -203,8 +205,18 @@ impl Transfer {
             Lane::Up { .. } => OpenFlags::WRITE,
             Lane::Down { .. } => OpenFlags::READ,
         };
-        let dead = |e: Error| if self.sftp.channel().is_dead() { Ok(()) } else { Err(e) };
-        let handle = match self.sftp.open(path, flags, &FileAttributes::default()).await {
+        let dead = |e: Error| {
+            if self.sftp.channel().is_dead() {
+                Ok(())
+            } else {
+                Err(e)
+            }
+        };
+        let handle = match self
+            .sftp
+            .open(path, flags, &FileAttributes::default())
+            .await
+        {
             Ok(h) => h,
             Err(e) => return dead(e),
         };
@@ -219,9 +231,7 @@ impl Transfer {
         match self.sftp.close(handle).await {
             // Every WRITE was answered: the data is the server's, whatever became of the
             // CLOSE; and a read handle's CLOSE does not matter.
-            Err(e) if !self.sftp.channel().is_dead() && matches!(lane, Lane::Up { .. }) => {
-                Err(e)
-            }
+            Err(e) if !self.sftp.channel().is_dead() && matches!(lane, Lane::Up { .. }) => Err(e),
             _ => Ok(()),
         }
     }

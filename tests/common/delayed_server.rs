@@ -1,6 +1,7 @@
 //! A `-D` server command for the cross-channel ordering tests: every server process it
-//! starts is OpenSSH's sftp-server, and ONE of them (the `nth` started) holds every reply
-//! for a while before passing it on, in order, so that channel lags behind the others.
+//! starts is OpenSSH's sftp-server, and ONE of them (the `nth` started) holds every request
+//! for a while before passing it on, in order: that server handles each request later than
+//! one sent at the same time over another channel, as a slow or congested channel would.
 
 use super::{sftp_server_path, write_file};
 use std::fs;
@@ -19,7 +20,7 @@ pub struct DelayedServer {
 /// The relay. argv: STATE_DIR NTH DELAY_MS SFTP_SERVER. Each start claims the next
 /// instance number with an exclusive create (`instance.N` holds its pid), so concurrent
 /// starts count right. Other instances become sftp-server itself; the chosen one relays
-/// stdin to it untouched and its stdout back, each chunk held DELAY_MS after it was read,
+/// stdin to it, each chunk held DELAY_MS after it was read (its replies go straight out),
 /// and on exit writes how many chunks it held to `delayed`.
 const RELAY: &str = r#"
 import os, sys, subprocess, threading, time
@@ -36,12 +37,15 @@ while True:
         n += 1
 if n != nth:
     os.execv(server, [server])
-child = subprocess.Popen([server], stdin=0, stdout=subprocess.PIPE, bufsize=0)
-os.close(0)
+child = subprocess.Popen([server], stdin=subprocess.PIPE, stdout=1, bufsize=0)
+os.close(1)
 queue, cond, done, held = deque(), threading.Condition(), [False], [0]
 def reader():
     while True:
-        data = child.stdout.read(1 << 16)
+        try:
+            data = os.read(0, 1 << 16)
+        except OSError:
+            data = b""
         with cond:
             if data:
                 queue.append((time.monotonic() + delay, data))
@@ -65,9 +69,10 @@ while True:
     view = memoryview(data)
     try:
         while view:
-            view = view[os.write(1, view):]
+            view = view[os.write(child.stdin.fileno(), view):]
     except OSError:
         break
+child.stdin.close()
 with open(os.path.join(state, "delayed"), "w") as f:
     f.write("%d\n" % held[0])
 sys.exit(child.wait())
@@ -75,7 +80,7 @@ sys.exit(child.wait())
 
 impl DelayedServer {
     /// Writes the command into `dir` (a path without single quotes): the `nth` server
-    /// started (1-based) delays each of its replies by `delay_ms` milliseconds.
+    /// started (1-based) delays each request by `delay_ms` milliseconds.
     pub fn new(dir: &Path, nth: usize, delay_ms: u64) -> DelayedServer {
         let state = dir.join("delayed-server");
         fs::create_dir_all(&state).unwrap_or_else(|e| panic!("mkdir {}: {e}", state.display()));
@@ -115,7 +120,7 @@ impl DelayedServer {
             .and_then(|s| s.trim().parse().ok())
     }
 
-    /// How many chunks of replies the chosen instance held back, once it ended; `None`
+    /// How many chunks of requests the chosen instance held back, once it ended; `None`
     /// while it runs or if it never started.
     pub fn delayed_chunks(&self) -> Option<u64> {
         fs::read_to_string(self.dir.join("delayed"))
