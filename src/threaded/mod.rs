@@ -150,10 +150,33 @@ impl Client {
     /// A clone whose transfers ([`Client::put`], trees, mirrors) report to `progress`;
     /// it is called on the connection's thread, so keep it quick and never wait there for
     /// another call of this client (such a [`Reply::wait`] fails instead of hanging).
-    pub fn with_progress(&self, progress: impl Progress + Send + Sync + 'static) -> Client {
+    ///
+    /// ```no_run
+    /// use std::sync::Arc;
+    /// use std::sync::atomic::{AtomicU64, Ordering};
+    /// use sftpipe::{Client, ConnectOptions, Progress, TransferOptions};
+    ///
+    /// #[derive(Default)]
+    /// struct Bytes(AtomicU64);
+    /// impl Progress for Bytes {
+    ///     fn transferred(&self, n: u64) {
+    ///         self.0.fetch_add(n, Ordering::Relaxed);
+    ///     }
+    /// }
+    /// # fn main() -> sftpipe::Result<()> {
+    /// let client = Client::connect(&ConnectOptions::host("h"))?;
+    /// let bytes = Arc::new(Bytes::default());
+    /// client
+    ///     .with_progress(bytes.clone())
+    ///     .put_tree("photos", "/srv/photos", &TransferOptions::default())
+    ///     .wait()?;
+    /// println!("{} bytes sent", bytes.0.load(Ordering::Relaxed));
+    /// # Ok(()) }
+    /// ```
+    pub fn with_progress(&self, progress: SharedProgress) -> Client {
         Client {
             inner: self.inner.clone(),
-            progress: Some(Arc::new(progress)),
+            progress: Some(progress),
         }
     }
 
