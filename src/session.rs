@@ -80,7 +80,8 @@ impl Session {
         &self.options
     }
 
-    /// The event loop, to register further descriptors ([`crate::reactor::AsyncFd`]).
+    /// The event loop, to register further descriptors ([`crate::lowlevel::AsyncFd`]).
+    #[doc(hidden)] // low level: see crate::lowlevel
     pub fn reactor(&self) -> &Rc<crate::reactor::Reactor> {
         self.rt.reactor()
     }

@@ -6,6 +6,7 @@ use std::rc::Rc;
 
 use super::event_loop::LoopCtx;
 use super::{Client, Reply, SharedProgress};
+use crate::client::Sftp;
 use crate::error::{Error, Result};
 use crate::mirror::{MirrorOptions, MirrorReport};
 use crate::proto::{FileAttributes, NameEntry, OpenFlags, Statvfs};
@@ -50,74 +51,96 @@ fn transfer(ctx: &LoopCtx, opts: TransferOptions, progress: Option<SharedProgres
     t
 }
 
-/// Generates a method per one-path [`Sftp`](crate::Sftp) call.
-macro_rules! path_ops {
-    ($($(#[$doc:meta])* $name:ident => $ty:ty;)*) => {$(
-        $(#[$doc])*
-        pub fn $name(&self, path: impl AsRef<[u8]>) -> Reply<$ty> {
-            let path = bytes(path);
-            self.call(move |ctx| {
-                let sftp = ctx.sftp.clone();
-                async move { sftp.$name(&path).await }
-            })
-        }
-    )*};
-}
-
-/// Generates a method per two-path [`Sftp`](crate::Sftp) call.
-macro_rules! two_path_ops {
-    ($($(#[$doc:meta])* $name:ident($a:ident, $b:ident);)*) => {$(
-        $(#[$doc])*
-        pub fn $name(&self, $a: impl AsRef<[u8]>, $b: impl AsRef<[u8]>) -> Reply<()> {
-            let ($a, $b) = (bytes($a), bytes($b));
-            self.call(move |ctx| {
-                let sftp = ctx.sftp.clone();
-                async move { sftp.$name(&$a, &$b).await }
-            })
-        }
-    )*};
-}
-
 impl Client {
-    path_ops! {
-        /// Attributes, following symlinks.
-        ///
-        /// ```no_run
-        /// # async fn f(client: sftpipe::Client) -> sftpipe::Result<()> {
-        /// let attrs = client.stat("/etc/hostname").await?;
-        /// println!("{} bytes", attrs.size.unwrap_or(0));
-        /// # Ok(()) }
-        /// ```
-        stat => FileAttributes;
-        /// Attributes of a link itself.
-        lstat => FileAttributes;
-        /// Every entry of a directory (without `.` and `..`) with attributes.
-        read_dir => Vec<NameEntry>;
-        /// Removes a file or symlink.
-        remove => ();
-        /// Removes an empty directory.
-        rmdir => ();
-        /// The canonical absolute path.
-        realpath => Vec<u8>;
-        /// Realpath that also expands `~` (`expand-path@openssh.com`).
-        expand_path => Vec<u8>;
-        /// A symlink's target.
-        readlink => Vec<u8>;
-        /// File system statistics (`statvfs@openssh.com`).
-        statvfs => Statvfs;
+    /// Attributes, following symlinks.
+    ///
+    /// ```no_run
+    /// # async fn f(client: sftpipe::Client) -> sftpipe::Result<()> {
+    /// let attrs = client.stat("/etc/hostname").await?;
+    /// println!("{} bytes", attrs.size.unwrap_or(0));
+    /// # Ok(()) }
+    /// ```
+    pub fn stat(&self, path: impl AsRef<[u8]>) -> Reply<FileAttributes> {
+        self.on_path(path, |sftp, p| async move { sftp.stat(&p).await })
     }
 
-    two_path_ops! {
-        /// Plain rename (fails if `new` exists).
-        rename(old, new);
-        /// Atomic replacing rename (`posix-rename@openssh.com`).
-        posix_rename(old, new);
-        /// Rename replacing the target, with fallbacks for servers lacking posix-rename.
-        rename_replace(old, new);
-        /// Creates the symlink `link` pointing to `target`.
-        symlink(target, link);
-        /// Creates the hard link `new` to `old`.
-        hardlink(old, new);
+    /// Attributes of a link itself.
+    pub fn lstat(&self, path: impl AsRef<[u8]>) -> Reply<FileAttributes> {
+        self.on_path(path, |sftp, p| async move { sftp.lstat(&p).await })
+    }
+
+    /// Every entry of a directory (without `.` and `..`) with attributes.
+    pub fn read_dir(&self, path: impl AsRef<[u8]>) -> Reply<Vec<NameEntry>> {
+        self.on_path(path, |sftp, p| async move { sftp.read_dir(&p).await })
+    }
+
+    /// Removes a file or symlink.
+    pub fn remove(&self, path: impl AsRef<[u8]>) -> Reply<()> {
+        self.on_path(path, |sftp, p| async move { sftp.remove(&p).await })
+    }
+
+    /// Removes an empty directory.
+    pub fn rmdir(&self, path: impl AsRef<[u8]>) -> Reply<()> {
+        self.on_path(path, |sftp, p| async move { sftp.rmdir(&p).await })
+    }
+
+    /// The canonical absolute path.
+    pub fn realpath(&self, path: impl AsRef<[u8]>) -> Reply<Vec<u8>> {
+        self.on_path(path, |sftp, p| async move { sftp.realpath(&p).await })
+    }
+
+    /// Realpath that also expands `~` (`expand-path@openssh.com`).
+    pub fn expand_path(&self, path: impl AsRef<[u8]>) -> Reply<Vec<u8>> {
+        self.on_path(path, |sftp, p| async move { sftp.expand_path(&p).await })
+    }
+
+    /// A symlink's target.
+    pub fn readlink(&self, path: impl AsRef<[u8]>) -> Reply<Vec<u8>> {
+        self.on_path(path, |sftp, p| async move { sftp.readlink(&p).await })
+    }
+
+    /// File system statistics (`statvfs@openssh.com`).
+    pub fn statvfs(&self, path: impl AsRef<[u8]>) -> Reply<Statvfs> {
+        self.on_path(path, |sftp, p| async move { sftp.statvfs(&p).await })
+    }
+
+    /// Plain rename (fails if `new` exists).
+    pub fn rename(&self, old: impl AsRef<[u8]>, new: impl AsRef<[u8]>) -> Reply<()> {
+        self.on_paths(
+            old,
+            new,
+            |sftp, a, b| async move { sftp.rename(&a, &b).await },
+        )
+    }
+
+    /// Atomic replacing rename (`posix-rename@openssh.com`).
+    pub fn posix_rename(&self, old: impl AsRef<[u8]>, new: impl AsRef<[u8]>) -> Reply<()> {
+        self.on_paths(old, new, |sftp, a, b| async move {
+            sftp.posix_rename(&a, &b).await
+        })
+    }
+
+    /// Rename replacing the target, with fallbacks for servers lacking posix-rename.
+    pub fn rename_replace(&self, old: impl AsRef<[u8]>, new: impl AsRef<[u8]>) -> Reply<()> {
+        self.on_paths(old, new, |sftp, a, b| async move {
+            sftp.rename_replace(&a, &b).await
+        })
+    }
+
+    /// Creates the symlink `link` pointing to `target`.
+    pub fn symlink(&self, target: impl AsRef<[u8]>, link: impl AsRef<[u8]>) -> Reply<()> {
+        self.on_paths(target, link, |sftp, a, b| async move {
+            sftp.symlink(&a, &b).await
+        })
+    }
+
+    /// Creates the hard link `new` to `old`.
+    pub fn hardlink(&self, old: impl AsRef<[u8]>, new: impl AsRef<[u8]>) -> Reply<()> {
+        self.on_paths(
+            old,
+            new,
+            |sftp, a, b| async move { sftp.hardlink(&a, &b).await },
+        )
     }
 
     /// Creates a directory with default permissions.
@@ -205,6 +228,28 @@ impl Client {
                 sftp.close(h).await
             }
         })
+    }
+
+    /// A call on one remote path.
+    fn on_path<T, F, Fut>(&self, path: impl AsRef<[u8]>, op: F) -> Reply<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(Sftp, Vec<u8>) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = Result<T>> + 'static,
+    {
+        let path = bytes(path);
+        self.call(move |ctx| op(ctx.sftp.clone(), path))
+    }
+
+    /// A call on two remote paths.
+    fn on_paths<T, F, Fut>(&self, a: impl AsRef<[u8]>, b: impl AsRef<[u8]>, op: F) -> Reply<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(Sftp, Vec<u8>, Vec<u8>) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = Result<T>> + 'static,
+    {
+        let (a, b) = (bytes(a), bytes(b));
+        self.call(move |ctx| op(ctx.sftp.clone(), a, b))
     }
 }
 
