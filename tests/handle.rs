@@ -301,3 +301,46 @@ fn a_library_mirror_keeps_times_like_the_cli() {
         .expect("mirror");
     assert_eq!((again.copied, again.unchanged), (0, 20));
 }
+
+/// A progress sink that tries a blocking call on the connection's own thread.
+struct WaitsInCallback {
+    client: std::sync::Mutex<Option<Client>>,
+    outcome: std::sync::Mutex<Option<sftpipe::Result<sftpipe::FileAttributes>>>,
+}
+
+impl Progress for WaitsInCallback {
+    fn file_done(&self, path: &str, _: u64, _: Option<&sftpipe::Error>) {
+        let client = self.client.lock().expect("lock").clone();
+        if let Some(client) = client {
+            *self.outcome.lock().expect("lock") = Some(client.stat(path).wait());
+        }
+    }
+}
+
+#[test]
+fn a_blocking_call_from_a_progress_callback_fails_instead_of_hanging() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    fs::create_dir(dir.path().join("src")).expect("mkdir");
+    write_file(dir.path().join("src/a"), b"a");
+    let client = Client::connect(&local_options()).expect("connect");
+    let sink = Arc::new(WaitsInCallback {
+        client: std::sync::Mutex::new(Some(client.clone())),
+        outcome: std::sync::Mutex::new(None),
+    });
+    let remote = dir.path().join("b").display().to_string();
+    client
+        .with_progress(sink.clone())
+        .put_tree(dir.path().join("src"), remote, &TransferOptions::default())
+        .wait()
+        .expect("put");
+    // The sink's clone would keep the connection open.
+    sink.client.lock().expect("lock").take();
+    let outcome = sink
+        .outcome
+        .lock()
+        .expect("lock")
+        .take()
+        .expect("file_done called");
+    let err = outcome.unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput, "{err}");
+}
