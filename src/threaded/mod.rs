@@ -215,6 +215,22 @@ fn gone() -> Error {
 /// the operation, only its result is discarded. It fails with a connection error
 /// ([`Error::is_connection`]) if the connection closes first; it never hangs waiting for
 /// a loop that is gone.
+///
+/// ```no_run
+/// use sftpipe::{Client, ConnectOptions};
+/// # async fn from_async(client: Client) -> sftpipe::Result<()> {
+/// // In async code (tokio::spawn accepts it: the future is Send + 'static):
+/// let size = client.stat("/srv/file").await?.size;
+/// # Ok(()) }
+/// # fn main() -> sftpipe::Result<()> {
+/// # let client = Client::connect(&ConnectOptions::host("h"))?;
+/// // On a plain thread:
+/// let size = client.stat("/srv/file").wait()?.size;
+/// // Many at once, then collect:
+/// let replies: Vec<_> = (0..100).map(|i| client.stat(format!("/srv/{i}"))).collect();
+/// let found = replies.into_iter().filter_map(|r| r.wait().ok()).count();
+/// # Ok(()) }
+/// ```
 #[must_use = "the result of the call (it runs whether or not it is awaited)"]
 pub struct Reply<T> {
     rx: oneshot::Receiver<Result<T>>,
