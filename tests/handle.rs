@@ -128,7 +128,9 @@ fn eight_threads_share_one_ssh_connection() {
 /// Runs the workload as `THREADS` tasks plus a big upload and download on `rt`, with a
 /// ticker task on the same runtime; returns the ticker's longest period.
 fn on_tokio(rt: tokio::runtime::Runtime, options: ConnectOptions) -> Duration {
-    const TICK: Duration = Duration::from_millis(50);
+    // Long enough that a busy 2-core machine does not miss it by itself; the issue saw a
+    // blocked runtime miss a 50 ms tick by 2 s.
+    const TICK: Duration = Duration::from_millis(100);
     let dir = tempfile::tempdir().expect("tempdir");
     populate(dir.path());
     let big = common::random_bytes(8 << 20, 7);
@@ -178,6 +180,7 @@ fn on_tokio(rt: tokio::runtime::Runtime, options: ConnectOptions) -> Duration {
             longest < 2 * TICK,
             "a {TICK:?} ticker waited {longest:?}: the runtime was blocked"
         );
+        eprintln!("longest tick: {longest:?} (period {TICK:?})");
         longest
     })
 }
@@ -343,4 +346,15 @@ fn a_blocking_call_from_a_progress_callback_fails_instead_of_hanging() {
         .expect("file_done called");
     let err = outcome.unwrap_err();
     assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput, "{err}");
+}
+
+#[test]
+fn a_failed_connect_is_an_error_not_a_handle() {
+    let missing = ConnectOptions::local_server("/nonexistent/sftp-server");
+    let err = Client::connect(&missing).unwrap_err();
+    assert!(err.is_connection(), "{err}");
+    assert!(
+        err.to_string().contains("/nonexistent/sftp-server"),
+        "{err}"
+    );
 }
