@@ -65,8 +65,9 @@ pub use threaded::{Client, Reply, SharedProgress, block_on};
 pub use transfer::{Progress, Report, Transfer, TransferOptions};
 pub use transport::ConnectOptions;
 
-/// The engine's moving parts, for driving it directly: the event loop ([`Reactor`](crate::lowlevel::Reactor)),
-/// the connection's I/O half ([`Channel`](crate::lowlevel::Channel)) and its sources. The submit-level functions of
+/// The engine's moving parts, for driving it directly: the event loop
+/// ([`Reactor`](crate::lowlevel::Reactor)), the connection's I/O half
+/// ([`Channel`](crate::lowlevel::Channel)) and its sources. The submit-level functions of
 /// [`Sftp`] (`submit_*`, `call`) belong here too. Most users need none of it: see
 /// [`Client`] and [`Session`].
 pub mod lowlevel {
