@@ -666,6 +666,7 @@ impl Sftp {
     }
 
     /// The I/O channel (byte counters, stderr tail).
+    #[doc(hidden)] // low level: see crate::lowlevel
     pub fn channel(&self) -> &Rc<Channel> {
         &self.inner.chan
     }
@@ -673,6 +674,7 @@ impl Sftp {
     /// Queues a request as soon as the outgoing queue has room and returns its reply to
     /// await. Requests are sent in the order `submit` is called, so pipelined WRITEs and
     /// READs leave in offset order.
+    #[doc(hidden)] // low level: see crate::lowlevel
     pub async fn submit(&self, req: &Request) -> Result<PendingReply> {
         let chan = &self.inner.chan;
         std::future::poll_fn(|cx| chan.poll_space(cx)).await?;
@@ -688,6 +690,7 @@ impl Sftp {
     }
 
     /// Queues a WRITE from a borrowed buffer (one copy, into the outgoing queue).
+    #[doc(hidden)] // low level: see crate::lowlevel
     pub async fn submit_write(&self, h: &Handle, offset: u64, data: &[u8]) -> Result<PendingReply> {
         let chan = &self.inner.chan;
         std::future::poll_fn(|cx| chan.poll_space(cx)).await?;
@@ -704,6 +707,7 @@ impl Sftp {
     /// Queues CLOSE for `h` and returns its reply to await; the handle counts as closed
     /// from then on (not before: a handle whose CLOSE was never queued, because this was
     /// dropped while waiting for room or failed, sends it when dropped).
+    #[doc(hidden)] // low level: see crate::lowlevel
     pub async fn submit_close(&self, h: &Handle) -> Result<PendingReply> {
         let p = self
             .submit_on(
@@ -721,6 +725,7 @@ impl Sftp {
     /// into the outgoing queue (no intermediate buffer): up to `max` bytes, written at
     /// `offset` in the remote file. Returns `None` at end of file, else the reply to await
     /// and the byte count.
+    #[doc(hidden)] // low level: see crate::lowlevel
     pub async fn submit_write_from_file(
         &self,
         h: &Handle,
@@ -758,6 +763,7 @@ impl Sftp {
     /// takes them (by sendfile where the system has it), so they never pass through our
     /// memory. `len` must be known to be in the file (from its size); if the file is
     /// shorter by the time they are sent, the reply is an error.
+    #[doc(hidden)] // low level: see crate::lowlevel
     pub async fn submit_write_file_region(
         &self,
         h: &Handle,
@@ -784,6 +790,7 @@ impl Sftp {
     }
 
     /// Sends a request and waits for its reply.
+    #[doc(hidden)] // low level: see crate::lowlevel
     pub async fn call(&self, req: Request) -> Result<Response> {
         self.submit(&req).await?.await
     }

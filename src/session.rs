@@ -93,12 +93,38 @@ impl Session {
         &self.options
     }
 
-    /// The event loop, to register further descriptors ([`crate::reactor::AsyncFd`]).
+    /// The event loop, to register further descriptors ([`crate::lowlevel::AsyncFd`]).
+    #[doc(hidden)] // low level: see crate::lowlevel
     pub fn reactor(&self) -> &Rc<crate::reactor::Reactor> {
         self.rt.reactor()
     }
 
-    /// Runs a future (and every task it spawns) on this session's runtime.
+    /// Runs a future (and every task it spawns) on this session's runtime, on this
+    /// thread. Futures of [`Sftp`] and [`Transfer`] only make progress inside it (or use
+    /// [`crate::Client`], whose calls run anywhere).
+    ///
+    /// ```no_run
+    /// use sftpipe::{ConnectOptions, Session, task};
+    /// # fn main() -> sftpipe::Result<()> {
+    /// let session = Session::connect(&ConnectOptions::host("h"))?;
+    /// let sftp = session.sftp().clone();
+    /// let total = session.run(async move {
+    ///     // 100 STATs in flight at once over the one connection.
+    ///     let stats: Vec<_> = (0..100)
+    ///         .map(|i| {
+    ///             let sftp = sftp.clone(); // each task owns its handle ('static)
+    ///             task::spawn(async move { sftp.stat(format!("/data/{i}")).await })
+    ///         })
+    ///         .collect();
+    ///     let mut total = 0;
+    ///     for stat in stats {
+    ///         total += stat.await?.size.unwrap_or(0);
+    ///     }
+    ///     Ok::<_, sftpipe::Error>(total)
+    /// })?;
+    /// println!("{total} bytes");
+    /// # Ok(()) }
+    /// ```
     pub fn run<F: Future>(&self, future: F) -> F::Output {
         self.rt.block_on(future)
     }

@@ -134,6 +134,7 @@ pub fn mirror(g: &GlobalArgs, a: &MirrorArgs) -> Result<i32, CliError> {
         max_delete: a.max_delete,
         dry_run: a.dry_run,
         copy_links: a.upload.copy_links,
+        no_times: false,
     };
 
     let (ep, paths) = remote_operands(g, &[remote_op], false)?;

@@ -52,6 +52,10 @@ pub struct MirrorOptions {
     pub dry_run: bool,
     /// Follow local symlinks (upload what they point to).
     pub copy_links: bool,
+    /// Do not copy modification times, whatever the transfer's options say. By default a
+    /// mirror keeps them (as the CLI's does): without them the next run would see every
+    /// file as changed and copy it again.
+    pub no_times: bool,
 }
 
 /// What a mirror did.
@@ -806,7 +810,38 @@ pub fn guess_remote_dirs(local_root: &Path, remote_root: &[u8], max: usize) -> V
     guesses
 }
 
+/// `t` with `preserve_times` on unless [`MirrorOptions::no_times`]; the context is
+/// otherwise the same (its report, limits and progress).
+fn keeping_times(t: &Transfer, opts: &MirrorOptions) -> Transfer {
+    let mut t = t.clone();
+    if !opts.no_times && !t.opts.preserve_times {
+        t.opts = Rc::new(crate::transfer::TransferOptions {
+            preserve_times: true,
+            ..(*t.opts).clone()
+        });
+    }
+    t
+}
+
 /// Mirrors the local tree `local_root` into the remote directory `remote_root`.
+///
+/// Modification times are kept (unless [`MirrorOptions::no_times`]) whatever `t`'s
+/// options say, as the CLI does. Run it on a [`crate::Session`]'s runtime, or use
+/// [`crate::Client::mirror_up`] from any thread or executor.
+///
+/// ```no_run
+/// use std::rc::Rc;
+/// use sftpipe::mirror::{MirrorOptions, mirror_up};
+/// use sftpipe::transfer::{NoProgress, TransferOptions};
+/// use sftpipe::{ConnectOptions, Session};
+/// # fn main() -> sftpipe::Result<()> {
+/// let session = Session::connect(&ConnectOptions::host("www.example.org"))?;
+/// let t = session.transfer(TransferOptions::default(), Rc::new(NoProgress));
+/// let opts = MirrorOptions::default();
+/// let report = session.run(mirror_up(&t, "site".as_ref(), b"/var/www/site", &opts));
+/// println!("{} copied, {} unchanged", report.copied, report.unchanged);
+/// # Ok(()) }
+/// ```
 pub async fn mirror_up(
     t: &Transfer,
     local_root: &Path,
@@ -827,7 +862,7 @@ pub async fn mirror_up_listed(
     opts: &MirrorOptions,
 ) -> MirrorReport {
     let sides = Sides {
-        t: t.clone(),
+        t: keeping_times(t, opts),
         dir: Direction::Up,
         local_root: Rc::new(local_root.to_path_buf()),
         remote_root: Rc::new(remote_root.to_vec()),
@@ -858,7 +893,7 @@ pub async fn mirror_down_listed(
     opts: &MirrorOptions,
 ) -> MirrorReport {
     let sides = Sides {
-        t: t.clone(),
+        t: keeping_times(t, opts),
         dir: Direction::Down,
         local_root: Rc::new(local_root.to_path_buf()),
         remote_root: Rc::new(remote_root.to_vec()),

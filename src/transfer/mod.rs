@@ -156,7 +156,35 @@ impl Report {
     }
 }
 
-/// Shared state of concurrent file tasks on one connection.
+/// Shared state of concurrent file tasks on one connection: clone it into each task
+/// (clones share the limits, the progress sink and the report).
+///
+/// ```no_run
+/// use std::rc::Rc;
+/// use sftpipe::transfer::NoProgress;
+/// use sftpipe::{ConnectOptions, Session, TransferOptions, task};
+/// # fn main() -> sftpipe::Result<()> {
+/// let session = Session::connect(&ConnectOptions::host("h"))?;
+/// let t = session.transfer(TransferOptions::default(), Rc::new(NoProgress));
+/// let sent = session.run(async move {
+///     let uploads: Vec<_> = (0..1000)
+///         .map(|i| {
+///             let t = t.clone();
+///             task::spawn(async move {
+///                 let local = format!("out/{i}.json");
+///                 t.upload(local.as_ref(), format!("/srv/in/{i}.json").as_bytes()).await
+///             })
+///         })
+///         .collect();
+///     let mut sent = 0;
+///     for upload in uploads {
+///         sent += upload.await?;
+///     }
+///     Ok::<_, sftpipe::Error>(sent)
+/// })?;
+/// println!("{sent} bytes");
+/// # Ok(()) }
+/// ```
 #[derive(Clone)]
 pub struct Transfer {
     /// The channel this task works over (see [`Transfer::for_file`]).

@@ -491,17 +491,20 @@ fn bytes_under(dir: &Path) -> u64 {
         .sum()
 }
 
+/// The `-o` options every test client gets: no prompts, no known-hosts file, quiet.
+pub const SSH_CLIENT_OPTIONS: [&str; 5] = [
+    "StrictHostKeyChecking=no",
+    "UserKnownHostsFile=/dev/null",
+    "BatchMode=yes",
+    "LogLevel=ERROR",
+    "IdentitiesOnly=yes",
+];
+
 fn common_ssh_options() -> Vec<String> {
-    [
-        "StrictHostKeyChecking=no",
-        "UserKnownHostsFile=/dev/null",
-        "BatchMode=yes",
-        "LogLevel=ERROR",
-        "IdentitiesOnly=yes",
-    ]
-    .iter()
-    .flat_map(|o| ["-o".to_string(), o.to_string()])
-    .collect()
+    SSH_CLIENT_OPTIONS
+        .iter()
+        .flat_map(|o| ["-o".to_string(), o.to_string()])
+        .collect()
 }
 
 fn keygen(path: &Path) {
