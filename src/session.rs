@@ -58,7 +58,11 @@ impl Session {
             let sftp = Sftp::handshake_prefetching(chan.clone(), &options.prefetch).await?;
             sftp.attach_pool(pool.clone());
             if pool.eager() {
+                // Eager: every channel is there (or refused) before the first operation.
                 pool.open_all();
+                while pool.opening() > 0 {
+                    pool.changed(pool.generation()).await;
+                }
             }
             Ok::<_, Error>(sftp)
         };

@@ -71,7 +71,8 @@ pub struct ConnectOptions {
     /// first one's ssh connection (see [`crate::pool`]) and are opened only when the work
     /// gains from them, unless [`ConnectOptions::eager_connections`].
     pub connections: Option<usize>,
-    /// Open every channel at the start instead of when the work gains from them.
+    /// Open every channel at the start, and wait for them to be ready before the first
+    /// operation, instead of adding them when the work gains from them.
     pub eager_connections: bool,
     /// Give each channel its own ssh connection (each authenticates) instead of sharing
     /// the first one's through OpenSSH's connection multiplexing.

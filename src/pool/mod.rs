@@ -190,7 +190,8 @@ impl Pool {
         self.open(self.room());
     }
 
-    /// Opens every channel there is room for (`--eager-connections`).
+    /// Opens every channel there is room for (`--eager-connections`; the session waits for
+    /// their handshakes before its first operation).
     pub fn open_all(&self) {
         self.open(self.room());
     }

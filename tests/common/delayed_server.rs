@@ -82,6 +82,12 @@ impl DelayedServer {
     /// Writes the command into `dir` (a path without single quotes): the `nth` server
     /// started (1-based) delays each request by `delay_ms` milliseconds.
     pub fn new(dir: &Path, nth: usize, delay_ms: u64) -> DelayedServer {
+        Self::with_server(dir, nth, delay_ms, &sftp_server_path())
+    }
+
+    /// [`DelayedServer::new`] running `server` (a program taking no arguments, e.g. a
+    /// [`super::LoggedSftpServer`] script) instead of sftp-server itself.
+    pub fn with_server(dir: &Path, nth: usize, delay_ms: u64, server: &Path) -> DelayedServer {
         let state = dir.join("delayed-server");
         fs::create_dir_all(&state).unwrap_or_else(|e| panic!("mkdir {}: {e}", state.display()));
         let relay = state.join("relay.py");
@@ -93,7 +99,7 @@ impl DelayedServer {
                 "exec {PYTHON} '{}' '{}' {nth} {delay_ms} '{}'",
                 relay.display(),
                 state.display(),
-                sftp_server_path().display()
+                server.display()
             ),
         );
         fs::set_permissions(&state, fs::Permissions::from_mode(0o777))
