@@ -60,6 +60,8 @@ if ((lint)); then
     echo "== cargo clippy" >&2
     cargo clippy --all-targets --locked -- -D warnings
 fi
+# Every platform's dependencies, so `cargo metadata --offline` (tests/shell.rs) finds them.
+cargo fetch --locked
 echo "== cargo test" >&2
 cargo test --locked --all-targets
 cargo test --locked --doc

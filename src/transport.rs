@@ -609,11 +609,13 @@ mod tests {
         assert_eq!(alive(&opts(&empty, &[], Some(0))), None);
         assert_eq!(alive(&opts(&chosen, &[], None)), None);
         assert_eq!(alive(&opts(&empty, &["ServerAliveInterval=5"], None)), None);
-        let program = ConnectOptions {
-            ssh_program: Some("ssh".into()),
+        // A -S program that is OpenSSH's ssh is handled as ssh; another is left alone.
+        let program = |p: &str| ConnectOptions {
+            ssh_program: Some(p.into()),
             ..opts(&empty, &[], None)
         };
-        assert_eq!(alive(&program), None);
+        assert_eq!(alive(&program("ssh")), with(15));
+        assert_eq!(alive(&program("true")), None);
         let (_, args) = ConnectOptions::local_server("/bin/sftp-server")
             .resolved_command_line()
             .unwrap();

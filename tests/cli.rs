@@ -1698,13 +1698,17 @@ fn progress_json_reports_bytes_in_flight_before_the_file_ends() {
 fn progress_bar_without_a_terminal_writes_periodic_lines_in_binary_units() {
     let d = tempfile::tempdir().unwrap();
     let big = d.path().join("big.bin");
-    write_file(&big, random_bytes(64 << 20, 4));
-    let mut args = vec!["put", "--progress=bar"];
+    write_file(&big, random_bytes(8 << 20, 4));
+    // 2,048 requests one at a time, each held 1 ms by the server: over 2 s, whatever the
+    // machine, so periodic lines (once a second) must show.
+    let server = common::delayed_server::DelayedServer::new(d.path(), 1, 1);
+    let command = server.command();
+    let mut args = vec!["-D", command.as_str(), "put", "--progress=bar"];
     args.extend(SLOW);
     let dest = format!(":{}", p(&d.path().join("up.bin")));
     let source = p(&big);
     args.extend([source.as_str(), dest.as_str()]);
-    let out = ok(local(&args));
+    let out = ok(run_in(None, &args));
     let err = text(&out.stderr);
     let periodic: Vec<&str> = err
         .lines()
@@ -1713,7 +1717,7 @@ fn progress_bar_without_a_terminal_writes_periodic_lines_in_binary_units() {
     assert!(!periodic.is_empty(), "{}", explain(&out));
     let summary = err.lines().last().unwrap_or_default();
     assert!(
-        summary.starts_with("sftpipe: 1 file, 64.0 MiB in "),
+        summary.starts_with("sftpipe: 1 file, 8.0 MiB in "),
         "{}",
         explain(&out)
     );

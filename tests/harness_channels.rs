@@ -304,9 +304,14 @@ fn sftpipe_runs_through_each_piece() {
         explain("sftpipe -S", &out, &sshd)
     );
     assert_eq!(common::read_file(&dest), data);
-    let calls = recorder.invocations();
+    // Besides `-V` and `-G` (which tell it is OpenSSH's and read its configuration),
+    // one session: a single file of 200 kB does not open more channels.
+    let calls: Vec<_> = recorder
+        .invocations()
+        .into_iter()
+        .filter(|c| c.args.iter().any(|a| a == "sftp"))
+        .collect();
     assert_eq!(calls.len(), 1, "{calls:?}");
-    assert!(calls[0].args.iter().any(|a| a == "sftp"), "{calls:?}");
     assert!(!calls[0].alive());
     assert_no_control_dirs(tmp.path());
 

@@ -95,11 +95,12 @@ type Answer = (u64, u64, Result<crate::proto::Response>);
 impl Transfer {
     /// Whether a file with `left` bytes to move is spread over channels.
     pub(crate) fn stripes_for(&self, left: u64) -> bool {
-        if self.pool.is_none() || left < STRIPE_MIN {
+        let Some(pool) = self.pool.as_ref().filter(|_| left >= STRIPE_MIN) else {
             return false;
-        }
+        };
         self.want(Want::Stream(left));
-        true
+        // With one channel for good, the plain single-channel path.
+        !pool.extras().is_empty() || pool.opening() > 0
     }
 
     /// Moves `[start, end)` of the file behind `handle` (on this context's channel) over
