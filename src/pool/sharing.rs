@@ -85,6 +85,48 @@ impl Sharing {
     }
 }
 
+/// The name of a control directory starts with this.
+const PREFIX: &str = "sftpipe-cm.";
+
+/// A control directory without a socket is taken as abandoned after this long (its run
+/// may still be asking for a password before then).
+const ABANDONED: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+/// Removes the control directories a killed run (SIGKILL, a crash) left in `base`: ours
+/// (same owner) whose socket no longer answers, or that never got one.
+fn sweep(base: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(entries) = std::fs::read_dir(base) else {
+        return;
+    };
+    let uid = nix::unistd::Uid::effective().as_raw();
+    for e in entries.flatten() {
+        if !e.file_name().to_string_lossy().starts_with(PREFIX) {
+            continue;
+        }
+        let path = e.path();
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+            continue;
+        };
+        if !meta.is_dir() || meta.uid() != uid {
+            continue;
+        }
+        let socket = path.join("s");
+        let stale = match std::os::unix::net::UnixStream::connect(&socket) {
+            Ok(_) => false,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => true,
+            Err(_) => meta
+                .modified()
+                .ok()
+                .and_then(|m| m.elapsed().ok())
+                .is_some_and(|age| age > ABANDONED),
+        };
+        if stale && std::fs::remove_dir_all(&path).is_ok() {
+            log::debug!("removed a stale control directory {}", path.display());
+        }
+    }
+}
+
 /// A private directory (mode 0700) holding the master's control socket, removed with
 /// everything in it on drop.
 #[derive(Debug)]
@@ -94,7 +136,8 @@ pub struct ControlDir {
 
 impl ControlDir {
     /// Makes `sftpipe-cm.XXXXXX` under `$XDG_RUNTIME_DIR`, else `$TMPDIR`, else `/tmp`
-    /// (a socket path must stay under about 100 bytes).
+    /// (a socket path must stay under about 100 bytes), after removing stale ones a
+    /// killed run left there.
     pub fn create() -> Result<ControlDir> {
         let base = ["XDG_RUNTIME_DIR", "TMPDIR"]
             .iter()
@@ -102,7 +145,8 @@ impl ControlDir {
             .map(PathBuf::from)
             .find(|p| p.is_absolute() && p.is_dir() && p.as_os_str().len() < 80)
             .unwrap_or_else(|| PathBuf::from("/tmp"));
-        let template = base.join("sftpipe-cm.XXXXXX");
+        sweep(&base);
+        let template = base.join(format!("{PREFIX}XXXXXX"));
         // mkdtemp makes it 0700.
         let path = nix::unistd::mkdtemp(&template).map_err(|e| {
             Error::local(
@@ -142,6 +186,26 @@ impl Drop for ControlDir {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sweeping_removes_dead_sockets_only() {
+        let base = std::env::temp_dir().join(format!("sweep-test-{}", std::process::id()));
+        std::fs::create_dir_all(&base).unwrap();
+        let dead = base.join(format!("{PREFIX}dead"));
+        let live = base.join(format!("{PREFIX}live"));
+        let young = base.join(format!("{PREFIX}young"));
+        for d in [&dead, &live, &young] {
+            std::fs::create_dir(d).unwrap();
+        }
+        drop(std::os::unix::net::UnixListener::bind(dead.join("s")).unwrap());
+        let _listener = std::os::unix::net::UnixListener::bind(live.join("s")).unwrap();
+        sweep(&base);
+        assert!(!dead.exists());
+        assert!(live.exists());
+        // No socket yet: its run may be asking for a password.
+        assert!(young.exists());
+        std::fs::remove_dir_all(&base).unwrap();
+    }
 
     #[test]
     fn control_dir_is_private_and_removed_on_drop() {

@@ -7,7 +7,9 @@
 //! portable hash). Writing resumes a window below the partial copy's end, not at it: a
 //! server that handles WRITEs out of order (some run them on a thread pool) can leave
 //! holes in the last window of a transfer killed midway, and a download killed before it
-//! could cut its file back leaves the same.
+//! could cut its file back leaves the same. A file striped over several channels has
+//! requests in flight on each, all within the transfer's byte budget: the window is then
+//! that budget (24 MiB by default).
 //!
 //! Uploads of files larger than that window use a temporary name derived from the source's
 //! size and time (`.NAME.r<hash>.sftpipe-tmp`), so a rerun finds what an interrupted run
@@ -138,9 +140,17 @@ impl Transfer {
     /// with these options, or with the defaults, keeps in flight per file (see the
     /// module's documentation).
     pub(crate) fn rewind(&self, chunk: usize) -> u64 {
-        let window = |requests: usize, budget: usize| (requests.max(1) * chunk).min(budget) as u64;
-        window(self.opts.requests, self.opts.max_bytes_in_flight)
-            .max(window(DEFAULT_REQUESTS, DEFAULT_BYTES_IN_FLIGHT))
+        // A file striped over channels has requests in flight on each of them, all within
+        // the byte budget (see `stripe`).
+        let channels = self.pool.as_ref().map_or(1, |p| p.max());
+        let window = |requests: usize, channels: usize, budget: usize| {
+            (requests.max(1) * chunk * channels).min(budget) as u64
+        };
+        window(self.opts.requests, channels, self.opts.max_bytes_in_flight).max(window(
+            DEFAULT_REQUESTS,
+            crate::transport::DEFAULT_CONNECTIONS,
+            DEFAULT_BYTES_IN_FLIGHT,
+        ))
     }
 
     /// Where a partial copy of `size` bytes is continued; `None` when none of it is
