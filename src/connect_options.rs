@@ -76,4 +76,30 @@ impl ConnectOptions {
         self.keep_cipher_order = keep;
         self
     }
+
+    /// `--connections`: at most `n` SFTP channels (see
+    /// [`connections`](ConnectOptions#structfield.connections) and [`crate::pool`]); 1 for
+    /// a single channel.
+    ///
+    /// ```
+    /// use sftpipe::ConnectOptions;
+    /// let opts = ConnectOptions::host("far.example.org").connections(4).eager_connections(true);
+    /// assert_eq!(opts.max_connections(), 4);
+    /// ```
+    pub fn connections(mut self, n: usize) -> Self {
+        self.connections = Some(n);
+        self
+    }
+
+    /// `--eager-connections`: open every channel at the start.
+    pub fn eager_connections(mut self, eager: bool) -> Self {
+        self.eager_connections = eager;
+        self
+    }
+
+    /// `--separate-connections`: one ssh connection (and login) per channel.
+    pub fn separate_connections(mut self, separate: bool) -> Self {
+        self.separate_connections = separate;
+        self
+    }
 }
