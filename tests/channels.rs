@@ -166,30 +166,68 @@ fn kill_an_ssh_once_bytes_moved(
     common::output_within(child, Duration::from_secs(120))
 }
 
+/// A 96 MiB file to upload into an empty directory, over a fresh sshd, with TMPDIR set to
+/// a fresh directory and (for the kill tests) the recording ssh.
+struct BigUpload {
+    sshd: Sshd,
+    work: tempfile::TempDir,
+    tmp: tempfile::TempDir,
+    src: PathBuf,
+    dest_dir: PathBuf,
+    dest: PathBuf,
+}
+
+impl BigUpload {
+    fn new(seed: u64) -> BigUpload {
+        let sshd = Sshd::start();
+        let work = common::tmpfs_tempdir("channels");
+        let src = data_file(work.path(), "big", 96 << 20, seed);
+        let dest_dir = work.path().join("dest");
+        fs::create_dir(&dest_dir).unwrap();
+        let dest = dest_dir.join("big");
+        BigUpload {
+            sshd,
+            tmp: fresh_tmpdir(),
+            work,
+            src,
+            dest_dir,
+            dest,
+        }
+    }
+
+    /// `sftpipe ... put ARGS SRC DEST`.
+    fn put(&self, recorder: Option<&SshRecorder>, args: &[&str]) -> Command {
+        let mut cmd = sftpipe(&self.sshd, self.tmp.path(), recorder, &["put"]);
+        cmd.args(args)
+            .arg(&self.src)
+            .arg(remote(&self.sshd, &self.dest));
+        cmd
+    }
+
+    fn copy_is_exact(&self) -> bool {
+        common::read_file(&self.dest) == common::read_file(&self.src)
+    }
+}
+
 #[test]
 fn a_channel_killed_mid_transfer_leaves_the_others_to_finish() {
     if !common::sshd_available() {
         return;
     }
-    let sshd = Sshd::start();
-    let work = common::tmpfs_tempdir("channels");
-    let tmp = fresh_tmpdir();
+    let up = BigUpload::new(42);
+    let (sshd, work, tmp) = (&up.sshd, &up.work, &up.tmp);
     let recorder = SshRecorder::new(work.path());
-    let src = data_file(work.path(), "big", 96 << 20, 42);
-    let dest_dir = work.path().join("dest");
-    fs::create_dir(&dest_dir).unwrap();
-    let dest = dest_dir.join("big");
-    let mut cmd = sftpipe(&sshd, tmp.path(), Some(&recorder), &["put"]);
-    cmd.arg(&src).arg(remote(&sshd, &dest));
-    let out =
-        kill_an_ssh_once_bytes_moved(cmd, &recorder, &dest_dir, ".sftpipe-tmp", 16 << 20, |c| {
-            c.is_control_client()
-        });
-    assert!(out.status.success(), "{}", explain("put", &out));
-    assert!(
-        common::read_file(&dest) == common::read_file(&src),
-        "the copy differs"
+    let cmd = up.put(Some(&recorder), &[]);
+    let out = kill_an_ssh_once_bytes_moved(
+        cmd,
+        &recorder,
+        &up.dest_dir,
+        ".sftpipe-tmp",
+        16 << 20,
+        |c| c.is_control_client(),
     );
+    assert!(out.status.success(), "{}", explain("put", &out));
+    assert!(up.copy_is_exact(), "the copy differs");
     assert_no_control_dirs(tmp.path());
 
     // The same for a tree of files spread over the channels, downloading.
@@ -201,8 +239,8 @@ fn a_channel_killed_mid_transfer_leaves_the_others_to_finish() {
     let recorder = SshRecorder::new(&work.path().join("rec2"));
     let local = work.path().join("local");
     fs::create_dir(&local).unwrap();
-    let mut cmd = sftpipe(&sshd, tmp.path(), Some(&recorder), &["get", "-r"]);
-    cmd.arg(remote(&sshd, &tree)).arg(&local);
+    let mut cmd = sftpipe(sshd, tmp.path(), Some(&recorder), &["get", "-r"]);
+    cmd.arg(remote(sshd, &tree)).arg(&local);
     let out = kill_an_ssh_once_bytes_moved(cmd, &recorder, &local.join("tree"), "", 1 << 20, |c| {
         c.is_control_client()
     });
@@ -216,18 +254,12 @@ fn killing_the_master_fails_cleanly_and_a_rerun_converges() {
     if !common::sshd_available() {
         return;
     }
-    let sshd = Sshd::start();
-    let work = common::tmpfs_tempdir("channels");
-    let tmp = fresh_tmpdir();
-    let recorder = SshRecorder::new(work.path());
-    let src = data_file(work.path(), "big", 96 << 20, 7);
-    let dest_dir = work.path().join("dest");
-    fs::create_dir(&dest_dir).unwrap();
-    let dest = dest_dir.join("big");
-    let mut cmd = sftpipe(&sshd, tmp.path(), Some(&recorder), &["put"]);
-    cmd.arg(&src).arg(remote(&sshd, &dest));
+    let up = BigUpload::new(7);
+    let (dest_dir, dest, tmp) = (&up.dest_dir, &up.dest, &up.tmp);
+    let recorder = SshRecorder::new(up.work.path());
+    let cmd = up.put(Some(&recorder), &[]);
     let out =
-        kill_an_ssh_once_bytes_moved(cmd, &recorder, &dest_dir, ".sftpipe-tmp", 16 << 20, |c| {
+        kill_an_ssh_once_bytes_moved(cmd, &recorder, dest_dir, ".sftpipe-tmp", 16 << 20, |c| {
             c.is_master()
         });
     assert_eq!(out.status.code(), Some(5), "{}", explain("put", &out));
@@ -239,12 +271,12 @@ fn killing_the_master_fails_cleanly_and_a_rerun_converges() {
     );
     assert_no_control_dirs(tmp.path());
 
-    let out = run(sftpipe(&sshd, tmp.path(), None, &["put"])
-        .arg(&src)
-        .arg(remote(&sshd, &dest)));
+    // `-a` also removes what the killed run left (a partial file shorter than the window
+    // that is resumed from is not worth continuing, nor ours to overwrite without it).
+    let out = run(&mut up.put(None, &["-a"]));
     assert!(out.status.success(), "{}", explain("rerun", &out));
-    assert!(common::read_file(&dest) == common::read_file(&src));
-    let left: Vec<_> = fs::read_dir(&dest_dir)
+    assert!(up.copy_is_exact());
+    let left: Vec<_> = fs::read_dir(dest_dir)
         .unwrap()
         .flatten()
         .map(|e| e.file_name())
@@ -454,42 +486,31 @@ fn a_striped_transfer_killed_midway_resumes_exactly() {
     if !common::sshd_available() {
         return;
     }
-    let sshd = Sshd::start();
-    let work = common::tmpfs_tempdir("channels");
-    let tmp = fresh_tmpdir();
-    let src = data_file(work.path(), "big", 96 << 20, 11);
-    let dest_dir = work.path().join("dest");
-    fs::create_dir(&dest_dir).unwrap();
-    let dest = dest_dir.join("big");
+    let up = BigUpload::new(11);
+    let (sshd, work, tmp, src, dest) = (&up.sshd, &up.work, &up.tmp, &up.src, &up.dest);
 
     // Upload killed, then plain put (which continues its own temporary file).
-    let mut cmd = sftpipe(&sshd, tmp.path(), None, &["put"]);
-    cmd.arg(&src).arg(remote(&sshd, &dest));
-    let partial = common::kill_once_a_file_grows(&mut cmd, &dest_dir, ".sftpipe-tmp", 48 << 20);
+    let mut cmd = up.put(None, &[]);
+    let partial = common::kill_once_a_file_grows(&mut cmd, &up.dest_dir, ".sftpipe-tmp", 48 << 20);
     assert!(partial.exists() && !dest.exists());
-    let out = run(sftpipe(&sshd, tmp.path(), None, &["put"])
-        .arg(&src)
-        .arg(remote(&sshd, &dest)));
+    let out = run(&mut up.put(None, &[]));
     assert!(out.status.success(), "{}", explain("put again", &out));
-    assert!(
-        common::read_file(&dest) == common::read_file(&src),
-        "upload differs"
-    );
+    assert!(up.copy_is_exact(), "upload differs");
     assert!(!partial.exists(), "the temporary file is left");
 
     // Download killed, then get -a.
     let local_dir = work.path().join("local");
     fs::create_dir(&local_dir).unwrap();
     let local = local_dir.join("big");
-    let mut cmd = sftpipe(&sshd, tmp.path(), None, &["get"]);
-    cmd.arg(remote(&sshd, &dest)).arg(&local);
+    let mut cmd = sftpipe(sshd, tmp.path(), None, &["get"]);
+    cmd.arg(remote(sshd, dest)).arg(&local);
     common::kill_once_a_file_grows(&mut cmd, &local_dir, "big", 48 << 20);
-    let out = run(sftpipe(&sshd, tmp.path(), None, &["get", "-a"])
-        .arg(remote(&sshd, &dest))
+    let out = run(sftpipe(sshd, tmp.path(), None, &["get", "-a"])
+        .arg(remote(sshd, dest))
         .arg(&local));
     assert!(out.status.success(), "{}", explain("get -a", &out));
     assert!(
-        common::read_file(&local) == common::read_file(&src),
+        common::read_file(&local) == common::read_file(src),
         "download differs"
     );
     assert_no_control_dirs(tmp.path());

@@ -30,6 +30,18 @@ impl Received {
         }
     }
 
+    /// `end`, if every byte below it arrived.
+    fn complete_to(&self, end: u64, path: &[u8]) -> Result<u64> {
+        if self.contiguous < end {
+            return Err(Error::Protocol(format!(
+                "{}: server ended the file at {end} but sent only {} contiguous bytes",
+                String::from_utf8_lossy(path),
+                self.contiguous
+            )));
+        }
+        Ok(end)
+    }
+
     pub(crate) fn add(&mut self, offset: u64, len: u64) {
         if offset <= self.contiguous {
             self.contiguous = self.contiguous.max(offset + len);
@@ -229,12 +241,7 @@ impl Transfer {
             .await;
         *received = cell.into_inner();
         match striped? {
-            Some(end) if received.contiguous >= end => Ok(end),
-            Some(end) => Err(Error::Protocol(format!(
-                "{}: server ended the file at {end} but sent only {} contiguous bytes",
-                String::from_utf8_lossy(handle.path()),
-                received.contiguous
-            ))),
+            Some(end) => received.complete_to(end, handle.path()),
             // Past the size, the last READ confirms the end (or finds that it grew).
             None => {
                 self.fetch(handle, file, size, Some(size), received, local)
@@ -313,14 +320,7 @@ impl Transfer {
             }
         }
         let end = st.end.unwrap_or(next);
-        if st.received.contiguous < end {
-            return Err(Error::Protocol(format!(
-                "{}: server ended the file at {end} but sent only {} contiguous bytes",
-                String::from_utf8_lossy(handle.path()),
-                st.received.contiguous
-            )));
-        }
-        Ok(end)
+        st.received.complete_to(end, handle.path())
     }
 }
 
