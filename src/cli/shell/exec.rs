@@ -470,11 +470,43 @@ async fn put_one(t: &Transfer, f: XferFlags, local: &Path, remote: &[u8]) -> Res
             eprintln!("Skipping non-regular file {}", local.display());
             return Ok(());
         }
+        print_entering(local);
         t.upload_tree(local, remote).await.into_result()?;
         return Ok(());
     }
     t.upload(local, remote).await?;
     Ok(())
+}
+
+/// `Entering DIR` for each local directory of a recursive upload, as sftp prints them
+/// (the top one with a `/`, then in directory order), before the upload.
+fn print_entering(top: &Path) {
+    let mut name = top.as_os_str().to_os_string();
+    if !name.as_bytes().ends_with(b"/") {
+        name.push("/");
+    }
+    let mut stack = vec![PathBuf::from(name)];
+    while let Some(dir) = stack.pop() {
+        println!("Entering {}", dir.display());
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        let mut subdirs: Vec<PathBuf> = entries
+            .flatten()
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .map(|e| {
+                let mut p = dir.as_os_str().to_os_string();
+                if !p.as_bytes().ends_with(b"/") {
+                    p.push("/");
+                }
+                p.push(e.file_name());
+                PathBuf::from(p)
+            })
+            .collect();
+        // sftp descends as it meets them: depth first, in directory order.
+        subdirs.reverse();
+        stack.extend(subdirs);
+    }
 }
 
 /// Downloads into a temporary name beside `local`, renamed into place when complete, so
