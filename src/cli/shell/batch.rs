@@ -103,7 +103,7 @@ pub fn run(sh: &mut Shell, input: &mut dyn BufRead) -> i32 {
             }
             Ok(Outcome::Quit) => true,
             Ok(Outcome::Done) => false,
-            Ok(Outcome::JobControl(_)) => {
+            Ok(Outcome::JobControl) => {
                 // Batches wait for every transfer in order: nothing runs in the background.
                 flush(sh, &mut run) != 0
             }

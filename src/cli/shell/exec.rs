@@ -33,7 +33,7 @@ pub enum Outcome {
     /// A transfer, to be awaited (or run in the background).
     Transfer(Job),
     /// A shell-only command (`jobs`, `wait`, `kill`), for the caller.
-    JobControl(Command),
+    JobControl,
 }
 
 /// The session and the state commands change.
@@ -142,7 +142,7 @@ impl Shell {
             C::Put(f, src, dst) => {
                 return Ok(Outcome::Transfer(self.put(f, &src, dst.as_deref())?));
             }
-            c @ (C::Jobs | C::Wait(_) | C::Kill(_)) => return Ok(Outcome::JobControl(c)),
+            C::Jobs | C::Wait(_) | C::Kill(_) => return Ok(Outcome::JobControl),
             C::Ls(f, path) => self.ls(f, path.as_deref())?,
             C::Cd(path) => self.cd(path.as_deref())?,
             C::Lcd(path) => {

@@ -64,6 +64,6 @@ pub fn run(
     let mut shell = Shell::new(session, g.clone(), &dir)?;
     match &mut input {
         Some(input) => Ok(batch::run(&mut shell, input.as_mut())),
-        None => interactive::run(&mut shell),
+        None => interactive::run(shell),
     }
 }
