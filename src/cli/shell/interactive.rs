@@ -31,12 +31,15 @@ fn history_path() -> Option<PathBuf> {
     Some(base.join("sftpipe").join("history"))
 }
 
+/// A directory's entries: name, and whether it is a directory.
+type Listing = Vec<(String, bool)>;
+
 /// Completion: the first word from [`NAMES`], later ones remote or local paths by the
 /// command (`lcd`, `lls`, `lmkdir`, `put`'s first operand and `get`'s second are local).
 struct Completion {
     shell: Rc<RefCell<Shell>>,
     /// Remote directory listings: name and whether it is a directory.
-    cache: RefCell<HashMap<Vec<u8>, Vec<(String, bool)>>>,
+    cache: RefCell<HashMap<Vec<u8>, Listing>>,
 }
 
 impl Completion {
