@@ -43,7 +43,6 @@ use progress::ProgressMode;
                   human-readable sizes (ls -lh, df -h); help is --help.",
     after_help = EXIT_CODES_HELP,
     subcommand_required = false,
-    args_conflicts_with_subcommands = true,
     arg_required_else_help = true,
     disable_help_flag = true
 )]
