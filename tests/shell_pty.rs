@@ -1,26 +1,128 @@
-//! The interactive shell through a pty (tmux): tab completion of a remote path, and the
-//! terminal settings after it exits equal to those before.
+//! The interactive shell through a pty (tmux): tab completion of a remote path, the
+//! terminal settings after it exits equal to those before, a background `get` with
+//! `jobs` and `wait`, and Ctrl-C cancelling a foreground transfer.
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::{Sshd, sftpipe_bin, wait_until, write_file};
+use common::delayed_server::DelayedServer;
+use common::{Sshd, random_bytes, sftpipe_bin, wait_until, write_file};
 
-fn tmux(socket: &Path, args: &[&str]) -> String {
-    let out = Command::new("tmux")
-        .arg("-S")
-        .arg(socket)
-        .args(args)
-        .output()
-        .expect("run tmux");
-    String::from_utf8_lossy(&out.stdout).into_owned()
+/// A tmux server of its own with one window running a shell command.
+struct Tmux {
+    socket: PathBuf,
 }
 
-fn screen(socket: &Path) -> String {
-    tmux(socket, &["capture-pane", "-p", "-t", "t"])
+impl Tmux {
+    fn start(dir: &Path, script: &str) -> Tmux {
+        let t = Tmux {
+            socket: dir.join("tmux.sock"),
+        };
+        t.run(&[
+            "new-session",
+            "-d",
+            "-s",
+            "t",
+            "-x",
+            "150",
+            "-y",
+            "40",
+            "sh",
+            "-c",
+            script,
+        ]);
+        t
+    }
+
+    fn run(&self, args: &[&str]) -> String {
+        let out = Command::new("tmux")
+            .arg("-S")
+            .arg(&self.socket)
+            .args(args)
+            .output()
+            .expect("run tmux");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn screen(&self) -> String {
+        self.run(&["capture-pane", "-p", "-t", "t"])
+    }
+
+    /// Types `keys` (tmux key names: "Enter", "Tab", "C-c", or text).
+    fn keys(&self, keys: &[&str]) {
+        let mut args = vec!["send-keys", "-t", "t"];
+        args.extend(keys);
+        self.run(&args);
+    }
+
+    /// Waits until the screen shows `text`.
+    fn expect(&self, text: &str) {
+        let limit = Duration::from_secs(20);
+        let t0 = std::time::Instant::now();
+        while !self.screen().contains(text) {
+            assert!(
+                t0.elapsed() < limit,
+                "no {text:?} on the screen:\n{}",
+                self.screen()
+            );
+            std::thread::sleep(Duration::from_millis(30));
+        }
+    }
+
+    /// Types a command once the prompt is there (rustyline drops what comes before it),
+    /// then Enter.
+    fn command(&self, prompt: &str, line: &str) {
+        self.expect_prompt(prompt);
+        self.keys(&[line, "Enter"]);
+    }
+
+    /// Waits for `prompt` as the screen's last non-blank line.
+    fn expect_prompt(&self, prompt: &str) {
+        let t0 = std::time::Instant::now();
+        loop {
+            let s = self.screen();
+            if s.lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .is_some_and(|l| l.trim_end() == prompt)
+            {
+                return;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(20),
+                "no prompt {prompt:?}:\n{s}"
+            );
+            std::thread::sleep(Duration::from_millis(30));
+        }
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = Command::new("tmux")
+            .arg("-S")
+            .arg(&self.socket)
+            .arg("kill-server")
+            .status();
+    }
+}
+
+fn quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+/// `sftpipe ARGS` as a shell command, with its history under `dir`.
+fn sftpipe_line(dir: &Path, args: &[String]) -> String {
+    let mut cmd = vec![quote(&sftpipe_bin().display().to_string())];
+    cmd.extend(args.iter().map(|a| quote(a)));
+    format!(
+        "XDG_STATE_HOME={} {}",
+        quote(&dir.join("state").display().to_string()),
+        cmd.join(" ")
+    )
 }
 
 #[test]
@@ -29,66 +131,33 @@ fn completes_a_remote_path_and_restores_the_terminal() {
     let d = tempfile::tempdir().unwrap();
     let remote = d.path().join("remote");
     write_file(remote.join("a-long-directory-name/inside.txt"), "x\n");
-    let socket = d.path().join("tmux.sock");
     let (before, after) = (d.path().join("stty.before"), d.path().join("stty.after"));
-    let quote = |s: &str| format!("'{}'", s.replace('\'', "'\\''"));
-    let mut cmd = vec![quote(&sftpipe_bin().display().to_string())];
-    cmd.extend(sshd.sftp_args().iter().map(|a| quote(a)));
-    cmd.push(quote(&format!(
-        "{}:{}",
-        sshd.destination(),
-        remote.display()
-    )));
+    let mut args = sshd.sftp_args();
+    args.push(format!("{}:{}", sshd.destination(), remote.display()));
     let script = format!(
-        "stty -g > {b}; XDG_STATE_HOME={state} {cmd}; stty -g > {a}; sleep 30",
+        "stty -g > {b}; {cmd}; stty -g > {a}; sleep 30",
         b = quote(&before.display().to_string()),
         a = quote(&after.display().to_string()),
-        state = quote(&d.path().join("state").display().to_string()),
-        cmd = cmd.join(" ")
+        cmd = sftpipe_line(d.path(), &args),
     );
-    tmux(
-        &socket,
-        &[
-            "new-session",
-            "-d",
-            "-s",
-            "t",
-            "-x",
-            "120",
-            "-y",
-            "30",
-            "sh",
-            "-c",
-            &script,
-        ],
-    );
-    let _kill = KillTmux(socket.clone());
-    wait_until("the prompt", Duration::from_secs(20), || {
-        screen(&socket).contains("sftp /")
+    let t = Tmux::start(d.path(), &script);
+    let prompt = format!("sftp {}>", remote.display());
+    t.expect_prompt(&prompt);
+    t.keys(&["cd a-lo", "Tab"]);
+    t.expect("cd a-long-directory-name/");
+    t.keys(&["Enter"]);
+    let inner = format!("sftp {}/a-long-directory-name>", remote.display());
+    t.command(&inner, "pwd");
+    t.expect(&format!(
+        "Remote working directory: {}/a-long-directory-name\n",
+        remote.display()
+    ));
+    t.command(&inner, "ls -1");
+    t.expect("\ninside.txt\n");
+    t.command(&inner, "bye");
+    wait_until("the exit", Duration::from_secs(10), || {
+        std::fs::metadata(&after).is_ok_and(|m| m.len() > 0)
     });
-    tmux(&socket, &["send-keys", "-t", "t", "cd a-lo", "Tab"]);
-    wait_until("the completion", Duration::from_secs(10), || {
-        screen(&socket).contains("cd a-long-directory-name/")
-    });
-    tmux(&socket, &["send-keys", "-t", "t", "Enter"]);
-    // rustyline discards what is typed before its prompt: wait for each prompt.
-    wait_until("the new prompt", Duration::from_secs(10), || {
-        screen(&socket).contains("a-long-directory-name>")
-    });
-    tmux(&socket, &["send-keys", "-t", "t", "pwd", "Enter"]);
-    let pwd_shown = || screen(&socket).contains("/a-long-directory-name\n");
-    let waited = std::time::Instant::now();
-    while !pwd_shown() && waited.elapsed() < Duration::from_secs(10) {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    assert!(pwd_shown(), "no pwd in:\n{}", screen(&socket));
-    tmux(&socket, &["send-keys", "-t", "t", "ls -1", "Enter"]);
-    wait_until("ls", Duration::from_secs(10), || {
-        screen(&socket).contains("\ninside.txt\nsftp /")
-    });
-    tmux(&socket, &["send-keys", "-t", "t", "bye", "Enter"]);
-    wait_until("the exit", Duration::from_secs(10), || after.exists());
-    std::thread::sleep(Duration::from_millis(100));
     let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
     assert!(!read(&before).is_empty());
     assert_eq!(
@@ -96,19 +165,86 @@ fn completes_a_remote_path_and_restores_the_terminal() {
         read(&after),
         "stty -g differs after the shell"
     );
-    assert!(
-        d.path().join("state/sftpipe/history").exists(),
-        "no history file"
-    );
+    let history = read(&d.path().join("state/sftpipe/history"));
+    assert!(history.contains("ls -1"), "history: {history:?}");
 }
 
-struct KillTmux(std::path::PathBuf);
-impl Drop for KillTmux {
-    fn drop(&mut self) {
-        let _ = Command::new("tmux")
-            .arg("-S")
-            .arg(&self.0)
-            .arg("kill-server")
-            .status();
-    }
+/// A shell on a local sftp-server that holds every request `delay_ms` (one channel), in
+/// `remote`, with a file `big` of `size` bytes; the local side in `local`.
+fn slow_shell(d: &Path, delay_ms: u64, size: usize) -> (Tmux, PathBuf, PathBuf, String) {
+    let (remote, local) = (d.join("remote"), d.join("local"));
+    write_file(remote.join("big"), random_bytes(size, 7));
+    std::fs::create_dir_all(&local).unwrap();
+    let server = DelayedServer::new(d, 1, delay_ms);
+    let args = vec![
+        "-D".to_string(),
+        server.command(),
+        "--connections".into(),
+        "1".into(),
+        remote.display().to_string(),
+    ];
+    let script = format!(
+        "cd {} && {}; sleep 30",
+        quote(&local.display().to_string()),
+        sftpipe_line(d, &args)
+    );
+    let t = Tmux::start(d, &script);
+    let prompt = format!("sftp {}>", remote.display());
+    (t, remote, local, prompt)
+}
+
+#[test]
+fn a_background_get_shows_in_jobs_and_wait_waits_for_it() {
+    let d = tempfile::tempdir().unwrap();
+    let (t, _remote, local, prompt) = slow_shell(d.path(), 100, 4 << 20);
+    t.command(&prompt, "get big copy &");
+    t.expect("[1] get big copy");
+    // The prompt is back while the job runs.
+    t.command(&prompt, "jobs");
+    t.expect("[1] ");
+    t.command(&prompt, "wait");
+    t.expect("[1] Done     get big copy");
+    assert_eq!(
+        std::fs::read(local.join("copy")).unwrap(),
+        random_bytes(4 << 20, 7)
+    );
+    t.command(&prompt, "bye");
+}
+
+#[test]
+fn ctrl_c_cancels_a_foreground_get_and_the_session_goes_on() {
+    let d = tempfile::tempdir().unwrap();
+    let (t, _remote, local, prompt) = slow_shell(d.path(), 300, 64 << 20);
+    t.command(&prompt, "get big");
+    // Once bytes have landed (in the temporary file), Ctrl-C.
+    let partial = local.join(".big.sftpipe-part");
+    wait_until("bytes of the download", Duration::from_secs(20), || {
+        std::fs::metadata(&partial).is_ok_and(|m| m.len() > 0)
+    });
+    t.keys(&["C-c"]);
+    t.expect("Interrupted");
+    t.command(&prompt, "pwd");
+    t.expect("Remote working directory: ");
+    assert!(
+        !local.join("big").exists(),
+        "a partial file under the final name"
+    );
+    assert!(!partial.exists(), "the temporary file is left");
+    // kill N cancels a background job just as cleanly.
+    t.command(&prompt, "get big k &");
+    let partial = local.join(".k.sftpipe-part");
+    wait_until("bytes of the job", Duration::from_secs(20), || {
+        std::fs::metadata(&partial).is_ok_and(|m| m.len() > 0)
+    });
+    t.command(&prompt, "kill 1");
+    t.expect("[1] Killed   get big k");
+    t.command(&prompt, "jobs");
+    wait_until("the job's end", Duration::from_secs(10), || {
+        !partial.exists()
+    });
+    assert!(
+        !local.join("k").exists(),
+        "a partial file under the final name"
+    );
+    t.command(&prompt, "bye");
 }

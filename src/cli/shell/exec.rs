@@ -11,7 +11,7 @@ use std::pin::Pin;
 use std::rc::Rc;
 
 use sftpipe::transfer::{
-    NoProgress, Transfer, TransferOptions, remote_basename, remote_join, safe_remote_name,
+    NoProgress, Progress, Transfer, TransferOptions, remote_basename, remote_join, safe_remote_name,
 };
 use sftpipe::{Error, Session};
 
@@ -46,8 +46,10 @@ pub struct Shell {
     pub cwd: Vec<u8>,
     /// The login directory.
     pub home: Vec<u8>,
-    /// Progress display and "Uploading..." lines (sftp shows them only interactively).
+    /// "Uploading..." lines (sftp shows them only interactively).
     pub verbose: bool,
+    /// Where the next transfer planned reports its progress (a shell job's counter).
+    pub sink: Option<Rc<dyn Progress>>,
 }
 
 impl Shell {
@@ -60,6 +62,7 @@ impl Shell {
             cwd: home.clone(),
             home,
             verbose: false,
+            sink: None,
         };
         if !dir.is_empty() {
             let d = words::escape(&String::from_utf8_lossy(dir));
@@ -304,6 +307,7 @@ impl Shell {
             return Err(multiple(dst.as_deref().map(|d| d.display().to_string())));
         }
         let t = self.transfer(f);
+        let sink = self.sink.clone();
         let verbose = self.verbose;
         Ok(Box::pin(async move {
             let mut first_error = None;
@@ -322,7 +326,13 @@ impl Shell {
                         local.display()
                     );
                 }
-                if let Err(e) = get_one(&t, f, &remote, &local).await {
+                let r = get_one(&t, f, &remote, &local).await;
+                if let Some(sink) = &sink {
+                    let shown = String::from_utf8_lossy(&remote);
+                    let failed = Error::InvalidInput("failed".into());
+                    sink.file_done(&shown, 0, r.as_ref().err().map(|_| &failed));
+                }
+                if let Err(e) = r {
                     report_or_keep(&mut first_error, e);
                 }
             }
@@ -344,6 +354,7 @@ impl Shell {
         let dst = dst.map(|d| self.remote_one(d));
         let cwd = self.cwd.clone();
         let t = self.transfer(f);
+        let sink = self.sink.clone();
         let verbose = self.verbose;
         Ok(Box::pin(async move {
             let dst_is_dir = match &dst {
@@ -371,7 +382,13 @@ impl Shell {
                         String::from_utf8_lossy(&remote)
                     );
                 }
-                if let Err(e) = put_one(&t, f, &local, &remote).await {
+                let r = put_one(&t, f, &local, &remote).await;
+                if let Some(sink) = &sink {
+                    let shown = String::from_utf8_lossy(&remote);
+                    let failed = Error::InvalidInput("failed".into());
+                    sink.file_done(&shown, 0, r.as_ref().err().map(|_| &failed));
+                }
+                if let Err(e) = r {
                     report_or_keep(&mut first_error, e);
                 }
             }
@@ -380,7 +397,8 @@ impl Shell {
     }
 
     fn transfer(&self, f: XferFlags) -> Transfer {
-        self.session.transfer(self.options(f), Rc::new(NoProgress))
+        let sink = self.sink.clone().unwrap_or_else(|| Rc::new(NoProgress));
+        self.session.transfer(self.options(f), sink)
     }
 
     /// `mirror`: the CLI command, with remote operands (`:path`, or any with a host)

@@ -1,25 +1,27 @@
-//! The interactive shell: rustyline for line editing, history (under the XDG state
-//! directory) and completion of command names, local paths and remote paths (listings
-//! cached per directory until a command runs).
+//! The interactive shell: a prompt showing the remote cwd, lines from [`Reader`] (line
+//! editing, history under the XDG state directory, completion), transfers in the
+//! foreground (Ctrl-C cancels them) or as background [`Jobs`].
+//!
+//! The terminal: rustyline has it in raw mode while reading a line. While a command
+//! runs, ISIG is off so that Ctrl-C reaches sftpipe as a byte instead of SIGINT (which
+//! would also reach ssh, in the same process group); a foreground transfer watches
+//! standard input for it. The settings found at the start are put back on every way out.
 
-use std::cell::RefCell;
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::rc::Rc;
 
-use rustyline::completion::{Completer, Pair};
-use rustyline::error::ReadlineError;
-use rustyline::highlight::Highlighter;
-use rustyline::hint::Hinter;
-use rustyline::validate::Validator;
-use rustyline::{Context, Editor, Helper};
+use futures_util::future::{Either, select};
+use nix::sys::termios::{self, LocalFlags, SetArg, Termios};
+use sftpipe::lowlevel::AsyncFd;
 
-use super::command::{self, Command, NAMES};
-use super::exec::{Outcome, Shell};
-use super::words;
+use super::command::{self, Command, Line};
+use super::exec::{Job, Outcome, Shell};
+use super::jobs::{Counter, Jobs};
+use super::reader::{Event, Listing, Reader};
 use crate::cli::exit::{self, CliError};
 
-/// Signal set-up before ssh starts: nothing yet (Ctrl-C at the prompt is rustyline's).
+/// Nothing to set up before ssh starts: Ctrl-C never becomes SIGINT while the shell
+/// runs (see the module documentation).
 pub fn prepare_signals() {}
 
 /// The history file: `$XDG_STATE_HOME/sftpipe/history` (default `~/.local/state`).
@@ -31,165 +33,56 @@ fn history_path() -> Option<PathBuf> {
     Some(base.join("sftpipe").join("history"))
 }
 
-/// A directory's entries: name, and whether it is a directory.
-type Listing = Vec<(String, bool)>;
+/// Puts the terminal settings back when dropped.
+struct Terminal(Option<Termios>);
 
-/// Completion: the first word from [`NAMES`], later ones remote or local paths by the
-/// command (`lcd`, `lls`, `lmkdir`, `put`'s first operand and `get`'s second are local).
-struct Completion {
-    shell: Rc<RefCell<Shell>>,
-    /// Remote directory listings: name and whether it is a directory.
-    cache: RefCell<HashMap<Vec<u8>, Listing>>,
-}
+impl Terminal {
+    fn save() -> Terminal {
+        Terminal(termios::tcgetattr(std::io::stdin()).ok())
+    }
 
-impl Completion {
-    fn remote(&self, dir: &[u8]) -> Vec<(String, bool)> {
-        if let Some(v) = self.cache.borrow().get(dir) {
-            return v.clone();
+    /// While a command runs: no signals from the keyboard, no line editing, no echo.
+    fn commands(&self) -> Terminal {
+        let saved = Terminal::save();
+        if let Some(mut t) = saved.0.clone() {
+            t.local_flags
+                .remove(LocalFlags::ISIG | LocalFlags::ICANON | LocalFlags::ECHO);
+            let _ = termios::tcsetattr(std::io::stdin(), SetArg::TCSANOW, &t);
         }
-        let listed = match self.shell.try_borrow() {
-            Ok(sh) => sh.session.read_dir(dir).unwrap_or_default(),
-            Err(_) => Vec::new(),
-        };
-        let v: Vec<(String, bool)> = listed
-            .into_iter()
-            .filter(|e| e.filename != b"." && e.filename != b"..")
-            .map(|e| {
-                (
-                    String::from_utf8_lossy(&e.filename).into_owned(),
-                    e.attrs.is_dir(),
-                )
-            })
-            .collect();
-        self.cache.borrow_mut().insert(dir.to_vec(), v.clone());
-        v
-    }
-
-    fn local(dir: &str) -> Vec<(String, bool)> {
-        let d = if dir.is_empty() { "." } else { dir };
-        std::fs::read_dir(d)
-            .map(|rd| {
-                rd.flatten()
-                    .map(|e| {
-                        let is_dir = e.path().is_dir();
-                        (e.file_name().to_string_lossy().into_owned(), is_dir)
-                    })
-                    .collect()
-            })
-            .unwrap_or_default()
+        saved
     }
 }
 
-/// Whether operand `n` (0-based) of command `cmd` is local.
-fn is_local(cmd: &str, n: usize) -> bool {
-    match cmd {
-        "lcd" | "lchdir" | "lls" | "ldir" | "lmkdir" => true,
-        "put" | "reput" => n == 0,
-        "get" | "reget" => n == 1,
-        _ => false,
-    }
-}
-
-impl Completer for Completion {
-    type Candidate = Pair;
-
-    fn complete(
-        &self,
-        line: &str,
-        pos: usize,
-        _: &Context<'_>,
-    ) -> rustyline::Result<(usize, Vec<Pair>)> {
-        let head = &line[..pos];
-        let start = head.rfind(|c: char| c.is_whitespace()).map_or(0, |i| i + 1);
-        let word = &head[start..];
-        if start == 0 {
-            let names = NAMES
-                .iter()
-                .filter(|n| n.starts_with(word))
-                .map(|n| Pair {
-                    display: n.to_string(),
-                    replacement: format!("{n} "),
-                })
-                .collect();
-            return Ok((0, names));
+impl Drop for Terminal {
+    fn drop(&mut self) {
+        if let Some(t) = &self.0 {
+            let _ = termios::tcsetattr(std::io::stdin(), SetArg::TCSANOW, t);
         }
-        let before: Vec<&str> = head[..start].split_whitespace().collect();
-        let cmd = before.first().copied().unwrap_or("");
-        let operand = before[1..].iter().filter(|w| !w.starts_with('-')).count();
-        let (dir, prefix) = match word.rfind('/') {
-            Some(i) => (&word[..=i], &word[i + 1..]),
-            None => ("", word),
-        };
-        let entries = if is_local(cmd, operand) {
-            Self::local(dir)
-        } else {
-            let sh = self.shell.borrow();
-            let d = if dir.is_empty() {
-                sh.cwd.clone()
-            } else {
-                sh.remote_one(&words::escape(dir))
-            };
-            drop(sh);
-            self.remote(&d)
-        };
-        let mut out: Vec<Pair> = entries
-            .into_iter()
-            .filter(|(n, _)| {
-                n.starts_with(prefix) && (prefix.starts_with('.') || !n.starts_with('.'))
-            })
-            .map(|(n, is_dir)| {
-                let full = format!("{dir}{n}");
-                let replacement = if is_dir {
-                    format!("{}/", words::quote(&full))
-                } else {
-                    format!("{} ", words::quote(&full))
-                };
-                Pair {
-                    display: if is_dir { format!("{n}/") } else { n },
-                    replacement,
-                }
-            })
-            .collect();
-        out.sort_by(|a, b| a.display.cmp(&b.display));
-        Ok((start, out))
     }
 }
-
-impl Hinter for Completion {
-    type Hint = String;
-}
-impl Highlighter for Completion {}
-impl Validator for Completion {}
-impl Helper for Completion {}
 
 /// Runs the shell until `bye` or end of input; returns the exit code.
-pub fn run(sh: Shell) -> Result<i32, CliError> {
-    let shell = Rc::new(RefCell::new(sh));
-    shell.borrow_mut().verbose = true;
-    let mut rl: Editor<Completion, rustyline::history::DefaultHistory> =
-        Editor::new().map_err(|e| CliError::Usage(format!("cannot set up the terminal: {e}")))?;
-    rl.set_helper(Some(Completion {
-        shell: shell.clone(),
-        cache: RefCell::new(HashMap::new()),
-    }));
-    let history = history_path();
-    if let Some(h) = &history {
-        let _ = rl.load_history(h);
-    }
-    loop {
-        let prompt = format!("sftp {}> ", String::from_utf8_lossy(&shell.borrow().cwd));
-        let text = match rl.readline(&prompt) {
-            Ok(t) => t,
-            Err(ReadlineError::Interrupted) => continue,
-            Err(ReadlineError::Eof) => break,
-            Err(e) => return Err(CliError::Usage(format!("cannot read the terminal: {e}"))),
+pub fn run(mut sh: Shell) -> Result<i32, CliError> {
+    let terminal = Terminal::save();
+    let reader = Reader::start(history_path())
+        .map_err(|e| sftpipe::Error::local("cannot start the line reader", e))?;
+    let wake = AsyncFd::new(sh.session.reactor(), reader.wake_fd())
+        .map_err(|e| sftpipe::Error::local("cannot poll the line reader", e))?;
+    let mut jobs = Jobs::default();
+    let code = loop {
+        jobs.reap();
+        reader.request(format!("sftp {}> ", String::from_utf8_lossy(&sh.cwd)));
+        let event = match sh.session.run(next_event(&sh, &reader, &wake)) {
+            Ok(e) => e,
+            Err(e) => break Err(e),
         };
-        if !text.trim().is_empty() {
-            let _ = rl.add_history_entry(text.as_str());
-        }
-        if let Some(c) = rl.helper() {
-            c.cache.borrow_mut().clear();
-        }
+        let text = match event {
+            Event::Line(t) => t,
+            Event::Interrupted => continue,
+            Event::Eof => break Ok(0),
+            Event::Failed(m) => break Err(CliError::Usage(m)),
+            Event::List(..) => continue,
+        };
         let line = match command::parse(&text) {
             Ok(l) => l,
             Err(msg) => {
@@ -197,42 +90,157 @@ pub fn run(sh: Shell) -> Result<i32, CliError> {
                 continue;
             }
         };
-        if line.background
-            || matches!(
-                line.command,
-                Command::Jobs | Command::Wait(_) | Command::Kill(_)
-            )
-        {
-            eprintln!(
-                "background transfers are not available yet: the transfer runs in the foreground"
-            );
-        }
-        let mut sh = shell.borrow_mut();
-        let result = match sh.execute(line.command) {
-            Ok(Outcome::Quit) => break,
-            Ok(Outcome::Transfer(job)) => sh.session.run(job),
-            Ok(_) => Ok(()),
-            Err(e) => Err(e),
-        };
-        if let Err(e) = result {
-            exit::report(&e);
-            if matches!(&e, CliError::Sftp(err) if err.is_connection()) {
-                save(&mut rl, history.as_ref());
-                return Ok(e.code());
+        match one_line(&mut sh, &mut jobs, &terminal, line, &text) {
+            Ok(true) => break Ok(0),
+            Ok(false) => {}
+            Err(e) => {
+                exit::report(&e);
+                if matches!(&e, CliError::Sftp(err) if err.is_connection()) {
+                    break Ok(e.code());
+                }
             }
         }
-    }
-    save(&mut rl, history.as_ref());
-    Ok(0)
+    };
+    jobs.kill_all();
+    drop(wake);
+    drop(reader);
+    drop(terminal);
+    code
 }
 
-fn save(rl: &mut Editor<Completion, rustyline::history::DefaultHistory>, path: Option<&PathBuf>) {
-    if let Some(p) = path {
-        if let Some(dir) = p.parent() {
-            let _ = std::fs::create_dir_all(dir);
+/// Awaits the reader's next line, answering its completion listings meanwhile.
+async fn next_event(sh: &Shell, reader: &Reader, wake: &AsyncFd) -> Result<Event, CliError> {
+    let mut buf = [0u8; 64];
+    loop {
+        while let Some(event) = reader.try_next() {
+            match event {
+                Event::List(dir, reply) => {
+                    let _ = reply.send(listing(sh, &dir).await);
+                }
+                e => return Ok(e),
+            }
         }
-        if let Err(e) = rl.save_history(p) {
-            log::warn!("cannot save the history to {}: {e}", p.display());
+        wake.read(&mut buf)
+            .await
+            .map_err(|e| sftpipe::Error::local("waiting for the terminal", e))?;
+    }
+}
+
+/// The remote directory `dir` (as typed) for completion.
+async fn listing(sh: &Shell, dir: &str) -> Listing {
+    let path = if dir.is_empty() {
+        sh.cwd.clone()
+    } else {
+        sh.remote_one(&super::words::escape(dir))
+    };
+    match sh.session.sftp().read_dir(&path).await {
+        Ok(entries) => entries
+            .into_iter()
+            .filter(|e| e.filename != b"." && e.filename != b"..")
+            .map(|e| {
+                let is_dir = e.attrs.is_dir();
+                (String::from_utf8_lossy(&e.filename).into_owned(), is_dir)
+            })
+            .collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// Runs one line; true to leave.
+fn one_line(
+    sh: &mut Shell,
+    jobs: &mut Jobs,
+    terminal: &Terminal,
+    line: Line,
+    text: &str,
+) -> Result<bool, CliError> {
+    match &line.command {
+        Command::Jobs => {
+            jobs.print();
+            return Ok(false);
         }
+        Command::Kill(n) => {
+            if !jobs.kill(*n) {
+                eprintln!("kill: no job {n}");
+            }
+            return Ok(false);
+        }
+        Command::Wait(n) => {
+            if !jobs.has(*n) {
+                return Ok(false);
+            }
+            let _raw = terminal_raw(terminal);
+            let done = sh.session.run(until_ctrl_c(sh, jobs.ended(*n)));
+            if done.is_none() {
+                println!("Interrupted (the jobs go on)");
+            }
+            jobs.reap();
+            return Ok(false);
+        }
+        Command::Local(_) | Command::Lls(_) => {
+            // The local program gets the terminal as it was.
+            return Ok(matches!(sh.execute(line.command)?, Outcome::Quit));
+        }
+        _ => {}
+    }
+    let background = line.background
+        || matches!(&line.command, Command::Get(f, src, _) | Command::Put(f, src, _)
+            if f.recursive || sftpipe::glob::has_magic(src.as_bytes()));
+    let _raw = terminal_raw(terminal);
+    let counter = Rc::new(Counter::default());
+    sh.sink = Some(counter.clone());
+    sh.verbose = !background;
+    let outcome = sh.execute(line.command);
+    sh.sink = None;
+    sh.verbose = true;
+    match outcome? {
+        Outcome::Quit => Ok(true),
+        Outcome::Transfer(job) if background => {
+            let text = text.trim().trim_end_matches('&').trim_end().to_string();
+            let id = sh.session.run(async { jobs.spawn(&text, job, counter) });
+            println!("[{id}] {text}");
+            Ok(false)
+        }
+        Outcome::Transfer(job) => foreground(sh, job),
+        _ => Ok(false),
+    }
+}
+
+fn terminal_raw(t: &Terminal) -> Terminal {
+    t.commands()
+}
+
+/// Runs a transfer until it ends or Ctrl-C cancels it.
+fn foreground(sh: &mut Shell, job: Job) -> Result<bool, CliError> {
+    match sh.session.run(until_ctrl_c(sh, job)) {
+        Some(r) => r.map(|()| false),
+        None => {
+            println!("Interrupted");
+            Ok(false)
+        }
+    }
+}
+
+/// `work`, or `None` once Ctrl-C is typed (standard input is watched for the byte).
+async fn until_ctrl_c<T>(sh: &Shell, work: impl std::future::Future<Output = T>) -> Option<T> {
+    let stdin = AsyncFd::new(sh.session.reactor(), 0).ok();
+    let watch = async {
+        let Some(fd) = &stdin else {
+            return std::future::pending::<()>().await;
+        };
+        let mut buf = [0u8; 64];
+        loop {
+            match fd.read(&mut buf).await {
+                Ok(n) if n > 0 && buf[..n].contains(&3) => return,
+                Ok(n) if n > 0 => {}
+                // End of input or a failure: nothing more will come from there.
+                _ => std::future::pending::<()>().await,
+            }
+        }
+    };
+    let (work, watch) = (std::pin::pin!(work), std::pin::pin!(watch));
+    match select(work, watch).await {
+        Either::Left((v, _)) => Some(v),
+        Either::Right(_) => None,
     }
 }

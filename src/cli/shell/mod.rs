@@ -6,6 +6,8 @@ pub mod batch;
 pub mod command;
 pub mod exec;
 pub mod interactive;
+pub mod jobs;
+pub mod reader;
 pub mod words;
 
 use std::io::BufRead;

@@ -1,0 +1,169 @@
+//! Background transfers: `COMMAND &`, `jobs`, `wait [N]`, `kill N`.
+//!
+//! A job is a transfer future spawned on the session's runtime, wrapped so that `kill`
+//! can drop it: an upload cut short stays under its temporary name on the server, a
+//! download's temporary local file is removed (see `exec::get_one`). Jobs run whenever
+//! the runtime does, including while the prompt waits for a line.
+
+use std::cell::Cell;
+use std::rc::Rc;
+use std::time::Instant;
+
+use futures_util::FutureExt;
+use futures_util::future::{AbortHandle, Abortable, Aborted};
+use sftpipe::Error;
+use sftpipe::task::{Countdown, JoinHandle};
+use sftpipe::transfer::Progress;
+
+use super::exec::Job;
+use crate::cli::exit::{self, CliError};
+use crate::cli::progress::{binary_size, rate_text};
+
+/// Bytes and files a job has moved.
+#[derive(Default)]
+pub struct Counter {
+    bytes: Cell<u64>,
+    files: Cell<u64>,
+    failed: Cell<u64>,
+}
+
+impl Progress for Counter {
+    fn transferred(&self, bytes: u64) {
+        self.bytes.set(self.bytes.get() + bytes);
+    }
+    fn file_done(&self, _path: &str, _bytes: u64, error: Option<&Error>) {
+        match error {
+            None => self.files.set(self.files.get() + 1),
+            Some(_) => self.failed.set(self.failed.get() + 1),
+        }
+    }
+}
+
+struct Entry {
+    id: usize,
+    text: String,
+    handle: JoinHandle<Result<Result<(), CliError>, Aborted>>,
+    abort: AbortHandle,
+    counter: Rc<Counter>,
+    started: Instant,
+    /// Released when the job ends (for `wait`).
+    done: Countdown,
+}
+
+/// The shell's jobs, numbered from 1.
+#[derive(Default)]
+pub struct Jobs {
+    next: usize,
+    list: Vec<Entry>,
+}
+
+impl Jobs {
+    /// Starts `job` (to be called inside the session's runtime); returns its number.
+    pub fn spawn(&mut self, text: &str, job: Job, counter: Rc<Counter>) -> usize {
+        let (abort, reg) = AbortHandle::new_pair();
+        let done = Countdown::new();
+        let token = done.token();
+        let handle = sftpipe::task::spawn(async move {
+            let r = Abortable::new(job, reg).await;
+            token.release();
+            r
+        });
+        self.next += 1;
+        self.list.push(Entry {
+            id: self.next,
+            text: text.trim().to_string(),
+            handle,
+            abort,
+            counter,
+            started: Instant::now(),
+            done,
+        });
+        self.next
+    }
+
+    /// Whether job `id` exists (`None`: any job).
+    pub fn has(&self, id: Option<usize>) -> bool {
+        self.list.iter().any(|e| id.is_none_or(|i| e.id == i))
+    }
+
+    /// A future that completes when every job `id` names (`None`: all) has ended.
+    pub fn ended(&self, id: Option<usize>) -> impl std::future::Future<Output = ()> + use<> {
+        let latches: Vec<Countdown> = self
+            .list
+            .iter()
+            .filter(|e| id.is_none_or(|i| e.id == i))
+            .map(|e| e.done.clone())
+            .collect();
+        async move {
+            for l in latches {
+                l.wait().await;
+            }
+        }
+    }
+
+    /// `jobs`: one line per job with what it moved so far.
+    pub fn print(&self) {
+        for e in &self.list {
+            let c = &e.counter;
+            let state = if e.handle.is_finished() {
+                "Done"
+            } else {
+                "Running"
+            };
+            println!(
+                "[{}] {state:<8} {}  {} files, {} ({})",
+                e.id,
+                e.text,
+                c.files.get(),
+                binary_size(c.bytes.get()),
+                rate_text(c.bytes.get(), e.started.elapsed())
+            );
+        }
+    }
+
+    /// Cancels job `id`; false if there is none.
+    pub fn kill(&mut self, id: usize) -> bool {
+        let Some(i) = self.list.iter().position(|e| e.id == id) else {
+            return false;
+        };
+        let e = self.list.remove(i);
+        e.abort.abort();
+        println!("[{}] Killed   {}", e.id, e.text);
+        true
+    }
+
+    /// Reports and forgets the jobs that ended; returns how many failed.
+    pub fn reap(&mut self) -> usize {
+        let mut failed = 0;
+        let mut i = 0;
+        while i < self.list.len() {
+            if !self.list[i].handle.is_finished() {
+                i += 1;
+                continue;
+            }
+            let mut e = self.list.remove(i);
+            match (&mut e.handle).now_or_never() {
+                Some(Ok(Err(err))) => {
+                    failed += 1;
+                    println!("[{}] Failed   {}", e.id, e.text);
+                    exit::report(&err);
+                }
+                _ => println!(
+                    "[{}] Done     {}  ({} files, {})",
+                    e.id,
+                    e.text,
+                    e.counter.files.get(),
+                    binary_size(e.counter.bytes.get())
+                ),
+            }
+        }
+        failed
+    }
+
+    /// Cancels every job (leaving the shell).
+    pub fn kill_all(&mut self) {
+        for e in self.list.drain(..) {
+            e.abort.abort();
+        }
+    }
+}
