@@ -248,3 +248,84 @@ fn ctrl_c_cancels_a_foreground_get_and_the_session_goes_on() {
     );
     t.command(&prompt, "bye");
 }
+
+/// The children of process `pid`.
+fn children(pid: u32) -> Vec<u32> {
+    let out = Command::new("pgrep")
+        .arg("-P")
+        .arg(pid.to_string())
+        .output()
+        .expect("pgrep");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}
+
+/// A shell on a local sftp-server in `d/remote`, run from a script that records `stty -g`
+/// before and after it and its exit code; returns the tmux, the prompt and sftpipe's pid.
+fn recorded_shell(d: &Path) -> (Tmux, String, u32) {
+    let remote = d.join("remote");
+    std::fs::create_dir_all(&remote).unwrap();
+    let args = vec![
+        "-D".to_string(),
+        common::sftp_server_path().display().to_string(),
+        "--connections".into(),
+        "1".into(),
+        remote.display().to_string(),
+    ];
+    let f = |n: &str| quote(&d.join(n).display().to_string());
+    let script = format!(
+        "stty -g > {}; {}; echo $? > {}; stty -g > {}; sleep 30",
+        f("before"),
+        sftpipe_line(d, &args),
+        f("rc"),
+        f("after")
+    );
+    let t = Tmux::start(d, &script);
+    let prompt = format!("sftp {}>", remote.display());
+    t.expect_prompt(&prompt);
+    let sh: u32 = t
+        .run(&["list-panes", "-t", "t", "-F", "#{pane_pid}"])
+        .trim()
+        .parse()
+        .expect("pane pid");
+    let pid = *children(sh).first().expect("sftpipe's pid");
+    (t, prompt, pid)
+}
+
+/// The exit code and whether `stty -g` was the same before and after.
+fn recorded_exit(d: &Path) -> (String, bool) {
+    let after = d.join("after");
+    wait_until("the shell's exit", Duration::from_secs(20), || {
+        std::fs::metadata(&after).is_ok_and(|m| m.len() > 0)
+    });
+    let read = |n: &str| std::fs::read_to_string(d.join(n)).unwrap_or_default();
+    (
+        read("rc").trim().to_string(),
+        read("before") == read("after") && !read("before").is_empty(),
+    )
+}
+
+#[test]
+fn sigterm_at_the_prompt_restores_the_terminal() {
+    let d = tempfile::tempdir().unwrap();
+    let (_t, _prompt, pid) = recorded_shell(d.path());
+    common::send_signal(pid, "TERM");
+    let (rc, same) = recorded_exit(d.path());
+    assert_eq!(rc, "143");
+    assert!(same, "stty -g differs after SIGTERM");
+}
+
+#[test]
+fn the_server_dying_ends_the_shell_and_restores_the_terminal() {
+    let d = tempfile::tempdir().unwrap();
+    let (t, prompt, pid) = recorded_shell(d.path());
+    for child in children(pid) {
+        common::send_signal(child, "KILL");
+    }
+    t.command(&prompt, "ls");
+    let (rc, same) = recorded_exit(d.path());
+    assert_ne!(rc, "0");
+    assert!(same, "stty -g differs after the server died");
+}

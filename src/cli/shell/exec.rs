@@ -48,6 +48,9 @@ pub struct Shell {
     pub home: Vec<u8>,
     /// "Uploading..." lines (sftp shows them only interactively).
     pub verbose: bool,
+    /// sftp's progress meter (`progress` toggles it): the shell shows a bar for
+    /// foreground transfers when set.
+    pub progress: bool,
     /// Where the next transfer planned reports its progress (a shell job's counter).
     pub sink: Option<Rc<dyn Progress>>,
 }
@@ -62,6 +65,7 @@ impl Shell {
             cwd: home.clone(),
             home,
             verbose: false,
+            progress: false,
             sink: None,
         };
         if !dir.is_empty() {
@@ -242,10 +246,10 @@ impl Shell {
                 self.session.sftp().server_version()
             ),
             C::Progress => {
-                self.verbose = !self.verbose;
+                self.progress = !self.progress;
                 println!(
                     "Progress meter {}abled",
-                    if self.verbose { "en" } else { "dis" }
+                    if self.progress { "en" } else { "dis" }
                 );
             }
             C::Mirror(args) => self.mirror(&args)?,
@@ -326,7 +330,7 @@ impl Shell {
                         local.display()
                     );
                 }
-                let r = get_one(&t, f, &remote, &local).await;
+                let r = get_one(&t, sink.as_ref(), f, &remote, &local).await;
                 if let Some(sink) = &sink {
                     let shown = String::from_utf8_lossy(&remote);
                     let failed = Error::InvalidInput("failed".into());
@@ -382,7 +386,7 @@ impl Shell {
                         String::from_utf8_lossy(&remote)
                     );
                 }
-                let r = put_one(&t, f, &local, &remote).await;
+                let r = put_one(&t, sink.as_ref(), f, &local, &remote).await;
                 if let Some(sink) = &sink {
                     let shown = String::from_utf8_lossy(&remote);
                     let failed = Error::InvalidInput("failed".into());
@@ -480,7 +484,13 @@ fn report_or_keep(first: &mut Option<CliError>, e: CliError) {
     }
 }
 
-async fn put_one(t: &Transfer, f: XferFlags, local: &Path, remote: &[u8]) -> Result<(), CliError> {
+async fn put_one(
+    t: &Transfer,
+    sink: Option<&Rc<dyn Progress>>,
+    f: XferFlags,
+    local: &Path,
+    remote: &[u8],
+) -> Result<(), CliError> {
     let meta = std::fs::metadata(local)
         .map_err(|e| Error::local(format!("cannot read {}", local.display()), e))?;
     if meta.is_dir() {
@@ -491,6 +501,9 @@ async fn put_one(t: &Transfer, f: XferFlags, local: &Path, remote: &[u8]) -> Res
         print_entering(local);
         t.upload_tree(local, remote).await.into_result()?;
         return Ok(());
+    }
+    if let Some(s) = sink {
+        s.add_total(1, meta.len());
     }
     t.upload(local, remote).await?;
     Ok(())
@@ -530,7 +543,13 @@ fn print_entering(top: &Path) {
 /// Downloads into a temporary name beside `local`, renamed into place when complete, so
 /// that a failed or cancelled download leaves no partial file under the final name (a
 /// resumed one writes in place, as `get -a` continues what is there).
-async fn get_one(t: &Transfer, f: XferFlags, remote: &[u8], local: &Path) -> Result<(), CliError> {
+async fn get_one(
+    t: &Transfer,
+    sink: Option<&Rc<dyn Progress>>,
+    f: XferFlags,
+    remote: &[u8],
+    local: &Path,
+) -> Result<(), CliError> {
     let attrs = t.sftp().stat(remote).await?;
     if attrs.is_dir() {
         if !f.recursive {
@@ -542,6 +561,9 @@ async fn get_one(t: &Transfer, f: XferFlags, remote: &[u8], local: &Path) -> Res
         }
         t.download_tree(remote, local).await.into_result()?;
         return Ok(());
+    }
+    if let Some(s) = sink {
+        s.add_total(1, attrs.size.unwrap_or(0));
     }
     if f.resume {
         t.download(remote, local, Some(&attrs)).await?;

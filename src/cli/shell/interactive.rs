@@ -19,6 +19,8 @@ use super::exec::{Job, Outcome, Shell};
 use super::jobs::{Counter, Jobs};
 use super::reader::{Event, Listing, Reader};
 use crate::cli::exit::{self, CliError};
+use crate::cli::progress::{ProgressMode, Tracker};
+use std::io::IsTerminal;
 
 /// Nothing to set up before ssh starts: Ctrl-C never becomes SIGINT while the shell
 /// runs (see the module documentation).
@@ -63,6 +65,7 @@ impl Drop for Terminal {
 
 /// Runs the shell until `bye` or end of input; returns the exit code.
 pub fn run(mut sh: Shell) -> Result<i32, CliError> {
+    sh.progress = true;
     let terminal = Terminal::save();
     let reader = Reader::start(history_path())
         .map_err(|e| sftpipe::Error::local("cannot start the line reader", e))?;
@@ -188,22 +191,32 @@ fn one_line(
             if f.recursive || sftpipe::glob::has_magic(src.as_bytes()));
     let _raw = terminal_raw(terminal);
     let counter = Rc::new(Counter::default());
-    sh.sink = Some(counter.clone());
+    let bar = (!background && sh.progress && std::io::stderr().is_terminal())
+        .then(|| Tracker::new(ProgressMode::Bar, false));
+    sh.sink = Some(match &bar {
+        Some(b) => b.clone(),
+        None => counter.clone(),
+    });
     sh.verbose = !background;
     let outcome = sh.execute(line.command);
     sh.sink = None;
     sh.verbose = true;
-    match outcome? {
-        Outcome::Quit => Ok(true),
-        Outcome::Transfer(job) if background => {
+    let r = match outcome {
+        Ok(Outcome::Quit) => Ok(true),
+        Ok(Outcome::Transfer(job)) if background => {
             let text = text.trim().trim_end_matches('&').trim_end().to_string();
             let id = sh.session.run(async { jobs.spawn(&text, job, counter) });
             println!("[{id}] {text}");
             Ok(false)
         }
-        Outcome::Transfer(job) => foreground(sh, job),
-        _ => Ok(false),
+        Ok(Outcome::Transfer(job)) => foreground(sh, job),
+        Ok(_) => Ok(false),
+        Err(e) => Err(e),
+    };
+    if let Some(b) = bar {
+        b.finish_silently();
     }
+    r
 }
 
 fn terminal_raw(t: &Terminal) -> Terminal {

@@ -22,12 +22,16 @@ use crate::cli::progress::{binary_size, rate_text};
 /// Bytes and files a job has moved.
 #[derive(Default)]
 pub struct Counter {
+    total: Cell<u64>,
     bytes: Cell<u64>,
     files: Cell<u64>,
     failed: Cell<u64>,
 }
 
 impl Progress for Counter {
+    fn add_total(&self, _files: u64, bytes: u64) {
+        self.total.set(self.total.get() + bytes);
+    }
     fn transferred(&self, bytes: u64) {
         self.bytes.set(self.bytes.get() + bytes);
     }
@@ -111,11 +115,12 @@ impl Jobs {
                 "Running"
             };
             println!(
-                "[{}] {state:<8} {}  {} files, {} ({})",
+                "[{}] {state:<8} {}  {} files, {} of {} ({})",
                 e.id,
                 e.text,
                 c.files.get(),
                 binary_size(c.bytes.get()),
+                binary_size(c.total.get()),
                 rate_text(c.bytes.get(), e.started.elapsed())
             );
         }
