@@ -48,6 +48,8 @@ pub struct Shell {
     pub home: Vec<u8>,
     /// "Uploading..." lines (sftp shows them only interactively).
     pub verbose: bool,
+    /// Print sftp's `Entering DIR` lines of `put -R` (not for a background job).
+    pub announce_dirs: bool,
     /// sftp's progress meter (`progress` toggles it): the shell shows a bar for
     /// foreground transfers when set.
     pub progress: bool,
@@ -65,6 +67,7 @@ impl Shell {
             cwd: home.clone(),
             home,
             verbose: false,
+            announce_dirs: true,
             progress: false,
             sink: None,
         };
@@ -331,11 +334,6 @@ impl Shell {
                     );
                 }
                 let r = get_one(&t, sink.as_ref(), f, &remote, &local).await;
-                if let Some(sink) = &sink {
-                    let shown = String::from_utf8_lossy(&remote);
-                    let failed = Error::InvalidInput("failed".into());
-                    sink.file_done(&shown, 0, r.as_ref().err().map(|_| &failed));
-                }
                 if let Err(e) = r {
                     report_or_keep(&mut first_error, e);
                 }
@@ -360,6 +358,7 @@ impl Shell {
         let t = self.transfer(f);
         let sink = self.sink.clone();
         let verbose = self.verbose;
+        let announce = self.announce_dirs;
         Ok(Box::pin(async move {
             let dst_is_dir = match &dst {
                 None => true,
@@ -386,12 +385,7 @@ impl Shell {
                         String::from_utf8_lossy(&remote)
                     );
                 }
-                let r = put_one(&t, sink.as_ref(), f, &local, &remote).await;
-                if let Some(sink) = &sink {
-                    let shown = String::from_utf8_lossy(&remote);
-                    let failed = Error::InvalidInput("failed".into());
-                    sink.file_done(&shown, 0, r.as_ref().err().map(|_| &failed));
-                }
+                let r = put_one(&t, sink.as_ref(), f, announce, &local, &remote).await;
                 if let Err(e) = r {
                     report_or_keep(&mut first_error, e);
                 }
@@ -488,6 +482,7 @@ async fn put_one(
     t: &Transfer,
     sink: Option<&Rc<dyn Progress>>,
     f: XferFlags,
+    announce: bool,
     local: &Path,
     remote: &[u8],
 ) -> Result<(), CliError> {
@@ -498,15 +493,30 @@ async fn put_one(
             eprintln!("Skipping non-regular file {}", local.display());
             return Ok(());
         }
-        print_entering(local);
+        if announce {
+            print_entering(local);
+        }
         t.upload_tree(local, remote).await.into_result()?;
         return Ok(());
     }
     if let Some(s) = sink {
         s.add_total(1, meta.len());
     }
-    t.upload(local, remote).await?;
+    let r = t.upload(local, remote).await;
+    file_done(sink, remote, &r);
+    r?;
     Ok(())
+}
+
+/// Tells `sink` a single file ended (trees report their files themselves).
+fn file_done(sink: Option<&Rc<dyn Progress>>, remote: &[u8], r: &sftpipe::Result<u64>) {
+    if let Some(s) = sink {
+        let shown = String::from_utf8_lossy(remote);
+        match r {
+            Ok(n) => s.file_done(&shown, *n, None),
+            Err(e) => s.file_done(&shown, 0, Some(e)),
+        }
+    }
 }
 
 /// `Entering DIR` for each local directory of a recursive upload, as sftp prints them
@@ -566,11 +576,15 @@ async fn get_one(
         s.add_total(1, attrs.size.unwrap_or(0));
     }
     if f.resume {
-        t.download(remote, local, Some(&attrs)).await?;
+        let r = t.download(remote, local, Some(&attrs)).await;
+        file_done(sink, remote, &r);
+        r?;
         return Ok(());
     }
     let temp = Partial(partial_name(local));
-    t.download(remote, &temp.0, Some(&attrs)).await?;
+    let r = t.download(remote, &temp.0, Some(&attrs)).await;
+    file_done(sink, remote, &r);
+    r?;
     std::fs::rename(&temp.0, local)
         .map_err(|e| Error::local(format!("cannot rename into {}", local.display()), e))?;
     std::mem::forget(temp);

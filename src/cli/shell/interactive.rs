@@ -191,16 +191,19 @@ fn one_line(
             if f.recursive || sftpipe::glob::has_magic(src.as_bytes()));
     let _raw = terminal_raw(terminal);
     let counter = Rc::new(Counter::default());
-    let bar = (!background && sh.progress && std::io::stderr().is_terminal())
-        .then(|| Tracker::new(ProgressMode::Bar, false));
+    let transfer = matches!(&line.command, Command::Get(..) | Command::Put(..));
+    let bar = (transfer && !background && sh.progress && std::io::stderr().is_terminal())
+        .then(|| Rc::new(LazyBar::default()));
     sh.sink = Some(match &bar {
         Some(b) => b.clone(),
         None => counter.clone(),
     });
     sh.verbose = !background;
+    sh.announce_dirs = !background;
     let outcome = sh.execute(line.command);
     sh.sink = None;
     sh.verbose = true;
+    sh.announce_dirs = true;
     let r = match outcome {
         Ok(Outcome::Quit) => Ok(true),
         Ok(Outcome::Transfer(job)) if background => {
@@ -213,10 +216,41 @@ fn one_line(
         Ok(_) => Ok(false),
         Err(e) => Err(e),
     };
-    if let Some(b) = bar {
-        b.finish_silently();
+    if let Some(b) = bar
+        && let Some(t) = b.0.borrow().as_ref()
+    {
+        t.finish_silently();
     }
     r
+}
+
+/// The progress bar of a foreground transfer, drawn from its first file on (after the
+/// `Fetching`/`Uploading` line).
+#[derive(Default)]
+struct LazyBar(std::cell::RefCell<Option<Rc<Tracker>>>);
+
+impl LazyBar {
+    fn bar(&self) -> Rc<Tracker> {
+        self.0
+            .borrow_mut()
+            .get_or_insert_with(|| Tracker::new(ProgressMode::Bar, false))
+            .clone()
+    }
+}
+
+impl sftpipe::Progress for LazyBar {
+    fn add_total(&self, files: u64, bytes: u64) {
+        self.bar().add_total(files, bytes);
+    }
+    fn transferred(&self, bytes: u64) {
+        self.bar().transferred(bytes);
+    }
+    fn file_transferred(&self, local: &std::path::Path, bytes: u64) {
+        self.bar().file_transferred(local, bytes);
+    }
+    fn file_done(&self, path: &str, bytes: u64, error: Option<&sftpipe::Error>) {
+        self.bar().file_done(path, bytes, error);
+    }
 }
 
 fn terminal_raw(t: &Terminal) -> Terminal {
@@ -236,7 +270,11 @@ fn foreground(sh: &mut Shell, job: Job) -> Result<bool, CliError> {
 
 /// `work`, or `None` once Ctrl-C is typed (standard input is watched for the byte).
 async fn until_ctrl_c<T>(sh: &Shell, work: impl std::future::Future<Output = T>) -> Option<T> {
-    let stdin = AsyncFd::new(sh.session.reactor(), 0).ok();
+    // Only a terminal: from a pipe, the bytes are the lines still to come.
+    let stdin = std::io::stdin()
+        .is_terminal()
+        .then(|| AsyncFd::new(sh.session.reactor(), 0).ok())
+        .flatten();
     let watch = async {
         let Some(fd) = &stdin else {
             return std::future::pending::<()>().await;

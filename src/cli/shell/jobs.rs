@@ -115,10 +115,10 @@ impl Jobs {
                 "Running"
             };
             println!(
-                "[{}] {state:<8} {}  {} files, {} of {} ({})",
+                "[{}] {state:<8} {}  {}, {} of {}, {}",
                 e.id,
                 e.text,
-                c.files.get(),
+                files(c.files.get()),
                 binary_size(c.bytes.get()),
                 binary_size(c.total.get()),
                 rate_text(c.bytes.get(), e.started.elapsed())
@@ -154,10 +154,10 @@ impl Jobs {
                     exit::report(&err);
                 }
                 _ => println!(
-                    "[{}] Done     {}  ({} files, {})",
+                    "[{}] Done     {}  ({}, {})",
                     e.id,
                     e.text,
-                    e.counter.files.get(),
+                    files(e.counter.files.get()),
                     binary_size(e.counter.bytes.get())
                 ),
             }
@@ -171,4 +171,8 @@ impl Jobs {
             e.abort.abort();
         }
     }
+}
+
+fn files(n: u64) -> String {
+    format!("{n} file{}", if n == 1 { "" } else { "s" })
 }
