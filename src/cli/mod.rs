@@ -44,6 +44,8 @@ use progress::ProgressMode;
     after_help = EXIT_CODES_HELP,
     subcommand_required = false,
     arg_required_else_help = true,
+    override_usage = "sftpipe [OPTIONS] COMMAND [ARGS]...\n       \
+                      sftpipe [OPTIONS] [-b BATCHFILE] HOST[:DIR]      (a shell, or a batch)",
     disable_help_flag = true
 )]
 pub struct Cli {
@@ -479,6 +481,16 @@ pub fn run(cli: Cli) -> i32 {
             cli.batch.as_deref(),
         ));
     };
+    if let Some(extra) = cli
+        .destination
+        .as_deref()
+        .or(cli.batch.as_deref().map(|_| "-b"))
+    {
+        return finish(Err(CliError::Usage(format!(
+            "'{extra}' goes with no command (the shell or a batch): sftpipe [OPTIONS] \
+             [-b BATCHFILE] HOST[:DIR]"
+        ))));
+    }
     let result = match command {
         Command::Ls(a) => ops::ls(g, &a),
         Command::Stat(a) => ops::stat(g, &a),
