@@ -212,6 +212,7 @@ fn dependent_lines_wait_for_the_uploads_before_them() {
     batch.push_str(
         "\
 rename incoming/f00 incoming/first
+rename incoming/f03 incoming/f04
 rm incoming/f01
 get incoming/f02 copy-of-f02
 put copy-of-f02 incoming/f02-again

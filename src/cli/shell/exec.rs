@@ -206,9 +206,19 @@ impl Shell {
                     self.session.remove(&path)?;
                 }
             }
-            C::Rename(a, b) => self
-                .session
-                .rename(self.remote_one(&a), self.remote_one(&b))?,
+            C::Rename(a, b) => {
+                // As sftp: posix-rename (replacing the target) when the server has it.
+                let (a, b) = (self.remote_one(&a), self.remote_one(&b));
+                if self
+                    .session
+                    .sftp()
+                    .has_extension(sftpipe::proto::ext::POSIX_RENAME)
+                {
+                    self.session.posix_rename(a, b)?
+                } else {
+                    self.session.rename(a, b)?
+                }
+            }
             C::Ln(true, a, b) => {
                 // sftp keeps a relative target as given: it is relative to the link.
                 let target = words::unescape(&a);
