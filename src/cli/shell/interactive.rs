@@ -73,7 +73,9 @@ pub fn run(mut sh: Shell) -> Result<i32, CliError> {
         .map_err(|e| sftpipe::Error::local("cannot poll the line reader", e))?;
     let mut jobs = Jobs::default();
     let code = loop {
-        jobs.reap();
+        for l in jobs.reap() {
+            println!("{l}");
+        }
         reader.request(format!("sftp {}> ", String::from_utf8_lossy(&sh.cwd)));
         let event = match sh.session.run(next_event(&sh, &reader, &wake)) {
             Ok(e) => e,
@@ -177,7 +179,9 @@ fn one_line(
             if done.is_none() {
                 println!("Interrupted (the jobs go on)");
             }
-            jobs.reap();
+            for l in jobs.reap() {
+                println!("{l}");
+            }
             return Ok(false);
         }
         Command::Local(_) | Command::Lls(_) => {

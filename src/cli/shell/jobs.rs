@@ -16,7 +16,7 @@ use sftpipe::task::{Countdown, JoinHandle};
 use sftpipe::transfer::Progress;
 
 use super::exec::Job;
-use crate::cli::exit::{self, CliError};
+use crate::cli::exit::CliError;
 use crate::cli::progress::{binary_size, rate_text};
 
 /// Bytes and files a job has moved.
@@ -137,9 +137,9 @@ impl Jobs {
         true
     }
 
-    /// Reports and forgets the jobs that ended; returns how many failed.
-    pub fn reap(&mut self) -> usize {
-        let mut failed = 0;
+    /// Forgets the jobs that ended, returning a line about each (with its error).
+    pub fn reap(&mut self) -> Vec<String> {
+        let mut lines = Vec::new();
         let mut i = 0;
         while i < self.list.len() {
             if !self.list[i].handle.is_finished() {
@@ -149,20 +149,18 @@ impl Jobs {
             let mut e = self.list.remove(i);
             match (&mut e.handle).now_or_never() {
                 Some(Ok(Err(err))) => {
-                    failed += 1;
-                    println!("[{}] Failed   {}", e.id, e.text);
-                    exit::report(&err);
+                    lines.push(format!("[{}] Failed   {}: {err}", e.id, e.text));
                 }
-                _ => println!(
+                _ => lines.push(format!(
                     "[{}] Done     {}  ({}, {})",
                     e.id,
                     e.text,
                     files(e.counter.files.get()),
                     binary_size(e.counter.bytes.get())
-                ),
+                )),
             }
         }
-        failed
+        lines
     }
 
     /// Cancels every job (leaving the shell).
