@@ -16,6 +16,7 @@ pub mod ops;
 pub mod progress;
 pub mod reprepro;
 pub mod serve;
+pub mod shell;
 pub mod transfer;
 
 use std::ffi::OsString;
@@ -41,8 +42,10 @@ use progress::ProgressMode;
                   (-F -o -i -P -l -J may also follow the command). -h means \
                   human-readable sizes (ls -lh, df -h); help is --help.",
     after_help = EXIT_CODES_HELP,
-    subcommand_required = true,
+    subcommand_required = false,
     arg_required_else_help = true,
+    override_usage = "sftpipe [OPTIONS] COMMAND [ARGS]...\n       \
+                      sftpipe [OPTIONS] [-b BATCHFILE] HOST[:DIR]      (a shell, or a batch)",
     disable_help_flag = true
 )]
 pub struct Cli {
@@ -55,9 +58,16 @@ pub struct Cli {
     /// Connection and logging options.
     #[command(flatten)]
     pub global: GlobalArgs,
+    /// Run the sftp-compatible batch file BATCHFILE ('-': standard input) instead of the
+    /// interactive shell
+    #[arg(short = 'b', value_name = "BATCHFILE")]
+    pub batch: Option<String>,
+    /// With no command: open a shell (sftp's commands) on HOST, starting in DIR
+    #[arg(value_name = "HOST[:DIR]")]
+    pub destination: Option<String>,
     /// What to do.
     #[command(subcommand)]
-    pub command: Command,
+    pub command: Option<Command>,
 }
 
 /// ssh's letters also accepted after the command (`sftpipe ls -F cfg host:`), where the
@@ -464,7 +474,24 @@ pub fn init_logging(global: &GlobalArgs) {
 /// Runs the command and returns the exit code; errors are printed on stderr.
 pub fn run(cli: Cli) -> i32 {
     let g = &cli.global;
-    let result = match cli.command {
+    let Some(command) = cli.command else {
+        return finish(shell::run(
+            g,
+            cli.destination.as_deref(),
+            cli.batch.as_deref(),
+        ));
+    };
+    if let Some(extra) = cli
+        .destination
+        .as_deref()
+        .or(cli.batch.as_deref().map(|_| "-b"))
+    {
+        return finish(Err(CliError::Usage(format!(
+            "'{extra}' goes with no command (the shell or a batch): sftpipe [OPTIONS] \
+             [-b BATCHFILE] HOST[:DIR]"
+        ))));
+    }
+    let result = match command {
         Command::Ls(a) => ops::ls(g, &a),
         Command::Stat(a) => ops::stat(g, &a),
         Command::Get(a) => transfer::get(g, &a),
@@ -482,6 +509,11 @@ pub fn run(cli: Cli) -> i32 {
         Command::RepreproHook(a) => reprepro::hook(g, &a),
         Command::Generate(a) => generate::generate(g, &a),
     };
+    finish(result)
+}
+
+/// The exit code for a command's result (errors printed on stderr).
+fn finish(result: Result<i32, CliError>) -> i32 {
     if let Some(sig) = sftpipe::interrupt::caught() {
         // What failed, failed because of it; the child is gone (the session ended it).
         log::warn!("interrupted by {}", sftpipe::interrupt::signal_name(sig));

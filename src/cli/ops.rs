@@ -280,6 +280,25 @@ struct LsView {
 /// symlink to one) is listed alone.
 pub fn ls(g: &GlobalArgs, a: &LsArgs) -> Result<i32, CliError> {
     let (session, items) = open(g, &a.remotes)?;
+    let mut out = Out::new();
+    list(&session, &items, a, &mut out)
+}
+
+/// `ls` of remote paths on an open session (the shell's `ls`), each shown as given.
+pub fn list_paths(
+    session: &Session,
+    paths: &[Vec<u8>],
+    a: &LsArgs,
+    out: &mut Out,
+) -> Result<i32, CliError> {
+    let items: Operands = paths
+        .iter()
+        .map(|p| (String::from_utf8_lossy(p).into_owned(), p.clone()))
+        .collect();
+    list(session, &items, a, out)
+}
+
+fn list(session: &Session, items: &Operands, a: &LsArgs, out: &mut Out) -> Result<i32, CliError> {
     let tty = io::stdout().is_terminal();
     let view = LsView {
         long: a.long,
@@ -288,10 +307,9 @@ pub fn ls(g: &GlobalArgs, a: &LsArgs) -> Result<i32, CliError> {
         tty,
     };
     let several = items.len() > 1;
-    let mut out = Out::new();
     let mut first = true;
-    each(&items, |(_, given)| {
-        let path = expand_tilde(&session, given)?;
+    each(items, |(_, given)| {
+        let path = expand_tilde(session, given)?;
         let lattrs = session.lstat(&path)?;
         let is_dir = lattrs.is_dir()
             || (lattrs.is_symlink() && session.stat(&path).is_ok_and(|s| s.is_dir()));
@@ -305,18 +323,18 @@ pub fn ls(g: &GlobalArgs, a: &LsArgs) -> Result<i32, CliError> {
                 }
                 out.line(format!("{}:", format::display_name(given, tty)))?;
             }
-            print_entries(&session, Some(&path), &entries, &view, &mut out)?;
+            print_entries(session, Some(&path), &entries, &view, out)?;
         } else {
             let entry = NameEntry {
                 filename: given.clone(),
                 longname: if a.long {
-                    format::longname_in_parent(&session, &path)
+                    format::longname_in_parent(session, &path)
                 } else {
                     Vec::new()
                 },
                 attrs: lattrs,
             };
-            print_entries_at(&session, &[path], &[entry], &view, &mut out)?;
+            print_entries_at(session, &[path], &[entry], &view, out)?;
         }
         first = false;
         out.flush()
