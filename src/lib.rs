@@ -20,6 +20,7 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod backend;
 mod child;
 pub mod client;
 pub mod error;
@@ -30,6 +31,7 @@ pub mod mirror;
 pub mod proto;
 pub mod reactor;
 pub mod reprepro;
+pub mod scp;
 pub mod serve;
 pub mod session;
 pub mod task;
@@ -40,4 +42,4 @@ pub use client::{Handle, Prefetch, Sftp};
 pub use error::{ConnectionError, Error, Result};
 pub use proto::{FileAttributes, FileType, NameEntry, OpenFlags, StatusCode};
 pub use session::{File, Session};
-pub use transport::ConnectOptions;
+pub use transport::{ConnectOptions, Transport};

@@ -66,6 +66,21 @@ pub struct ConnectOptions {
     /// never times out. Unless zero, ssh also gets `-oServerAliveInterval` (a quarter of
     /// it, at most 15 s) when neither `ssh_options` nor ssh's configuration set one.
     pub timeout: Option<Duration>,
+    /// Which protocol carries transfers (see [`Transport`]); only
+    /// [`crate::backend::Backend::connect`] looks at it.
+    pub transport: Transport,
+}
+
+/// Which file transfer protocol to speak over ssh.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Transport {
+    /// SFTP, or the legacy scp protocol when the server has no SFTP subsystem.
+    #[default]
+    Auto,
+    /// SFTP only.
+    Sftp,
+    /// The legacy scp protocol only (`scp -t` / `scp -f` run on the server).
+    Scp,
 }
 
 impl ConnectOptions {
@@ -100,6 +115,32 @@ impl ConnectOptions {
 
     /// The program and arguments to run, without running them.
     pub fn command_line(&self) -> Result<(String, Vec<String>)> {
+        self.command_line_running(["-s", "sftp"])
+    }
+
+    /// The program and arguments that run `command` through the remote user's shell
+    /// (`ssh [options] -T -- HOST COMMAND`, no terminal): the same options and hardening
+    /// as [`ConnectOptions::command_line`]. `command` must be quoted for that shell.
+    /// Refused with `server_command`, which speaks SFTP only.
+    pub fn remote_command_line(&self, command: &str) -> Result<(String, Vec<String>)> {
+        if self.server_command.is_some() {
+            return Err(Error::InvalidInput(
+                "a local server command (-D) speaks SFTP only: it cannot run remote commands"
+                    .into(),
+            ));
+        }
+        self.command_line_running(["-T", command])
+    }
+
+    /// [`ConnectOptions::remote_command_line`] with what
+    /// [`ConnectOptions::resolved_command_line`] settles.
+    pub fn resolved_remote_command_line(&self, command: &str) -> Result<(String, Vec<String>)> {
+        let line = self.remote_command_line(command)?;
+        self.resolve(line)
+    }
+
+    /// `[flag] -- HOST what` after the options: `-s sftp` (a subsystem) or `-T COMMAND`.
+    fn command_line_running(&self, [flag, what]: [&str; 2]) -> Result<(String, Vec<String>)> {
         if let Some(cmd) = &self.server_command {
             let mut words = cmd.split_whitespace().map(str::to_string);
             let program = words
@@ -144,10 +185,10 @@ impl ConnectOptions {
             args.push(j.clone());
         }
         args.extend(HARDENING_OPTIONS.iter().map(|s| s.to_string()));
-        args.push("-s".to_string());
+        args.push(flag.to_string());
         args.push("--".to_string());
         args.push(host.to_string());
-        args.push("sftp".to_string());
+        args.push(what.to_string());
         let program = self
             .ssh_program
             .clone()
@@ -161,7 +202,13 @@ impl ConnectOptions {
     /// which reads ssh's configuration but does not connect. Neither is done with
     /// `ssh_program`, which may not understand `-G`.
     pub fn resolved_command_line(&self) -> Result<(String, Vec<String>)> {
-        let (program, mut args) = self.command_line()?;
+        let line = self.command_line()?;
+        self.resolve(line)
+    }
+
+    /// Settles the cipher order and `ServerAliveInterval` of a command line ending with
+    /// `FLAG -- HOST WHAT`.
+    fn resolve(&self, (program, mut args): (String, Vec<String>)) -> Result<(String, Vec<String>)> {
         if self.server_command.is_some() || self.ssh_program.is_some() {
             return Ok((program, args));
         }
@@ -170,7 +217,7 @@ impl ConnectOptions {
             log::debug!("no AES instructions on this CPU: keeping ssh's cipher order");
         }
         let alive = self.server_alive_interval();
-        // command_line() ends with "-s -- HOST sftp".
+        // command_line_running() ends with "FLAG -- HOST WHAT".
         let Some(host_at) = args.len().checked_sub(2) else {
             return Ok((program, args));
         };

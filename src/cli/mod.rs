@@ -15,6 +15,7 @@ pub mod mirror;
 pub mod ops;
 pub mod progress;
 pub mod reprepro;
+pub mod scp;
 pub mod serve;
 pub mod transfer;
 
@@ -216,6 +217,10 @@ pub struct GlobalArgs {
     /// seconds [default: 60; 0: wait forever]. An idle connection never times out
     #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(..=86_400_000))]
     pub timeout: Option<u64>,
+    /// Transfer with the legacy scp protocol (scp -t / scp -f run on the server) instead
+    /// of SFTP; only get and put. Without it, servers without SFTP get it anyway
+    #[arg(long)]
+    pub scp: bool,
 }
 
 impl GlobalArgs {
@@ -453,6 +458,13 @@ pub fn init_logging(global: &GlobalArgs) {
 /// Runs the command and returns the exit code; errors are printed on stderr.
 pub fn run(cli: Cli) -> i32 {
     let g = &cli.global;
+    if g.scp && !matches!(cli.command, Command::Get(_) | Command::Put(_)) {
+        let e = CliError::Sftp(sftpipe::Error::Unsupported(
+            "--scp: only get and put work over the scp protocol; this command needs SFTP".into(),
+        ));
+        exit::report(&e);
+        return e.code();
+    }
     let result = match cli.command {
         Command::Ls(a) => ops::ls(g, &a),
         Command::Stat(a) => ops::stat(g, &a),
@@ -578,6 +590,11 @@ pub fn connect_options(
         ssh_program: global.ssh.ssh_program.clone(),
         server_command: global.server_command.clone(),
         timeout: global.timeout(),
+        transport: if global.scp {
+            sftpipe::Transport::Scp
+        } else {
+            sftpipe::Transport::Auto
+        },
         ..ConnectOptions::default()
     };
     if o.server_command.is_none() {
@@ -619,8 +636,25 @@ pub fn connect_prefetching(
 pub fn connect_with(
     global: &GlobalArgs,
     spec: Option<&RemoteSpec>,
-    mut prefetch: sftpipe::Prefetch,
+    prefetch: sftpipe::Prefetch,
 ) -> Result<Session, CliError> {
+    let o = sftp_options(global, spec, prefetch)?;
+    log::info!("connecting: {}", o.label());
+    match Session::connect(&o) {
+        Err(sftpipe::Error::Connection(c)) if sftpipe::backend::no_sftp(&c) => Err(CliError::Sftp(
+            sftpipe::backend::needs_sftp("this command", &o),
+        )),
+        r => Ok(r?),
+    }
+}
+
+/// [`connect_options`] with `prefetch` (paths starting with `~` left out: they are
+/// expanded after connecting).
+pub fn sftp_options(
+    global: &GlobalArgs,
+    spec: Option<&RemoteSpec>,
+    mut prefetch: sftpipe::Prefetch,
+) -> Result<ConnectOptions, CliError> {
     let mut o = connect_options(global, spec)?;
     for paths in [
         &mut prefetch.stats,
@@ -630,8 +664,7 @@ pub fn connect_with(
         paths.retain(|p| !p.starts_with(b"~"));
     }
     o.prefetch = prefetch;
-    log::info!("connecting: {}", o.label());
-    Ok(Session::connect(&o)?)
+    Ok(o)
 }
 
 /// Expands a leading `~` or `~user` of a remote path with `expand-path@openssh.com`;

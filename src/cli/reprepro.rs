@@ -141,6 +141,7 @@ impl HookArgs {
             prefetch: Default::default(),
             keep_cipher_order: false,
             timeout: g.timeout(),
+            transport: sftpipe::Transport::Sftp,
         }
     }
 }

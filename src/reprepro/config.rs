@@ -181,6 +181,7 @@ impl HookConfig {
             timeout: cli
                 .timeout
                 .or_else(|| self.timeout.map(std::time::Duration::from_secs)),
+            transport: cli.transport,
         }
     }
 }

@@ -1,0 +1,112 @@
+//! `get` and `put` over the legacy scp protocol ([`sftpipe::scp`]), for servers without
+//! SFTP (found out when connecting) or with `--scp`.
+
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use sftpipe::Error;
+use sftpipe::backend::Backend;
+use sftpipe::location::RemoteSpec;
+use sftpipe::scp::{Report, Scp, ScpOptions};
+
+use super::GlobalArgs;
+use super::exit::{self, CliError};
+use super::transfer::{GetArgs, PutArgs};
+
+/// Connects for a transfer: SFTP (with `stats` and `dirs` prefetched), or scp when the
+/// server has none or `--scp` says so.
+pub fn connect_for_transfer(
+    g: &GlobalArgs,
+    spec: Option<&RemoteSpec>,
+    stats: &[&[u8]],
+    dirs: &[&[u8]],
+) -> Result<Backend, CliError> {
+    let prefetch = sftpipe::Prefetch {
+        stats: stats.iter().map(|p| p.to_vec()).collect(),
+        dirs: dirs.iter().map(|p| p.to_vec()).collect(),
+        guessed_dirs: Vec::new(),
+    };
+    let o = super::sftp_options(g, spec, prefetch)?;
+    log::info!("connecting: {}", o.label());
+    Ok(Backend::connect(&o)?)
+}
+
+/// What scp cannot do, refused before anything moves (exit 6).
+fn unsupported(what: &str) -> CliError {
+    CliError::Sftp(Error::Unsupported(format!(
+        "{what} needs SFTP: the scp protocol cannot do it"
+    )))
+}
+
+/// `get` over scp.
+pub fn get(g: &GlobalArgs, a: &GetArgs, scp: &Scp, remote: &[u8]) -> Result<i32, CliError> {
+    if sftpipe::glob::has_magic(remote) {
+        return Err(unsupported("a remote wildcard"));
+    }
+    if a.resume {
+        return Err(unsupported("resuming (-a)"));
+    }
+    if a.local.as_deref() == Some(Path::new("-")) {
+        return Err(unsupported("get to standard output"));
+    }
+    let local = a.local.clone().unwrap_or_else(|| PathBuf::from("."));
+    let name = sftpipe::transfer::remote_basename(remote);
+    let dest = if std::fs::metadata(&local).is_ok_and(|m| m.is_dir()) {
+        local.join(std::ffi::OsStr::from_bytes(name))
+    } else {
+        local
+    };
+    let o = ScpOptions {
+        recursive: a.recursive,
+        preserve: a.transfer.preserve,
+        follow_links: false,
+    };
+    let report = scp.get(remote, &dest, o)?;
+    Ok(finish(g, report))
+}
+
+/// `put` over scp: `locals` (checked to exist) into or as `remote`, in place.
+pub fn put(
+    g: &GlobalArgs,
+    a: &PutArgs,
+    scp: &Scp,
+    locals: &[&PathBuf],
+    remote: &[u8],
+) -> Result<i32, CliError> {
+    if a.resume {
+        return Err(unsupported("resuming (-a)"));
+    }
+    log::warn!(
+        "the scp protocol writes uploads in place: an interrupted upload leaves a partial \
+         file under its final name"
+    );
+    let mut named = Vec::with_capacity(locals.len());
+    for l in locals {
+        let Some(name) = super::transfer::local_name(l) else {
+            return Err(CliError::Usage(format!(
+                "cannot upload '{}' over scp: it has no name",
+                l.display()
+            )));
+        };
+        named.push(((*l).clone(), name.as_bytes().to_vec()));
+    }
+    let o = ScpOptions {
+        recursive: a.recursive,
+        preserve: a.transfer.preserve,
+        follow_links: a.upload.copy_links,
+    };
+    let report = scp.put(&named, remote, o)?;
+    Ok(finish(g, report))
+}
+
+/// Reports each failure and returns the batch's exit code.
+fn finish(g: &GlobalArgs, report: Report) -> i32 {
+    for (_, e) in &report.failures {
+        exit::report(e);
+    }
+    if !g.quiet {
+        log::info!("{} files, {} bytes over scp", report.files, report.bytes);
+    }
+    let total = report.files as usize + report.failures.len();
+    exit::batch_code(report.failures.iter().map(|(_, e)| e), total)
+}

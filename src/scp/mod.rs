@@ -1,0 +1,201 @@
+//! The legacy scp protocol, for servers without an SFTP subsystem: `put`/`put -r` run
+//! `scp -t` (a sink) on the server, `get`/`get -r` run `scp -f` (a source), each
+//! through ssh with the options and hardening of [`ConnectOptions`] and every path
+//! single-quoted for the remote user's shell ([`quote`]).
+//!
+//! * [`record`]: records (`C`, `D`, `E`, `T`) and replies, sans I/O, lengths bounded.
+//! * [`source`]: the checking parser for what a source sends (hostile-safe).
+//! * `upload` / `download`: the drivers; `conn`: the ssh child and its pipes.
+//!
+//! # Which waits are required
+//!
+//! Found against the real OpenSSH 9.2 `scp -t` (run directly with hand-made streams,
+//! and over ssh to OpenSSH's sshd and to Dropbear 2022.83, which runs the system's
+//! OpenSSH `scp`) and read in Dropbear's own `scp.c` sink, which has the same loop:
+//!
+//! * **A `C` header's `\0` must come before its data.** A sink that cannot open the file
+//!   answers `\1...` and goes straight back to reading records: data sent behind the
+//!   header is then read as records. Sending `C0644 23 isdir\n` (a directory on the
+//!   server) with the bytes `C0644 5 evil\nhello\0\0` behind it made OpenSSH's sink
+//!   create a file `evil`. So sftpipe waits for every header's answer.
+//! * **A `D` record's `\0` must come before the directory's contents**: after a refused
+//!   `D` the sink stays in the parent, and the contents would land one level up. A
+//!   refused directory is skipped whole (no `E`).
+//! * **The final `\0` after a file's data need not be awaited.** The sink reads every
+//!   announced byte even when writing fails ("keep reading so we stay sync'd up"), so
+//!   the next `T`/`C`/`D`/`E` goes out at once and the answers are matched in order
+//!   later. Sending three files without reading any reply worked with OpenSSH's sink.
+//! * `T` and `E` are always answered `\0` by a sink that parsed them; they are sent
+//!   without waiting. The sink's first `\0` (ready) is not awaited before the first
+//!   record either: it is sent before the sink reads anything. Junk from the remote
+//!   shell's startup files then shows as a protocol error.
+//!
+//! So a `put` of n files costs one round trip per file (the header's), not two as with
+//! OpenSSH's `scp`. A source (`get`) waits for an answer after every record and after
+//! every file's data; those waits cannot be cut, since the answer is what it waits for.
+//!
+//! # Limits
+//!
+//! The protocol has no rename: uploads write in place, so an interrupted upload leaves a
+//! partial file under its final name (downloads are written to a temporary name and
+//! renamed). No links (a tree's links are skipped unless followed), no listing, no
+//! removal: commands other than `get` and `put` need SFTP. No wildcards, no resume.
+
+mod conn;
+mod download;
+pub mod quote;
+pub mod record;
+pub mod source;
+mod upload;
+
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+use crate::proto::StatusCode;
+use crate::transport::ConnectOptions;
+
+/// What a transfer did: files and bytes that made it, and each failure with its path.
+#[derive(Debug, Default)]
+pub struct Report {
+    /// Files written whole.
+    pub files: u64,
+    /// Their bytes.
+    pub bytes: u64,
+    /// What failed, with the path shown for it.
+    pub failures: Vec<(String, Error)>,
+}
+
+/// Options of a transfer over scp.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ScpOptions {
+    /// Copy directories recursively (`-r`).
+    pub recursive: bool,
+    /// Keep modification times and permission bits (`-p`).
+    pub preserve: bool,
+    /// Uploads: send what local links point to (else links in trees are skipped).
+    pub follow_links: bool,
+}
+
+/// A server reached over the legacy scp protocol.
+#[derive(Debug, Clone)]
+pub struct Scp {
+    opts: ConnectOptions,
+}
+
+impl Scp {
+    /// scp over ssh with `opts` (a local `server_command` is refused when used).
+    pub fn new(opts: ConnectOptions) -> Scp {
+        Scp { opts }
+    }
+
+    /// The connection options.
+    pub fn options(&self) -> &ConnectOptions {
+        &self.opts
+    }
+
+    /// Uploads `locals` (each under its own name) to `remote` over one `scp -t`: into it
+    /// when it is a directory (it must be, for several), else as that name. In place.
+    pub fn put(
+        &self,
+        locals: &[(PathBuf, Vec<u8>)],
+        remote: &[u8],
+        o: ScpOptions,
+    ) -> Result<Report> {
+        let mut flags = String::new();
+        if o.recursive {
+            flags.push_str(" -r");
+        }
+        if o.preserve {
+            flags.push_str(" -p");
+        }
+        if locals.len() > 1 {
+            flags.push_str(" -d");
+        }
+        let conn = conn::Conn::start(&self.opts, &command("-t", &flags, remote)?)?;
+        let mut up = upload::Uploader::new(conn, remote, o.preserve, o.follow_links);
+        for (local, name) in locals {
+            up.send(local, name)?;
+        }
+        up.finish()
+    }
+
+    /// Downloads the file (or with `recursive` the tree) `remote` to `dest`, which is
+    /// the new name of the file or of the tree's top directory (an existing directory
+    /// there is merged into). Every record is checked; see [`source`].
+    pub fn get(&self, remote: &[u8], dest: &Path, o: ScpOptions) -> Result<Report> {
+        let name = crate::transfer::remote_basename(remote);
+        if let Some(why) = record::bad_name(name) {
+            return Err(Error::InvalidInput(format!(
+                "cannot download '{}' over scp: its last component is {why}; name the file \
+                 or directory itself",
+                String::from_utf8_lossy(remote)
+            )));
+        }
+        let mut flags = String::new();
+        if o.recursive {
+            flags.push_str(" -r");
+        }
+        if o.preserve {
+            flags.push_str(" -p");
+        }
+        let conn = conn::Conn::start(&self.opts, &command("-f", &flags, remote)?)?;
+        download::Downloader::new(conn, remote, name, dest, o.recursive, o.preserve).run()
+    }
+}
+
+/// `scp MODE FLAGS 'PATH'` for the remote shell.
+fn command(mode: &str, flags: &str, path: &[u8]) -> Result<String> {
+    let quoted = quote::shell_quote(&quote::remote_arg(path));
+    let quoted = String::from_utf8(quoted).map_err(|_| {
+        Error::InvalidInput(format!(
+            "remote path '{}' is not valid UTF-8",
+            String::from_utf8_lossy(path)
+        ))
+    })?;
+    Ok(format!("scp{flags} {mode} {quoted}"))
+}
+
+/// `dir/name` for messages.
+fn join_shown(dir: &str, name: &[u8]) -> String {
+    let name = String::from_utf8_lossy(name);
+    if dir.is_empty() || dir.ends_with('/') {
+        format!("{dir}{name}")
+    } else {
+        format!("{dir}/{name}")
+    }
+}
+
+/// A sink's or source's complaint as an error, with the status code its words mean
+/// (so that exit codes match SFTP's: not found 3, permission 4).
+fn remote_error(op: &'static str, path: &str, message: &str) -> Error {
+    let lower = message.to_ascii_lowercase();
+    let code = if lower.contains("no such file") {
+        StatusCode::NoSuchFile
+    } else if lower.contains("permission denied") {
+        StatusCode::PermissionDenied
+    } else {
+        StatusCode::Failure
+    };
+    let message = message.strip_prefix("scp: ").unwrap_or(message).to_string();
+    Error::Status {
+        op,
+        path: path.to_string(),
+        code,
+        message,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_quote_the_path() {
+        assert_eq!(
+            command("-t", " -r", b"a b'c").unwrap(),
+            "scp -r -t 'a b'\\''c'"
+        );
+        assert_eq!(command("-f", "", b"-x").unwrap(), "scp -f './-x'");
+        assert_eq!(command("-t", "", b"").unwrap(), "scp -t '.'");
+    }
+}

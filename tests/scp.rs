@@ -1,0 +1,303 @@
+//! The scp fallback against real servers: OpenSSH's sshd without its SFTP subsystem
+//! (the automatic fallback), Dropbear without an sftp-server (embedded hosts), and a
+//! hostile scp source run as the "ssh program".
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+use common::dropbear::{Dropbear, dropbear_available};
+use common::tree::differences;
+use common::{Sshd, random_bytes, read_file, sftpipe_bin, sshd_available, write_file};
+
+const FALLBACK: &str = "; using scp protocol";
+
+fn sftpipe(args: &[String], extra: &[&str]) -> Output {
+    Command::new(sftpipe_bin())
+        .args(args)
+        .args(extra)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run sftpipe")
+}
+
+fn explain(out: &Output) -> String {
+    format!(
+        "status {}\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Names the remote shell and scp must take literally.
+const ODD: [&str; 9] = [
+    "plain.txt",
+    "sp ace.bin",
+    "q'uote\"s",
+    "dollar $HOME $(id)",
+    "back`id`tick",
+    "-dash",
+    "sub dir/-x",
+    "sub dir/deeper/empty",
+    "ünï €",
+];
+
+fn odd_local_tree(root: &Path) {
+    for (i, name) in ODD.iter().enumerate() {
+        let size = match i {
+            1 => 300_000,
+            7 => 0,
+            _ => 100 + i * 777,
+        };
+        write_file(root.join(name), random_bytes(size, i as u64));
+    }
+    fs::create_dir_all(root.join("empty dir")).unwrap();
+    fs::set_permissions(root.join("plain.txt"), fs::Permissions::from_mode(0o640)).unwrap();
+}
+
+/// put, put -r -p, several files into a directory, a target with a newline, get, get -r
+/// -p: everything compared byte for byte. `conn` is the connection options and
+/// `extra` comes before the command (e.g. --scp); `banner` whether the fallback is said.
+fn exercise(conn: &[String], host: &str, banner: bool) {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    odd_local_tree(&src);
+    let remote = tmp.path().join("remote");
+    fs::create_dir_all(&remote).unwrap();
+    let r = |rel: &str| format!("{host}:{}/{rel}", remote.display());
+    let s = |rel: &str| src.join(rel).display().to_string();
+
+    // One file, to a new name that starts with a dash.
+    let out = sftpipe(conn, &["put", &s("sp ace.bin"), &r("-single")]);
+    assert!(out.status.success(), "{}", explain(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).contains(FALLBACK),
+        banner,
+        "{}",
+        explain(&out)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("in place"),
+        "{}",
+        explain(&out)
+    );
+    assert_eq!(
+        read_file(remote.join("-single")),
+        read_file(src.join("sp ace.bin"))
+    );
+
+    // A tree with times and modes.
+    let out = sftpipe(conn, &["put", "-r", "-p", &s(""), &r("tree")]);
+    assert!(out.status.success(), "{}", explain(&out));
+    assert_eq!(
+        differences(&src, &remote.join("tree"), 10),
+        Vec::<String>::new()
+    );
+    let (a, b) = (
+        fs::metadata(src.join("q'uote\"s")).unwrap(),
+        fs::metadata(remote.join("tree/q'uote\"s")).unwrap(),
+    );
+    assert_eq!(a.mtime(), b.mtime());
+    assert_eq!(
+        fs::metadata(remote.join("tree/plain.txt")).unwrap().mode() & 0o777,
+        0o640
+    );
+
+    // Several files into an existing directory; a target whose directory has a newline.
+    let into = remote.join("into");
+    fs::create_dir_all(&into).unwrap();
+    let out = sftpipe(
+        conn,
+        &[
+            "put",
+            &s("-dash"),
+            &s("back`id`tick"),
+            &s("dollar $HOME $(id)"),
+            &r("into"),
+        ],
+    );
+    assert!(out.status.success(), "{}", explain(&out));
+    for n in ["-dash", "back`id`tick", "dollar $HOME $(id)"] {
+        assert_eq!(read_file(into.join(n)), read_file(src.join(n)), "{n}");
+    }
+    fs::create_dir_all(remote.join("new\nline")).unwrap();
+    let out = sftpipe(conn, &["put", &s("plain.txt"), &r("new\nline/x 'y'")]);
+    assert!(out.status.success(), "{}", explain(&out));
+    assert_eq!(
+        read_file(remote.join("new\nline/x 'y'")),
+        read_file(src.join("plain.txt"))
+    );
+
+    // Downloads: one file, one from the newline directory, and the tree.
+    let got = tmp.path().join("got");
+    fs::create_dir_all(&got).unwrap();
+    let out = sftpipe(
+        conn,
+        &["get", &r("tree/q'uote\"s"), &got.display().to_string()],
+    );
+    assert!(out.status.success(), "{}", explain(&out));
+    assert_eq!(
+        read_file(got.join("q'uote\"s")),
+        read_file(src.join("q'uote\"s"))
+    );
+    let out = sftpipe(
+        conn,
+        &[
+            "get",
+            &r("new\nline/x 'y'"),
+            &got.join("-nl").display().to_string(),
+        ],
+    );
+    assert!(out.status.success(), "{}", explain(&out));
+    assert_eq!(read_file(got.join("-nl")), read_file(src.join("plain.txt")));
+    let out = sftpipe(
+        conn,
+        &[
+            "get",
+            "-r",
+            "-p",
+            &r("tree"),
+            &got.join("tree").display().to_string(),
+        ],
+    );
+    assert!(out.status.success(), "{}", explain(&out));
+    assert_eq!(
+        differences(&src, &got.join("tree"), 10),
+        Vec::<String>::new()
+    );
+    let b = fs::metadata(got.join("tree/q'uote\"s")).unwrap();
+    assert_eq!(a.mtime(), b.mtime());
+    let leftovers: Vec<_> = fs::read_dir(&got)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().contains("sftpipe-scp"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+
+    // What needs SFTP fails with exit 6, saying why.
+    let out = sftpipe(conn, &["ls", &r("")]);
+    assert_eq!(out.status.code(), Some(6), "{}", explain(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("needs SFTP"),
+        "{}",
+        explain(&out)
+    );
+}
+
+#[test]
+fn openssh_without_the_sftp_subsystem_falls_back_to_scp() {
+    if !sshd_available() {
+        return;
+    }
+    let sshd = Sshd::start_with_config(common::without_sftp_subsystem);
+    let conn = sshd.sftp_args();
+    exercise(&conn, &sshd.destination(), true);
+    let forced: Vec<String> = [vec!["--scp".to_string()], conn].concat();
+    exercise(&forced, &sshd.destination(), false);
+    let out = sftpipe(
+        &forced,
+        &["rm", &format!("{}:/nonexistent", sshd.destination())],
+    );
+    assert_eq!(out.status.code(), Some(6), "{}", explain(&out));
+}
+
+#[test]
+fn dropbear_without_an_sftp_server_falls_back_to_scp() {
+    if !dropbear_available() {
+        return;
+    }
+    let db = Dropbear::start();
+    let conn = db.sftpipe_args();
+    exercise(&conn, "root@127.0.0.1", true);
+    let forced: Vec<String> = [vec!["--scp".to_string()], conn].concat();
+    exercise(&forced, "root@127.0.0.1", false);
+}
+
+/// A fake "ssh" that plays an scp source sending `stream`, then reads until the end.
+fn hostile_ssh(dir: &Path, stream: &[u8]) -> String {
+    let data = dir.join("stream");
+    fs::write(&data, stream).unwrap();
+    let script = dir.join("fake-ssh");
+    fs::write(
+        &script,
+        format!("#!/bin/sh\ncat '{}'\nexec cat >/dev/null\n", data.display()),
+    )
+    .unwrap();
+    fs::set_permissions(&script, fs::Permissions::from_mode(0o755)).unwrap();
+    script.display().to_string()
+}
+
+#[test]
+fn a_hostile_scp_source_is_refused_and_writes_nothing_outside_the_target() {
+    let cases: [(&str, bool, &[u8]); 11] = [
+        ("another name", false, b"C0644 3 b\nabc\0"),
+        ("a second file", false, b"C0644 3 a\nabc\0C0644 3 b\nabc\0"),
+        ("a parent name", false, b"C0644 3 ../a\nabc\0"),
+        (
+            "an absolute name",
+            true,
+            b"D0755 0 a\nC0644 3 /tmp/evil\nabc\0E\n",
+        ),
+        (
+            "a dot-dot directory",
+            true,
+            b"D0755 0 a\nD0755 0 ..\nC0644 3 evil\nabc\0E\nE\n",
+        ),
+        ("a dot directory", true, b"D0755 0 a\nD0755 0 .\nE\nE\n"),
+        (
+            "an unmatched E",
+            true,
+            b"D0755 0 a\nE\nE\nC0644 3 evil\nabc\0",
+        ),
+        ("an empty name", false, b"C0644 3 \nabc\0"),
+        ("a NUL in the name", false, b"C0644 3 a\0b\nabc\0"),
+        ("fewer bytes than announced", false, b"C0644 10 a\nabc"),
+        ("more bytes than announced", false, b"C0644 1 a\nabc\0"),
+    ];
+    for (what, recursive, stream) in cases {
+        let tmp = tempfile::tempdir().unwrap();
+        let ssh = hostile_ssh(tmp.path(), stream);
+        let outside = tmp.path().join("outside");
+        let target = outside.join("target");
+        fs::create_dir_all(&target).unwrap();
+        let mut args = vec!["-S".to_string(), ssh, "--scp".into(), "get".into()];
+        if recursive {
+            args.push("-r".into());
+        }
+        let dest = target.join("a").display().to_string();
+        args.extend(["h:/srv/a".to_string(), dest]);
+        let out = sftpipe(&args, &[]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(6), "{what}: {}", explain(&out));
+        assert!(err.contains("protocol error"), "{what}: {}", explain(&out));
+        assert!(!err.contains("panicked"), "{what}: {}", explain(&out));
+        // Nothing but the target directory and (for trees) the refused tree's top.
+        let mut found = Vec::new();
+        let mut stack = vec![outside.clone()];
+        while let Some(d) = stack.pop() {
+            for e in fs::read_dir(&d).unwrap().flatten() {
+                if e.file_type().unwrap().is_dir() {
+                    stack.push(e.path());
+                } else {
+                    found.push(e.path());
+                }
+            }
+        }
+        // The requested file may be whole before a second one is refused.
+        if what == "a second file" {
+            found.retain(|f| *f != target.join("a") || read_file(f) != b"abc");
+        }
+        assert!(found.is_empty(), "{what}: files written: {found:?}");
+        assert!(
+            !Path::new("/tmp/evil").exists()
+                || fs::metadata("/tmp/evil").is_ok_and(|m| m.len() != 3),
+            "{what}"
+        );
+        assert!(!tmp.path().join("evil").exists(), "{what}");
+    }
+}
