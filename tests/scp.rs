@@ -125,6 +125,26 @@ fn exercise(conn: &[String], host: &str, banner: bool) {
     for n in ["-dash", "back`id`tick", "dollar $HOME $(id)"] {
         assert_eq!(read_file(into.join(n)), read_file(src.join(n)), "{n}");
     }
+    // A tree into an existing directory (over several sessions, times of its top set
+    // last), and one over a single session.
+    let out = sftpipe(conn, &["put", "-r", "-p", &s(""), &r("into")]);
+    assert!(out.status.success(), "{}", explain(&out));
+    assert_eq!(
+        differences(&src, &into.join("src"), 10),
+        Vec::<String>::new()
+    );
+    let top = |p: &Path| fs::metadata(p).unwrap().mtime();
+    assert_eq!(top(&src), top(&into.join("src")));
+    assert_eq!(top(&src.join("sub dir")), top(&into.join("src/sub dir")));
+    let out = sftpipe(
+        conn,
+        &["put", "-r", "--max-open", "1", &s(""), &r("one session")],
+    );
+    assert!(out.status.success(), "{}", explain(&out));
+    assert_eq!(
+        differences(&src, &remote.join("one session"), 10),
+        Vec::<String>::new()
+    );
     fs::create_dir_all(remote.join("new\nline")).unwrap();
     let out = sftpipe(conn, &["put", &s("plain.txt"), &r("new\nline/x 'y'")]);
     assert!(out.status.success(), "{}", explain(&out));

@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # sftpipe benchmark: sftpipe and its peers side by side, in one run, against a throwaway sshd.
 #
-# Usage: contrib/bench/run.sh [--quick] [--only loopback|rtt20] [--repeat N] [--out FILE]
+# Usage: contrib/bench/run.sh [--quick] [--only loopback|rtt20|scp] [--repeat N] [--out FILE]
 #                             [--timeout SECS] [--max-time SECS] [--keep] [--disk]
 #
 #   --quick          smoke run: 128 MiB big file, no 5,000-file trees, no 2 GiB / 10,000-file memory
 #                    runs (memory is then measured on the 128 MiB file and the 500-file tree, and
 #                    "one changed file" uses the 500-file tree); takes a few minutes
-#   --only COND      run only one network condition: loopback or rtt20
+#   --only COND      run only one network condition: loopback or rtt20; or only the scp fallback
+#                    rows (scp)
 #   --repeat N       time every command N times (peers interleaved) and report the median (default 1)
 #   --out FILE       also write the Markdown report to FILE (it always goes to stdout)
 #   --timeout SECS   per-command limit (default 300); a command that hits it is reported FAILED
@@ -98,7 +99,7 @@ while (($#)); do
     esac
     shift
 done
-case $ONLY in "" | loopback | rtt20) ;; *) echo "run.sh: --only takes loopback or rtt20" >&2; exit 2 ;; esac
+case $ONLY in "" | loopback | rtt20 | scp) ;; *) echo "run.sh: --only takes loopback, rtt20 or scp" >&2; exit 2 ;; esac
 for v in REPEAT CMD_TIMEOUT MAX_TIME; do
     [[ ${!v} =~ ^[1-9][0-9]*$ ]] || { echo "run.sh: ${v,,} must be a positive integer" >&2; exit 2; }
 done
@@ -164,6 +165,7 @@ cleanup() {
     local rc=$?
     trap - EXIT INT TERM
     if [ -n "$CHILD" ]; then kill -TERM -- "-$CHILD" 2>/dev/null || true; fi
+    if [ -n "${SCP_SSHD_PID:-}" ]; then kill "$SCP_SSHD_PID" 2>/dev/null || true; fi
     if [ -n "$SSHD_PID" ]; then
         kill "$SSHD_PID" 2>/dev/null || true
         for _ in 1 2 3 4 5 6 7 8 9 10; do kill -0 "$SSHD_PID" 2>/dev/null || break; sleep 0.1; done
@@ -569,10 +571,84 @@ run_memory() {
     rm -rf "$R/mem.t" "$L/mem.t"
 }
 
+# ---------------------------------------------------------------------------------------------
+# scp fallback rows (issue 18): sftpipe against a second sshd WITHOUT the SFTP subsystem, so it
+# falls back to the legacy scp protocol by itself (the failed SFTP attempt is in the time), beside
+# OpenSSH's scp -O (legacy protocol) against the same server; rtt20 only. Targets: the 500-file
+# tree upload <= 0.5x scp -O -r, the 512 MiB file <= 1.0x scp -O.
+
+SCP_SSHD_PID=""
+start_scp_sshd() { # a copy of the main sshd's config without its Subsystem line
+    local cfg=$WORK/ssh/sshd_config.noscp pidfile=$WORK/ssh/sshd.noscp.pid attempt
+    for attempt in 1 2 3 4 5; do
+        SCP_PORT=$(free_port)
+        grep -v -e '^Subsystem' -e '^Port' -e '^PidFile' "$WORK/ssh/sshd_config" >"$cfg"
+        printf 'Port %s\nPidFile %s\n' "$SCP_PORT" "$pidfile" >>"$cfg"
+        rm -f "$pidfile"
+        /usr/sbin/sshd -f "$cfg" -E "$WORK/ssh/sshd.noscp.log" || continue
+        for _ in $(seq 50); do [ -s "$pidfile" ] && break; sleep 0.1; done
+        [ -s "$pidfile" ] || continue
+        SCP_SSHD_PID=$(cat "$pidfile")
+        for _ in $(seq 50); do
+            timeout 10 ssh -p "$SCP_PORT" "${BASE_OPTS[@]}" "$H" true </dev/null 2>/dev/null && return 0
+            sleep 0.1
+        done
+        kill "$SCP_SSHD_PID" 2>/dev/null || true
+        SCP_SSHD_PID=""
+    done
+    die "could not start the sshd without SFTP"
+}
+scpo_up() { TO "${SCPO[@]}" "$1" "$H:$2"; }
+scpo_down() { TO "${SCPO[@]}" "$H:$1" "$2"; }
+scpo_up_r() { TO "${SCPO[@]}" -r "$1" "$H:$2"; }
+scpo_down_r() { TO "${SCPO[@]}" -r "$H:$1" "$2"; }
+spf_put() { TO "${SPF[@]}" put --progress=none "$1" "$H:$2"; }
+spf_get() { TO "${SPF[@]}" get --progress=none "$H:$1" "$2"; }
+spf_put_r() { TO "${SPF[@]}" put -r --progress=none "$1" "$H:$2"; }
+spf_get_r() { TO "${SPF[@]}" get -r --progress=none "$H:$1" "$2"; }
+
+run_scp_fallback() {
+    start_scp_sshd
+    setup_round rtt20
+    ROUND=scp-rtt20
+    local pc="ProxyCommand=$PY $RELAY 127.0.0.1 $SCP_PORT 0.010"
+    SCPO=(scp -O -q -P "$SCP_PORT" "${BASE_OPTS[@]}" -o "$pc")
+    SPF=("$BIN" -q -P "$SCP_PORT" "${BASE_OPTS[@]}" -o "$pc")
+    log "=== scp fallback (sshd without SFTP on port $SCP_PORT, rtt20) ==="
+    bench "500 files, upload" "scp -O -r" - \
+        "scp -O -r|rmrf $R/f500.scp|scpo_up_r $T500 $R/f500.scp|same_tree $T500 $R/f500.scp" \
+        "sftpipe put -r (scp)|rmrf $R/f500.sp|spf_put_r $T500 $R/f500.sp|same_tree $T500 $R/f500.sp"
+    bench "500 files, download" "scp -O -r" - \
+        "scp -O -r|rmrf $L/f500.scp|scpo_down_r $T500 $L/f500.scp|same_tree $T500 $L/f500.scp" \
+        "sftpipe get -r (scp)|rmrf $L/f500.sp|spf_get_r $T500 $L/f500.sp|same_tree $T500 $L/f500.sp"
+    bench "$BIGW, upload" "scp -O" - \
+        "scp -O|rmrf $R/fbig.scp|scpo_up $BIG $R/fbig.scp|same_file_rm $BIG $R/fbig.scp" \
+        "sftpipe put (scp)|rmrf $R/fbig.sp|spf_put $BIG $R/fbig.sp|same_file_rm $BIG $R/fbig.sp"
+    bench "$BIGW, download" "scp -O" - \
+        "scp -O|rmrf $L/fbig.scp|scpo_down $BIG $L/fbig.scp|same_file_rm $BIG $L/fbig.scp" \
+        "sftpipe get (scp)|rmrf $L/fbig.sp|spf_get $BIG $L/fbig.sp|same_file_rm $BIG $L/fbig.sp"
+    rm -rf "$R"/f500.* "$L"/f500.*
+    kill "$SCP_SSHD_PID" 2>/dev/null || true
+    SCP_SSHD_PID=""
+}
+
+scp_fallback_targets() { # target() with a factor: NAME KEY REFKEY FACTOR
+    local v=${RES[$2]:-} r=${RES[$3]:-} q res
+    if ! isnum "$v" || ! isnum "$r"; then
+        [ -z "$v$r" ] || TARGETS+=("| $1 | ${v%% (*} vs ${r%% (*} | FAIL |")
+        return
+    fi
+    q=$(ratio "$v" "$r")
+    if awk -v a="$v" -v b="$r" -v f="$4" 'BEGIN { exit !(a <= b * f) }'; then res=PASS; else res=FAIL; fi
+    TARGETS+=("| $1 | $(printf '%.2f' "$v") s vs $(printf '%.2f' "$r") s = ${q}× | $res |")
+}
+# ---------------------------------------------------------------------------------------------
+
 LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
-if [ "$ONLY" != rtt20 ]; then run_round loopback; fi
-if [ "$ONLY" != loopback ]; then run_round rtt20; fi
-if [ "$ONLY" != rtt20 ]; then run_memory; fi
+if [ -z "$ONLY" ] || [ "$ONLY" = loopback ]; then run_round loopback; fi
+if [ -z "$ONLY" ] || [ "$ONLY" = rtt20 ]; then run_round rtt20; fi
+if [ -z "$ONLY" ] || [ "$ONLY" = loopback ]; then run_memory; fi
+if [ -z "$ONLY" ] || [ "$ONLY" = scp ]; then run_scp_fallback; fi
 LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
 TOTAL=$(elapsed)
 
@@ -614,7 +690,9 @@ report() {
         if [ "$round" != "$cur" ]; then
             cur=$round
             echo
-            if [ "$round" = loopback ]; then echo "## loopback (direct)"; else echo "## rtt20 (20 ms RTT)"; fi
+            if [ "$round" = loopback ]; then echo "## loopback (direct)"
+            elif [ "$round" = scp-rtt20 ]; then echo "## scp fallback: sshd without SFTP (20 ms RTT)"
+            else echo "## rtt20 (20 ms RTT)"; fi
             echo
             echo "| workload | peer | seconds | ratio |"
             echo "|---|---|---:|---:|"
@@ -635,8 +713,8 @@ report() {
     echo
     echo "## memory (sftpipe, loopback)"
     echo
-    if [ "$ONLY" = rtt20 ]; then
-        echo "not run (--only rtt20)"
+    if [ "$ONLY" = rtt20 ] || [ "$ONLY" = scp ]; then
+        echo "not run (--only $ONLY)"
     else
         echo "| workload | peak RSS | seconds | < 64 MiB |"
         echo "|---|---:|---:|---|"
@@ -686,6 +764,9 @@ target "mirror no-op 500 files ≤ 1.0× rsync (rtt20)" "rtt20|mirror: no-op, 50
 if ((QUICK)); then cw="mirror: 1 changed of 500 files"; else cw="mirror: 1 changed of 5,000 files"; fi
 target "$cw ≤ 1.0× rsync (rtt20)" "rtt20|$cw|sftpipe mirror" "rtt20|$cw|rsync -a"
 target "mirror fresh 5,000 files ≤ 1.0× rsync (loopback)" "loopback|mirror: fresh, 5,000 files|sftpipe mirror" "loopback|mirror: fresh, 5,000 files|rsync -a"
+
+scp_fallback_targets "scp fallback: 500 files put -r ≤ 0.5× scp -O -r (rtt20)" "scp-rtt20|500 files, upload|sftpipe put -r (scp)" "scp-rtt20|500 files, upload|scp -O -r" 0.5
+scp_fallback_targets "scp fallback: $BIGW put ≤ 1.0× scp -O (rtt20)" "scp-rtt20|$BIGW, upload|sftpipe put (scp)" "scp-rtt20|$BIGW, upload|scp -O" 1.0
 
 report >"$WORK/report.md"
 cat "$WORK/report.md"

@@ -60,6 +60,7 @@ pub fn get(g: &GlobalArgs, a: &GetArgs, scp: &Scp, remote: &[u8]) -> Result<i32,
         recursive: a.recursive,
         preserve: a.transfer.preserve,
         follow_links: false,
+        sessions: 1,
     };
     let report = scp.get(remote, &dest, o)?;
     Ok(finish(g, report))
@@ -94,6 +95,8 @@ pub fn put(
         recursive: a.recursive,
         preserve: a.transfer.preserve,
         follow_links: a.upload.copy_links,
+        // One file open at a time per session: --max-open is the number of sessions.
+        sessions: a.transfer.max_open.unwrap_or(0),
     };
     let report = scp.put(&named, remote, o)?;
     Ok(finish(g, report))

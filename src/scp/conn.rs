@@ -105,6 +105,33 @@ impl Conn {
         Ok(&self.buf[self.start..self.end])
     }
 
+    /// One line (without its newline) of at most `max` bytes, read before the scp
+    /// protocol starts (what a wrapping shell command says).
+    pub fn read_line(&mut self, max: usize) -> Result<Vec<u8>> {
+        let mut line = Vec::new();
+        loop {
+            let input = self.peek()?.to_vec();
+            if input.is_empty() {
+                return Err(self.lost());
+            }
+            let (take, done) = match input.iter().position(|&b| b == b'\n') {
+                Some(i) => (i, true),
+                None => (input.len(), false),
+            };
+            if line.len() + take > max {
+                return Err(Error::Protocol(format!(
+                    "unexpected output from the remote shell: '{}'",
+                    String::from_utf8_lossy(&[&line[..], &input[..take]].concat())
+                )));
+            }
+            line.extend_from_slice(&input[..take]);
+            self.consume(take + usize::from(done));
+            if done {
+                return Ok(line);
+            }
+        }
+    }
+
     /// Marks `n` peeked bytes consumed.
     pub fn consume(&mut self, n: usize) {
         self.start = (self.start + n).min(self.end);

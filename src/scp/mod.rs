@@ -43,6 +43,7 @@
 
 mod conn;
 mod download;
+mod parallel;
 pub mod quote;
 pub mod record;
 pub mod source;
@@ -74,7 +75,11 @@ pub struct ScpOptions {
     pub preserve: bool,
     /// Uploads: send what local links point to (else links in trees are skipped).
     pub follow_links: bool,
+    /// Uploads: scp sessions (ssh connections) at once; 0: [`DEFAULT_SESSIONS`].
+    pub sessions: usize,
 }
+
+pub use parallel::DEFAULT_SESSIONS;
 
 /// A server reached over the legacy scp protocol.
 #[derive(Debug, Clone)]
@@ -101,6 +106,24 @@ impl Scp {
         remote: &[u8],
         o: ScpOptions,
     ) -> Result<Report> {
+        let sessions = if o.sessions == 0 {
+            DEFAULT_SESSIONS
+        } else {
+            o.sessions
+        };
+        if sessions > 1 {
+            match locals {
+                [(local, name)] if o.recursive && local.is_dir() => {
+                    if let Some(r) =
+                        parallel::put_tree(&self.opts, local, name, remote, o, sessions)?
+                    {
+                        return Ok(r);
+                    }
+                }
+                [_, _, ..] => return parallel::put_many(&self.opts, locals, remote, o, sessions),
+                _ => {}
+            }
+        }
         let mut flags = String::new();
         if o.recursive {
             flags.push_str(" -r");

@@ -128,9 +128,9 @@ fn number(s: &[u8]) -> Option<u64> {
     std::str::from_utf8(s).ok()?.parse().ok()
 }
 
-/// Permission bits as 3 to 5 octal digits, at most `0o7777`.
+/// Permission bits as exactly 4 octal digits, as OpenSSH and Dropbear send and take.
 fn octal(s: &[u8]) -> Option<u32> {
-    if !(3..=5).contains(&s.len()) || !s.iter().all(|b| (b'0'..=b'7').contains(b)) {
+    if s.len() != 4 || !s.iter().all(|b| (b'0'..=b'7').contains(b)) {
         return None;
     }
     let m = u32::from_str_radix(std::str::from_utf8(s).ok()?, 8).ok()?;

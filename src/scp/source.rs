@@ -299,7 +299,7 @@ mod tests {
     fn a_tree_in_any_split_gives_the_same_events() {
         let s = b"D0755 0 top\nT5 0 6 0\nC0644 3 a b\nxyz\0C0600 0 e\n\0D0700 0 sub\nE\nE\n";
         let want = run("top", true, s, s.len()).unwrap();
-        assert_eq!(want.iter().filter(|e| e.needs_ack()).count(), 8);
+        assert_eq!(want.iter().filter(|e| e.needs_ack()).count(), 9);
         assert_eq!(
             want[2],
             Event::Start {

@@ -189,6 +189,33 @@ impl Uploader {
         meta: &fs::Metadata,
         shown: &str,
     ) -> Result<()> {
+        let entries = match list_dir(local) {
+            Ok(e) => e,
+            Err(e) => {
+                self.report.failures.push((shown.to_string(), e));
+                return Ok(());
+            }
+        };
+        if !self.open_dir(name, meta, shown)? {
+            return Ok(());
+        }
+        let target = std::mem::replace(&mut self.target, shown.to_string());
+        let mut r = Ok(());
+        for (path, name) in entries {
+            r = self.send_entry(&path, &name);
+            if r.is_err() {
+                break;
+            }
+        }
+        self.target = target;
+        r?;
+        self.close_dir()
+    }
+
+    /// Sends `D` for a directory (with `T` first with `-p`) and waits for its answer:
+    /// false when the sink refused it (then it is in the report, and nothing goes in).
+    /// The directory's entries go next (shown under `shown`), then [`Uploader::close_dir`].
+    pub fn open_dir(&mut self, name: &[u8], meta: &fs::Metadata, shown: &str) -> Result<bool> {
         let record = Record::Dir {
             mode: meta.mode(),
             name: name.to_vec(),
@@ -197,19 +224,9 @@ impl Uploader {
             Ok(r) => r,
             Err(e) => {
                 self.report.failures.push((shown.to_string(), e));
-                return Ok(());
+                return Ok(false);
             }
         };
-        let mut entries =
-            match fs::read_dir(local).and_then(|d| d.collect::<std::io::Result<Vec<_>>>()) {
-                Ok(e) => e,
-                Err(e) => {
-                    let e = Error::local(format!("cannot list {}", local.display()), e);
-                    self.report.failures.push((shown.to_string(), e));
-                    return Ok(());
-                }
-            };
-        entries.sort_by_key(|e| e.file_name());
         self.send_times(meta)?;
         self.conn.write_all(&record)?;
         self.pending.push_back(Pending::Dir);
@@ -218,26 +235,27 @@ impl Uploader {
             self.report
                 .failures
                 .push((shown.to_string(), remote_error("scp", shown, &m)));
-            return Ok(());
+            return Ok(false);
         }
-        let target = std::mem::replace(&mut self.target, shown.to_string());
-        let mut r = Ok(());
-        for e in entries {
-            r = self.send_entry(&e.path(), e.file_name().as_bytes());
-            if r.is_err() {
-                break;
-            }
-        }
-        self.target = target;
-        r?;
+        Ok(true)
+    }
+
+    /// Sends `E`: the directory [`Uploader::open_dir`] opened is complete (with `-p` the
+    /// sink sets its times now).
+    pub fn close_dir(&mut self) -> Result<()> {
         self.conn.write_all(&Record::EndDir.encode()?)?;
         self.pending.push_back(Pending::End);
         Ok(())
     }
 
+    /// Paths in messages are shown under `dir` from now on.
+    pub fn show_under(&mut self, dir: &str) {
+        self.target = dir.to_string();
+    }
+
     /// An entry of a directory being sent: links are followed with `follow_links`, else
     /// skipped (scp cannot make links).
-    fn send_entry(&mut self, path: &Path, name: &[u8]) -> Result<()> {
+    pub fn send_entry(&mut self, path: &Path, name: &[u8]) -> Result<()> {
         let is_link = fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink());
         if is_link && !self.follow_links {
             let shown = super::join_shown(&self.target, name);
@@ -313,4 +331,17 @@ impl Uploader {
     fn ended(&mut self) -> Error {
         self.conn.lost()
     }
+}
+
+/// A directory's entries, sorted by name: each path with its name.
+pub fn list_dir(dir: &Path) -> Result<Vec<(std::path::PathBuf, Vec<u8>)>> {
+    let entries = fs::read_dir(dir)
+        .and_then(|d| d.collect::<std::io::Result<Vec<_>>>())
+        .map_err(|e| Error::local(format!("cannot list {}", dir.display()), e))?;
+    let mut out: Vec<_> = entries
+        .into_iter()
+        .map(|e| (e.path(), e.file_name().as_bytes().to_vec()))
+        .collect();
+    out.sort_by(|a, b| a.1.cmp(&b.1));
+    Ok(out)
 }
