@@ -9,6 +9,8 @@
 //! * [`Sftp`]: the same operations as futures, to run many at once with [`Session::run`]
 //!   and [`task::spawn`].
 //! * [`proto`]: the wire format, pure and I/O-free.
+//! * [`backend::Backend`]: SFTP, or for servers without it the legacy scp protocol
+//!   ([`scp`]), for `get` and `put`.
 //!
 //! ```no_run
 //! use sftpipe::{ConnectOptions, Session};

@@ -432,6 +432,24 @@ mod tests {
     }
 
     #[test]
+    fn remote_commands_get_the_same_options_and_no_terminal() {
+        let o = ConnectOptions {
+            host: Some("example.org".into()),
+            port: Some(2222),
+            ..Default::default()
+        };
+        let (_, args) = o.remote_command_line("scp -t 'a b'").unwrap();
+        assert_eq!(
+            &args[args.len() - 4..],
+            ["-T", "--", "example.org", "scp -t 'a b'"]
+        );
+        assert!(args.iter().any(|a| a == "-oForwardAgent=no"));
+        assert!(args.windows(2).any(|w| w == ["-p", "2222"]));
+        let local = ConnectOptions::local_server("/usr/lib/openssh/sftp-server");
+        assert!(local.remote_command_line("scp -t .").is_err());
+    }
+
+    #[test]
     fn option_like_hosts_are_refused() {
         for h in ["-oProxyCommand=touch /tmp/pwned", "-v", "", "a b"] {
             let o = ConnectOptions::host(h);
