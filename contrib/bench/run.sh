@@ -575,7 +575,8 @@ run_memory() {
 # scp fallback rows (issue 18): sftpipe against a second sshd WITHOUT the SFTP subsystem, so it
 # falls back to the legacy scp protocol by itself (the failed SFTP attempt is in the time), beside
 # OpenSSH's scp -O (legacy protocol) against the same server; rtt20 only. Targets: the 500-file
-# tree upload <= 0.5x scp -O -r, the 512 MiB file <= 1.0x scp -O.
+# tree upload <= 0.5x scp -O -r, the 512 MiB file <= 1.0x scp -O. The big file also runs with
+# --scp (no SFTP attempt first): the difference is what finding out costs (one ssh connection).
 
 SCP_SSHD_PID=""
 start_scp_sshd() { # a copy of the main sshd's config without its Subsystem line
@@ -606,6 +607,8 @@ spf_put() { TO "${SPF[@]}" put --progress=none "$1" "$H:$2"; }
 spf_get() { TO "${SPF[@]}" get --progress=none "$H:$1" "$2"; }
 spf_put_r() { TO "${SPF[@]}" put -r --progress=none "$1" "$H:$2"; }
 spf_get_r() { TO "${SPF[@]}" get -r --progress=none "$H:$1" "$2"; }
+spx_put() { TO "${SPF[@]}" --scp put --progress=none "$1" "$H:$2"; } # --scp: no SFTP attempt first
+spx_get() { TO "${SPF[@]}" --scp get --progress=none "$H:$1" "$2"; }
 
 run_scp_fallback() {
     start_scp_sshd
@@ -623,10 +626,12 @@ run_scp_fallback() {
         "sftpipe get -r (scp)|rmrf $L/f500.sp|spf_get_r $T500 $L/f500.sp|same_tree $T500 $L/f500.sp"
     bench "$BIGW, upload" "scp -O" - \
         "scp -O|rmrf $R/fbig.scp|scpo_up $BIG $R/fbig.scp|same_file_rm $BIG $R/fbig.scp" \
-        "sftpipe put (scp)|rmrf $R/fbig.sp|spf_put $BIG $R/fbig.sp|same_file_rm $BIG $R/fbig.sp"
+        "sftpipe put (scp)|rmrf $R/fbig.sp|spf_put $BIG $R/fbig.sp|same_file_rm $BIG $R/fbig.sp" \
+        "sftpipe --scp put|rmrf $R/fbig.spx|spx_put $BIG $R/fbig.spx|same_file_rm $BIG $R/fbig.spx"
     bench "$BIGW, download" "scp -O" - \
         "scp -O|rmrf $L/fbig.scp|scpo_down $BIG $L/fbig.scp|same_file_rm $BIG $L/fbig.scp" \
-        "sftpipe get (scp)|rmrf $L/fbig.sp|spf_get $BIG $L/fbig.sp|same_file_rm $BIG $L/fbig.sp"
+        "sftpipe get (scp)|rmrf $L/fbig.sp|spf_get $BIG $L/fbig.sp|same_file_rm $BIG $L/fbig.sp" \
+        "sftpipe --scp get|rmrf $L/fbig.spx|spx_get $BIG $L/fbig.spx|same_file_rm $BIG $L/fbig.spx"
     rm -rf "$R"/f500.* "$L"/f500.*
     kill "$SCP_SSHD_PID" 2>/dev/null || true
     SCP_SSHD_PID=""

@@ -15,6 +15,9 @@ use super::record::Record;
 use super::source::{Event, SourceParser};
 use crate::error::{Error, Result};
 
+/// Answers sent before the records they answer.
+const ACKS_AHEAD: usize = 64;
+
 /// A file being received.
 struct Incoming {
     temp: PathBuf,
@@ -43,6 +46,8 @@ pub struct Downloader {
     dirs: Vec<OpenDir>,
     file: Option<Incoming>,
     report: Report,
+    /// The source's input is closed (it exited): answers are not sent any more.
+    source_gone: bool,
 }
 
 impl Downloader {
@@ -64,6 +69,7 @@ impl Downloader {
             dirs: Vec::new(),
             file: None,
             report: Report::default(),
+            source_gone: false,
         }
     }
 
@@ -90,7 +96,9 @@ impl Downloader {
     }
 
     fn receive(&mut self) -> Result<()> {
-        self.conn.write_all(b"\0")?;
+        // The start, and answers ahead: a source reads an answer only to go on (see the
+        // module documentation of `scp`), so it never waits a round trip for one.
+        self.conn.write_all(&[0; 1 + ACKS_AHEAD])?;
         loop {
             let input = self.conn.peek()?;
             if input.is_empty() {
@@ -118,8 +126,10 @@ impl Downloader {
             let Some(event) = event else { continue };
             let ack = event.needs_ack();
             self.handle(event)?;
-            if ack {
-                self.conn.write_all(b"\0")?;
+            // With answers ahead the source may be done and gone already: a failed write
+            // is no error, what was read tells whether all came.
+            if ack && !self.source_gone && self.conn.write_all(b"\0").is_err() {
+                self.source_gone = true;
             }
         }
     }

@@ -31,8 +31,15 @@
 //!   shell's startup files then shows as a protocol error.
 //!
 //! So a `put` of n files costs one round trip per file (the header's), not two as with
-//! OpenSSH's `scp`. A source (`get`) waits for an answer after every record and after
-//! every file's data; those waits cannot be cut, since the answer is what it waits for.
+//! OpenSSH's `scp`, and several sessions share the files (see `parallel`).
+//!
+//! A source (`scp -f`, for `get`) waits for an answer after every record and after every
+//! file's data, but reads nothing else from its input: an answer only says "go on" (a
+//! `\1` would make it skip a file, which sftpipe never asks). So sftpipe sends 64 answers
+//! ahead and one more per record that takes one: the source streams without waiting,
+//! and a download costs no round trip per file. Records are still checked one by one;
+//! a refused one ends the session (the answers ahead give a hostile source nothing: it
+//! need not wait for answers anyway).
 //!
 //! # Limits
 //!
