@@ -321,3 +321,41 @@ fn a_hostile_scp_source_is_refused_and_writes_nothing_outside_the_target() {
         assert!(!tmp.path().join("evil").exists(), "{what}");
     }
 }
+
+/// A source whose ssh dies midway (status 255) is a lost connection (exit 5) with ssh's
+/// last words, and leaves no partial file behind.
+#[test]
+fn a_source_cut_off_midway_is_a_lost_connection_and_leaves_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let script = tmp.path().join("dying-ssh");
+    fs::write(
+        &script,
+        "#!/bin/sh\nprintf 'C0644 10 a\\nabc'\necho 'Connection reset by peer' >&2\nexit 255\n",
+    )
+    .unwrap();
+    fs::set_permissions(&script, fs::Permissions::from_mode(0o755)).unwrap();
+    let target = tmp.path().join("target");
+    fs::create_dir_all(&target).unwrap();
+    let args = [
+        "-S".to_string(),
+        script.display().to_string(),
+        "--scp".into(),
+        "get".into(),
+        "h:/srv/a".into(),
+        target.display().to_string(),
+    ];
+    let out = sftpipe(&args, &[]);
+    assert_eq!(out.status.code(), Some(5), "{}", explain(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("Connection reset by peer"),
+        "{}",
+        explain(&out)
+    );
+    assert_eq!(
+        fs::read_dir(&target).unwrap().count(),
+        0,
+        "{}",
+        explain(&out)
+    );
+}

@@ -177,11 +177,7 @@ impl Conn {
         if status.success() {
             return Ok(());
         }
-        let reason = match status.code() {
-            Some(c) => format!("{} exited with status {c}", self.label),
-            None => format!("{} was killed ({status})", self.label),
-        };
-        Err(self.connection_error(reason))
+        Err(self.exit_error(Some(status)))
     }
 
     /// Ends the child at once (after a refused record: nothing more is read or written).
@@ -191,8 +187,25 @@ impl Conn {
         self.join_reader();
     }
 
+    /// After the stream ended too early: the connection error when the child failed
+    /// (ssh lost the connection, the remote command was missing), `None` when it exited
+    /// fine (then what it sent is to blame).
+    pub fn failure(&mut self) -> Option<Error> {
+        let status = self.wait_exit();
+        if status.is_some_and(|s| s.success()) {
+            return None;
+        }
+        Some(self.exit_error(status))
+    }
+
     /// The error for a connection that broke: why the child ended, with its last words.
     pub fn lost(&mut self) -> Error {
+        let status = self.wait_exit();
+        self.exit_error(status)
+    }
+
+    /// Closes stdin and gives the child a moment to exit; its status if it did.
+    fn wait_exit(&mut self) -> Option<std::process::ExitStatus> {
         self.stdin = None;
         let deadline = std::time::Instant::now() + EXIT_GRACE;
         let status = loop {
@@ -207,8 +220,13 @@ impl Conn {
         if status.is_some() {
             self.join_reader();
         }
-        let reason = match status.and_then(|s| s.code()) {
-            Some(c) => format!("{} exited with status {c}", self.label),
+        status
+    }
+
+    fn exit_error(&self, status: Option<std::process::ExitStatus>) -> Error {
+        let reason = match status.map(|s| (s, s.code())) {
+            Some((_, Some(c))) => format!("{} exited with status {c}", self.label),
+            Some((s, None)) => format!("{} was killed ({s})", self.label),
             None => format!("{} closed its output", self.label),
         };
         self.connection_error(reason)

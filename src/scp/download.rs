@@ -103,13 +103,12 @@ impl Downloader {
             let input = self.conn.peek()?;
             if input.is_empty() {
                 if let Some(e) = self.parser.at_eof() {
-                    return Err(e);
+                    return Err(self.conn.failure().unwrap_or(e));
                 }
                 if !self.parser.complete() && self.report.failures.is_empty() {
-                    return Err(Error::Protocol(format!(
-                        "the server sent nothing for '{}'",
-                        self.remote
-                    )));
+                    let e =
+                        Error::Protocol(format!("the server sent nothing for '{}'", self.remote));
+                    return Err(self.conn.failure().unwrap_or(e));
                 }
                 return Ok(());
             }
