@@ -39,8 +39,8 @@ impl Backend {
 /// The error for an operation that needs SFTP on a server reached through scp.
 pub fn needs_sftp(what: &str, opts: &ConnectOptions) -> Error {
     Error::Unsupported(format!(
-        "{what} needs SFTP, and {} is reached through the scp protocol (only get and put \
-         work over scp{})",
+        "{what} needs SFTP, and {} is reached through the scp protocol (only get and put of \
+         files and trees work over scp{})",
         opts.peer(),
         if opts.transport == Transport::Scp {
             "; drop --scp"

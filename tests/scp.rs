@@ -224,6 +224,14 @@ fn openssh_without_the_sftp_subsystem_falls_back_to_scp() {
         &["rm", &format!("{}:/nonexistent", sshd.destination())],
     );
     assert_eq!(out.status.code(), Some(6), "{}", explain(&out));
+    // Standard input needs SFTP's rename: refused before anything is read or sent.
+    let out = sftpipe(
+        &forced,
+        &["put", "-", &format!("{}:/tmp/x", sshd.destination())],
+    );
+    assert_eq!(out.status.code(), Some(6), "{}", explain(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("needs SFTP"), "{}", explain(&out));
 }
 
 #[test]

@@ -639,10 +639,16 @@ pub fn connect_with(
     prefetch: sftpipe::Prefetch,
 ) -> Result<Session, CliError> {
     let o = sftp_options(global, spec, prefetch)?;
+    if o.transport == sftpipe::Transport::Scp {
+        return Err(CliError::Sftp(sftpipe::backend::needs_sftp(
+            "this operation",
+            &o,
+        )));
+    }
     log::info!("connecting: {}", o.label());
     match Session::connect(&o) {
         Err(sftpipe::Error::Connection(c)) if sftpipe::backend::no_sftp(&c) => Err(CliError::Sftp(
-            sftpipe::backend::needs_sftp("this command", &o),
+            sftpipe::backend::needs_sftp("this operation", &o),
         )),
         r => Ok(r?),
     }
