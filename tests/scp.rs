@@ -224,6 +224,26 @@ fn openssh_without_the_sftp_subsystem_falls_back_to_scp() {
         &["rm", &format!("{}:/nonexistent", sshd.destination())],
     );
     assert_eq!(out.status.code(), Some(6), "{}", explain(&out));
+    // The outcome is told as for SFTP: an object per file and a summary.
+    let tmp = tempfile::tempdir().unwrap();
+    write_file(tmp.path().join("f"), b"json");
+    let dest = format!("{}:{}/g", sshd.destination(), tmp.path().display());
+    let out = sftpipe(
+        &forced,
+        &[
+            "put",
+            "--progress=json",
+            &tmp.path().join("f").display().to_string(),
+            &dest,
+        ],
+    );
+    assert!(out.status.success(), "{}", explain(&out));
+    let json = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        json.contains(r#""event":"file""#) && json.contains(r#""files":1"#),
+        "{}",
+        explain(&out)
+    );
     // Standard input needs SFTP's rename: refused before anything is read or sent.
     let out = sftpipe(
         &forced,

@@ -10,8 +10,10 @@ use sftpipe::location::RemoteSpec;
 use sftpipe::scp::{Report, Scp, ScpOptions};
 
 use super::GlobalArgs;
-use super::exit::{self, CliError};
+use super::exit::CliError;
+use super::progress::{ProgressMode, Tracker};
 use super::transfer::{GetArgs, PutArgs};
+use sftpipe::transfer::Progress;
 
 /// Connects for a transfer: SFTP (with `stats` and `dirs` prefetched), or scp when the
 /// server has none or `--scp` says so.
@@ -63,7 +65,7 @@ pub fn get(g: &GlobalArgs, a: &GetArgs, scp: &Scp, remote: &[u8]) -> Result<i32,
         sessions: 1,
     };
     let report = scp.get(remote, &dest, o)?;
-    Ok(finish(g, report))
+    Ok(finish(g, a.transfer.progress, report, !a.recursive))
 }
 
 /// `put` over scp: `locals` (checked to exist) into or as `remote`, in place.
@@ -99,17 +101,22 @@ pub fn put(
         sessions: a.transfer.max_open.unwrap_or(0),
     };
     let report = scp.put(&named, remote, o)?;
-    Ok(finish(g, report))
+    let single = locals.len() == 1 && locals[0].is_file();
+    Ok(finish(g, a.transfer.progress, report, single))
 }
 
-/// Reports each failure and returns the batch's exit code.
-fn finish(g: &GlobalArgs, report: Report) -> i32 {
-    for (_, e) in &report.failures {
-        exit::report(e);
+/// Shows the outcome as an SFTP transfer's (the failures, the summary line, with
+/// `--progress=json` an object per file) and returns the exit code; `single` when one
+/// file was asked for. The scp path has no live progress: it is told at the end.
+fn finish(g: &GlobalArgs, mode: ProgressMode, report: Report, single: bool) -> i32 {
+    let tracker = Tracker::new(mode, g.quiet);
+    let files = (report.done.len() + report.failures.len()) as u64;
+    tracker.add_total(files, report.bytes);
+    for (path, bytes) in &report.done {
+        tracker.file_done(path, *bytes, None);
     }
-    if !g.quiet {
-        log::info!("{} files, {} bytes over scp", report.files, report.bytes);
+    for (path, e) in &report.failures {
+        tracker.file_done(path, 0, Some(e));
     }
-    let total = report.files as usize + report.failures.len();
-    exit::batch_code(report.failures.iter().map(|(_, e)| e), total)
+    tracker.finish(single)
 }

@@ -213,6 +213,9 @@ impl Downloader {
         r?;
         self.report.files += 1;
         self.report.bytes += f.size;
+        self.report
+            .done
+            .push((f.dest.display().to_string(), f.size));
         Ok(())
     }
 

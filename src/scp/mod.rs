@@ -71,6 +71,8 @@ pub struct Report {
     pub bytes: u64,
     /// What failed, with the path shown for it.
     pub failures: Vec<(String, Error)>,
+    /// Each file written whole: the path shown for it and its size.
+    pub done: Vec<(String, u64)>,
 }
 
 /// Options of a transfer over scp.

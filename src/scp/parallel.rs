@@ -199,6 +199,7 @@ fn merge(results: Vec<Result<Report>>) -> Result<Report> {
         all.files += r.files;
         all.bytes += r.bytes;
         all.failures.extend(r.failures);
+        all.done.extend(r.done);
     }
     Ok(all)
 }

@@ -297,6 +297,7 @@ impl Uploader {
                 (Pending::Written(shown, size), Reply::Ok) if !shown.is_empty() => {
                     self.report.files += 1;
                     self.report.bytes += size;
+                    self.report.done.push((shown.clone(), *size));
                 }
                 (Pending::Written(shown, _), Reply::Warning(m)) if !shown.is_empty() => {
                     let e = remote_error("scp", shown, m);
