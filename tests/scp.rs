@@ -282,7 +282,7 @@ fn hostile_ssh(dir: &Path, stream: &[u8]) -> String {
 
 #[test]
 fn a_hostile_scp_source_is_refused_and_writes_nothing_outside_the_target() {
-    let cases: [(&str, bool, &[u8]); 11] = [
+    let cases: [(&str, bool, &[u8]); 12] = [
         ("another name", false, b"C0644 3 b\nabc\0"),
         ("a second file", false, b"C0644 3 a\nabc\0C0644 3 b\nabc\0"),
         ("a parent name", false, b"C0644 3 ../a\nabc\0"),
@@ -306,6 +306,11 @@ fn a_hostile_scp_source_is_refused_and_writes_nothing_outside_the_target() {
         ("a NUL in the name", false, b"C0644 3 a\0b\nabc\0"),
         ("fewer bytes than announced", false, b"C0644 10 a\nabc"),
         ("more bytes than announced", false, b"C0644 1 a\nabc\0"),
+        (
+            "an impossible time",
+            false,
+            b"T18446744073709551615 0 0 0\nC0644 3 a\nabc\0",
+        ),
     ];
     for (what, recursive, stream) in cases {
         let tmp = tempfile::tempdir().unwrap();
@@ -313,7 +318,13 @@ fn a_hostile_scp_source_is_refused_and_writes_nothing_outside_the_target() {
         let outside = tmp.path().join("outside");
         let target = outside.join("target");
         fs::create_dir_all(&target).unwrap();
-        let mut args = vec!["-S".to_string(), ssh, "--scp".into(), "get".into()];
+        let mut args = vec![
+            "-S".to_string(),
+            ssh,
+            "--scp".into(),
+            "get".into(),
+            "-p".into(),
+        ];
         if recursive {
             args.push("-r".into());
         }

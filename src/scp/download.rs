@@ -240,7 +240,7 @@ impl Downloader {
             && let Some((m, a)) = f.times
         {
             f.file
-                .set_times(file_times(m, a))
+                .set_times(file_times(m, a)?)
                 .map_err(|e| local("set the times of", e))?;
         }
         fs::rename(&f.temp, &f.dest).map_err(|e| local("rename a temporary file to", e))
@@ -283,7 +283,8 @@ impl Downloader {
         if self.preserve
             && let Some((m, a)) = d.times
         {
-            let r = File::open(&d.path).and_then(|f| f.set_times(file_times(m, a)));
+            let times = file_times(m, a)?;
+            let r = File::open(&d.path).and_then(|f| f.set_times(times));
             r.map_err(|e| {
                 Error::local(format!("cannot set the times of {}", d.path.display()), e)
             })?;
@@ -292,11 +293,17 @@ impl Downloader {
     }
 }
 
-fn file_times(mtime: u64, atime: u64) -> FileTimes {
-    let at = |s: u64| SystemTime::UNIX_EPOCH + Duration::from_secs(s);
-    FileTimes::new()
-        .set_modified(at(mtime))
-        .set_accessed(at(atime))
+/// The times of a `T` record; one this system cannot represent is a protocol error.
+fn file_times(mtime: u64, atime: u64) -> Result<FileTimes> {
+    let at = |s: u64| {
+        i64::try_from(s)
+            .ok()
+            .and_then(|_| SystemTime::UNIX_EPOCH.checked_add(Duration::from_secs(s)))
+            .ok_or_else(|| Error::Protocol(format!("the server sent an impossible time: {s}")))
+    };
+    Ok(FileTimes::new()
+        .set_modified(at(mtime)?)
+        .set_accessed(at(atime)?))
 }
 
 /// The process's umask (read by setting it and putting it back).
