@@ -7,11 +7,11 @@ use std::path::{Path, PathBuf};
 use sftpipe::Error;
 use sftpipe::backend::Backend;
 use sftpipe::location::RemoteSpec;
-use sftpipe::scp::{Report, Scp, ScpOptions};
+use sftpipe::scp::{ProgressFn, Report, Scp, ScpEvent, ScpOptions};
 
 use super::GlobalArgs;
 use super::exit::CliError;
-use super::progress::{ProgressMode, Tracker};
+use super::progress::Tracker;
 use super::transfer::{GetArgs, PutArgs};
 use sftpipe::transfer::Progress;
 
@@ -63,9 +63,20 @@ pub fn get(g: &GlobalArgs, a: &GetArgs, scp: &Scp, remote: &[u8]) -> Result<i32,
         preserve: a.transfer.preserve,
         follow_links: false,
         sessions: 1,
+        progress: None,
     };
-    let report = scp.get(remote, &dest, o)?;
-    Ok(finish(g, a.transfer.progress, report, !a.recursive))
+    let tracker = Tracker::new(a.transfer.progress, g.quiet);
+    let report = with_progress(&tracker, |p| {
+        scp.get(
+            remote,
+            &dest,
+            ScpOptions {
+                progress: Some(p),
+                ..o
+            },
+        )
+    })?;
+    Ok(finish(&tracker, report, !a.recursive))
 }
 
 /// `put` over scp: `locals` (checked to exist) into or as `remote`, in place.
@@ -99,19 +110,65 @@ pub fn put(
         follow_links: a.upload.copy_links,
         // One file open at a time per session: --max-open is the number of sessions.
         sessions: a.transfer.max_open.unwrap_or(0),
+        progress: None,
     };
-    let report = scp.put(&named, remote, o)?;
+    let tracker = Tracker::new(a.transfer.progress, g.quiet);
+    let report = with_progress(&tracker, |p| {
+        scp.put(
+            &named,
+            remote,
+            ScpOptions {
+                progress: Some(p),
+                ..o
+            },
+        )
+    })?;
     let single = locals.len() == 1 && locals[0].is_file();
-    Ok(finish(g, a.transfer.progress, report, single))
+    Ok(finish(&tracker, report, single))
+}
+
+/// Runs `transfer` on a thread of its own (its sessions may start more), feeding
+/// `tracker` the progress it tells as it comes.
+fn with_progress<F>(tracker: &Tracker, transfer: F) -> sftpipe::Result<Report>
+where
+    F: FnOnce(ProgressFn<'_>) -> sftpipe::Result<Report> + Send,
+{
+    enum Told {
+        File(PathBuf, u64),
+        Bytes(u64),
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::scope(|scope| {
+        let worker = scope.spawn(move || {
+            let tell = move |e: ScpEvent<'_>| {
+                let told = match e {
+                    ScpEvent::File(path, size) => Told::File(path.into(), size),
+                    ScpEvent::Bytes(n) => Told::Bytes(n),
+                };
+                let _ = tx.send(told);
+            };
+            transfer(&tell)
+        });
+        let mut current = PathBuf::new();
+        for told in rx {
+            match told {
+                Told::File(path, size) => {
+                    tracker.add_total(1, size);
+                    current = path;
+                }
+                Told::Bytes(n) => tracker.file_transferred(&current, n),
+            }
+        }
+        worker
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
 }
 
 /// Shows the outcome as an SFTP transfer's (the failures, the summary line, with
 /// `--progress=json` an object per file) and returns the exit code; `single` when one
-/// file was asked for. The scp path has no live progress: it is told at the end.
-fn finish(g: &GlobalArgs, mode: ProgressMode, report: Report, single: bool) -> i32 {
-    let tracker = Tracker::new(mode, g.quiet);
-    let files = (report.done.len() + report.failures.len()) as u64;
-    tracker.add_total(files, report.bytes);
+/// file was asked for.
+fn finish(tracker: &Tracker, report: Report, single: bool) -> i32 {
     for (path, bytes) in &report.done {
         tracker.file_done(path, *bytes, None);
     }

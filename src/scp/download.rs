@@ -9,10 +9,10 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use super::Report;
 use super::conn::Conn;
 use super::record::Record;
 use super::source::{Event, SourceParser};
+use super::{Report, ScpEvent, ScpOptions};
 use crate::error::{Error, Result};
 
 /// Answers sent before the records they answer.
@@ -36,12 +36,12 @@ struct OpenDir {
 }
 
 /// The receiving side of one source session.
-pub struct Downloader {
+pub struct Downloader<'a> {
     conn: Conn,
     parser: SourceParser,
     /// Where the requested file or tree goes (its top-level record is renamed to it).
     dest: PathBuf,
-    preserve: bool,
+    o: ScpOptions<'a>,
     remote: String,
     dirs: Vec<OpenDir>,
     file: Option<Incoming>,
@@ -50,21 +50,20 @@ pub struct Downloader {
     source_gone: bool,
 }
 
-impl Downloader {
+impl<'a> Downloader<'a> {
     /// A download of `remote` (whose last component is `name`) to `dest`.
     pub fn new(
         conn: Conn,
         remote: &[u8],
         name: &[u8],
         dest: &Path,
-        recursive: bool,
-        preserve: bool,
-    ) -> Downloader {
+        o: ScpOptions<'a>,
+    ) -> Downloader<'a> {
         Downloader {
             conn,
-            parser: SourceParser::new(name, recursive),
+            parser: SourceParser::new(name, o.recursive),
             dest: dest.to_path_buf(),
-            preserve,
+            o,
             remote: String::from_utf8_lossy(remote).into_owned(),
             dirs: Vec::new(),
             file: None,
@@ -120,6 +119,7 @@ impl Downloader {
                         Error::local(format!("cannot write {}", f.temp.display()), e)
                     })?;
                 }
+                self.o.tell(ScpEvent::Bytes(*n as u64));
             }
             self.conn.consume(used);
             let Some(event) = event else { continue };
@@ -190,6 +190,8 @@ impl Downloader {
             .mode(0o600)
             .open(&temp)
             .map_err(|e| Error::local(format!("cannot create {}", temp.display()), e))?;
+        self.o
+            .tell(ScpEvent::File(&dest.display().to_string(), size));
         self.file = Some(Incoming {
             temp,
             dest,
@@ -228,7 +230,7 @@ impl Downloader {
                 f.size
             )));
         }
-        let mode = if self.preserve {
+        let mode = if self.o.preserve {
             f.mode & 0o7777
         } else {
             0o666 & !umask()
@@ -236,7 +238,7 @@ impl Downloader {
         f.file
             .set_permissions(fs::Permissions::from_mode(mode))
             .map_err(|e| local("set the mode of", e))?;
-        if self.preserve
+        if self.o.preserve
             && let Some((m, a)) = f.times
         {
             f.file
@@ -273,14 +275,14 @@ impl Downloader {
         let Some(d) = self.dirs.pop() else {
             return Ok(());
         };
-        let mode = if self.preserve {
+        let mode = if self.o.preserve {
             d.mode & 0o7777
         } else {
             0o777 & !umask()
         };
         fs::set_permissions(&d.path, fs::Permissions::from_mode(mode))
             .map_err(|e| Error::local(format!("cannot set the mode of {}", d.path.display()), e))?;
-        if self.preserve
+        if self.o.preserve
             && let Some((m, a)) = d.times
         {
             let times = file_times(m, a)?;

@@ -75,9 +75,21 @@ pub struct Report {
     pub done: Vec<(String, u64)>,
 }
 
+/// What a transfer over scp tells while it runs (see [`ScpOptions::progress`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScpEvent<'e> {
+    /// A file starts moving: the path shown for it and its size.
+    File(&'e str, u64),
+    /// This many more bytes of a file moved.
+    Bytes(u64),
+}
+
+/// Receives [`ScpEvent`]s, from the threads of parallel sessions too.
+pub type ProgressFn<'a> = &'a (dyn Fn(ScpEvent<'_>) + Sync);
+
 /// Options of a transfer over scp.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct ScpOptions {
+#[derive(Clone, Copy, Default)]
+pub struct ScpOptions<'a> {
     /// Copy directories recursively (`-r`).
     pub recursive: bool,
     /// Keep modification times and permission bits (`-p`).
@@ -86,6 +98,29 @@ pub struct ScpOptions {
     pub follow_links: bool,
     /// Uploads: scp sessions (ssh connections) at once; 0: [`DEFAULT_SESSIONS`].
     pub sessions: usize,
+    /// Told as files start and bytes move.
+    pub progress: Option<ProgressFn<'a>>,
+}
+
+impl std::fmt::Debug for ScpOptions<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ScpOptions")
+            .field("recursive", &self.recursive)
+            .field("preserve", &self.preserve)
+            .field("follow_links", &self.follow_links)
+            .field("sessions", &self.sessions)
+            .field("progress", &self.progress.is_some())
+            .finish()
+    }
+}
+
+impl ScpOptions<'_> {
+    /// Tells `event` to [`ScpOptions::progress`], if any.
+    fn tell(&self, event: ScpEvent<'_>) {
+        if let Some(p) = self.progress {
+            p(event);
+        }
+    }
 }
 
 pub use parallel::DEFAULT_SESSIONS;
@@ -144,7 +179,7 @@ impl Scp {
             flags.push_str(" -d");
         }
         let conn = conn::Conn::start(&self.opts, &command("-t", &flags, remote)?)?;
-        let mut up = upload::Uploader::new(conn, remote, o.preserve, o.follow_links);
+        let mut up = upload::Uploader::new(conn, remote, o);
         for (local, name) in locals {
             up.send(local, name)?;
         }
@@ -171,7 +206,7 @@ impl Scp {
             flags.push_str(" -p");
         }
         let conn = conn::Conn::start(&self.opts, &command("-f", &flags, remote)?)?;
-        download::Downloader::new(conn, remote, name, dest, o.recursive, o.preserve).run()
+        download::Downloader::new(conn, remote, name, dest, o).run()
     }
 }
 

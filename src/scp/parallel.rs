@@ -77,7 +77,7 @@ pub fn put_many(
                 let command = &command;
                 scope.spawn(move || {
                     let conn = Conn::start(opts, command)?;
-                    let mut up = Uploader::new(conn, remote, o.preserve, o.follow_links);
+                    let mut up = Uploader::new(conn, remote, o);
                     for (path, name) in &share {
                         up.send(path, name)?;
                     }
@@ -148,7 +148,7 @@ pub fn put_tree(
     } else {
         remote_shown
     };
-    let mut up0 = Uploader::new(conn0, remote, o.preserve, o.follow_links);
+    let mut up0 = Uploader::new(conn0, remote, o);
     if !up0.open_dir(name, &meta, &top)? {
         return up0.finish().map(Some); // The other sessions end when dropped.
     }
@@ -161,7 +161,7 @@ pub fn put_tree(
                 let top = &top;
                 scope.spawn(move || {
                     conn.write_all(word)?;
-                    let mut up = Uploader::new(conn, top.as_bytes(), o.preserve, o.follow_links);
+                    let mut up = Uploader::new(conn, top.as_bytes(), o);
                     for (path, name) in &share {
                         up.send_entry(path, name)?;
                     }

@@ -10,7 +10,7 @@ use std::path::Path;
 
 use super::conn::Conn;
 use super::record::{Record, Reply, ReplyParser};
-use super::{Report, remote_error};
+use super::{Report, ScpEvent, ScpOptions, remote_error};
 use crate::error::{Error, Result};
 
 /// Bytes read from a local file per write to ssh.
@@ -34,27 +34,25 @@ enum Pending {
 }
 
 /// The sending side of one sink session.
-pub struct Uploader {
+pub struct Uploader<'a> {
     conn: Conn,
     parser: ReplyParser,
     pending: VecDeque<Pending>,
-    preserve: bool,
-    follow_links: bool,
+    o: ScpOptions<'a>,
     /// The remote target as given, for paths in messages.
     target: String,
     /// What happened so far.
     pub report: Report,
 }
 
-impl Uploader {
-    /// Starts `scp -t` on the server with `command` (see [`super::sink_command`]).
-    pub fn new(conn: Conn, target: &[u8], preserve: bool, follow_links: bool) -> Uploader {
+impl<'a> Uploader<'a> {
+    /// The sending side over `conn` (running `scp -t`) to `target` (for messages).
+    pub fn new(conn: Conn, target: &[u8], o: ScpOptions<'a>) -> Uploader<'a> {
         Uploader {
             conn,
             parser: ReplyParser::default(),
             pending: VecDeque::from([Pending::Ready]),
-            preserve,
-            follow_links,
+            o,
             target: String::from_utf8_lossy(target).into_owned(),
             report: Report::default(),
         }
@@ -129,6 +127,7 @@ impl Uploader {
             fail(&mut self.report, remote_error("scp", shown, &m));
             return Ok(());
         }
+        self.o.tell(ScpEvent::File(shown, size));
         let status = self.copy(&mut file, size, local)?;
         match status {
             None => {
@@ -177,6 +176,7 @@ impl Uploader {
                 }
             };
             self.conn.write_all(&buf[..n])?;
+            self.o.tell(ScpEvent::Bytes(n as u64));
             left -= n as u64;
         }
         Ok(failed)
@@ -257,7 +257,7 @@ impl Uploader {
     /// skipped (scp cannot make links).
     pub fn send_entry(&mut self, path: &Path, name: &[u8]) -> Result<()> {
         let is_link = fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink());
-        if is_link && !self.follow_links {
+        if is_link && !self.o.follow_links {
             let shown = super::join_shown(&self.target, name);
             let why = format!(
                 "'{}' is a symbolic link: skipped (the scp protocol cannot make links; -L \
@@ -271,7 +271,7 @@ impl Uploader {
     }
 
     fn send_times(&mut self, meta: &fs::Metadata) -> Result<()> {
-        if !self.preserve {
+        if !self.o.preserve {
             return Ok(());
         }
         let t = Record::Times {
