@@ -398,3 +398,79 @@ fn a_source_cut_off_midway_is_a_lost_connection_and_leaves_nothing() {
         explain(&out)
     );
 }
+
+/// SIGTERM while waiting for a sink that never answers: sftpipe ends the ssh child and
+/// exits 143. The signal goes once the header has reached the "server" (bytes moved).
+#[test]
+fn sigterm_while_a_sink_stalls_ends_the_child_and_exits_143() {
+    let tmp = tempfile::tempdir().unwrap();
+    let recorded = tmp.path().join("recorded");
+    let pid_file = tmp.path().join("pid");
+    let script = tmp.path().join("stalling-ssh");
+    fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\necho $$ > '{}'\nprintf '\\0'\nexec cat > '{}'\n",
+            pid_file.display(),
+            recorded.display()
+        ),
+    )
+    .unwrap();
+    fs::set_permissions(&script, fs::Permissions::from_mode(0o755)).unwrap();
+    let local = tmp.path().join("f");
+    write_file(&local, b"data");
+    let mut child = Command::new(sftpipe_bin())
+        .arg("-S")
+        .arg(&script)
+        .args(["--scp", "put"])
+        .arg(&local)
+        .arg("h:/srv/f")
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !fs::read(&recorded).is_ok_and(|r| r.starts_with(b"C0644 4 f\n")) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the header never arrived"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = loop {
+        if child.try_wait().unwrap().is_some() {
+            break child.wait_with_output().unwrap();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "sftpipe did not end on SIGTERM"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    };
+    assert_eq!(out.status.code(), Some(143), "{}", explain(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("SIGTERM"),
+        "{}",
+        explain(&out)
+    );
+    let pid = fs::read_to_string(&pid_file).unwrap();
+    let proc = Path::new("/proc").join(pid.trim());
+    while proc.exists()
+        && !fs::read_to_string(proc.join("stat"))
+            .unwrap_or_default()
+            .contains(") Z")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the ssh child was left running"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}

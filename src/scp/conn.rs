@@ -79,6 +79,9 @@ impl Conn {
 
     /// Sends `data`; a closed pipe is the connection's end, explained.
     pub fn write_all(&mut self, data: &[u8]) -> Result<()> {
+        if let Some(e) = self.interrupted() {
+            return Err(e);
+        }
         let r = match &mut self.stdin {
             Some(s) => s.write_all(data),
             None => Err(std::io::ErrorKind::BrokenPipe.into()),
@@ -137,32 +140,52 @@ impl Conn {
         self.start = (self.start + n).min(self.end);
     }
 
-    /// Waits up to the stall timeout for stdout to have something (or end).
+    /// Waits up to the stall timeout for stdout to have something (or end), or for a
+    /// signal that ends sftpipe (see [`crate::interrupt`]).
     fn wait_readable(&mut self) -> Result<()> {
-        let Some(limit) = self.timeout else {
-            return Ok(());
+        use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+        let timeout = match self.timeout {
+            Some(limit) => {
+                let ms = i32::try_from(limit.as_millis()).unwrap_or(i32::MAX);
+                PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)
+            }
+            None => PollTimeout::NONE,
         };
-        let ms = i32::try_from(limit.as_millis()).unwrap_or(i32::MAX);
-        let timeout = nix::poll::PollTimeout::try_from(ms).unwrap_or(nix::poll::PollTimeout::MAX);
+        let wake = crate::interrupt::wake_fd()
+            // SAFETY: the wake pipe's read end lives as long as the process.
+            .map(|fd| unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) });
         loop {
-            let mut fds = [nix::poll::PollFd::new(
-                self.stdout.as_fd(),
-                nix::poll::PollFlags::POLLIN,
-            )];
-            match nix::poll::poll(&mut fds, timeout) {
+            if let Some(e) = self.interrupted() {
+                return Err(e);
+            }
+            let mut fds = vec![PollFd::new(self.stdout.as_fd(), PollFlags::POLLIN)];
+            fds.extend(wake.map(|w| PollFd::new(w, PollFlags::POLLIN)));
+            match poll(&mut fds, timeout) {
                 Ok(0) => {
                     let _ = self.child.kill();
-                    let secs = limit.as_secs();
+                    let secs = self.timeout.map_or(0, |t| t.as_secs());
                     return Err(self.connection_error(format!(
                         "no answer from {} for {secs} s; giving up",
                         self.peer
                     )));
                 }
-                Ok(_) => return Ok(()),
-                Err(nix::errno::Errno::EINTR) => continue,
+                Ok(_) if fds[0].any().unwrap_or(true) => return Ok(()),
+                Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
                 Err(_) => return Ok(()),
             }
         }
+    }
+
+    /// After SIGINT, SIGTERM or SIGHUP: the child is sent SIGTERM and the session fails
+    /// with "interrupted by ..." (the caller exits with 128 + signal).
+    fn interrupted(&mut self) -> Option<Error> {
+        let message = crate::interrupt::interrupted_message()?;
+        if let Ok(pid) = i32::try_from(self.child.id()) {
+            let pid = nix::unistd::Pid::from_raw(pid);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        }
+        self.stdin = None;
+        Some(self.connection_error(message))
     }
 
     /// Closes stdin (the end of the records) and waits for the child; an exit status
