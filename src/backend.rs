@@ -52,8 +52,10 @@ pub fn needs_sftp(what: &str, opts: &ConnectOptions) -> Error {
 
 /// True when a connection that ended before the server's VERSION ended because the
 /// server has no SFTP: OpenSSH's sshd refuses the subsystem ("subsystem request failed
-/// on channel 0" from ssh); Dropbear accepts it and its shell cannot find the
-/// sftp-server program (exit status 127, "sftp-server: not found").
+/// on channel 0" from OpenSSH's ssh, which exits 255); Dropbear's server accepts it and
+/// its shell cannot find the sftp-server program (ssh exits 127, the shell saying
+/// "sftp-server: not found" or "No such file or directory"). Dropbear's client
+/// (`-S dbclient`) does not end when the subsystem is refused: use `--scp` with it.
 pub fn no_sftp(c: &ConnectionError) -> bool {
     if c.unreached.is_none() {
         return false;
