@@ -168,13 +168,7 @@ impl Scp {
                 _ => {}
             }
         }
-        let mut flags = String::new();
-        if o.recursive {
-            flags.push_str(" -r");
-        }
-        if o.preserve {
-            flags.push_str(" -p");
-        }
+        let mut flags = scp_flags(&o);
         if locals.len() > 1 {
             flags.push_str(" -d");
         }
@@ -198,16 +192,21 @@ impl Scp {
                 String::from_utf8_lossy(remote)
             )));
         }
-        let mut flags = String::new();
-        if o.recursive {
-            flags.push_str(" -r");
-        }
-        if o.preserve {
-            flags.push_str(" -p");
-        }
-        let conn = conn::Conn::start(&self.opts, &command("-f", &flags, remote)?)?;
+        let conn = conn::Conn::start(&self.opts, &command("-f", &scp_flags(&o), remote)?)?;
         download::Downloader::new(conn, remote, name, dest, o).run()
     }
+}
+
+/// ` -r` and ` -p` as `o` asks.
+fn scp_flags(o: &ScpOptions) -> String {
+    let mut f = String::new();
+    if o.recursive {
+        f.push_str(" -r");
+    }
+    if o.preserve {
+        f.push_str(" -p");
+    }
+    f
 }
 
 /// `scp MODE FLAGS 'PATH'` for the remote shell.

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use super::conn::Conn;
 use super::quote::{remote_arg, shell_quote};
 use super::upload::{Uploader, list_dir};
-use super::{Report, ScpOptions, join_shown};
+use super::{Report, ScpOptions, join_shown, scp_flags};
 use crate::error::{Error, Result};
 use crate::transport::ConnectOptions;
 
@@ -30,18 +30,6 @@ const PER_FILE: u64 = 64 * 1024;
 
 /// One share of the work: local paths with the names they get.
 type Share = Vec<(PathBuf, Vec<u8>)>;
-
-/// `-r`, `-p` for scp.
-fn flags(o: &ScpOptions) -> String {
-    let mut f = String::new();
-    if o.recursive {
-        f.push_str(" -r");
-    }
-    if o.preserve {
-        f.push_str(" -p");
-    }
-    f
-}
 
 /// `sh -c 'SCRIPT' sh ARGS...`, each argument quoted.
 fn sh(script: &str, args: &[&[u8]]) -> Result<String> {
@@ -67,7 +55,7 @@ pub fn put_many(
     let shares = partition(locals.to_vec(), n, o);
     let command = format!(
         "scp{} -d -t {}",
-        flags(&o),
+        scp_flags(&o),
         String::from_utf8_lossy(&shell_quote(&remote_arg(remote)))
     );
     let results = std::thread::scope(|scope| {
@@ -113,14 +101,14 @@ pub fn put_tree(
     let first = sh(
         &format!(
             "if [ -d \"$1\" ]; then echo D; else echo F; fi; exec scp{} -t \"$1\"",
-            flags(&o)
+            scp_flags(&o)
         ),
         &[&target],
     )?;
     let others = sh(
         &format!(
             "read -r w || exit 1; if [ \"$w\" = D ]; then cd \"$1/$2\"; else cd \"$1\"; fi || exit 1; exec scp{} -d -t .",
-            flags(&o)
+            scp_flags(&o)
         ),
         &[&target, name],
     )?;
