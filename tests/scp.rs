@@ -209,6 +209,41 @@ fn exercise(conn: &[String], host: &str, banner: bool) {
     );
 }
 
+/// A sink that refuses a file (a directory has its name) or a directory (a file has its
+/// name): those fail, the rest lands, and nothing of the refused ones lands elsewhere
+/// (their data is not read as records, their contents not put one level up).
+fn refusals(conn: &[String], host: &str) {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    odd_local_tree(&src);
+    let got = tmp.path().join("blocked/src");
+    fs::create_dir_all(got.join("plain.txt")).unwrap();
+    write_file(got.join("sub dir"), b"a file where a directory goes");
+    let target = format!("{host}:{}", tmp.path().join("blocked").display());
+    let out = sftpipe(conn, &["put", "-r", &src.display().to_string(), &target]);
+    assert_eq!(out.status.code(), Some(1), "{}", explain(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("plain.txt") && err.contains("sub dir"),
+        "{}",
+        explain(&out)
+    );
+    for name in ODD
+        .iter()
+        .filter(|n| !n.starts_with("sub dir/") && **n != "plain.txt")
+    {
+        assert_eq!(
+            read_file(got.join(name)),
+            read_file(src.join(name)),
+            "{name}"
+        );
+    }
+    for stray in ["-x", "deeper", "plain.txt/plain.txt"] {
+        assert!(!got.join(stray).exists(), "{stray}: {}", explain(&out));
+    }
+    assert_eq!(fs::read_dir(got.join("plain.txt")).unwrap().count(), 0);
+}
+
 #[test]
 fn openssh_without_the_sftp_subsystem_falls_back_to_scp() {
     if !sshd_available() {
@@ -219,6 +254,7 @@ fn openssh_without_the_sftp_subsystem_falls_back_to_scp() {
     exercise(&conn, &sshd.destination(), true);
     let forced: Vec<String> = [vec!["--scp".to_string()], conn].concat();
     exercise(&forced, &sshd.destination(), false);
+    refusals(&forced, &sshd.destination());
     let out = sftpipe(
         &forced,
         &["rm", &format!("{}:/nonexistent", sshd.destination())],
@@ -264,6 +300,7 @@ fn dropbear_without_an_sftp_server_falls_back_to_scp() {
     exercise(&conn, "root@127.0.0.1", true);
     let forced: Vec<String> = [vec!["--scp".to_string()], conn].concat();
     exercise(&forced, "root@127.0.0.1", false);
+    refusals(&forced, "root@127.0.0.1");
 }
 
 /// A fake "ssh" that plays an scp source sending `stream`, then reads until the end.

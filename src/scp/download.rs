@@ -146,7 +146,12 @@ impl<'a> Downloader<'a> {
             Event::FileEnd => self.end_file(),
             Event::DirEnd => self.leave_dir(),
             Event::Warning(m) => {
-                let e = super::remote_error("scp", &self.remote, &m);
+                let hint = if !self.o.recursive && m.ends_with("not a regular file") {
+                    " (use get -r for a directory)"
+                } else {
+                    ""
+                };
+                let e = super::remote_error("download", &self.remote, &format!("{m}{hint}"));
                 self.report.failures.push((self.remote.clone(), e));
                 Ok(())
             }

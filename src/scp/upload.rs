@@ -124,7 +124,7 @@ impl<'a> Uploader<'a> {
         self.pending.push_back(Pending::Header);
         // Required wait: a refused header leaves the sink reading the data as records.
         if let Reply::Warning(m) = self.settle()? {
-            fail(&mut self.report, remote_error("scp", shown, &m));
+            fail(&mut self.report, remote_error("upload", shown, &m));
             return Ok(());
         }
         self.o.tell(ScpEvent::File(shown, size));
@@ -234,7 +234,7 @@ impl<'a> Uploader<'a> {
         if let Reply::Warning(m) = self.settle()? {
             self.report
                 .failures
-                .push((shown.to_string(), remote_error("scp", shown, &m)));
+                .push((shown.to_string(), remote_error("upload", shown, &m)));
             return Ok(false);
         }
         Ok(true)
@@ -290,9 +290,9 @@ impl<'a> Uploader<'a> {
         while let Some(p) = self.pending.pop_front() {
             let reply = self.next_reply()?;
             match (&p, &reply) {
-                (_, Reply::Fatal(m)) => return Err(remote_error("scp", &self.target, m)),
+                (_, Reply::Fatal(m)) => return Err(remote_error("upload", &self.target, m)),
                 (Pending::Ready, Reply::Warning(m)) => {
-                    return Err(remote_error("scp", &self.target, m));
+                    return Err(remote_error("upload", &self.target, m));
                 }
                 (Pending::Written(shown, size), Reply::Ok) if !shown.is_empty() => {
                     self.report.files += 1;
@@ -300,11 +300,11 @@ impl<'a> Uploader<'a> {
                     self.report.done.push((shown.clone(), *size));
                 }
                 (Pending::Written(shown, _), Reply::Warning(m)) if !shown.is_empty() => {
-                    let e = remote_error("scp", shown, m);
+                    let e = remote_error("upload", shown, m);
                     self.report.failures.push((shown.clone(), e));
                 }
                 (Pending::Times | Pending::End, Reply::Warning(m)) => {
-                    let e = remote_error("scp", &self.target, m);
+                    let e = remote_error("upload", &self.target, m);
                     self.report.failures.push((self.target.clone(), e));
                 }
                 _ => {}
