@@ -136,9 +136,9 @@ impl<'a> Uploader<'a> {
                     .push_back(Pending::Written(shown.to_string(), size));
             }
             Some(e) => {
-                // Sent whole (padded) so the stream stays in step, but marked failed.
-                let msg = format!("\x01sftpipe: {}: local read failed\n", local.display());
-                self.conn.write_all(msg.as_bytes())?;
+                // Sent whole (padded) so the stream stays in step, but marked failed (a
+                // status line without the path, which could hold a newline).
+                self.conn.write_all(b"\x01sftpipe: local read failed\n")?;
                 self.pending.push_back(Pending::Written(String::new(), 0));
                 fail(&mut self.report, e);
             }
