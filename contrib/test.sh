@@ -25,6 +25,8 @@ command -v python3 >/dev/null || need+=(python3)
 [[ -x /usr/libexec/gesftpserver ]] || need+=(gesftpserver)
 [[ -x /usr/sbin/proftpd ]] || need+=(proftpd-core)
 [[ -e /usr/lib/proftpd/mod_sftp.so ]] || need+=(proftpd-mod-crypto)
+# tests/scp.rs: a Dropbear server without SFTP (in a private mount namespace: unshare).
+[[ -x /usr/sbin/dropbear ]] || need+=(dropbear-bin)
 # tests/shell.rs checks the generated completion scripts with each shell, man pages with groff.
 command -v zsh >/dev/null || need+=(zsh)
 command -v fish >/dev/null || need+=(fish)

@@ -19,6 +19,8 @@
 //!   mirrors; [`Error`] with [`Error::kind`] for matching.
 //! * [`proto`]: the wire format, pure and I/O-free. [`lowlevel`]: the reactor and the
 //!   channel, for those who drive the engine themselves.
+//! * [`backend::Backend`]: SFTP, or for servers without it the legacy scp protocol
+//!   ([`scp`]), for `get` and `put` ([`Transport`] in [`ConnectOptions`]).
 //!
 //! Library defaults are the CLI's: a mirror keeps modification times (unless
 //! [`MirrorOptions::no_times`]); `put`/`get` and the tree transfers copy times and
@@ -37,6 +39,7 @@
 //! at once, a mirror with progress, errors by kind.
 #![warn(missing_docs)]
 
+pub mod backend;
 mod child;
 pub mod client;
 mod connect_options;
@@ -50,6 +53,7 @@ pub mod proto;
 #[doc(hidden)]
 pub mod reactor;
 pub mod reprepro;
+pub mod scp;
 pub mod serve;
 pub mod session;
 pub mod task;
@@ -64,7 +68,7 @@ pub use proto::{FileAttributes, FileType, NameEntry, OpenFlags, StatusCode};
 pub use session::{File, Session};
 pub use threaded::{Client, Reply, SharedProgress, block_on};
 pub use transfer::{Progress, Report, Transfer, TransferOptions};
-pub use transport::ConnectOptions;
+pub use transport::{ConnectOptions, Transport};
 
 /// The engine's moving parts, for driving it directly: the event loop
 /// ([`Reactor`](crate::lowlevel::Reactor)), the connection's I/O half

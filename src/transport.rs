@@ -77,6 +77,21 @@ pub struct ConnectOptions {
     /// Give each channel its own ssh connection (each authenticates) instead of sharing
     /// the first one's through OpenSSH's connection multiplexing.
     pub separate_connections: bool,
+    /// Which protocol carries transfers (see [`Transport`]); only
+    /// [`crate::backend::Backend::connect`] looks at it.
+    pub transport: Transport,
+}
+
+/// Which file transfer protocol to speak over ssh.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Transport {
+    /// SFTP, or the legacy scp protocol when the server has no SFTP subsystem.
+    #[default]
+    Auto,
+    /// SFTP only.
+    Sftp,
+    /// The legacy scp protocol only (`scp -t` / `scp -f` run on the server).
+    Scp,
 }
 
 /// Channels per session unless [`ConnectOptions::connections`] says otherwise.
@@ -123,6 +138,32 @@ impl ConnectOptions {
 
     /// The program and arguments to run, without running them.
     pub fn command_line(&self) -> Result<(String, Vec<String>)> {
+        self.command_line_running(["-s", "sftp"])
+    }
+
+    /// The program and arguments that run `command` through the remote user's shell
+    /// (`ssh [options] -T -- HOST COMMAND`, no terminal): the same options and hardening
+    /// as [`ConnectOptions::command_line`]. `command` must be quoted for that shell.
+    /// Refused with `server_command`, which speaks SFTP only.
+    pub fn remote_command_line(&self, command: &str) -> Result<(String, Vec<String>)> {
+        if self.server_command.is_some() {
+            return Err(Error::InvalidInput(
+                "a local server command (-D) speaks SFTP only: it cannot run remote commands"
+                    .into(),
+            ));
+        }
+        self.command_line_running(["-T", command])
+    }
+
+    /// [`ConnectOptions::remote_command_line`] with what
+    /// [`ConnectOptions::resolved_command_line`] settles.
+    pub fn resolved_remote_command_line(&self, command: &str) -> Result<(String, Vec<String>)> {
+        let r = self.resolve_line(self.remote_command_line(command)?)?;
+        Ok((r.program, r.args))
+    }
+
+    /// `[flag] -- HOST what` after the options: `-s sftp` (a subsystem) or `-T COMMAND`.
+    fn command_line_running(&self, [flag, what]: [&str; 2]) -> Result<(String, Vec<String>)> {
         if let Some(cmd) = &self.server_command {
             let mut words = cmd.split_whitespace().map(str::to_string);
             let program = words
@@ -167,10 +208,10 @@ impl ConnectOptions {
             args.push(j.clone());
         }
         args.extend(HARDENING_OPTIONS.iter().map(|s| s.to_string()));
-        args.push("-s".to_string());
+        args.push(flag.to_string());
         args.push("--".to_string());
         args.push(host.to_string());
-        args.push("sftp".to_string());
+        args.push(what.to_string());
         let program = self
             .ssh_program
             .clone()
@@ -191,7 +232,12 @@ impl ConnectOptions {
     /// [`ConnectOptions::resolved_command_line`], keeping the `ssh -G` output it read
     /// (for connection sharing, see [`crate::pool`]).
     pub fn resolve(&self) -> Result<Resolved> {
-        let (program, mut args) = self.command_line()?;
+        self.resolve_line(self.command_line()?)
+    }
+
+    /// Settles the cipher order and `ServerAliveInterval` of a command line ending with
+    /// `FLAG -- HOST WHAT`.
+    fn resolve_line(&self, (program, mut args): (String, Vec<String>)) -> Result<Resolved> {
         if self.server_command.is_some() {
             return Ok(Resolved::plain(program, args));
         }
@@ -207,7 +253,7 @@ impl ConnectOptions {
             log::debug!("no AES instructions on this CPU: keeping ssh's cipher order");
         }
         let alive = self.server_alive_interval();
-        // command_line() ends with "-s -- HOST sftp".
+        // command_line_running() ends with "FLAG -- HOST WHAT".
         let Some(host_at) = args.len().checked_sub(2) else {
             return Ok(Resolved::plain(program, args));
         };
@@ -486,6 +532,24 @@ mod tests {
         assert!(args.windows(2).any(|w| w == ["-p", "2222"]));
         assert!(args.windows(2).any(|w| w == ["-l", "bob"]));
         assert!(args.windows(2).any(|w| w == ["-J", "gw"]));
+    }
+
+    #[test]
+    fn remote_commands_get_the_same_options_and_no_terminal() {
+        let o = ConnectOptions {
+            host: Some("example.org".into()),
+            port: Some(2222),
+            ..Default::default()
+        };
+        let (_, args) = o.remote_command_line("scp -t 'a b'").unwrap();
+        assert_eq!(
+            &args[args.len() - 4..],
+            ["-T", "--", "example.org", "scp -t 'a b'"]
+        );
+        assert!(args.iter().any(|a| a == "-oForwardAgent=no"));
+        assert!(args.windows(2).any(|w| w == ["-p", "2222"]));
+        let local = ConnectOptions::local_server("/usr/lib/openssh/sftp-server");
+        assert!(local.remote_command_line("scp -t .").is_err());
     }
 
     #[test]

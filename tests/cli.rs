@@ -617,9 +617,10 @@ fn plain_put_rerun_resumes_its_temporary_file() {
     let kept = fs::metadata(&temp).unwrap().len();
     let out = ok(local(&["-v", "put", "--progress=json", &p(&src), &p(&dst)]));
     let sent = bytes_sent(&out);
-    // Continued 16 MiB at most below what the interrupted run wrote.
+    // Continued at most the byte budget (24 MiB) below what the interrupted run wrote: a
+    // file this big may have been striped over several channels.
     assert!(
-        sent <= 64_000_000 - kept + (16 << 20),
+        sent <= 64_000_000 - kept + (24 << 20),
         "sent {sent} of 64000000 bytes, {kept} were there\n{}",
         explain(&out)
     );

@@ -14,6 +14,7 @@
 #                      big      several channels (#15): 512 MiB put/get (every condition)
 #                      tree     several channels (#15): 500 files put -r / mirror (by default at
 #                               rtt100 only)
+#                      scp      the scp fallback (#18): an sshd without SFTP, beside scp -O (rtt20)
 #                    a case named here runs in every selected condition; without --cases all
 #                    four run with the defaults above. E.g. --only rtt100 --cases big runs the
 #                    #15 rows at 100 ms alone (a few minutes per repetition)
@@ -136,7 +137,7 @@ for c in ${ONLY//,/ }; do
     case $c in loopback | rtt20 | rtt100) ;; *) echo "run.sh: --only takes loopback, rtt20, rtt100 (comma-separated), not '$c'" >&2; exit 2 ;; esac
 done
 for c in ${CASES//,/ }; do
-    case $c in classic | memory | big | tree) ;; *) echo "run.sh: --cases takes classic, memory, big, tree (comma-separated), not '$c'" >&2; exit 2 ;; esac
+    case $c in classic | memory | big | tree | scp) ;; *) echo "run.sh: --cases takes classic, memory, big, tree, scp (comma-separated), not '$c'" >&2; exit 2 ;; esac
 done
 [ -z "${BENCH_BIG_MIB:-}" ] || [[ $BENCH_BIG_MIB =~ ^[1-9][0-9]*$ ]] || { echo "run.sh: BENCH_BIG_MIB must be a positive integer" >&2; exit 2; }
 for v in REPEAT CMD_TIMEOUT MAX_TIME; do
@@ -206,6 +207,7 @@ cleanup() {
     trap - EXIT INT TERM
     if [ -n "$CHILD" ]; then kill -TERM -- "-$CHILD" 2>/dev/null || true; fi
     for p in "${BG_PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+    if [ -n "${SCP_SSHD_PID:-}" ]; then kill "$SCP_SSHD_PID" 2>/dev/null || true; fi
     if [ -n "$SSHD_PID" ]; then
         kill "$SSHD_PID" 2>/dev/null || true
         for _ in 1 2 3 4 5 6 7 8 9 10; do kill -0 "$SSHD_PID" 2>/dev/null || break; sleep 0.1; done
@@ -307,6 +309,7 @@ want() { # CASE COND: true when CASE runs in condition COND
         memory) [ "$2" = loopback ] ;;
         big) true ;;
         tree) [ "$2" = rtt100 ] ;;
+        scp) [ "$2" = rtt20 ] ;;
     esac
 }
 CLASSIC_ANY=0
@@ -791,10 +794,88 @@ target_channels() { # the #15 targets for the conditions that ran
     done
 }
 
+# scp fallback rows (issue 18): sftpipe against a second sshd WITHOUT the SFTP subsystem, so it
+# falls back to the legacy scp protocol by itself (the failed SFTP attempt is in the time), beside
+# OpenSSH's scp -O (legacy protocol) against the same server; rtt20 only. Targets: the 500-file
+# tree upload <= 0.5x scp -O -r, the 512 MiB file <= 1.0x scp -O. The big file also runs with
+# --scp (no SFTP attempt first): the difference is what finding out costs (one ssh connection).
+
+SCP_SSHD_PID=""
+start_scp_sshd() { # a copy of the main sshd's config without its Subsystem line
+    local cfg=$WORK/ssh/sshd_config.noscp pidfile=$WORK/ssh/sshd.noscp.pid attempt
+    for attempt in 1 2 3 4 5; do
+        SCP_PORT=$(free_port)
+        grep -v -e '^Subsystem' -e '^Port' -e '^PidFile' "$WORK/ssh/sshd_config" >"$cfg"
+        printf 'Port %s\nPidFile %s\n' "$SCP_PORT" "$pidfile" >>"$cfg"
+        rm -f "$pidfile"
+        /usr/sbin/sshd -f "$cfg" -E "$WORK/ssh/sshd.noscp.log" || continue
+        for _ in $(seq 50); do [ -s "$pidfile" ] && break; sleep 0.1; done
+        [ -s "$pidfile" ] || continue
+        SCP_SSHD_PID=$(cat "$pidfile")
+        for _ in $(seq 50); do
+            timeout 10 ssh -p "$SCP_PORT" "${BASE_OPTS[@]}" "$H" true </dev/null 2>/dev/null && return 0
+            sleep 0.1
+        done
+        kill "$SCP_SSHD_PID" 2>/dev/null || true
+        SCP_SSHD_PID=""
+    done
+    die "could not start the sshd without SFTP"
+}
+scpo_up() { TO "${SCPO[@]}" "$1" "$H:$2"; }
+scpo_down() { TO "${SCPO[@]}" "$H:$1" "$2"; }
+scpo_up_r() { TO "${SCPO[@]}" -r "$1" "$H:$2"; }
+scpo_down_r() { TO "${SCPO[@]}" -r "$H:$1" "$2"; }
+spf_put() { TO "${SPF[@]}" put --progress=none "$1" "$H:$2"; }
+spf_get() { TO "${SPF[@]}" get --progress=none "$H:$1" "$2"; }
+spf_put_r() { TO "${SPF[@]}" put -r --progress=none "$1" "$H:$2"; }
+spf_get_r() { TO "${SPF[@]}" get -r --progress=none "$H:$1" "$2"; }
+spx_put() { TO "${SPF[@]}" --scp put --progress=none "$1" "$H:$2"; } # --scp: no SFTP attempt first
+spx_get() { TO "${SPF[@]}" --scp get --progress=none "$H:$1" "$2"; }
+
+run_scp_fallback() {
+    start_scp_sshd
+    setup_round rtt20
+    ROUND=scp-rtt20
+    local pc="ProxyCommand=$PY $RELAY 127.0.0.1 $SCP_PORT 0.010"
+    SCPO=(scp -O -q -P "$SCP_PORT" "${BASE_OPTS[@]}" -o "$pc")
+    SPF=("$BIN" -q -P "$SCP_PORT" "${BASE_OPTS[@]}" -o "$pc")
+    log "=== scp fallback (sshd without SFTP on port $SCP_PORT, rtt20) ==="
+    bench "500 files, upload" "scp -O -r" - \
+        "scp -O -r|rmrf $R/f500.scp|scpo_up_r $T500 $R/f500.scp|same_tree $T500 $R/f500.scp" \
+        "sftpipe put -r (scp)|rmrf $R/f500.sp|spf_put_r $T500 $R/f500.sp|same_tree $T500 $R/f500.sp"
+    bench "500 files, download" "scp -O -r" - \
+        "scp -O -r|rmrf $L/f500.scp|scpo_down_r $T500 $L/f500.scp|same_tree $T500 $L/f500.scp" \
+        "sftpipe get -r (scp)|rmrf $L/f500.sp|spf_get_r $T500 $L/f500.sp|same_tree $T500 $L/f500.sp"
+    bench "$BIGW, upload" "scp -O" - \
+        "scp -O|rmrf $R/fbig.scp|scpo_up $BIG $R/fbig.scp|same_file_rm $BIG $R/fbig.scp" \
+        "sftpipe put (scp)|rmrf $R/fbig.sp|spf_put $BIG $R/fbig.sp|same_file_rm $BIG $R/fbig.sp" \
+        "sftpipe --scp put|rmrf $R/fbig.spx|spx_put $BIG $R/fbig.spx|same_file_rm $BIG $R/fbig.spx"
+    bench "$BIGW, download" "scp -O" - \
+        "scp -O|rmrf $L/fbig.scp|scpo_down $BIG $L/fbig.scp|same_file_rm $BIG $L/fbig.scp" \
+        "sftpipe get (scp)|rmrf $L/fbig.sp|spf_get $BIG $L/fbig.sp|same_file_rm $BIG $L/fbig.sp" \
+        "sftpipe --scp get|rmrf $L/fbig.spx|spx_get $BIG $L/fbig.spx|same_file_rm $BIG $L/fbig.spx"
+    rm -rf "$R"/f500.* "$L"/f500.*
+    kill "$SCP_SSHD_PID" 2>/dev/null || true
+    SCP_SSHD_PID=""
+}
+
+scp_fallback_targets() { # target() with a factor: NAME KEY REFKEY FACTOR
+    local v=${RES[$2]:-} r=${RES[$3]:-} q res
+    if ! isnum "$v" || ! isnum "$r"; then
+        [ -z "$v$r" ] || TARGETS+=("| $1 | ${v%% (*} vs ${r%% (*} | FAIL |")
+        return
+    fi
+    q=$(ratio "$v" "$r")
+    if awk -v a="$v" -v b="$r" -v f="$4" 'BEGIN { exit !(a <= b * f) }'; then res=PASS; else res=FAIL; fi
+    TARGETS+=("| $1 | $(printf '%.2f' "$v") s vs $(printf '%.2f' "$r") s = ${q}× | $res |")
+}
+# ---------------------------------------------------------------------------------------------
+
 LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
 for c in loopback rtt20 rtt100; do if want classic $c; then run_round $c; fi; done
 if want memory loopback; then run_memory; fi
 for c in loopback rtt20 rtt100; do run_channels $c; done
+if want scp rtt20; then run_scp_fallback; fi
 LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
 TOTAL=$(elapsed)
 
@@ -842,6 +923,7 @@ report() {
             case $round in
                 loopback) echo "## loopback (direct)" ;;
                 rtt20) echo "## rtt20 (20 ms RTT)" ;;
+                scp-rtt20) echo "## scp fallback: sshd without SFTP (20 ms RTT)" ;;
                 *) echo "## $round (${round#rtt} ms RTT)" ;;
             esac
             echo
@@ -918,6 +1000,9 @@ if want classic loopback && ((!QUICK)); then
     target "mirror fresh 5,000 files ≤ 1.0× rsync (loopback)" "loopback|mirror: fresh, 5,000 files|sftpipe mirror" "loopback|mirror: fresh, 5,000 files|rsync -a"
 fi
 target_channels
+
+scp_fallback_targets "scp fallback: 500 files put -r ≤ 0.5× scp -O -r (rtt20)" "scp-rtt20|500 files, upload|sftpipe put -r (scp)" "scp-rtt20|500 files, upload|scp -O -r" 0.5
+scp_fallback_targets "scp fallback: $BIGW put ≤ 1.0× scp -O (rtt20)" "scp-rtt20|$BIGW, upload|sftpipe put (scp)" "scp-rtt20|$BIGW, upload|scp -O" 1.0
 
 report >"$WORK/report.md"
 cat "$WORK/report.md"

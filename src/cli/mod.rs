@@ -15,6 +15,7 @@ pub mod mirror;
 pub mod ops;
 pub mod progress;
 pub mod reprepro;
+pub mod scp;
 pub mod serve;
 pub mod shell;
 pub mod transfer;
@@ -237,6 +238,10 @@ pub struct GlobalArgs {
     /// Give each channel its own ssh connection (and login) instead of sharing one
     #[arg(long)]
     pub separate_connections: bool,
+    /// Transfer with the legacy scp protocol (scp -t / scp -f run on the server) instead
+    /// of SFTP; only get and put. Without it, servers without SFTP get it anyway
+    #[arg(long)]
+    pub scp: bool,
 }
 
 impl GlobalArgs {
@@ -491,6 +496,13 @@ pub fn run(cli: Cli) -> i32 {
              [-b BATCHFILE] HOST[:DIR]"
         ))));
     }
+    if g.scp && !matches!(command, Command::Get(_) | Command::Put(_)) {
+        let e = CliError::Sftp(sftpipe::Error::Unsupported(
+            "--scp: only get and put work over the scp protocol; this command needs SFTP".into(),
+        ));
+        exit::report(&e);
+        return e.code();
+    }
     let result = match command {
         Command::Ls(a) => ops::ls(g, &a),
         Command::Stat(a) => ops::stat(g, &a),
@@ -624,6 +636,11 @@ pub fn connect_options(
         connections: global.connections.map(usize::from),
         eager_connections: global.eager_connections,
         separate_connections: global.separate_connections,
+        transport: if global.scp {
+            sftpipe::Transport::Scp
+        } else {
+            sftpipe::Transport::Auto
+        },
         ..ConnectOptions::default()
     };
     if o.server_command.is_none() {
@@ -665,8 +682,31 @@ pub fn connect_prefetching(
 pub fn connect_with(
     global: &GlobalArgs,
     spec: Option<&RemoteSpec>,
-    mut prefetch: sftpipe::Prefetch,
+    prefetch: sftpipe::Prefetch,
 ) -> Result<Session, CliError> {
+    let o = sftp_options(global, spec, prefetch)?;
+    if o.transport == sftpipe::Transport::Scp {
+        return Err(CliError::Sftp(sftpipe::backend::needs_sftp(
+            "this operation",
+            &o,
+        )));
+    }
+    log::info!("connecting: {}", o.label());
+    match Session::connect(&o) {
+        Err(sftpipe::Error::Connection(c)) if sftpipe::backend::no_sftp(&c) => Err(CliError::Sftp(
+            sftpipe::backend::needs_sftp("this operation", &o),
+        )),
+        r => Ok(r?),
+    }
+}
+
+/// [`connect_options`] with `prefetch` (paths starting with `~` left out: they are
+/// expanded after connecting).
+pub fn sftp_options(
+    global: &GlobalArgs,
+    spec: Option<&RemoteSpec>,
+    mut prefetch: sftpipe::Prefetch,
+) -> Result<ConnectOptions, CliError> {
     let mut o = connect_options(global, spec)?;
     for paths in [
         &mut prefetch.stats,
@@ -676,8 +716,7 @@ pub fn connect_with(
         paths.retain(|p| !p.starts_with(b"~"));
     }
     o.prefetch = prefetch;
-    log::info!("connecting: {}", o.label());
-    Ok(Session::connect(&o)?)
+    Ok(o)
 }
 
 /// Expands a leading `~` or `~user` of a remote path with `expand-path@openssh.com`;

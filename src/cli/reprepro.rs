@@ -144,6 +144,7 @@ impl HookArgs {
             connections: g.connections.map(usize::from),
             eager_connections: g.eager_connections,
             separate_connections: g.separate_connections,
+            transport: sftpipe::Transport::Sftp,
         }
     }
 }

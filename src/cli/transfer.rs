@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
 use clap::Args;
+use sftpipe::backend::Backend;
 use sftpipe::task::TaskGroup;
 use sftpipe::transfer::{
     LocalTree, Progress, StreamFd, Transfer, default_max_open, remote_basename, remote_join,
@@ -130,7 +131,10 @@ pub fn get(g: &GlobalArgs, a: &GetArgs) -> Result<i32, CliError> {
     let pattern = sftpipe::glob::has_magic(&paths[0]);
     let target: &[&[u8]] = if pattern { &[] } else { &[&paths[0]] };
     let dirs = if a.recursive { target } else { &[] };
-    let session = connect_prefetching(g, ep.as_ref(), target, dirs)?;
+    let session = match super::scp::connect_for_transfer(g, ep.as_ref(), target, dirs)? {
+        Backend::Sftp(s) => s,
+        Backend::Scp(scp) => return super::scp::get(g, a, &scp, &paths[0]),
+    };
     let remote = expand_tilde(&session, &paths[0])?;
     let mut remotes = expand_remote(&session, &a.remote, &remote)?;
     if remotes.len() > 1 {
@@ -330,7 +334,7 @@ enum Job {
 }
 
 /// The name a local operand gets inside a remote directory; `None` for `/`.
-fn local_name(local: &Path) -> Option<OsString> {
+pub(super) fn local_name(local: &Path) -> Option<OsString> {
     match local.file_name() {
         Some(n) => Some(n.to_os_string()),
         None => fs::canonicalize(local)
@@ -468,13 +472,19 @@ pub fn put(g: &GlobalArgs, a: &PutArgs) -> Result<i32, CliError> {
                 .map(|(local, _)| ((*local).clone(), walk_local(local, follow_links)))
                 .collect::<Vec<_>>()
         });
-        let session = connect_prefetching(g, ep.as_ref(), &stat_targets, &[]);
+        let session = super::scp::connect_for_transfer(g, ep.as_ref(), &stat_targets, &[]);
         let walks = walker
             .join()
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
         (session, walks)
     });
-    let session = session?;
+    let session = match session? {
+        Backend::Sftp(s) => s,
+        Backend::Scp(scp) => {
+            let locals: Vec<&PathBuf> = found.iter().map(|(l, _)| *l).collect();
+            return Ok(combine(super::scp::put(g, a, &scp, &locals, &paths[0])?));
+        }
+    };
     let remote = expand_tilde(&session, &paths[0])?;
     let mut opts = a.transfer.options();
     opts.resume = a.resume;

@@ -184,6 +184,7 @@ impl HookConfig {
             connections: cli.connections,
             eager_connections: cli.eager_connections,
             separate_connections: cli.separate_connections,
+            transport: cli.transport,
         }
     }
 }

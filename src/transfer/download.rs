@@ -156,7 +156,11 @@ impl Transfer {
         );
         let start = match (
             verdict,
-            self.resume_point(meta.len(), self.download_chunk()),
+            self.resume_point(
+                meta.len(),
+                self.download_chunk(),
+                attrs.size.unwrap_or(u64::MAX),
+            ),
         ) {
             (Judgement::Complete, _) => return Ok(meta.len()),
             (Judgement::Prefix | Judgement::Older, Some(start)) => start,

@@ -137,26 +137,32 @@ pub(crate) fn mtime_ns(meta: &fs::Metadata) -> i128 {
 
 impl Transfer {
     /// How far below a partial copy's end writing resumes: the most bytes a transfer
-    /// with these options, or with the defaults, keeps in flight per file (see the
-    /// module's documentation).
-    pub(crate) fn rewind(&self, chunk: usize) -> u64 {
-        // A file striped over channels has requests in flight on each of them, all within
-        // the byte budget (see `stripe`).
-        let channels = self.pool.as_ref().map_or(1, |p| p.max());
+    /// with these options, or with the defaults, keeps in flight for a file of
+    /// `source_len` bytes (see the module's documentation): one channel's requests, or,
+    /// for a file big enough to be striped over channels, up to the byte budget.
+    pub(crate) fn rewind(&self, chunk: usize, source_len: u64) -> u64 {
+        let striped = source_len >= crate::pool::STRIPE_MIN;
+        let channels = |n: usize| if striped { n } else { 1 };
         let window = |requests: usize, channels: usize, budget: usize| {
             (requests.max(1) * chunk * channels).min(budget) as u64
         };
-        window(self.opts.requests, channels, self.opts.max_bytes_in_flight).max(window(
+        let max = self.pool.as_ref().map_or(1, |p| p.max());
+        window(
+            self.opts.requests,
+            channels(max),
+            self.opts.max_bytes_in_flight,
+        )
+        .max(window(
             DEFAULT_REQUESTS,
-            crate::transport::DEFAULT_CONNECTIONS,
+            channels(crate::transport::DEFAULT_CONNECTIONS),
             DEFAULT_BYTES_IN_FLIGHT,
         ))
     }
 
     /// Where a partial copy of `size` bytes is continued; `None` when none of it is
     /// safe to keep.
-    pub(crate) fn resume_point(&self, size: u64, chunk: usize) -> Option<u64> {
-        Some(size.saturating_sub(self.rewind(chunk))).filter(|&s| s > 0)
+    pub(crate) fn resume_point(&self, size: u64, chunk: usize, source_len: u64) -> Option<u64> {
+        Some(size.saturating_sub(self.rewind(chunk, source_len))).filter(|&s| s > 0)
     }
 
     /// True when the [`CHECK_BLOCK`] bytes below `end` are the same in the remote file
@@ -219,7 +225,7 @@ impl Transfer {
         if !attrs.is_file() || !matches!(verdict, Judgement::Prefix | Judgement::Complete) {
             return Ok(None);
         }
-        let Some(start) = self.resume_point(size, chunk) else {
+        let Some(start) = self.resume_point(size, chunk, meta.len()) else {
             return Ok(None);
         };
         let handle = match self

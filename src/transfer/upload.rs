@@ -246,7 +246,7 @@ impl Transfer {
         if !self.opts.inplace {
             // Files too small to keep part of are not resumed: their temporary names are
             // unique, and no STAT looks for them.
-            own = (source.meta.len() > self.rewind(chunk))
+            own = (source.meta.len() > self.rewind(chunk, source.meta.len()))
                 .then(|| resumable_temp_name(remote, source.meta.len(), mtime_ns(source.meta)));
             let left = match (around, &own) {
                 (Some(a), _) => a.temps.clone(),
@@ -321,7 +321,9 @@ impl Transfer {
         let usable = left.iter().filter(|(_, a)| {
             a.is_file()
                 && matches!(source.judge(a), Judgement::Prefix | Judgement::Complete)
-                && self.resume_point(a.size.unwrap_or(0), chunk).is_some()
+                && self
+                    .resume_point(a.size.unwrap_or(0), chunk, source.meta.len())
+                    .is_some()
         });
         let mut best: Option<&(Vec<u8>, FileAttributes)> = None;
         for c in usable {
@@ -347,7 +349,7 @@ impl Transfer {
     ) -> Result<Option<(Handle, u64)>> {
         let size = attrs.size.unwrap_or(u64::MAX);
         let verdict = source.judge(attrs);
-        let start = match (verdict, self.resume_point(size, chunk)) {
+        let start = match (verdict, self.resume_point(size, chunk, source.meta.len())) {
             (Judgement::Prefix | Judgement::Older, Some(start)) => start,
             _ => {
                 log::info!("{}: cannot be continued; uploading it whole", lossy(remote));

@@ -7,6 +7,7 @@
 pub mod askpass;
 pub mod control_dir;
 pub mod delayed_server;
+pub mod dropbear;
 pub mod fake_server;
 pub mod servers;
 pub mod ssh_recorder;
@@ -58,9 +59,17 @@ pub struct Sshd {
     /// Lines written before the defaults of `sshd_config` (sshd keeps a keyword's first value).
     extra: Vec<String>,
     child: Option<Child>,
+    /// Rewrites the generated `sshd_config` before sshd starts.
+    config_hook: Option<fn(String) -> String>,
 }
 
 impl Sshd {
+    /// Starts a server for `root` whose `sshd_config` is `edit`ed first (e.g. the
+    /// `Subsystem sftp` line removed: see [`without_sftp_subsystem`]).
+    pub fn start_with_config(edit: fn(String) -> String) -> Sshd {
+        Sshd::launch_with("root", &[], Some(edit))
+    }
+
     /// Starts a server that lets `root` (the user running the tests) log in with
     /// [`Sshd::key_path`].
     pub fn start() -> Sshd {
@@ -90,6 +99,10 @@ impl Sshd {
     }
 
     fn launch(user: &str, extra: &[&str]) -> Sshd {
+        Sshd::launch_with(user, extra, None)
+    }
+
+    fn launch_with(user: &str, extra: &[&str], config_hook: Option<fn(String) -> String>) -> Sshd {
         assert!(
             Path::new(SSHD).exists(),
             "{SSHD} is missing: apt-get install openssh-server openssh-sftp-server"
@@ -119,6 +132,7 @@ impl Sshd {
             user: user.to_string(),
             extra: extra.iter().map(|l| l.to_string()).collect(),
             child: None,
+            config_hook,
         };
         let mut failures = String::new();
         for attempt in 1..=START_ATTEMPTS {
@@ -167,6 +181,10 @@ impl Sshd {
             pid = d.join("sshd.pid").display(),
             sftp = sftp_server.display(),
         );
+        let text = match self.config_hook {
+            Some(edit) => edit(text),
+            None => text,
+        };
         fs::write(&config, text).map_err(|e| format!("write sshd_config: {e}"))?;
 
         let mut child = Command::new(SSHD)
@@ -299,6 +317,16 @@ impl Sshd {
             kill_tree(child);
         }
     }
+}
+
+/// An `sshd_config` hook for [`Sshd::start_with_config`]: no SFTP subsystem, as on
+/// hosts that disable it.
+pub fn without_sftp_subsystem(config: String) -> String {
+    config
+        .lines()
+        .filter(|l| !l.starts_with("Subsystem sftp"))
+        .map(|l| format!("{l}\n"))
+        .collect()
 }
 
 /// Kills a listening server and every session process it forked.
