@@ -2,7 +2,7 @@
 
 use std::future::Future;
 
-use super::{Semaphore, spawn};
+use super::{Semaphore, spawn_detached};
 
 /// Runs each future given to [`TaskGroup::spawn`] as its own task, at most `limit` at
 /// once, so a batch of a million files holds a bounded number of suspended tasks (and of
@@ -26,10 +26,10 @@ impl TaskGroup {
     /// Waits for a free slot, then starts `f` as a task holding it until it ends.
     pub async fn spawn(&mut self, f: impl Future<Output = ()> + 'static) {
         let slot = self.slots.acquire(1).await;
-        drop(spawn(async move {
+        spawn_detached(async move {
             f.await;
             drop(slot);
-        }));
+        });
     }
 
     /// Waits until every task of the group has ended.
