@@ -15,9 +15,12 @@
 #                      tree     several channels (#15): 500 files put -r / mirror (by default at
 #                               rtt100 only)
 #                      scp      the scp fallback (#18): an sshd without SFTP, beside scp -O (rtt20)
-#                    a case named here runs in every selected condition; without --cases all
-#                    four run with the defaults above. E.g. --only rtt100 --cases big runs the
-#                    #15 rows at 100 ms alone (a few minutes per repetition)
+#                      many     large trees (#17): 50,000 and 1,000,000 files (loopback and
+#                               rtt20; rtt100 only when --only names it). Only when named:
+#                               the million-file rows take tens of minutes (give --max-time)
+#                    a case named here runs in every selected condition; without --cases the
+#                    first five run with the defaults above. E.g. --only rtt100 --cases big runs
+#                    the #15 rows at 100 ms alone (a few minutes per repetition)
 #   --repeat N       time every command N times (peers interleaved) and report the median (default 1)
 #   --out FILE       also write the Markdown report to FILE (it always goes to stdout)
 #   --timeout SECS   per-command limit (default 300); a command that hits it is reported FAILED
@@ -27,7 +30,10 @@
 #
 # Environment: SFTPIPE=/path/to/sftpipe skips the cargo build; CARGO_TARGET_DIR is honoured;
 # BENCH_BIG_MIB=N sets the size of the big file (default 512, 128 with --quick; e.g. 32 to check
-# that the script works end to end in little time).
+# that the script works end to end in little time). For --cases many: BENCH_MANY_DIV=N divides
+# the files per directory of the large trees (e.g. 100: 500 and 10,000 files, to check the script
+# end to end); BENCH_CACHE=DIR keeps the million-file tree (default /var/tmp/sftpipe-bench-cache,
+# generated once per size: about 4 GiB of disk blocks for 1,000,000 files).
 #
 # Needs root (it starts its own sshd and may apt-get install openssh-server, openssh-sftp-server,
 # rsync, lftp, time, python3 when missing) and a Debian-like system. It builds sftpipe in release
@@ -76,6 +82,15 @@
 #      ProxyCommand (its cipher is then its own: see the header). Its hash check (md5sum over
 #      ssh after each file) is off and its shell type given, so it runs no commands the others
 #      do not.
+#   6. large trees (#17, --cases many): 50,000 files of 4 KiB in 50 dirs and 1,000,000 files of
+#      100 bytes in 1,000 dirs (kept in BENCH_CACHE): fresh mirror (and put -r of the 50,000),
+#      no-op mirror, 1 changed file (grown by a byte) and get -r, rsync -a vs sftpipe; ratio vs
+#      rsync. sftpipe's peak RSS (%M) and its client CPU (user + sys of sftpipe and its ssh child,
+#      /usr/bin/time) per file get a table of their own. Targets: 50,000 files fresh mirror,
+#      put -r, no-op and 1 changed <= 1.0x rsync; client CPU per file of the 50,000-file fresh
+#      mirror and put -r <= 22.5 us (half of #17's 45 us); 1,000,000 files no-op <= 1.0x rsync
+#      and peak RSS of its fresh and no-op mirror <= 256 MiB; and, with classic at rtt20, get -r
+#      of 500 files <= 1.0x rsync.
 # Copies are verified (cmp / diff -r) for every peer; a peer that fails or whose copy differs is
 # reported as FAILED with the first line of its stderr, and the run goes on.
 #
@@ -137,7 +152,7 @@ for c in ${ONLY//,/ }; do
     case $c in loopback | rtt20 | rtt100) ;; *) echo "run.sh: --only takes loopback, rtt20, rtt100 (comma-separated), not '$c'" >&2; exit 2 ;; esac
 done
 for c in ${CASES//,/ }; do
-    case $c in classic | memory | big | tree | scp) ;; *) echo "run.sh: --cases takes classic, memory, big, tree, scp (comma-separated), not '$c'" >&2; exit 2 ;; esac
+    case $c in classic | memory | big | tree | scp | many) ;; *) echo "run.sh: --cases takes classic, memory, big, tree, scp, many (comma-separated), not '$c'" >&2; exit 2 ;; esac
 done
 [ -z "${BENCH_BIG_MIB:-}" ] || [[ $BENCH_BIG_MIB =~ ^[1-9][0-9]*$ ]] || { echo "run.sh: BENCH_BIG_MIB must be a positive integer" >&2; exit 2; }
 for v in REPEAT CMD_TIMEOUT MAX_TIME; do
@@ -303,8 +318,14 @@ want_cond() { [ -z "$ONLY" ] || [[ ",$ONLY," == *",$1,"* ]]; }
 named_case() { [[ ",$CASES," == *",$1,"* ]]; }
 want() { # CASE COND: true when CASE runs in condition COND
     want_cond "$2" || return 1
-    if [ -n "$CASES" ]; then named_case "$1"; return; fi
+    if [ -n "$CASES" ]; then
+        named_case "$1" || return 1
+        # the large trees at 100 ms only when asked for by name
+        [ "$1" != many ] || [ "$2" != rtt100 ] || [[ ",$ONLY," == *,rtt100,* ]]
+        return
+    fi
     case $1 in
+        many) false ;;
         classic) [ "$2" != rtt100 ] ;;
         memory) [ "$2" = loopback ] ;;
         big) true ;;
@@ -870,12 +891,165 @@ scp_fallback_targets() { # target() with a factor: NAME KEY REFKEY FACTOR
     TARGETS+=("| $1 | $(printf '%.2f' "$v") s vs $(printf '%.2f' "$r") s = ${q}× | $res |")
 }
 # ---------------------------------------------------------------------------------------------
+# Large trees (#17), only with --cases many: a 50,000-file tree (4 KiB files, 50 dirs, made
+# each run) and a 1,000,000-file tree (100 bytes, 1,000 dirs, made once and kept in
+# $BENCH_CACHE), each as fresh mirror, no-op mirror, 1 changed file and get -r, next to rsync -a.
+# sftpipe runs under /usr/bin/time: its peak RSS (%M) and client CPU (user + sys of sftpipe and
+# its ssh child) per file are reported.
+
+MANY_DIV=${BENCH_MANY_DIV:-1}
+MANY_CACHE=${BENCH_CACHE:-/var/tmp/sftpipe-bench-cache}
+MANY_CPU_TARGET_US=22.5 # half of the 45 µs per file #17 measured
+
+commas() { sed ':a;s/\B[0-9]\{3\}\>/,&/;ta' <<<"$1"; }
+many_n() { # FILES_PER_DIR: scaled down by BENCH_MANY_DIV, at least 8 (grow_one changes f0007)
+    local n=$(($1 / MANY_DIV))
+    echo $((n < 8 ? 8 : n))
+}
+many_trees() { # sets T50K_DIR M50K T1M_DIR M1M (trees and their file counts, as labels)
+    local n50 n1m d1m
+    n50=$(many_n 1000) n1m=1000 d1m=$((1000 / MANY_DIV))
+    ((d1m >= 10)) || d1m=10
+    T50K_DIR=$WORK/src/t50k M50K=$(commas $((50 * n50)))
+    if [ ! -d "$T50K_DIR" ]; then
+        log "creating $M50K files of 4 KiB in 50 dirs"
+        gen_tree "$T50K_DIR" 50 "$n50" 4096
+    fi
+    T1M_DIR=$MANY_CACHE/t1m-${d1m}x${n1m}x100 M1M=$(commas $((d1m * n1m)))
+    if [ ! -e "$T1M_DIR/.complete" ]; then
+        log "creating $M1M files of 100 bytes in $d1m dirs, once, in $T1M_DIR (kept for later runs)"
+        rm -rf "$T1M_DIR"
+        gen_tree "$T1M_DIR/tree" "$d1m" "$n1m" 100
+        touch "$T1M_DIR/.complete"
+    fi
+    T1M_DIR=$T1M_DIR/tree
+    sync -f "$WORK"
+}
+
+# many_sp KEY SFTPIPE-ARGS...: sftpipe under /usr/bin/time; the peak RSS goes where bench()
+# reads it, and "ROUND|KEY user sys" is appended to cpu.all
+many_sp() {
+    local key=$1 rc=0
+    shift
+    TO /usr/bin/time -o "$WORK/log/time" -f '%U %S %M' "${SP[@]}" "$@" --progress=none || rc=$?
+    if [ -s "$WORK/log/time" ]; then
+        awk '{ print $3 }' "$WORK/log/time" >"$WORK/log/rss"
+        echo "$ROUND|$key $(awk '{ print $1, $2 }' "$WORK/log/time")" >>"$WORK/log/cpu.all"
+    fi
+    return "$rc"
+}
+many_mirror() { many_sp "$1" mirror "$2" "$H:$3"; }
+many_put_r() { many_sp "$1" put -r "$2" "$H:$3"; }
+many_get_r() { many_sp "$1" get -r "$H:$2" "$3"; }
+
+many_rows() { # TAG TREE FILES: the four workloads on one tree
+    local tag=$1 t=$2 n=$3
+    bench "mirror: fresh, $n files" "rsync -a" - \
+        "rsync -a|rmrf $R/$tag.rsync|rsync_up $t/ $R/$tag.rsync/|same_tree $t $R/$tag.rsync" \
+        "sftpipe mirror|rmrf $R/$tag.sp|many_mirror $tag-fresh $t $R/$tag.sp|same_tree $t $R/$tag.sp"
+    if [ "$tag" = m50k ]; then
+        bench "put -r, $n files" "rsync -a" - \
+            "rsync -a|rmrf $R/$tag.rsync|rsync_up $t/ $R/$tag.rsync/|same_tree $t $R/$tag.rsync" \
+            "sftpipe put -r|rmrf $R/$tag.spp|many_put_r $tag-put $t $R/$tag.spp|same_tree $t $R/$tag.spp"
+        rm -rf "$R/$tag.spp"
+    fi
+    bench "mirror: no-op, $n files" "rsync -a" - \
+        "rsync -a|-|rsync_up $t/ $R/$tag.rsync/|same_tree $t $R/$tag.rsync" \
+        "sftpipe mirror|-|many_mirror $tag-noop $t $R/$tag.sp|same_tree $t $R/$tag.sp"
+    INIT_FAIL=()
+    bench "mirror: 1 changed of $n files" "rsync -a" "grow_one $t" \
+        "rsync -a|-|rsync_up $t/ $R/$tag.rsync/|same_tree $t $R/$tag.rsync" \
+        "sftpipe mirror|-|many_mirror $tag-changed $t $R/$tag.sp|same_tree $t $R/$tag.sp"
+    rm -rf "$R/$tag".*
+    bench "get -r, $n files" "rsync -a" - \
+        "rsync -a|rmrf $L/$tag.rsync|rsync_down $t/ $L/$tag.rsync/|same_tree $t $L/$tag.rsync" \
+        "sftpipe get -r|rmrf $L/$tag.sp|many_get_r $tag-get $t $L/$tag.sp|same_tree $t $L/$tag.sp"
+    rm -rf "$L/$tag".*
+}
+
+run_many() { # COND
+    want many "$1" || return 0
+    [ -n "${T50K_DIR:-}" ] || many_trees
+    setup_round "$1"
+    ROUND="many-$1"
+    log "=== large trees (#17), $1 ==="
+    many_rows m50k "$T50K_DIR" "$M50K"
+    many_rows m1m "$T1M_DIR" "$M1M"
+}
+
+many_cpu() { # ROUND KEY: median user+sys seconds of sftpipe's runs, or nothing
+    local v
+    v=$(grep -F "$1|$2 " "$WORK/log/cpu.all" 2>/dev/null | awk '{ print $2 + $3 }' || true)
+    [ -z "$v" ] || median <<<"$v"
+}
+
+target_many() {
+    local c r
+    if want classic rtt20; then
+        target "get -r 500 files ≤ 1.0× rsync (rtt20)" "rtt20|500 files, download|sftpipe get -r" "rtt20|500 files, download|rsync -a"
+    fi
+    for c in loopback rtt20 rtt100; do
+        want many "$c" || continue
+        r=many-$c
+        target "mirror fresh $M50K files ≤ 1.0× rsync ($c)" "$r|mirror: fresh, $M50K files|sftpipe mirror" "$r|mirror: fresh, $M50K files|rsync -a"
+        target "put -r $M50K files ≤ 1.0× rsync ($c)" "$r|put -r, $M50K files|sftpipe put -r" "$r|put -r, $M50K files|rsync -a"
+        target "mirror no-op $M50K files ≤ 1.0× rsync ($c)" "$r|mirror: no-op, $M50K files|sftpipe mirror" "$r|mirror: no-op, $M50K files|rsync -a"
+        target "mirror 1 changed of $M50K files ≤ 1.0× rsync ($c)" "$r|mirror: 1 changed of $M50K files|sftpipe mirror" "$r|mirror: 1 changed of $M50K files|rsync -a"
+        target "mirror no-op $M1M files ≤ 1.0× rsync ($c)" "$r|mirror: no-op, $M1M files|sftpipe mirror" "$r|mirror: no-op, $M1M files|rsync -a"
+        many_target_cpu "$c" m50k-fresh "mirror fresh" "$M50K"
+        many_target_cpu "$c" m50k-put "put -r" "$M50K"
+        many_target_rss "$c" "mirror: fresh, $M1M files"
+        many_target_rss "$c" "mirror: no-op, $M1M files"
+    done
+}
+many_target_cpu() { # COND KEY WHAT FILES: client CPU per file ≤ MANY_CPU_TARGET_US
+    local name="client CPU per file, $3 $4 files ($1) ≤ $MANY_CPU_TARGET_US µs" s us
+    s=$(many_cpu "many-$1" "$2")
+    if ! isnum "$s"; then TARGETS+=("| $name | not measured | FAIL |"); return; fi
+    us=$(awk -v s="$s" -v n="${4//,/}" 'BEGIN { printf "%.1f", s / n * 1e6 }')
+    if awk -v u="$us" -v t="$MANY_CPU_TARGET_US" 'BEGIN { exit !(u <= t) }'; then r=PASS; else r=FAIL; fi
+    TARGETS+=("| $name | $us µs ($s s user + sys) | $r |")
+}
+many_target_rss() { # COND WORKLOAD: sftpipe's peak RSS ≤ 256 MiB
+    local key="many-$1|$2|sftpipe mirror" name="peak RSS, $2 ($1) ≤ 256 MiB" kb=${RSS[many-$1|$2|sftpipe mirror]:-} r=FAIL
+    if isnum "${RES[$key]:-}" && isnum "$kb"; then
+        ((kb <= 262144)) && r=PASS
+        TARGETS+=("| $name | $(awk -v k="$kb" 'BEGIN { printf "%.1f MiB", k / 1024 }') | $r |")
+    else
+        TARGETS+=("| $name | ${RES[$key]:-not run} | FAIL |")
+    fi
+}
+many_report() { # sftpipe's peak RSS and CPU per file on the large trees
+    grep -q . "$WORK/log/cpu.all" 2>/dev/null || return 0
+    local key round workload peer kb tag s n
+    echo
+    echo "## large trees (#17): sftpipe's peak RSS and client CPU"
+    echo
+    echo "| round | workload | peak RSS | client CPU (user + sys, incl. ssh) | per file |"
+    echo "|---|---|---:|---:|---:|"
+    for key in "${ORDER[@]}"; do
+        IFS='|' read -r round workload peer <<<"$key"
+        [[ $round == many-* && $peer == sftpipe* ]] || continue
+        kb=${RSS[$key]:-}
+        n=$(sed -n 's/.* \([0-9,]*\) files$/\1/p' <<<"$workload")
+        case $workload in
+            "mirror: fresh, $M50K"*) tag=m50k-fresh ;; "put -r, $M50K"*) tag=m50k-put ;;
+            "mirror: no-op, $M50K"*) tag=m50k-noop ;; *"changed of $M50K"*) tag=m50k-changed ;;
+            "get -r, $M50K"*) tag=m50k-get ;; "mirror: fresh, $M1M"*) tag=m1m-fresh ;;
+            "mirror: no-op, $M1M"*) tag=m1m-noop ;; *"changed of $M1M"*) tag=m1m-changed ;;
+            "get -r, $M1M"*) tag=m1m-get ;; *) tag=none ;;
+        esac
+        s=$(many_cpu "$round" "$tag")
+        echo "| ${round#many-} | $workload | $(isnum "$kb" && awk -v k="$kb" 'BEGIN { printf "%.1f MiB", k / 1024 }' || echo –) | $(isnum "$s" && echo "$s s" || echo –) | $(isnum "$s" && awk -v s="$s" -v n="${n//,/}" 'BEGIN { if (n > 0) printf "%.1f µs", s / n * 1e6 }' || echo –) |"
+    done
+}
 
 LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
 for c in loopback rtt20 rtt100; do if want classic $c; then run_round $c; fi; done
 if want memory loopback; then run_memory; fi
 for c in loopback rtt20 rtt100; do run_channels $c; done
 if want scp rtt20; then run_scp_fallback; fi
+for c in loopback rtt20 rtt100; do run_many $c; done
 LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
 TOTAL=$(elapsed)
 
@@ -924,6 +1098,7 @@ report() {
                 loopback) echo "## loopback (direct)" ;;
                 rtt20) echo "## rtt20 (20 ms RTT)" ;;
                 scp-rtt20) echo "## scp fallback: sshd without SFTP (20 ms RTT)" ;;
+                many-*) echo "## large trees (#17), ${round#many-}" ;;
                 *) echo "## $round (${round#rtt} ms RTT)" ;;
             esac
             echo
@@ -967,6 +1142,7 @@ report() {
             fi
         done
     fi
+    many_report
     echo
     echo "## targets"
     echo
@@ -1000,6 +1176,7 @@ if want classic loopback && ((!QUICK)); then
     target "mirror fresh 5,000 files ≤ 1.0× rsync (loopback)" "loopback|mirror: fresh, 5,000 files|sftpipe mirror" "loopback|mirror: fresh, 5,000 files|rsync -a"
 fi
 target_channels
+target_many
 
 scp_fallback_targets "scp fallback: 500 files put -r ≤ 0.5× scp -O -r (rtt20)" "scp-rtt20|500 files, upload|sftpipe put -r (scp)" "scp-rtt20|500 files, upload|scp -O -r" 0.5
 scp_fallback_targets "scp fallback: $BIGW put ≤ 1.0× scp -O (rtt20)" "scp-rtt20|$BIGW, upload|sftpipe put (scp)" "scp-rtt20|$BIGW, upload|scp -O" 1.0

@@ -299,6 +299,15 @@ where
     JoinHandle { state }
 }
 
+/// Runs `future` as a task nobody awaits: [`spawn`] without the shared result slot a
+/// [`JoinHandle`] needs (one allocation less per task, for callers spawning one per file).
+pub(crate) fn spawn_detached(future: impl Future<Output = ()> + 'static) {
+    CURRENT.with(|c| match &*c.borrow() {
+        Some(shared) => shared.spawn(Box::pin(future)),
+        None => panic!("sftpipe::task::spawn_detached called outside Runtime::block_on"),
+    });
+}
+
 /// Yields once to let other tasks run.
 pub async fn yield_now() {
     let mut yielded = false;

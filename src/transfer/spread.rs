@@ -98,20 +98,25 @@ impl Transfer {
 
     /// Runs `op` for one file over the channel [`Transfer::for_file`] picks; if that
     /// channel dies under it while others live, `op` runs once more over another.
+    ///
+    /// `op`'s future is boxed once the file may start: a task queued for an open-file
+    /// permit then holds a few words instead of a whole transfer's state (kilobytes),
+    /// and the thousands of queued tasks of a large tree neither take memory nor cost
+    /// page faults.
     pub async fn on_some_channel<T, F, Fut>(&self, mut op: F) -> Result<T>
     where
         F: FnMut(Transfer) -> Fut,
         Fut: std::future::Future<Output = Result<T>>,
     {
         let t = self.for_file_when_free().await;
-        match op(t.clone()).await {
+        match Box::pin(op(t.clone())).await {
             Err(e) if self.lost_channel(&t, &e) => {
                 let other = self.for_file_when_free().await;
                 if other.sftp.channel().is_dead() || other.sftp.same_channel(&t.sftp) {
                     return Err(e);
                 }
                 log::info!("{e}; trying again over another channel");
-                op(other).await
+                Box::pin(op(other)).await
             }
             r => r,
         }

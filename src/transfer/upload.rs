@@ -539,10 +539,20 @@ impl Transfer {
         };
         loop {
             while !eof && inflight.len() < max_requests {
-                let want = match known_size {
-                    Some(size) if offset < size => chunk.min((size - offset) as usize),
-                    Some(_) => chunk.min(super::GROWTH_PROBE),
-                    None => chunk,
+                // The file's last piece, when read (not sent from the file by the
+                // reactor), is asked for with one byte more: a read that stops at the
+                // known end is the end, and no growth probe follows.
+                let (want, end) = match known_size {
+                    Some(size) if offset < size => {
+                        let left = usize::try_from(size - offset).unwrap_or(usize::MAX);
+                        if left < chunk && left + 1 < ZERO_COPY_MIN {
+                            (left + 1, Some(left))
+                        } else {
+                            (chunk.min(left), None)
+                        }
+                    }
+                    Some(_) => (chunk.min(super::GROWTH_PROBE), None),
+                    None => (chunk, None),
                 };
                 let permit = self
                     .budget_while_draining(
@@ -569,7 +579,7 @@ impl Transfer {
                 } else {
                     let Some(sent) = self
                         .sftp
-                        .submit_write_from_file(handle, offset, file, offset, want)
+                        .submit_write_from_file_to(handle, offset, file, offset, want, end)
                         .await
                         .map_err(|e| relabel_local(e, local))?
                     else {

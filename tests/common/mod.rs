@@ -13,6 +13,7 @@ pub mod servers;
 pub mod ssh_recorder;
 pub mod tree;
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -725,12 +726,18 @@ pub struct LoggedSftpServer {
 impl LoggedSftpServer {
     /// Writes the wrapper into `dir` (a path without single quotes).
     pub fn new(dir: &Path) -> LoggedSftpServer {
+        Self::with_level(dir, "INFO")
+    }
+
+    /// As [`LoggedSftpServer::new`], logging at `level`: `DEBUG3` adds a line
+    /// `request N: KIND` for every request, which [`request_counts`] counts.
+    pub fn with_level(dir: &Path, level: &str) -> LoggedSftpServer {
         let script = dir.join("logged-sftp-server");
         let log = dir.join("sftp-server.log");
         write_script(
             &script,
             &format!(
-                "exec '{}' -e -l INFO 2>>'{}'",
+                "exec '{}' -e -l {level} 2>>'{}'",
                 sftp_server_path().display(),
                 log.display()
             ),
@@ -750,6 +757,27 @@ impl LoggedSftpServer {
         write_file(&self.log, b"");
         text
     }
+}
+
+/// How many requests of each kind (`open`, `write`, `posix-rename`, ...) a `DEBUG3` log of
+/// [`LoggedSftpServer::with_level`] shows.
+pub fn request_counts(log: &str) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for line in log.lines() {
+        // `debug3: request 7: open flags 26` (one such line per request), `debug1:
+        // request 7: sent handle ...` (its reply, not counted).
+        let Some(rest) = line.split_once(": request ").map(|(_, r)| r) else {
+            continue;
+        };
+        let Some((id, said)) = rest.split_once(": ") else {
+            continue;
+        };
+        let kind = said.split(' ').next().unwrap_or_default();
+        if id.bytes().all(|b| b.is_ascii_digit()) && !kind.is_empty() && kind != "sent" {
+            *counts.entry(kind.to_string()).or_insert(0) += 1;
+        }
+    }
+    counts
 }
 
 /// The SHA-256 of a file as lowercase hex, from `sha256sum`.
