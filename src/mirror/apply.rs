@@ -8,7 +8,7 @@ use std::rc::Rc;
 use std::time::Instant;
 
 use super::dirtimes::{DirTimes, stale_dir_times};
-use super::plan::{Action, Compare, EntryKind, Plan, Snapshot, plan};
+use super::plan::{Action, Compare, EntryKind, Plan, Snapshot, TreeEntry, plan};
 use super::sides::{Direction, Sides};
 use super::snapshot::LocalSnapshot;
 use super::staging::stage;
@@ -21,12 +21,15 @@ use crate::transfer::{LinkSlot, Transfer};
 
 /// What the phases did besides copying files (which the transfer context counts).
 #[derive(Default)]
-struct Counters {
-    dirs_created: u64,
-    symlinks: u64,
-    chmods: u64,
-    deleted: u64,
+pub(super) struct Counters {
+    pub dirs_created: u64,
+    pub symlinks: u64,
+    pub chmods: u64,
+    pub deleted: u64,
 }
+
+/// Deletes to make at the end: relative path and kind.
+pub(super) type DeleteList = Vec<(Vec<u8>, EntryKind)>;
 
 /// Failures recorded so far.
 pub(super) fn failure_count(t: &Transfer) -> usize {
@@ -101,17 +104,26 @@ async fn apply(planned: Planned, opts: &MirrorOptions, report: &mut MirrorReport
     clear_replaced(&sides, &plan).await;
     let stale_dirs = stale_dir_times(&trees.source, &trees.dest, &plan);
     let (times, tokens) = DirTimes::start(&sides, &plan, stale_dirs);
-    let source = Rc::new(trees.source);
-    write_all(&sides, &source, &plan, opts, tokens, &counters, report).await;
-    delete_extras(
+    write_all(
         &sides,
+        &trees.source,
         &plan,
-        trees.incomplete_listing,
         opts,
+        tokens,
         &counters,
         report,
     )
     .await;
+    let deletes = plan
+        .actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Delete { path, kind } => Some((path.clone(), *kind)),
+            _ => None,
+        })
+        .collect();
+    let incomplete = trees.incomplete_listing;
+    delete_extras(&sides, deletes, incomplete, opts, &counters, report).await;
     times.finish(&sides).await;
 
     if sides.staged {
@@ -168,30 +180,36 @@ fn prepare_dest(sides: &Sides, trees: &Trees, plan: &Plan) -> bool {
     true
 }
 
+/// What must be removed before `a` (of that kind), if anything. Renames replace files
+/// atomically, and links replace what is in their way themselves. Directories (and a
+/// file where a directory must go) need removing first, and so does a link where a file
+/// goes: a rename onto a link may follow it (ProFTPD's does, and overwrites the file it
+/// points to).
+pub(super) fn must_clear(a: &Action) -> Option<EntryKind> {
+    let replaces = match a {
+        Action::Copy {
+            replaces: Some(k), ..
+        }
+        | Action::Mkdir {
+            replaces: Some(k), ..
+        }
+        | Action::Symlink {
+            replaces: Some(k), ..
+        } => *k,
+        _ => return None,
+    };
+    let link_under_file = replaces == EntryKind::Symlink && matches!(a, Action::Copy { .. });
+    (replaces == EntryKind::Dir || matches!(a, Action::Mkdir { .. }) || link_under_file)
+        .then_some(replaces)
+}
+
 /// Phase 1: clears what stands in the way of a type change.
 async fn clear_replaced(sides: &Sides, plan: &Plan) {
     let mut phase = TaskGroup::new(sides.t.task_limit());
     for a in &plan.actions {
-        let replaces = match a {
-            Action::Copy {
-                replaces: Some(k), ..
-            }
-            | Action::Mkdir {
-                replaces: Some(k), ..
-            }
-            | Action::Symlink {
-                replaces: Some(k), ..
-            } => *k,
-            _ => continue,
-        };
-        // Renames replace files atomically, and links replace what is in their way
-        // themselves. Directories (and a file where a directory must go) need removing
-        // first, and so does a link where a file goes: a rename onto a link may follow it
-        // (ProFTPD's does, and overwrites the file it points to).
-        let link_under_file = replaces == EntryKind::Symlink && matches!(a, Action::Copy { .. });
-        if replaces != EntryKind::Dir && !matches!(a, Action::Mkdir { .. }) && !link_under_file {
+        let Some(replaces) = must_clear(a) else {
             continue;
-        }
+        };
         let (s, rel) = (sides.clone(), a.path().to_vec());
         phase
             .spawn(async move {
@@ -208,7 +226,7 @@ async fn clear_replaced(sides: &Sides, plan: &Plan) {
 /// nothing failed. `tokens` (per action, see [`DirTimes`]) go with their actions.
 async fn write_all(
     sides: &Sides,
-    source: &Rc<Snapshot>,
+    source: &Snapshot,
     plan: &Plan,
     opts: &MirrorOptions,
     mut tokens: Vec<Option<Token>>,
@@ -241,7 +259,7 @@ async fn write_all(
             // Held by the action's task; released early by uploads, else when it ends.
             let token = || tokens.get_mut(i).and_then(Option::take);
             let preserve_mode = opts.compare.preserve_mode;
-            if let Some(w) = Write::of(a, source, last_round, preserve_mode, token) {
+            if let Some(w) = Write::of(a, source.get(a.path()), last_round, preserve_mode, token) {
                 let (s, rel) = (sides.clone(), a.path().to_vec());
                 phase.spawn(w.run(s, rel, counters.clone())).await;
             }
@@ -253,8 +271,8 @@ async fn write_all(
 }
 
 /// One action of phase 2 or 3, with what its task needs.
-enum Write {
-    Copy(Rc<Snapshot>, Option<Token>),
+pub(super) enum Write {
+    Copy(Option<TreeEntry>, Option<Token>),
     Mkdir(Option<u32>, Option<Token>),
     Symlink(Vec<u8>, i64, LinkSlot, Option<Token>),
     LinkTime(i64),
@@ -264,27 +282,24 @@ enum Write {
 impl Write {
     /// What `a` does in this round, if it belongs to it; `token` is taken only for an
     /// action that runs.
-    fn of(
+    pub(super) fn of(
         a: &Action,
-        source: &Rc<Snapshot>,
+        src: Option<&TreeEntry>,
         last_round: bool,
         preserve_mode: bool,
         token: impl FnOnce() -> Option<Token>,
     ) -> Option<Write> {
-        let rel = a.path();
         Some(match a {
-            Action::Copy { last, .. } if *last == last_round => {
-                Write::Copy(source.clone(), token())
-            }
+            Action::Copy { last, .. } if *last == last_round => Write::Copy(src.cloned(), token()),
             _ if last_round => return None,
             Action::Mkdir { .. } => {
-                let mode = preserve_mode.then(|| source.get(rel).map(|e| e.mode));
+                let mode = preserve_mode.then(|| src.map(|e| e.mode));
                 Write::Mkdir(mode.flatten(), token())
             }
             Action::Symlink {
                 target, replaces, ..
             } => {
-                let mtime = source.get(rel).map_or(0, |e| e.mtime);
+                let mtime = src.map_or(0, |e| e.mtime);
                 let slot = match replaces {
                     Some(EntryKind::File | EntryKind::Symlink) => LinkSlot::Taken,
                     _ => LinkSlot::Free,
@@ -298,11 +313,11 @@ impl Write {
     }
 
     /// Carries it out on `rel`, recording the outcome.
-    async fn run(self, s: Sides, rel: Vec<u8>, counters: Rc<RefCell<Counters>>) {
+    pub(super) async fn run(self, s: Sides, rel: Vec<u8>, counters: Rc<RefCell<Counters>>) {
         // A token goes once the outcome is recorded, as the action's task ends.
         let (r, count, _token) = match self {
             Write::Copy(src, token) => {
-                let r = s.copy(&rel, src.get(&rel), token.as_ref()).await;
+                let r = s.copy(&rel, src.as_ref(), token.as_ref()).await;
                 s.t.finish_file(s.dest_name(&rel).as_bytes(), r);
                 return;
             }
@@ -339,22 +354,14 @@ enum Count {
 
 /// Phase 4: deletes, only when everything else worked and the listing was complete, and
 /// none above `--max-delete`.
-async fn delete_extras(
+pub(super) async fn delete_extras(
     sides: &Sides,
-    plan: &Plan,
+    deletes: DeleteList,
     incomplete_listing: bool,
     opts: &MirrorOptions,
     counters: &Rc<RefCell<Counters>>,
     report: &mut MirrorReport,
 ) {
-    let deletes: Vec<(Vec<u8>, EntryKind)> = plan
-        .actions
-        .iter()
-        .filter_map(|a| match a {
-            Action::Delete { path, kind } => Some((path.clone(), *kind)),
-            _ => None,
-        })
-        .collect();
     if deletes.is_empty() {
         return;
     }
@@ -416,7 +423,7 @@ async fn delete_one(s: Sides, rel: Vec<u8>, kind: EntryKind, counters: Rc<RefCel
     }
 }
 /// Moves the transfer context's counts and failures into the report.
-fn finish(mut report: MirrorReport, t: &Transfer) -> MirrorReport {
+pub(super) fn finish(mut report: MirrorReport, t: &Transfer) -> MirrorReport {
     let tr = t.take_report();
     report.copied = tr.files;
     report.bytes = tr.bytes;

@@ -111,7 +111,7 @@ pub(super) fn stale_dir_times(
 
 /// Sets the destination directories' times: local ones at once, remote ones queued (see
 /// [`submit_remote_dir_times`]).
-async fn set_dir_times(sides: &Sides, dirs: &[(Vec<u8>, i64)]) -> Pending {
+pub(super) async fn set_dir_times(sides: &Sides, dirs: &[(Vec<u8>, i64)]) -> Pending {
     if sides.dir == Direction::Up {
         return submit_remote_dir_times(sides, dirs).await;
     }
@@ -161,7 +161,7 @@ async fn submit_remote_dir_times(sides: &Sides, dirs: &[(Vec<u8>, i64)]) -> Pend
 
 /// Waits for the replies to directory times and records what failed: a lost connection
 /// once, a directory that is missing because making it failed not again.
-async fn collect_dir_times(sides: &Sides, pending: Pending) {
+pub(super) async fn collect_dir_times(sides: &Sides, pending: Pending) {
     let mut lost = false;
     for (rel, reply) in pending {
         let path = sides.remote(&rel);

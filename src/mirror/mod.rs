@@ -19,6 +19,7 @@ mod plan;
 mod sides;
 mod snapshot;
 mod staging;
+mod stream;
 mod trees;
 
 use std::path::Path;
@@ -129,8 +130,12 @@ pub async fn mirror_up(
     remote_root: &[u8],
     opts: &MirrorOptions,
 ) -> MirrorReport {
-    let local = snapshot_local(local_root, opts);
-    mirror_up_listed(t, local_root, local, remote_root, opts).await
+    if opts.dry_run {
+        let local = snapshot_local(local_root, opts);
+        return mirror_up_listed(t, local_root, local, remote_root, opts).await;
+    }
+    let sides = Sides::new(t, Direction::Up, local_root, remote_root, opts);
+    stream::run_streamed(sides, opts).await
 }
 
 /// [`mirror_up`] with the local tree already listed by [`snapshot_local`] (with the same

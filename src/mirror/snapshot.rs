@@ -113,7 +113,7 @@ pub fn snapshot_local(root: &Path, opts: &MirrorOptions) -> Result<Option<LocalS
 
 /// Marks a path of a snapshot unreadable; one that could not even be examined is added as
 /// an entry of unknown kind.
-fn mark_unreadable(snap: &mut Snapshot, rel: &[u8]) {
+pub(super) fn mark_unreadable(snap: &mut Snapshot, rel: &[u8]) {
     snap.entry(rel.to_vec())
         .or_insert_with(|| TreeEntry {
             kind: EntryKind::Other,
@@ -127,7 +127,7 @@ fn mark_unreadable(snap: &mut Snapshot, rel: &[u8]) {
         .unreadable = true;
 }
 
-fn entry_from_attrs(a: &FileAttributes) -> (EntryKind, u64, i64, u32) {
+pub(super) fn entry_from_attrs(a: &FileAttributes) -> (EntryKind, u64, i64, u32) {
     let kind = match a.file_type() {
         FileType::File | FileType::Unknown => EntryKind::File,
         FileType::Dir => EntryKind::Dir,

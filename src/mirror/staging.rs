@@ -76,7 +76,11 @@ pub(super) async fn stage(
 /// the source lacks or excludes, the killed run's temporary files among them (with or
 /// without `--delete`: the staging tree is the mirror's own). Entries of another kind are
 /// left to the plan, which replaces them; what either side could not read is left alone.
-async fn prune_staged(sides: &Sides, source: &Snapshot, partial: &mut Snapshot) -> Result<()> {
+pub(super) async fn prune_staged(
+    sides: &Sides,
+    source: &Snapshot,
+    partial: &mut Snapshot,
+) -> Result<()> {
     let everything = Compare {
         delete: true,
         delete_excluded: true,
