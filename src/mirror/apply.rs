@@ -22,10 +22,10 @@ use crate::transfer::{LinkSlot, Transfer};
 /// What the phases did besides copying files (which the transfer context counts).
 #[derive(Default)]
 pub(super) struct Counters {
-    pub dirs_created: u64,
-    pub symlinks: u64,
-    pub chmods: u64,
-    pub deleted: u64,
+    pub(super) dirs_created: u64,
+    pub(super) symlinks: u64,
+    pub(super) chmods: u64,
+    pub(super) deleted: u64,
 }
 
 /// Deletes to make at the end: relative path and kind.
