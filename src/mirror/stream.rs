@@ -21,7 +21,7 @@ use std::time::Instant;
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 
-use super::apply::{Counters, DeleteList, Write, delete_extras, failure_count, finish};
+use super::apply::{Counters, DeleteList, Write, delete_extras, failure_count, finish, task_slots};
 use super::dirtimes::{collect_dir_times, set_dir_times};
 use super::plan::{self, Action, Compare, EntryKind, Snapshot, TreeEntry, plan};
 use super::sides::Sides;
@@ -37,9 +37,6 @@ use crate::transfer::{remote_join, staging_dir};
 /// Directories listed and compared at once. Each holds its two listings while it is
 /// compared; their files then queue for the transfer slots.
 const DIRS_IN_FLIGHT: usize = 8;
-
-/// Transfers in flight at most: each holds a task (a few KiB) until its file landed.
-const WRITES_IN_FLIGHT: usize = 2048;
 
 /// A directory still to visit, with what its parent's listings said of it.
 struct Dir {
@@ -167,7 +164,7 @@ async fn start(sides: Sides, opts: &MirrorOptions) -> Option<Rc<Walk>> {
         opts: opts.clone(),
         compare,
         stack: RefCell::new(Vec::new()),
-        writes: Semaphore::new(WRITES_IN_FLIGHT.min(t.task_limit())),
+        writes: Semaphore::new(task_slots(&t)),
         writers: Countdown::new(),
         counters: Rc::default(),
         unchanged: Cell::new(0),
