@@ -11,6 +11,12 @@
 //! 4. deletes of what the source lacks, only if everything before succeeded, children
 //!    before parents, refused whole above `--max-delete`;
 //! 5. directory modification times, once nothing changes inside them any more.
+//!
+//! [`mirror_up`] streams instead (`stream.rs`): it compares one directory at a time as both
+//! listings arrive and starts its writes at once, phase 1 per directory before anything
+//! is written there, phases 3 to 5 at the end as above; memory then holds the directories
+//! in flight, not the trees. [`mirror_down`], the `*_listed` variants and dry runs list
+//! both trees whole first.
 
 mod apply;
 mod dirtimes;
@@ -60,7 +66,9 @@ pub struct MirrorOptions {
 /// What a mirror did.
 #[derive(Debug, Default)]
 pub struct MirrorReport {
-    /// The plan that was (or, with `dry_run`, would be) carried out.
+    /// The plan that was (or, with `dry_run`, would be) carried out. A streamed mirror
+    /// ([`mirror_up`] without `dry_run`) never holds the whole plan: its actions are
+    /// empty, only `unchanged` is counted.
     pub plan: Plan,
     /// Files copied.
     pub copied: u64,
@@ -105,7 +113,9 @@ impl MirrorReport {
     }
 }
 
-/// Mirrors the local tree `local_root` into the remote directory `remote_root`.
+/// Mirrors the local tree `local_root` into the remote directory `remote_root`, comparing
+/// and copying one directory at a time as the listings arrive (see the module
+/// documentation); with [`MirrorOptions::dry_run`], both trees are listed whole to plan.
 ///
 /// Modification times are kept (unless [`MirrorOptions::no_times`]) whatever `t`'s
 /// options say, as the CLI does. Run it on a [`crate::Session`]'s runtime, or use

@@ -661,4 +661,5 @@ async fn land_the_rest(walk: &Walk, report: &mut MirrorReport) {
     report.chmods = c.chmods;
     report.deleted = c.deleted;
     report.unchanged = walk.unchanged.get();
+    report.plan.unchanged = report.unchanged;
 }
