@@ -12,11 +12,11 @@
 //!    before parents, refused whole above `--max-delete`;
 //! 5. directory modification times, once nothing changes inside them any more.
 //!
-//! [`mirror_up`] streams instead (`stream.rs`): it compares one directory at a time as both
-//! listings arrive and starts its writes at once, phase 1 per directory before anything
-//! is written there, phases 3 to 5 at the end as above; memory then holds the directories
-//! in flight, not the trees. [`mirror_down`], the `*_listed` variants and dry runs list
-//! both trees whole first.
+//! [`mirror_up`] and [`mirror_down`] stream instead (`stream.rs`): they compare one
+//! directory at a time as both listings arrive and start their writes at once, phase 1
+//! per directory before anything is written there, phases 3 to 5 at the end as above;
+//! memory then holds the directories in flight, not the trees. The `*_listed` variants
+//! and dry runs list both trees whole first.
 
 mod apply;
 mod dirtimes;
@@ -67,7 +67,7 @@ pub struct MirrorOptions {
 #[derive(Debug, Default)]
 pub struct MirrorReport {
     /// The plan that was (or, with `dry_run`, would be) carried out. A streamed mirror
-    /// ([`mirror_up`] without `dry_run`) never holds the whole plan: its actions are
+    /// ([`mirror_up`], [`mirror_down`] without `dry_run`) never holds the whole plan: its actions are
     /// empty, only `unchanged` is counted.
     pub plan: Plan,
     /// Files copied.
@@ -161,15 +161,20 @@ pub async fn mirror_up_listed(
     run(sides, local, opts).await
 }
 
-/// Mirrors the remote directory `remote_root` into the local directory `local_root`.
+/// Mirrors the remote directory `remote_root` into the local directory `local_root`,
+/// streaming as [`mirror_up`] does.
 pub async fn mirror_down(
     t: &Transfer,
     remote_root: &[u8],
     local_root: &Path,
     opts: &MirrorOptions,
 ) -> MirrorReport {
-    let local = snapshot_local(local_root, opts);
-    mirror_down_listed(t, remote_root, local_root, local, opts).await
+    if opts.dry_run {
+        let local = snapshot_local(local_root, opts);
+        return mirror_down_listed(t, remote_root, local_root, local, opts).await;
+    }
+    let sides = Sides::new(t, Direction::Down, local_root, remote_root, opts);
+    stream::run_streamed(sides, opts).await
 }
 
 /// [`mirror_down`] with the local tree already listed by [`snapshot_local`] (with the

@@ -1,4 +1,4 @@
-//! The streaming mirror up: both trees are compared one directory at a time, as the
+//! The streaming mirror: both trees are compared one directory at a time, as the
 //! listings arrive, and what differs is acted on at once, so uploads start while deeper
 //! directories are still being listed and memory holds the directories in flight, not
 //! the trees.
@@ -24,7 +24,7 @@ use futures_util::stream::FuturesUnordered;
 use super::apply::{Counters, DeleteList, Write, delete_extras, failure_count, finish, task_slots};
 use super::dirtimes::{collect_dir_times, set_dir_times};
 use super::plan::{self, Action, Compare, EntryKind, Snapshot, TreeEntry, plan};
-use super::sides::Sides;
+use super::sides::{Direction, Sides};
 use super::snapshot::{entry_from_attrs, mark_unreadable};
 use super::trees::match_resolved_links;
 use super::{MirrorOptions, MirrorReport};
@@ -67,7 +67,8 @@ struct Walk {
     counters: Rc<RefCell<Counters>>,
     unchanged: Cell<u64>,
     copies: Cell<usize>,
-    last: RefCell<Vec<Vec<u8>>>,
+    /// `--last` files and their source entries.
+    last: RefCell<Vec<(Vec<u8>, Option<TreeEntry>)>>,
     deletes: RefCell<DeleteList>,
     dir_times: RefCell<Vec<(Vec<u8>, i64)>>,
     /// A destination directory could not be listed: deletes are not safe.
@@ -86,7 +87,7 @@ struct Walk {
 /// A directory's listing, from [`crate::Sftp::read_dir`].
 type Listing = Result<Vec<crate::proto::NameEntry>>;
 
-/// Mirrors `sides`' local tree up, streaming (see the module documentation).
+/// Mirrors in the direction of `sides`, streaming (see the module documentation).
 pub(super) async fn run_streamed(sides: Sides, opts: &MirrorOptions) -> MirrorReport {
     let started = Instant::now();
     let t = sides.t.clone();
@@ -111,51 +112,29 @@ pub(super) async fn run_streamed(sides: Sides, opts: &MirrorOptions) -> MirrorRe
 /// failure says why).
 async fn start(sides: Sides, opts: &MirrorOptions) -> Option<Rc<Walk>> {
     let t = sides.t.clone();
-    let local_root = sides.local_root.clone();
-    let root_name = local_root.display().to_string();
-    let src_root = match local_root_entry(&local_root, opts) {
-        Ok(e) => e,
-        Err(e) => {
-            t.record_failure(root_name, e);
-            return None;
-        }
+    let up = sides.dir == Direction::Up;
+    let (src_root, dest_root) = roots(&sides, opts).await?;
+    let (sides, dest_root) = match dest_root {
+        None if up => stage(sides).await?,
+        d => (sides, d),
     };
-    let dest_root = match remote_root_entry(&sides).await {
-        Ok(e) => e,
-        Err(e) => {
-            t.record_failure(lossy(&sides.remote_root), e);
-            return None;
-        }
-    };
-    let (sides, dest_root) = match (&dest_root, staging_dir(&sides.remote_root)) {
-        (None, Some(staging)) => {
-            let staged = Sides {
-                remote_root: Rc::new(staging),
-                staged: true,
-                ..sides
-            };
-            match remote_root_entry(&staged).await {
-                Ok(e) => {
-                    if e.is_some() {
-                        log::info!("resuming the staged tree {}", lossy(&staged.remote_root));
-                    }
-                    (staged, e)
-                }
-                Err(e) => {
-                    t.record_failure(lossy(&staged.remote_root), e);
-                    return None;
-                }
-            }
-        }
-        _ => (sides, dest_root),
-    };
-    if dest_root.is_some() {
+    if up && dest_root.is_some() {
         t.dirlocks.mark_exists(&sides.remote_root);
-    } else {
+    } else if up {
         t.dirlocks.mark_missing(&sides.remote_root);
+    } else if dest_root.is_none()
+        && let Err(e) = fs::create_dir_all(&*sides.local_root)
+    {
+        let root = sides.local_root.display();
+        t.record_failure(
+            root.to_string(),
+            Error::local(format!("cannot create {root}"), e),
+        );
+        return None;
     }
+    // Links' own times count only where they can be set (else every run would redo them).
     let compare = Compare {
-        link_times: t.sftp.has_extension(ext::LSETSTAT),
+        link_times: !up || t.sftp.has_extension(ext::LSETSTAT),
         ..opts.compare.clone()
     };
     t.ready().await;
@@ -177,7 +156,7 @@ async fn start(sides: Sides, opts: &MirrorOptions) -> Option<Rc<Walk>> {
         guessed: RefCell::new(HashMap::new()),
         may_grow: Cell::new(false),
     });
-    if dest_root.is_some() {
+    if !up || dest_root.is_some() {
         start_guesses(&walk);
     } else {
         // Nothing to list: guesses (of a missing root) go before files stream.
@@ -188,6 +167,73 @@ async fn start(sides: Sides, opts: &MirrorOptions) -> Option<Rc<Walk>> {
     let dest: Snapshot = dest_root.map(|e| (Vec::new(), e)).into_iter().collect();
     compare_level(&walk, None, src, dest).await;
     Some(walk)
+}
+
+/// Both roots' entries: the source's, and the destination's if it exists; `None` when
+/// nothing can be done (the recorded failure says why).
+async fn roots(sides: &Sides, opts: &MirrorOptions) -> Option<(TreeEntry, Option<TreeEntry>)> {
+    let t = &sides.t;
+    let up = sides.dir == Direction::Up;
+    let remote = remote_root_entry(sides, if up { "put" } else { "get" }).await;
+    let (local, remote) = match (local_root_entry(&sides.local_root, opts), remote) {
+        (Ok(l), Ok(r)) => (l, r),
+        (Err(e), _) => {
+            t.record_failure(sides.local_root.display().to_string(), e);
+            return None;
+        }
+        (_, Err(e)) => {
+            t.record_failure(lossy(&sides.remote_root), e);
+            return None;
+        }
+    };
+    let (src, dest, missing) = if up {
+        let root = sides.local_root.display();
+        let e = Error::local(
+            format!("cannot read {root}"),
+            std::io::ErrorKind::NotFound.into(),
+        );
+        (local, remote, (root.to_string(), e))
+    } else {
+        let e = Error::Status {
+            op: "mirror",
+            path: lossy(&sides.remote_root),
+            code: crate::StatusCode::NoSuchFile,
+            message: "no such directory".into(),
+        };
+        (remote, local, (lossy(&sides.remote_root), e))
+    };
+    match src {
+        Some(src) => Some((src, dest)),
+        None => {
+            t.record_failure(missing.0, missing.1);
+            None
+        }
+    }
+}
+
+/// A new remote tree is built in a staging directory, resumed if an earlier run left
+/// one (see [`super::staging`]): the sides writing there and its root, if it exists.
+async fn stage(sides: Sides) -> Option<(Sides, Option<TreeEntry>)> {
+    let Some(staging) = staging_dir(&sides.remote_root) else {
+        return Some((sides, None));
+    };
+    let staged = Sides {
+        remote_root: Rc::new(staging),
+        staged: true,
+        ..sides
+    };
+    match remote_root_entry(&staged, "put").await {
+        Ok(e) => {
+            if e.is_some() {
+                log::info!("resuming the staged tree {}", lossy(&staged.remote_root));
+            }
+            Some((staged, e))
+        }
+        Err(e) => {
+            staged.t.record_failure(lossy(&staged.remote_root), e);
+            None
+        }
+    }
 }
 
 /// Lists the guessed directories the handshake prefetched, all at once.
@@ -201,10 +247,13 @@ fn start_guesses(walk: &Walk) {
     }
 }
 
-/// The local root's entry; an error for one that is missing or no directory.
-fn local_root_entry(root: &Path, opts: &MirrorOptions) -> Result<TreeEntry> {
+/// The local root's entry, `None` when missing; an error for one that is no directory.
+fn local_root_entry(root: &Path, opts: &MirrorOptions) -> Result<Option<TreeEntry>> {
     let cannot = |e| Error::local(format!("cannot read {}", root.display()), e);
-    let m = fs::symlink_metadata(root).map_err(cannot)?;
+    let m = match fs::symlink_metadata(root) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        m => m.map_err(cannot)?,
+    };
     if !(m.is_dir() || (opts.copy_links && root.is_dir())) {
         return Err(Error::InvalidInput(format!(
             "mirror takes directories: {} is not one (use put to copy a file)",
@@ -212,11 +261,12 @@ fn local_root_entry(root: &Path, opts: &MirrorOptions) -> Result<TreeEntry> {
         )));
     }
     let m = fs::metadata(root).map_err(cannot)?;
-    Ok(dir_entry(m.mtime(), m.permissions().mode() & 0o7777))
+    Ok(Some(dir_entry(m.mtime(), m.permissions().mode() & 0o7777)))
 }
 
 /// The remote root's entry (the staging directory's, when staged); `None` when missing.
-async fn remote_root_entry(sides: &Sides) -> Result<Option<TreeEntry>> {
+/// `instead` is the command that copies a file, for a root that is one.
+async fn remote_root_entry(sides: &Sides, instead: &str) -> Result<Option<TreeEntry>> {
     let root = sides.remote_root.as_slice();
     match sides.t.sftp.stat(root).await {
         Ok(a) if a.is_dir() => {
@@ -224,7 +274,7 @@ async fn remote_root_entry(sides: &Sides) -> Result<Option<TreeEntry>> {
             Ok(Some(dir_entry(mtime, mode)))
         }
         Ok(_) => Err(Error::InvalidInput(format!(
-            "mirror takes directories: remote {} is not one (use put to copy a file)",
+            "mirror takes directories: remote {} is not one (use {instead} to copy a file)",
             lossy(root)
         ))),
         Err(e) if e.is_not_found() => Ok(None),
@@ -263,22 +313,19 @@ async fn walk_all(walk: &Rc<Walk>) {
 
 /// Lists one directory on both sides and acts on what differs in it.
 async fn visit(walk: Rc<Walk>, dir: Dir) {
-    let src = if dir.in_source {
-        match list_local(&walk, &dir) {
-            Some(src) => src,
-            None => return,
-        }
-    } else {
-        Snapshot::new()
+    let up = walk.sides.dir == Direction::Up;
+    let src = match dir.in_source {
+        false => Some(Snapshot::new()),
+        true if up => list_local(&walk, &dir),
+        true => list_remote(&walk, &dir, false).await,
     };
-    let dest = if dir.in_dest {
-        match list_remote(&walk, &dir).await {
-            Some(dest) => dest,
-            None => return,
-        }
-    } else {
-        Snapshot::new()
+    let Some(src) = src else { return };
+    let dest = match dir.in_dest {
+        false => Some(Snapshot::new()),
+        true if up => list_remote(&walk, &dir, true).await,
+        true => list_local(&walk, &dir),
     };
+    let Some(dest) = dest else { return };
     compare_level(&walk, Some(&dir), src, dest).await;
 }
 
@@ -347,7 +394,7 @@ fn list_local(walk: &Walk, dir: &Dir) -> Option<Snapshot> {
 
 /// The remote entries of `dir`, link targets read; `None` (recorded) when it cannot be
 /// listed: nothing at or below it is then touched, and deletes are off.
-async fn list_remote(walk: &Walk, dir: &Dir) -> Option<Snapshot> {
+async fn list_remote(walk: &Walk, dir: &Dir, is_dest: bool) -> Option<Snapshot> {
     let sides = &walk.sides;
     let t = &sides.t;
     let path = sides.remote(&dir.rel);
@@ -408,13 +455,14 @@ async fn list_remote(walk: &Walk, dir: &Dir) -> Option<Snapshot> {
         };
         snap.insert(child, e);
     }
-    read_link_targets(walk, &mut snap, links).await;
+    read_link_targets(walk, &mut snap, links, is_dest).await;
     Some(snap)
 }
 
-/// Reads the destination links' targets, concurrently. One that cannot be read is left
-/// without (the plan then replaces it), as the snapshot walk does for a destination.
-async fn read_link_targets(walk: &Walk, snap: &mut Snapshot, links: Vec<Vec<u8>>) {
+/// Reads the links' targets, concurrently. A destination link whose target cannot be
+/// read is left without (the plan then replaces it: some servers refuse READLINK of
+/// relative links); a source link's is a failure, and the link is left alone.
+async fn read_link_targets(walk: &Walk, snap: &mut Snapshot, links: Vec<Vec<u8>>, is_dest: bool) {
     let sides = &walk.sides;
     let reads = links.into_iter().map(|child| {
         let path = sides.remote(&child);
@@ -427,11 +475,12 @@ async fn read_link_targets(walk: &Walk, snap: &mut Snapshot, links: Vec<Vec<u8>>
                     e.target = Some(target);
                 }
             }
-            Err(e) if !e.is_connection() => log::info!("{e}; replacing the link"),
+            Err(e) if is_dest && !e.is_connection() => log::info!("{e}; replacing the link"),
             Err(e) => {
-                walk.stop.set(true);
+                walk.stop.set(walk.stop.get() || e.is_connection());
                 walk.incomplete.set(true);
                 sides.t.record_failure(lossy(&sides.remote(&child)), e);
+                mark_unreadable(snap, &child);
             }
         }
     }
@@ -445,7 +494,10 @@ async fn compare_level(walk: &Rc<Walk>, dir: Option<&Dir>, src: Snapshot, mut de
     if sides.staged && !dest.is_empty() && !prune_level(walk, &src, &mut dest).await {
         return;
     }
-    match_resolved_links(sides, &src, &mut dest).await;
+    let up = sides.dir == Direction::Up;
+    if up {
+        match_resolved_links(sides, &src, &mut dest).await;
+    }
     let level = plan(&src, &dest, &walk.compare);
     walk.unchanged.set(walk.unchanged.get() + level.unchanged);
     let (files, bytes) = level.copy_totals();
@@ -458,7 +510,9 @@ async fn compare_level(walk: &Rc<Walk>, dir: Option<&Dir>, src: Snapshot, mut de
     if walk.may_grow.get() {
         sides.t.want(crate::pool::Want::Files(walk.copies.get()));
     }
-    mark_dirlocks(sides, &dest, &level.actions);
+    if up {
+        mark_dirlocks(sides, &dest, &level.actions);
+    }
     clear_replaced_level(sides, &level.actions).await;
     if let Some(dir) = dir
         && let Some(mtime) = dir.mtime
@@ -563,7 +617,9 @@ async fn start_action(walk: &Rc<Walk>, a: Action, src: Option<&TreeEntry>) {
             return;
         }
         Action::Copy { last: true, .. } => {
-            walk.last.borrow_mut().push(a.path().to_vec());
+            walk.last
+                .borrow_mut()
+                .push((a.path().to_vec(), src.cloned()));
             return;
         }
         a => {
@@ -621,11 +677,11 @@ async fn land_the_rest(walk: &Walk, report: &mut MirrorReport) {
             ));
         } else {
             let done = Countdown::new();
-            for rel in last {
+            for (rel, src) in last {
                 let (s, token) = (sides.clone(), done.token());
                 let slot = walk.writes.acquire(1).await;
                 spawn(async move {
-                    let r = s.copy(&rel, None, None).await;
+                    let r = s.copy(&rel, src.as_ref(), None).await;
                     s.t.finish_file(s.dest_name(&rel).as_bytes(), r);
                     drop((slot, token));
                 });
