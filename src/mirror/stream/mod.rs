@@ -11,28 +11,27 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet};
-use std::fs;
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::Path;
 use std::rc::Rc;
 use std::time::Instant;
+
+mod listing;
+mod roots;
+
+use listing::{list_local, list_remote};
+use roots::start;
 
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 
-use super::apply::{Counters, DeleteList, Write, delete_extras, failure_count, finish, task_slots};
+use super::apply::{Counters, DeleteList, Write, delete_extras, failure_count, finish};
 use super::dirtimes::{collect_dir_times, set_dir_times};
-use super::plan::{self, Action, Compare, EntryKind, Snapshot, TreeEntry, plan};
+use super::plan::{Action, Compare, EntryKind, Snapshot, TreeEntry, plan};
 use super::sides::{Direction, Sides};
-use super::snapshot::{entry_from_attrs, mark_unreadable};
 use super::trees::match_resolved_links;
 use super::{MirrorOptions, MirrorReport};
-use crate::error::{Error, Result};
-use crate::proto::ext;
+use crate::error::Result;
 use crate::task::{Countdown, JoinHandle, Semaphore, spawn};
-use crate::transfer::{LocalKind, list_local_dir, local_entry, lossy, safe_remote_name};
-use crate::transfer::{remote_join, staging_dir};
+use crate::transfer::lossy;
 
 /// Directories listed and compared at once. Each holds its two listings while it is
 /// compared; their files then queue for the transfer slots.
@@ -108,192 +107,6 @@ pub(super) async fn run_streamed(sides: Sides, opts: &MirrorOptions) -> MirrorRe
     finish(report, &t)
 }
 
-/// Examines both roots, stages a new tree; `None` when nothing can be done (the recorded
-/// failure says why).
-async fn start(sides: Sides, opts: &MirrorOptions) -> Option<Rc<Walk>> {
-    let t = sides.t.clone();
-    let up = sides.dir == Direction::Up;
-    let (src_root, dest_root) = roots(&sides, opts).await?;
-    let (sides, dest_root) = match dest_root {
-        None if up => stage(sides).await?,
-        d => (sides, d),
-    };
-    if up && dest_root.is_some() {
-        t.dirlocks.mark_exists(&sides.remote_root);
-    } else if up {
-        t.dirlocks.mark_missing(&sides.remote_root);
-    } else if dest_root.is_none()
-        && let Err(e) = fs::create_dir_all(&*sides.local_root)
-    {
-        let root = sides.local_root.display();
-        t.record_failure(
-            root.to_string(),
-            Error::local(format!("cannot create {root}"), e),
-        );
-        return None;
-    }
-    // Links' own times count only where they can be set (else every run would redo them).
-    let compare = Compare {
-        link_times: !up || t.sftp.has_extension(ext::LSETSTAT),
-        ..opts.compare.clone()
-    };
-    t.ready().await;
-    let walk = Rc::new(Walk {
-        sides,
-        opts: opts.clone(),
-        compare,
-        stack: RefCell::new(Vec::new()),
-        writes: Semaphore::new(task_slots(&t)),
-        writers: Countdown::new(),
-        counters: Rc::default(),
-        unchanged: Cell::new(0),
-        copies: Cell::new(0),
-        last: RefCell::default(),
-        deletes: RefCell::default(),
-        dir_times: RefCell::default(),
-        incomplete: Cell::new(false),
-        stop: Cell::new(false),
-        guessed: RefCell::new(HashMap::new()),
-        may_grow: Cell::new(false),
-    });
-    if !up || dest_root.is_some() {
-        start_guesses(&walk);
-    } else {
-        // Nothing to list: guesses (of a missing root) go before files stream.
-        t.sftp.discard_prefetched().await;
-    }
-    // The root is the one entry of a level above it: made, replaced or chmodded there.
-    let src = Snapshot::from([(Vec::new(), src_root)]);
-    let dest: Snapshot = dest_root.map(|e| (Vec::new(), e)).into_iter().collect();
-    compare_level(&walk, None, src, dest).await;
-    Some(walk)
-}
-
-/// Both roots' entries: the source's, and the destination's if it exists; `None` when
-/// nothing can be done (the recorded failure says why).
-async fn roots(sides: &Sides, opts: &MirrorOptions) -> Option<(TreeEntry, Option<TreeEntry>)> {
-    let t = &sides.t;
-    let up = sides.dir == Direction::Up;
-    let remote = remote_root_entry(sides, if up { "put" } else { "get" }).await;
-    let (local, remote) = match (local_root_entry(&sides.local_root, opts), remote) {
-        (Ok(l), Ok(r)) => (l, r),
-        (Err(e), _) => {
-            t.record_failure(sides.local_root.display().to_string(), e);
-            return None;
-        }
-        (_, Err(e)) => {
-            t.record_failure(lossy(&sides.remote_root), e);
-            return None;
-        }
-    };
-    let (src, dest, missing) = if up {
-        let root = sides.local_root.display();
-        let e = Error::local(
-            format!("cannot read {root}"),
-            std::io::ErrorKind::NotFound.into(),
-        );
-        (local, remote, (root.to_string(), e))
-    } else {
-        let e = Error::Status {
-            op: "mirror",
-            path: lossy(&sides.remote_root),
-            code: crate::StatusCode::NoSuchFile,
-            message: "no such directory".into(),
-        };
-        (remote, local, (lossy(&sides.remote_root), e))
-    };
-    match src {
-        Some(src) => Some((src, dest)),
-        None => {
-            t.record_failure(missing.0, missing.1);
-            None
-        }
-    }
-}
-
-/// A new remote tree is built in a staging directory, resumed if an earlier run left
-/// one (see [`super::staging`]): the sides writing there and its root, if it exists.
-async fn stage(sides: Sides) -> Option<(Sides, Option<TreeEntry>)> {
-    let Some(staging) = staging_dir(&sides.remote_root) else {
-        return Some((sides, None));
-    };
-    let staged = Sides {
-        remote_root: Rc::new(staging),
-        staged: true,
-        ..sides
-    };
-    match remote_root_entry(&staged, "put").await {
-        Ok(e) => {
-            if e.is_some() {
-                log::info!("resuming the staged tree {}", lossy(&staged.remote_root));
-            }
-            Some((staged, e))
-        }
-        Err(e) => {
-            staged.t.record_failure(lossy(&staged.remote_root), e);
-            None
-        }
-    }
-}
-
-/// Lists the guessed directories the handshake prefetched, all at once.
-fn start_guesses(walk: &Walk) {
-    let sftp = &walk.sides.t.sftp;
-    let mut guessed = walk.guessed.borrow_mut();
-    for dir in sftp.guessed_dirs() {
-        let sftp = sftp.clone();
-        let path = dir.clone();
-        guessed.insert(dir, spawn(async move { sftp.read_dir(&path).await }));
-    }
-}
-
-/// The local root's entry, `None` when missing; an error for one that is no directory.
-fn local_root_entry(root: &Path, opts: &MirrorOptions) -> Result<Option<TreeEntry>> {
-    let cannot = |e| Error::local(format!("cannot read {}", root.display()), e);
-    let m = match fs::symlink_metadata(root) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        m => m.map_err(cannot)?,
-    };
-    if !(m.is_dir() || (opts.copy_links && root.is_dir())) {
-        return Err(Error::InvalidInput(format!(
-            "mirror takes directories: {} is not one (use put to copy a file)",
-            root.display()
-        )));
-    }
-    let m = fs::metadata(root).map_err(cannot)?;
-    Ok(Some(dir_entry(m.mtime(), m.permissions().mode() & 0o7777)))
-}
-
-/// The remote root's entry (the staging directory's, when staged); `None` when missing.
-/// `instead` is the command that copies a file, for a root that is one.
-async fn remote_root_entry(sides: &Sides, instead: &str) -> Result<Option<TreeEntry>> {
-    let root = sides.remote_root.as_slice();
-    match sides.t.sftp.stat(root).await {
-        Ok(a) if a.is_dir() => {
-            let (_, _, mtime, mode) = entry_from_attrs(&a);
-            Ok(Some(dir_entry(mtime, mode)))
-        }
-        Ok(_) => Err(Error::InvalidInput(format!(
-            "mirror takes directories: remote {} is not one (use {instead} to copy a file)",
-            lossy(root)
-        ))),
-        Err(e) if e.is_not_found() => Ok(None),
-        Err(e) => Err(e),
-    }
-}
-
-fn dir_entry(mtime: i64, mode: u32) -> TreeEntry {
-    TreeEntry {
-        kind: EntryKind::Dir,
-        size: 0,
-        mtime,
-        mode,
-        target: None,
-        excluded: false,
-        unreadable: false,
-    }
-}
-
 /// Visits directories, [`DIRS_IN_FLIGHT`] at once, deepest first (so the stack of those
 /// waiting stays short) until none is left.
 async fn walk_all(walk: &Rc<Walk>) {
@@ -327,163 +140,6 @@ async fn visit(walk: Rc<Walk>, dir: Dir) {
     };
     let Some(dest) = dest else { return };
     compare_level(&walk, Some(&dir), src, dest).await;
-}
-
-/// The local entries of `dir`; `None` (recorded) when it cannot be listed.
-fn list_local(walk: &Walk, dir: &Dir) -> Option<Snapshot> {
-    let (sides, opts) = (&walk.sides, &walk.opts);
-    let root = sides.local_root.as_path();
-    let rel_dir = Path::new(std::ffi::OsStr::from_bytes(&dir.rel));
-    let names = match list_local_dir(&root.join(rel_dir)) {
-        Ok(names) => names,
-        Err(e) => {
-            sides.t.record_failure(sides.dest_name(&dir.rel), e);
-            return None;
-        }
-    };
-    let classify = |rel: &Path, is_dir: bool| {
-        let excluded =
-            dir.excluded || plan::filter_path(&opts.filter, rel.as_os_str().as_bytes(), is_dir);
-        (excluded, !excluded || opts.compare.delete_excluded)
-    };
-    let mut snap = Snapshot::new();
-    for name in names {
-        let rel = rel_dir.join(&name);
-        let key = rel.as_os_str().as_bytes().to_vec();
-        match local_entry(root, &rel, opts.copy_links, &classify) {
-            // A directory that cannot be listed is unreadable here already, so nothing
-            // is made of it, as the whole-tree walk has it.
-            Ok(Some((e, _)))
-                if e.kind == LocalKind::Dir
-                    && let Err(err) = fs::read_dir(root.join(&rel)) =>
-            {
-                let err = Error::local(format!("cannot list {}", root.join(&rel).display()), err);
-                sides.t.record_failure(sides.dest_name(&key), err);
-                mark_unreadable(&mut snap, &key);
-            }
-            Ok(Some((e, _))) => {
-                let (kind, size, target) = match e.kind {
-                    LocalKind::File { size } => (EntryKind::File, size, None),
-                    LocalKind::Dir => (EntryKind::Dir, 0, None),
-                    LocalKind::Symlink { target } => (
-                        EntryKind::Symlink,
-                        0,
-                        Some(target.as_os_str().as_bytes().to_vec()),
-                    ),
-                };
-                let entry = TreeEntry {
-                    kind,
-                    size,
-                    mtime: e.mtime,
-                    mode: e.mode,
-                    target,
-                    excluded: e.excluded,
-                    unreadable: false,
-                };
-                snap.insert(key, entry);
-            }
-            Ok(None) => {}
-            Err(e) => {
-                sides.t.record_failure(sides.dest_name(&key), e);
-                mark_unreadable(&mut snap, &key);
-            }
-        }
-    }
-    Some(snap)
-}
-
-/// The remote entries of `dir`, link targets read; `None` (recorded) when it cannot be
-/// listed: nothing at or below it is then touched, and deletes are off.
-async fn list_remote(walk: &Walk, dir: &Dir, is_dest: bool) -> Option<Snapshot> {
-    let sides = &walk.sides;
-    let t = &sides.t;
-    let path = sides.remote(&dir.rel);
-    let guessed = walk.guessed.borrow_mut().remove(&path);
-    let listing = match guessed {
-        Some(listing) => listing.await,
-        None => {
-            let _permit = t.open_files.acquire(1).await;
-            t.sftp.read_dir(&path).await
-        }
-    };
-    let entries = match listing {
-        Ok(e) => e,
-        Err(e) => {
-            walk.incomplete.set(true);
-            walk.stop.set(walk.stop.get() || e.is_connection());
-            t.record_failure(lossy(&path), e);
-            return None;
-        }
-    };
-    let mut snap = Snapshot::new();
-    let mut links = Vec::new();
-    for entry in entries {
-        let refused = match safe_remote_name(&entry.filename) {
-            Err(e) => Some(e),
-            Ok(_) if entry.filename == b"." || entry.filename == b".." => continue,
-            Ok(_) => None,
-        };
-        let child = if dir.rel.is_empty() {
-            entry.filename.clone()
-        } else {
-            remote_join(&dir.rel, &entry.filename)
-        };
-        // A name listed twice keeps its first entry (see the snapshot walk).
-        let refused = refused.or_else(|| {
-            snap.contains_key(&child).then(|| {
-                Error::Protocol(format!("server listed {:?} twice", lossy(&entry.filename)))
-            })
-        });
-        if let Some(e) = refused {
-            t.record_failure(lossy(&remote_join(&path, &entry.filename)), e);
-            continue;
-        }
-        let (kind, size, mtime, mode) = entry_from_attrs(&entry.attrs);
-        let excluded =
-            dir.excluded || plan::filter_path(&walk.opts.filter, &child, kind == EntryKind::Dir);
-        if kind == EntryKind::Symlink && !excluded {
-            links.push(child.clone());
-        }
-        let e = TreeEntry {
-            kind,
-            size,
-            mtime,
-            mode,
-            target: None,
-            excluded,
-            unreadable: false,
-        };
-        snap.insert(child, e);
-    }
-    read_link_targets(walk, &mut snap, links, is_dest).await;
-    Some(snap)
-}
-
-/// Reads the links' targets, concurrently. A destination link whose target cannot be
-/// read is left without (the plan then replaces it: some servers refuse READLINK of
-/// relative links); a source link's is a failure, and the link is left alone.
-async fn read_link_targets(walk: &Walk, snap: &mut Snapshot, links: Vec<Vec<u8>>, is_dest: bool) {
-    let sides = &walk.sides;
-    let reads = links.into_iter().map(|child| {
-        let path = sides.remote(&child);
-        async move { (child, sides.t.sftp.readlink(&path).await) }
-    });
-    for (child, r) in futures_util::future::join_all(reads).await {
-        match r {
-            Ok(target) => {
-                if let Some(e) = snap.get_mut(&child) {
-                    e.target = Some(target);
-                }
-            }
-            Err(e) if is_dest && !e.is_connection() => log::info!("{e}; replacing the link"),
-            Err(e) => {
-                walk.stop.set(walk.stop.get() || e.is_connection());
-                walk.incomplete.set(true);
-                sides.t.record_failure(lossy(&sides.remote(&child)), e);
-                mark_unreadable(snap, &child);
-            }
-        }
-    }
 }
 
 /// Compares the entries of one level (`dir`'s, or the root alone when `None`) and acts:
