@@ -7,8 +7,8 @@ use clap::Args;
 use sftpipe::Error;
 use sftpipe::location::{Operand, parse_operand};
 use sftpipe::mirror::{
-    Compare, Filter, MirrorOptions, MirrorReport, PatternSet, mirror_down_listed, mirror_up_listed,
-    snapshot_local,
+    Compare, Filter, MirrorOptions, MirrorReport, PatternSet, mirror_down, mirror_down_listed,
+    mirror_up, mirror_up_listed, snapshot_local,
 };
 
 use super::exit::{self, CliError};
@@ -154,13 +154,17 @@ pub fn mirror(g: &GlobalArgs, a: &MirrorArgs) -> Result<i32, CliError> {
         prefetch.stats.push(staging.clone());
         prefetch.dirs.push(staging);
     }
-    // The local tree is listed while ssh connects (the connection is mostly waiting).
+    // A mirror streams: both trees are listed a directory at a time as it goes. A dry run
+    // plans on both trees whole: the local one is listed while ssh connects (the
+    // connection is mostly waiting).
+    let streamed = !a.dry_run;
     let (session, local_snapshot) = std::thread::scope(|scope| {
-        let walker = scope.spawn(|| snapshot_local(&local, &opts));
+        let walker = (!streamed).then(|| scope.spawn(|| snapshot_local(&local, &opts)));
         let session = connect_with(g, ep.as_ref(), prefetch);
-        let snapshot = walker
-            .join()
-            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        let snapshot = walker.map(|w| {
+            w.join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        });
         (session, snapshot)
     });
     let session = session?;
@@ -177,16 +181,11 @@ pub fn mirror(g: &GlobalArgs, a: &MirrorArgs) -> Result<i32, CliError> {
     // The mirror's own summary line is the only one.
     tracker.without_summary();
     let t = session.transfer(topts, tracker.clone());
-    let report = if upload {
-        session.run(mirror_up_listed(&t, &local, local_snapshot, &remote, &opts))
-    } else {
-        session.run(mirror_down_listed(
-            &t,
-            &remote,
-            &local,
-            local_snapshot,
-            &opts,
-        ))
+    let report = match local_snapshot {
+        None if upload => session.run(mirror_up(&t, &local, &remote, &opts)),
+        None => session.run(mirror_down(&t, &remote, &local, &opts)),
+        Some(listed) if upload => session.run(mirror_up_listed(&t, &local, listed, &remote, &opts)),
+        Some(listed) => session.run(mirror_down_listed(&t, &remote, &local, listed, &opts)),
     };
 
     if a.dry_run {

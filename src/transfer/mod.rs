@@ -37,6 +37,7 @@ pub use stream::StreamFd;
 pub use tree::{
     LocalEntry, LocalKind, LocalTree, safe_remote_name, staging_dir, walk_local, walk_local_with,
 };
+pub(crate) use tree::{list_local_dir, local_entry};
 pub use upload::temp_name;
 pub(crate) use upload::to_u32_time;
 

@@ -71,7 +71,7 @@ pub fn walk_local(root: &Path, follow_links: bool) -> Result<LocalTree> {
 }
 
 /// The names in a local directory, sorted.
-fn list_local_dir(dir: &Path) -> Result<Vec<OsString>> {
+pub(crate) fn list_local_dir(dir: &Path) -> Result<Vec<OsString>> {
     let err = |e| Error::local(format!("cannot list {}", dir.display()), e);
     let mut names = fs::read_dir(dir)
         .map_err(err)?
@@ -121,7 +121,7 @@ pub fn walk_local_with(
 }
 
 /// One entry of a local walk, and whether to descend into it; `None` for what is skipped.
-fn local_entry(
+pub(crate) fn local_entry(
     root: &Path,
     rel: &Path,
     follow_links: bool,
