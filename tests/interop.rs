@@ -587,11 +587,12 @@ fn attributes(c: &mut Checks) {
 }
 
 /// put -a and get -a continue a truncated file: from a window below its size (what a
-/// transfer keeps in flight, at most 16 MiB: see `transfer::resume`), not from 0.
+/// transfer keeps in flight: for a file big enough to be striped over channels, the byte
+/// budget of 24 MiB, see `transfer::resume`), not from 0.
 fn resume(c: &mut Checks, local: &Path) {
     let s = c.server;
-    let full = random_bytes(24_000_000, 3);
-    let part = 20_000_000;
+    let full = random_bytes(40_000_000, 3);
+    let part = 32_000_000;
     let resumed = |b: &serde_json::Value| {
         b.as_u64()
             .is_some_and(|b| b >= (full.len() - part) as u64 && b < full.len() as u64)
