@@ -38,6 +38,33 @@ pub struct TreeEntry {
     pub unreadable: bool,
 }
 
+impl TreeEntry {
+    /// A readable entry as a listing or a walk found it.
+    pub fn listed(
+        kind: EntryKind,
+        size: u64,
+        mtime: i64,
+        mode: u32,
+        target: Option<Vec<u8>>,
+        excluded: bool,
+    ) -> TreeEntry {
+        TreeEntry {
+            kind,
+            size,
+            mtime,
+            mode,
+            target,
+            excluded,
+            unreadable: false,
+        }
+    }
+
+    /// A readable directory (a tree's root).
+    pub fn dir(mtime: i64, mode: u32) -> TreeEntry {
+        Self::listed(EntryKind::Dir, 0, mtime, mode, None, false)
+    }
+}
+
 /// A tree: relative `/`-separated paths (parents sort before children) to entries.
 pub type Snapshot = BTreeMap<Vec<u8>, TreeEntry>;
 

@@ -59,15 +59,7 @@ pub fn snapshot_local(root: &Path, opts: &MirrorOptions) -> Result<Option<LocalS
         use std::os::unix::fs::{MetadataExt, PermissionsExt};
         snap.insert(
             Vec::new(),
-            TreeEntry {
-                kind: EntryKind::Dir,
-                size: 0,
-                mtime: meta.mtime(),
-                mode: meta.permissions().mode() & 0o7777,
-                target: None,
-                excluded: false,
-                unreadable: false,
-            },
+            TreeEntry::dir(meta.mtime(), meta.permissions().mode() & 0o7777),
         );
     }
     let mut excluded_dirs: Vec<Vec<u8>> = Vec::new();
@@ -86,15 +78,14 @@ pub fn snapshot_local(root: &Path, opts: &MirrorOptions) -> Result<Option<LocalS
         }
         snap.insert(
             rel,
-            TreeEntry {
+            TreeEntry::listed(
                 kind,
                 size,
-                mtime: e.mtime,
-                mode: e.mode,
+                e.mtime,
+                e.mode,
                 target,
-                excluded: e.excluded || below_excluded,
-                unreadable: false,
-            },
+                e.excluded || below_excluded,
+            ),
         );
     }
     let unreadable: Vec<(Vec<u8>, Error)> = walked
@@ -248,15 +239,7 @@ fn list_remote_dir(
             }
             walk.snap.borrow_mut().insert(
                 child,
-                TreeEntry {
-                    kind,
-                    size,
-                    mtime,
-                    mode,
-                    target: None,
-                    excluded,
-                    unreadable: false,
-                },
+                TreeEntry::listed(kind, size, mtime, mode, None, excluded),
             );
         }
         // Link targets are needed to compare links; read them concurrently.
@@ -368,18 +351,9 @@ pub(super) async fn snapshot_remote_as(
         is_dest,
     });
     let (_, _, mtime, mode) = entry_from_attrs(&attrs);
-    walk.snap.borrow_mut().insert(
-        Vec::new(),
-        TreeEntry {
-            kind: EntryKind::Dir,
-            size: 0,
-            mtime,
-            mode,
-            target: None,
-            excluded: false,
-            unreadable: false,
-        },
-    );
+    walk.snap
+        .borrow_mut()
+        .insert(Vec::new(), TreeEntry::dir(mtime, mode));
     list_remote_dir(
         t.sftp.clone(),
         t.open_files.clone(),

@@ -54,15 +54,7 @@ pub(super) fn list_local(walk: &Walk, dir: &Dir) -> Option<Snapshot> {
                         Some(target.as_os_str().as_bytes().to_vec()),
                     ),
                 };
-                let entry = TreeEntry {
-                    kind,
-                    size,
-                    mtime: e.mtime,
-                    mode: e.mode,
-                    target,
-                    excluded: e.excluded,
-                    unreadable: false,
-                };
+                let entry = TreeEntry::listed(kind, size, e.mtime, e.mode, target, e.excluded);
                 snap.insert(key, entry);
             }
             Ok(None) => {}
@@ -127,15 +119,7 @@ pub(super) async fn list_remote(walk: &Walk, dir: &Dir, is_dest: bool) -> Option
         if kind == EntryKind::Symlink && !excluded {
             links.push(child.clone());
         }
-        let e = TreeEntry {
-            kind,
-            size,
-            mtime,
-            mode,
-            target: None,
-            excluded,
-            unreadable: false,
-        };
+        let e = TreeEntry::listed(kind, size, mtime, mode, None, excluded);
         snap.insert(child, e);
     }
     read_link_targets(walk, &mut snap, links, is_dest).await;

@@ -12,7 +12,7 @@ use super::{Walk, compare_level};
 use crate::error::{Error, Result};
 use crate::mirror::MirrorOptions;
 use crate::mirror::apply::task_slots;
-use crate::mirror::plan::{Compare, EntryKind, Snapshot, TreeEntry};
+use crate::mirror::plan::{Compare, Snapshot, TreeEntry};
 use crate::mirror::sides::{Direction, Sides};
 use crate::mirror::snapshot::entry_from_attrs;
 use crate::proto::ext;
@@ -172,7 +172,10 @@ fn local_root_entry(root: &Path, opts: &MirrorOptions) -> Result<Option<TreeEntr
         )));
     }
     let m = fs::metadata(root).map_err(cannot)?;
-    Ok(Some(dir_entry(m.mtime(), m.permissions().mode() & 0o7777)))
+    Ok(Some(TreeEntry::dir(
+        m.mtime(),
+        m.permissions().mode() & 0o7777,
+    )))
 }
 
 /// The remote root's entry (the staging directory's, when staged); `None` when missing.
@@ -182,7 +185,7 @@ async fn remote_root_entry(sides: &Sides, instead: &str) -> Result<Option<TreeEn
     match sides.t.sftp.stat(root).await {
         Ok(a) if a.is_dir() => {
             let (_, _, mtime, mode) = entry_from_attrs(&a);
-            Ok(Some(dir_entry(mtime, mode)))
+            Ok(Some(TreeEntry::dir(mtime, mode)))
         }
         Ok(_) => Err(Error::InvalidInput(format!(
             "mirror takes directories: remote {} is not one (use {instead} to copy a file)",
@@ -190,17 +193,5 @@ async fn remote_root_entry(sides: &Sides, instead: &str) -> Result<Option<TreeEn
         ))),
         Err(e) if e.is_not_found() => Ok(None),
         Err(e) => Err(e),
-    }
-}
-
-fn dir_entry(mtime: i64, mode: u32) -> TreeEntry {
-    TreeEntry {
-        kind: EntryKind::Dir,
-        size: 0,
-        mtime,
-        mode,
-        target: None,
-        excluded: false,
-        unreadable: false,
     }
 }
