@@ -37,6 +37,24 @@ pub(super) struct Sides {
 }
 
 impl Sides {
+    /// Both roots' answers, or `None` with the failure of the first that failed recorded
+    /// under its root's name.
+    pub(super) fn both_roots<L, R>(&self, local: Result<L>, remote: Result<R>) -> Option<(L, R)> {
+        match (local, remote) {
+            (Ok(l), Ok(r)) => Some((l, r)),
+            (Err(e), _) => {
+                self.t
+                    .record_failure(self.local_root.display().to_string(), e);
+                None
+            }
+            (_, Err(e)) => {
+                self.t
+                    .record_failure(crate::transfer::lossy(&self.remote_root), e);
+                None
+            }
+        }
+    }
+
     /// The sides of a mirror between `local_root` and `remote_root`, keeping times (see
     /// [`keeping_times`]).
     pub(super) fn new(

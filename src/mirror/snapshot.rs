@@ -364,15 +364,7 @@ pub(super) async fn snapshot_remote_as(
         Some(listing),
     )
     .await;
-    loop {
-        let pending: Vec<JoinHandle<()>> = walk.tasks.borrow_mut().drain(..).collect();
-        if pending.is_empty() {
-            break;
-        }
-        for h in pending {
-            h.await;
-        }
-    }
+    crate::task::join_growing(&walk.tasks).await;
     // Guesses the tree did not confirm: let them finish, so their handles are closed
     // before transfers count open files.
     let unused: Vec<_> = walk.guessed.borrow_mut().drain().collect();

@@ -26,17 +26,7 @@ pub(super) async fn list_trees(
     let t = &sides.t;
     let remote_is_dest = sides.dir == Direction::Up;
     let remote = snapshot_remote_as(t, &sides.remote_root, opts, remote_is_dest).await;
-    let (local, (remote, listing_failures)) = match (local, remote) {
-        (Ok(l), Ok(r)) => (l, r),
-        (Err(e), _) => {
-            t.record_failure(sides.local_root.display().to_string(), e);
-            return None;
-        }
-        (_, Err(e)) => {
-            t.record_failure(lossy(&sides.remote_root), e);
-            return None;
-        }
-    };
+    let (local, (remote, listing_failures)) = sides.both_roots(local, remote)?;
     let incomplete_listing = !listing_failures.is_empty();
     let connection_lost = listing_failures.iter().any(|(_, e)| e.is_connection());
     for (path, e) in listing_failures {

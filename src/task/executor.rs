@@ -236,6 +236,20 @@ impl Drop for RestoreCurrent {
     }
 }
 
+/// Awaits every task in `tasks`, including those the awaited tasks push there meanwhile
+/// (a walk whose listings spawn more listings), until none is left.
+pub async fn join_growing(tasks: &std::cell::RefCell<Vec<JoinHandle<()>>>) {
+    loop {
+        let pending: Vec<JoinHandle<()>> = tasks.borrow_mut().drain(..).collect();
+        if pending.is_empty() {
+            return;
+        }
+        for h in pending {
+            h.await;
+        }
+    }
+}
+
 /// The result of a spawned task, awaitable. Dropping it detaches the task.
 pub struct JoinHandle<T> {
     state: Rc<RefCell<JoinState<T>>>,

@@ -11,6 +11,6 @@ mod semaphore;
 pub use countdown::{Countdown, Token};
 pub use dirlock::DirLocks;
 pub(crate) use executor::spawn_detached;
-pub use executor::{JoinHandle, Runtime, spawn, yield_now};
+pub use executor::{JoinHandle, Runtime, join_growing, spawn, yield_now};
 pub use group::TaskGroup;
 pub use semaphore::{Acquire, Permit, Semaphore};

@@ -697,15 +697,7 @@ impl Transfer {
         self.clone()
             .list_and_fetch(remote_root.to_vec(), local_root.to_path_buf(), walk.clone())
             .await;
-        loop {
-            let pending: Vec<JoinHandle<()>> = walk.tasks.borrow_mut().drain(..).collect();
-            if pending.is_empty() {
-                break;
-            }
-            for h in pending {
-                h.await;
-            }
-        }
+        crate::task::join_growing(&walk.tasks).await;
         if let Some(root) = root_attrs {
             match root.await {
                 Ok(attrs) => walk

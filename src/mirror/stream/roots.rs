@@ -86,17 +86,7 @@ async fn roots(sides: &Sides, opts: &MirrorOptions) -> Option<(TreeEntry, Option
     let t = &sides.t;
     let up = sides.dir == Direction::Up;
     let remote = remote_root_entry(sides, if up { "put" } else { "get" }).await;
-    let (local, remote) = match (local_root_entry(&sides.local_root, opts), remote) {
-        (Ok(l), Ok(r)) => (l, r),
-        (Err(e), _) => {
-            t.record_failure(sides.local_root.display().to_string(), e);
-            return None;
-        }
-        (_, Err(e)) => {
-            t.record_failure(lossy(&sides.remote_root), e);
-            return None;
-        }
-    };
+    let (local, remote) = sides.both_roots(local_root_entry(&sides.local_root, opts), remote)?;
     let (src, dest, missing) = if up {
         let root = sides.local_root.display();
         let e = Error::local(
