@@ -344,7 +344,13 @@ impl Session {
 impl Drop for Session {
     fn drop(&mut self) {
         // The extra channels first: with a shared connection the first one is the master.
+        // Every channel is half-closed before any end is awaited, so that the ends (a
+        // round trip each) overlap; the master outlives its mux clients' sessions.
         let pool = self.sftp.pool();
+        if let Some(p) = &pool {
+            p.begin_shutdown();
+        }
+        self.sftp.channel().begin_shutdown();
         if let Some(p) = &pool {
             p.shutdown();
         }

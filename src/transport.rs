@@ -383,6 +383,7 @@ impl Resolved {
             child,
             sock: ours,
             label: label.to_string(),
+            remote: self.is_ssh(),
         })
     }
 }

@@ -247,6 +247,25 @@ ssh-keygen -q -t ed25519 -N '' -C sftpipe-bench-user -f "$KEY"
 cp "$KEY.pub" "$WORK/ssh/authorized_keys"
 mkdir -p /run/sshd && chmod 0755 /run/sshd
 
+# The sshds run with an empty home for root (a private mount namespace, as root, when unshare
+# is there). Every session the server starts runs the login shell, and bash started by sshd
+# reads ~/.bashrc: on the machines this was written on, root's runs `pyenv init`, 110 ms of
+# CPU per session, and seven at once take 0.8 s. Every peer paid it once per ssh connection,
+# and sftpipe's extra channels (one session each) opened one per 100 ms. A server account normally
+# starts its shell in a few milliseconds; SFTPIPE_BENCH_HOME=keep keeps the real home.
+EMPTY_HOME=$WORK/ssh/home
+ROOT_HOME=$(getent passwd root | cut -d: -f6)
+mkdir -p "$EMPTY_HOME"
+run_sshd() { # run_sshd ARGS...: /usr/sbin/sshd ARGS, with an empty home for root if possible
+    if [ "${SFTPIPE_BENCH_HOME:-}" != keep ] && [ -d "$ROOT_HOME" ] && [ -x /usr/bin/unshare ] &&
+        unshare -m --propagation private true 2>/dev/null; then
+        unshare -m --propagation private sh -c \
+            'mount --bind "$1" "$2" && shift 2 && exec /usr/sbin/sshd "$@"' sh "$EMPTY_HOME" "$ROOT_HOME" "$@"
+    else
+        /usr/sbin/sshd "$@"
+    fi
+}
+
 free_port() { "$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 H=root@127.0.0.1
 BASE_OPTS=(-F /dev/null -i "$KEY" -o IdentitiesOnly=yes -o StrictHostKeyChecking=no
@@ -277,7 +296,7 @@ MaxSessions 100
 Subsystem sftp /usr/lib/openssh/sftp-server
 EOF
         rm -f "$pidfile"
-        /usr/sbin/sshd -f "$cfg" -E "$WORK/ssh/sshd.log" || continue
+        run_sshd -f "$cfg" -E "$WORK/ssh/sshd.log" || continue
         for _ in $(seq 50); do [ -s "$pidfile" ] && break; sleep 0.1; done
         [ -s "$pidfile" ] || continue
         SSHD_PID=$(cat "$pidfile")
@@ -829,7 +848,7 @@ start_scp_sshd() { # a copy of the main sshd's config without its Subsystem line
         grep -v -e '^Subsystem' -e '^Port' -e '^PidFile' "$WORK/ssh/sshd_config" >"$cfg"
         printf 'Port %s\nPidFile %s\n' "$SCP_PORT" "$pidfile" >>"$cfg"
         rm -f "$pidfile"
-        /usr/sbin/sshd -f "$cfg" -E "$WORK/ssh/sshd.noscp.log" || continue
+        run_sshd -f "$cfg" -E "$WORK/ssh/sshd.noscp.log" || continue
         for _ in $(seq 50); do [ -s "$pidfile" ] && break; sleep 0.1; done
         [ -s "$pidfile" ] || continue
         SCP_SSHD_PID=$(cat "$pidfile")

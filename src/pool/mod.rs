@@ -288,14 +288,24 @@ impl Pool {
         .await
     }
 
-    /// Ends every extra channel (the session's own goes after them: with shared
-    /// connections it is the master).
-    pub fn shutdown(&self) {
+    /// Begins ending every extra channel: each answers what it owes and has its stdin
+    /// half-closed, so that their ends (a round trip each) overlap; [`Pool::shutdown`]
+    /// then waits for them.
+    pub(crate) fn begin_shutdown(&self) {
         self.inner.refused.set(true);
         for (i, s) in self.inner.ready.borrow_mut().drain(..).enumerate() {
             let (out, inn) = s.channel().byte_counts();
             log::info!("channel {}: {out} bytes sent, {inn} received", i + 2);
         }
+        for chan in self.inner.started.borrow().iter() {
+            chan.begin_shutdown();
+        }
+    }
+
+    /// Ends every extra channel (the session's own goes after them: with shared
+    /// connections it is the master).
+    pub fn shutdown(&self) {
+        self.begin_shutdown();
         let started = std::mem::take(&mut *self.inner.started.borrow_mut());
         for chan in started {
             chan.shutdown(&self.inner.reactor);

@@ -84,6 +84,9 @@ impl Transfer {
     ) -> Result<u64> {
         self.ready().await;
         let permit = self.file_permit().await;
+        if let Some(len) = attrs.and_then(|a| a.size) {
+            self.foresee(len);
+        }
         let handle = self
             .sftp
             .open(remote, OpenFlags::READ, &FileAttributes::default())

@@ -103,6 +103,14 @@ impl Transfer {
         !pool.extras().is_empty() || pool.opening() > 0
     }
 
+    /// Tells the pool early (before the file's OPEN, a round trip sooner) that a file of
+    /// `len` bytes is coming, so that channels it may be striped over open meanwhile.
+    pub(crate) fn foresee(&self, len: u64) {
+        if self.pool.is_some() && len >= STRIPE_MIN {
+            self.want(Want::Stream(len));
+        }
+    }
+
     /// Moves `[start, end)` of the file behind `handle` (on this context's channel) over
     /// it and every other channel the session has or opens meanwhile; returns once every
     /// chunk was answered and every other lane's handle closed.
