@@ -343,11 +343,12 @@ impl Transfer {
     /// Resizes the byte budget to the path (see [`pace`](self::pace)) once per measuring
     /// interval.
     fn pace(&self, request: Ask) {
-        let (bytes, rtt) = self.path_counts();
-        let update = self
-            .pacer
-            .borrow_mut()
-            .update(Instant::now(), bytes, rtt, request);
+        let (bytes, rtt, channels) = self.path_counts();
+        let update = {
+            let mut pacer = self.pacer.borrow_mut();
+            pacer.channels(channels);
+            pacer.update(Instant::now(), bytes, rtt, request)
+        };
         if let Some(window) = update
             && window != self.budget.capacity()
         {

@@ -57,6 +57,8 @@ pub struct Pacer {
     largest: usize,
     /// The budget last computed from the path, before the floor applies.
     target: f64,
+    /// Channels the bytes were counted over (see [`Pacer::channels`]).
+    channels: usize,
 }
 
 impl Pacer {
@@ -67,6 +69,18 @@ impl Pacer {
             last: None,
             largest: 0,
             target: 0.0,
+            channels: 1,
+        }
+    }
+
+    /// Tells how many channels carry the transfer. When that changes, what was measured
+    /// says nothing of the new path (one channel's window capped it): the next update
+    /// starts over from the prior, as at the start, instead of growing threefold per
+    /// interval from the old rate while the new channels sit idle.
+    pub fn channels(&mut self, n: usize) {
+        if n != self.channels {
+            self.channels = n;
+            self.last = None;
         }
     }
 
@@ -177,6 +191,25 @@ mod tests {
             p.update(t0, 0, Some(Duration::from_secs(1)), Ask::Stream),
             Some(24 << 20)
         );
+    }
+
+    #[test]
+    fn new_channels_start_the_measurement_over_from_the_prior() {
+        // One channel's window at 100 ms: 20 MB/s measured, a 6 MB budget.
+        let rtt = 100 * MS;
+        let mut p = Pacer::new(24 << 20);
+        let (t0, mut b) = (Instant::now(), 0);
+        let w = run(&mut p, t0, &mut b, 20_000_000, 2000, rtt);
+        assert_eq!(w, Some(6_000_000));
+        // Seven more channels join: the budget is the prior's at once, not 18 MB later.
+        p.channels(8);
+        assert_eq!(
+            p.update(t0 + MS * 2001, b, Some(rtt), Ask::Stream),
+            Some(24 << 20)
+        );
+        // The same count again changes nothing.
+        p.channels(8);
+        assert_eq!(p.update(t0 + MS * 2002, b, Some(rtt), Ask::Stream), None);
     }
 
     #[test]

@@ -141,22 +141,24 @@ impl Transfer {
         }
     }
 
-    /// Bytes moved so far over all channels, and the smallest round trip: what the byte
-    /// budget is sized from.
-    pub(crate) fn path_counts(&self) -> (u64, Option<Duration>) {
+    /// Bytes moved so far over all channels, the smallest round trip, and how many
+    /// channels there are: what the byte budget is sized from.
+    pub(crate) fn path_counts(&self) -> (u64, Option<Duration>, usize) {
         let (out, inn) = self.base.channel().byte_counts();
         let mut bytes = out + inn;
         let mut rtt = self.base.channel().rtt_min();
+        let mut channels = 1;
         if let Some(pool) = &self.pool {
             for s in pool.every() {
                 let (o, i) = s.channel().byte_counts();
                 bytes += o + i;
+                channels += 1;
                 rtt = match (rtt, s.channel().rtt_min()) {
                     (Some(a), Some(b)) => Some(a.min(b)),
                     (a, b) => a.or(b),
                 };
             }
         }
-        (bytes, rtt)
+        (bytes, rtt, channels)
     }
 }
