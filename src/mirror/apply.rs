@@ -7,7 +7,7 @@ use std::fs;
 use std::rc::Rc;
 use std::time::Instant;
 
-use super::dirtimes::{DirTimes, stale_dir_times};
+use super::dirtimes::{DirTimes, publish_after_dir_times, stale_dir_times};
 use super::plan::{Action, Compare, EntryKind, Plan, Snapshot, TreeEntry, plan};
 use super::sides::{Direction, Sides};
 use super::snapshot::LocalSnapshot;
@@ -134,16 +134,8 @@ async fn apply(planned: Planned, opts: &MirrorOptions, report: &mut MirrorReport
         .collect();
     let incomplete = trees.incomplete_listing;
     delete_extras(&sides, deletes, incomplete, opts, &counters, report).await;
-    times.finish(&sides).await;
-
-    if sides.staged {
-        t.move_staged_tree(
-            &sides.remote_root,
-            &sides.remote_name,
-            &sides.dest_name(b""),
-        )
-        .await;
-    }
+    let pending = times.submit(&sides).await;
+    publish_after_dir_times(&sides, pending, sides.staged).await;
     let c = counters.borrow();
     report.dirs_created = c.dirs_created;
     report.symlinks = c.symlinks;

@@ -24,7 +24,7 @@ use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 
 use super::apply::{Counters, DeleteList, Write, delete_extras, failure_count, finish};
-use super::dirtimes::{collect_dir_times, set_dir_times};
+use super::dirtimes::{publish_after_dir_times, set_dir_times};
 use super::plan::{Action, Compare, EntryKind, Snapshot, TreeEntry, plan};
 use super::sides::{Direction, Sides};
 use super::trees::match_resolved_links;
@@ -358,15 +358,7 @@ async fn land_the_rest(walk: &Walk, report: &mut MirrorReport) {
     .await;
     let dirs = walk.dir_times.take();
     let pending = set_dir_times(sides, &dirs).await;
-    collect_dir_times(sides, pending).await;
-    if sides.staged && !walk.stop.get() {
-        t.move_staged_tree(
-            &sides.remote_root,
-            &sides.remote_name,
-            &sides.dest_name(b""),
-        )
-        .await;
-    }
+    publish_after_dir_times(sides, pending, sides.staged && !walk.stop.get()).await;
     let c = walk.counters.borrow();
     report.dirs_created = c.dirs_created;
     report.symlinks = c.symlinks;
