@@ -1122,14 +1122,10 @@ fn mirror_under_a_memory_ceiling(files: usize) {
     assert_eq!(fs::read_dir(dst.join("t0/s0")).unwrap().count(), 1000);
 }
 
+/// The size the issue asks for (#17): about 20 s in a debug build, the longest test, and
+/// worth it, since what it guards shows at this size (the whole-tree listing the streaming
+/// mirror replaced needed over 160 MiB here).
 #[test]
-fn a_mirror_of_50000_files_stays_under_a_hard_memory_ceiling() {
-    mirror_under_a_memory_ceiling(50_000);
-}
-
-/// About 30 s alone in a debug build, a minute beside the other tests.
-#[test]
-#[ignore]
 fn a_mirror_of_200000_files_stays_under_a_hard_memory_ceiling() {
     mirror_under_a_memory_ceiling(200_000);
 }
