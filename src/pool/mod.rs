@@ -151,6 +151,14 @@ impl Pool {
         self.inner.ready.borrow().clone()
     }
 
+    /// Calls `f` with each live extra channel, in order (no copy of the list: the byte
+    /// budget asks this for every request).
+    pub(crate) fn for_each_ready(&self, mut f: impl FnMut(&Sftp)) {
+        for s in self.inner.ready.borrow().iter() {
+            f(s);
+        }
+    }
+
     /// Channels being opened.
     pub fn opening(&self) -> usize {
         self.inner.opening.get()

@@ -149,7 +149,7 @@ impl Transfer {
         let mut rtt = self.base.channel().rtt_min();
         let mut channels = 1;
         if let Some(pool) = &self.pool {
-            for s in pool.every() {
+            pool.for_each_ready(|s| {
                 let (o, i) = s.channel().byte_counts();
                 bytes += o + i;
                 channels += 1;
@@ -157,7 +157,7 @@ impl Transfer {
                     (Some(a), Some(b)) => Some(a.min(b)),
                     (a, b) => a.or(b),
                 };
-            }
+            });
         }
         (bytes, rtt, channels)
     }
