@@ -1086,25 +1086,10 @@ const MIRROR_AS_CEILING: u64 = 96 << 20;
 fn mirror_under_a_memory_ceiling(files: usize) {
     let d = tempfile::tempdir().unwrap();
     let (src, dst) = (d.path().join("src"), d.path().join("dst"));
-    for dir in 0..files / 1000 {
-        let dir = src.join(format!("t{}/s{}", dir / 10, dir % 10));
-        fs::create_dir_all(&dir).unwrap();
-        for f in 0..1000 {
-            fs::File::create(dir.join(format!("f{f}"))).unwrap();
-        }
-    }
-    let ceiling = format!("--as={MIRROR_AS_CEILING}");
+    common::tree::many_empty_files(&src, files);
     let mirror = || {
-        Command::new("prlimit")
-            .arg(&ceiling)
-            .arg(env!("CARGO_BIN_EXE_sftpipe"))
-            .arg("-D")
-            .arg(sftp_server_path())
-            .args(["mirror", &s(&src), &remote(&dst)])
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .output()
-            .expect("run prlimit")
+        let args = ["mirror", &s(&src), &remote(&dst)];
+        common::sftpipe_under_memory_ceiling(MIRROR_AS_CEILING, &args)
     };
     let out = ok(mirror());
     let n = files.to_string();

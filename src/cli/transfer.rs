@@ -9,8 +9,8 @@ use clap::Args;
 use sftpipe::backend::Backend;
 use sftpipe::task::TaskGroup;
 use sftpipe::transfer::{
-    LocalTree, Progress, StreamFd, Transfer, default_max_open, remote_basename, remote_join,
-    safe_remote_name, staging_dir, walk_local,
+    Progress, StreamFd, Transfer, default_max_open, remote_basename, remote_join, safe_remote_name,
+    staging_dir,
 };
 use sftpipe::{Error, Session};
 
@@ -328,7 +328,6 @@ enum Job {
     Tree {
         local: PathBuf,
         dest: Vec<u8>,
-        tree: sftpipe::Result<LocalTree>,
         new: bool,
     },
 }
@@ -462,22 +461,7 @@ pub fn put(g: &GlobalArgs, a: &PutArgs) -> Result<i32, CliError> {
     if let Some(s) = &staging {
         stat_targets.push(s);
     }
-    // Trees are listed while ssh connects (the connection is mostly waiting).
-    let follow_links = a.upload.copy_links;
-    let (session, mut walks) = std::thread::scope(|scope| {
-        let walker = scope.spawn(|| {
-            found
-                .iter()
-                .filter(|(_, size)| size.is_none())
-                .map(|(local, _)| ((*local).clone(), walk_local(local, follow_links)))
-                .collect::<Vec<_>>()
-        });
-        let session = super::scp::connect_for_transfer(g, ep.as_ref(), &stat_targets, &[]);
-        let walks = walker
-            .join()
-            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-        (session, walks)
-    });
+    let session = super::scp::connect_for_transfer(g, ep.as_ref(), &stat_targets, &[]);
     let session = match session? {
         Backend::Sftp(s) => s,
         Backend::Scp(scp) => {
@@ -534,18 +518,11 @@ pub fn put(g: &GlobalArgs, a: &PutArgs) -> Result<i32, CliError> {
                 tracker.add_total(1, size);
                 jobs.push(Job::File { local, dest });
             }
-            None => {
-                let at = walks.iter().position(|(l, _)| *l == local);
-                let Some((_, tree)) = at.map(|i| walks.swap_remove(i)) else {
-                    continue;
-                };
-                jobs.push(Job::Tree {
-                    local,
-                    dest,
-                    tree,
-                    new: target_missing,
-                })
-            }
+            None => jobs.push(Job::Tree {
+                local,
+                dest,
+                new: target_missing,
+            }),
         }
     }
     session.run(run_jobs(t.clone(), tracker.clone(), jobs, task_limit));
@@ -571,16 +548,8 @@ async fn run_jobs(t: Transfer, tracker: Rc<Tracker>, jobs: Vec<Job>, limit: usiz
                         let r = t.upload(&local, &dest).await;
                         file_outcome(&tracker, &dest, r);
                     }
-                    Job::Tree {
-                        local,
-                        dest,
-                        tree,
-                        new,
-                    } => match tree {
-                        Ok(tree) if new => t.upload_new_tree(&local, &dest, tree).await,
-                        Ok(tree) => t.upload_entries(&local, &dest, tree).await,
-                        Err(e) => tracker.file_done(&local.display().to_string(), 0, Some(&e)),
-                    },
+                    Job::Tree { local, dest, new } if new => t.upload_new_tree(&local, &dest).await,
+                    Job::Tree { local, dest, .. } => t.upload_into(&local, &dest).await,
                 }
             })
             .await;

@@ -7,6 +7,7 @@ pub mod dirlock;
 mod executor;
 mod group;
 mod semaphore;
+mod stack;
 
 pub use countdown::{Countdown, Token};
 pub use dirlock::DirLocks;
@@ -14,3 +15,4 @@ pub(crate) use executor::spawn_detached;
 pub use executor::{JoinHandle, Runtime, join_growing, spawn, yield_now};
 pub use group::TaskGroup;
 pub use semaphore::{Acquire, Permit, Semaphore};
+pub use stack::walk_stack;

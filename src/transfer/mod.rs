@@ -34,10 +34,10 @@ pub(crate) use links::{link_times, set_local_link_mtime};
 pub use remove::Removal;
 pub use resume::resumable_temp_name;
 pub use stream::StreamFd;
+pub(crate) use tree::{DIRS_IN_FLIGHT, list_local_dir, local_entry};
 pub use tree::{
     LocalEntry, LocalKind, LocalTree, safe_remote_name, staging_dir, walk_local, walk_local_with,
 };
-pub(crate) use tree::{list_local_dir, local_entry};
 pub use upload::temp_name;
 pub(crate) use upload::to_u32_time;
 

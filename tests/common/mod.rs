@@ -692,6 +692,22 @@ pub fn sftp_server_path() -> PathBuf {
     );
 }
 
+/// Runs `sftpipe -D sftp-server ARGS` under a hard address-space ceiling of `bytes`
+/// (`prlimit --as`, inherited by the server it starts): a memory guard. A walk whose
+/// memory grows with the tree fails to allocate under it and the run dies.
+pub fn sftpipe_under_memory_ceiling(bytes: u64, args: &[&str]) -> Output {
+    Command::new("prlimit")
+        .arg(format!("--as={bytes}"))
+        .arg(env!("CARGO_BIN_EXE_sftpipe"))
+        .arg("-D")
+        .arg(sftp_server_path())
+        .args(args)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run prlimit")
+}
+
 /// A private temporary directory on a tmpfs (`/dev/shm`) when there is one, so that big
 /// test files cost no disk I/O; else in the usual temporary directory.
 pub fn tmpfs_tempdir(prefix: &str) -> tempfile::TempDir {

@@ -147,3 +147,17 @@ pub fn odd_tree(root: &Path, files: usize, newline: bool) -> usize {
     }
     written
 }
+
+/// Creates `files` empty files in directories of 1,000 (`tN/sM/fK`, ten `s` per `t`): a
+/// tree for the memory guards of the streaming walks (mirror, `put -r`, `get -r`).
+pub fn many_empty_files(root: &Path, files: usize) {
+    for i in 0..files {
+        let (dir, f) = (i / 1000, i % 1000);
+        let dir = root.join(format!("t{}/s{}", dir / 10, dir % 10));
+        if f == 0 {
+            fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("mkdir {}: {e}", dir.display()));
+        }
+        let file = dir.join(format!("f{f}"));
+        fs::File::create(&file).unwrap_or_else(|e| panic!("create {}: {e}", file.display()));
+    }
+}

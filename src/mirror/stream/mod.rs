@@ -20,9 +20,6 @@ mod roots;
 use listing::{list_local, list_remote};
 use roots::start;
 
-use futures_util::StreamExt;
-use futures_util::stream::FuturesUnordered;
-
 use super::apply::{Counters, DeleteList, Write, delete_extras, failure_count, finish};
 use super::dirtimes::{publish_after_dir_times, set_dir_times};
 use super::plan::{Action, Compare, EntryKind, Snapshot, TreeEntry, plan};
@@ -30,12 +27,8 @@ use super::sides::{Direction, Sides};
 use super::trees::match_resolved_links;
 use super::{MirrorOptions, MirrorReport};
 use crate::error::Result;
-use crate::task::{Countdown, JoinHandle, Semaphore, spawn};
-use crate::transfer::lossy;
-
-/// Directories listed and compared at once. Each holds its two listings while it is
-/// compared; their files then queue for the transfer slots.
-const DIRS_IN_FLIGHT: usize = 8;
+use crate::task::{Countdown, JoinHandle, Semaphore, spawn, walk_stack};
+use crate::transfer::{DIRS_IN_FLIGHT, lossy};
 
 /// A directory still to visit, with what its parent's listings said of it.
 struct Dir {
@@ -107,21 +100,12 @@ pub(super) async fn run_streamed(sides: Sides, opts: &MirrorOptions) -> MirrorRe
     finish(report, &t)
 }
 
-/// Visits directories, [`DIRS_IN_FLIGHT`] at once, deepest first (so the stack of those
-/// waiting stays short) until none is left.
+/// Visits directories, [`DIRS_IN_FLIGHT`] at once, deepest first, until none is left.
 async fn walk_all(walk: &Rc<Walk>) {
-    let mut running = FuturesUnordered::new();
-    loop {
-        while running.len() < DIRS_IN_FLIGHT && !walk.stop.get() {
-            let Some(dir) = walk.stack.borrow_mut().pop() else {
-                break;
-            };
-            running.push(spawn(visit(walk.clone(), dir)));
-        }
-        if running.next().await.is_none() {
-            break;
-        }
-    }
+    walk_stack(&walk.stack, DIRS_IN_FLIGHT, &walk.stop, |dir| {
+        visit(walk.clone(), dir)
+    })
+    .await
 }
 
 /// Lists one directory on both sides and acts on what differs in it.
