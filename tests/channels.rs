@@ -381,7 +381,15 @@ fn no_control_socket_is_left_after_failure_or_signals() {
     for (sig, code) in [("INT", 130), ("TERM", 143)] {
         let dest_dir = work.path().join(format!("dest-{sig}"));
         fs::create_dir(&dest_dir).unwrap();
-        let mut cmd = sftpipe(&sshd, tmp.path(), None, &["put"]);
+        // Through a 100 ms relay: on loopback the whole file can land between the check
+        // below and the signal, and the run then ends 0 (with a window-bound path the
+        // remaining 88 MiB take half a second, hundreds of times the gap).
+        let relay = format!(
+            "ProxyCommand=/usr/bin/python3 '{}/contrib/bench/delay-relay.py' 127.0.0.1 {} 0.050",
+            env!("CARGO_MANIFEST_DIR"),
+            sshd.port()
+        );
+        let mut cmd = sftpipe(&sshd, tmp.path(), None, &["-o", &relay, "put"]);
         cmd.arg(&src)
             .arg(remote(&sshd, &dest_dir.join("big")))
             .stdout(Stdio::null())
