@@ -376,7 +376,17 @@ fn no_control_socket_is_left_after_failure_or_signals() {
     assert!(!out.status.success(), "{}", explain("ls", &out));
     assert_no_control_dirs(tmp.path());
 
-    // Interrupted mid-transfer by SIGINT and by SIGTERM.
+    // Interrupted mid-transfer by SIGINT and by SIGTERM. A test run started as a background
+    // job of a non-interactive shell has SIGINT ignored, and sftpipe keeps an ignored
+    // signal ignored (as under nohup): the children get the default back.
+    // SAFETY: sets the default disposition; no handler runs, nothing else in this process
+    // relies on SIGINT being ignored.
+    unsafe {
+        let _ = nix::sys::signal::signal(
+            nix::sys::signal::Signal::SIGINT,
+            nix::sys::signal::SigHandler::SigDfl,
+        );
+    }
     let src = data_file(work.path(), "big", 96 << 20, 5);
     for (sig, code) in [("INT", 130), ("TERM", 143)] {
         let dest_dir = work.path().join(format!("dest-{sig}"));
