@@ -3,15 +3,14 @@
 //! until its last file has a transfer slot, so listings run only so far ahead of the
 //! downloads and the queued tasks stay bounded, however large the tree.
 
-use std::cell::{Cell, RefCell};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
-use super::{DIRS_IN_FLIGHT, safe_remote_name, spawn_in_slot};
+use super::{DIRS_IN_FLIGHT, TreeWalk, safe_remote_name, spawn_in_slot};
 use crate::error::{Error, Result};
 use crate::proto::{FileAttributes, FileType, NameEntry};
-use crate::task::{Countdown, Semaphore, spawn, walk_stack};
+use crate::task::{spawn, walk_stack};
 use crate::transfer::{Report, Transfer, lossy, remote_join};
 
 /// A remote directory still to list, and the local directory it fills.
@@ -20,22 +19,9 @@ struct Down {
     local: PathBuf,
 }
 
-/// What the tasks of one tree download share.
-struct DownloadWalk {
-    t: Transfer,
-    /// Directories listed by none yet.
-    stack: RefCell<Vec<Down>>,
-    /// Bounds the file tasks alive at once.
-    slots: Semaphore,
-    /// Every file task holds a token until it ends.
-    files: Countdown,
-    /// With `-p`: each local directory and the remote attributes it gets at the end.
-    dir_attrs: RefCell<Vec<(PathBuf, FileAttributes)>>,
-    /// Files listed so far (more channels pay off for many).
-    files_seen: Cell<usize>,
-    /// Never set: a download goes on past failures.
-    stop: Cell<bool>,
-}
+/// What the tasks of one tree download share (`stop` is never set: a download goes on
+/// past failures).
+type DownloadWalk = TreeWalk<Down, (PathBuf, FileAttributes)>;
 
 impl Transfer {
     /// Downloads the contents of `remote_root` into `local_root` (created if missing),
@@ -58,15 +44,7 @@ impl Transfer {
             remote: remote_root.to_vec(),
             local: local_root.to_path_buf(),
         };
-        let walk = Rc::new(DownloadWalk {
-            t: self.clone(),
-            stack: RefCell::new(vec![root]),
-            slots: Semaphore::new(self.task_limit()),
-            files: Countdown::new(),
-            dir_attrs: RefCell::new(Vec::new()),
-            files_seen: Cell::new(0),
-            stop: Cell::new(false),
-        });
+        let walk = Rc::new(DownloadWalk::new(self, root));
         walk_stack(&walk.stack, DIRS_IN_FLIGHT, &walk.stop, |dir| {
             list_and_fetch(walk.clone(), dir)
         })

@@ -3,6 +3,7 @@
 //! files start as soon as a directory is read, so memory follows the directories in
 //! flight and the transfer slots, not the tree.
 
+use std::cell::{Cell, RefCell};
 use std::ffi::OsStr;
 use std::future::Future;
 use std::os::unix::ffi::OsStrExt;
@@ -27,6 +28,39 @@ pub use staging::staging_dir;
 /// Directories read and acted on at once by a streaming tree walk (`put -r`, `get -r`,
 /// the mirror). Each holds its listing while its files queue for the transfer slots.
 pub(crate) const DIRS_IN_FLIGHT: usize = 8;
+
+/// What the directory visits and file tasks of one streaming tree walk share: `D` is a
+/// directory still to visit, `A` what a directory gets at the end (`-p`).
+pub(super) struct TreeWalk<D, A> {
+    pub(super) t: Transfer,
+    /// Directories visited by none yet.
+    pub(super) stack: RefCell<Vec<D>>,
+    /// Bounds the file tasks alive at once.
+    pub(super) slots: Semaphore,
+    /// Every file task holds a token until it ends.
+    pub(super) files: Countdown,
+    /// With `-p`: each directory and the attributes it gets once its files are in.
+    pub(super) dir_attrs: RefCell<Vec<A>>,
+    /// Files seen so far (more channels pay off for many).
+    pub(super) files_seen: Cell<usize>,
+    /// Set when nothing more may start.
+    pub(super) stop: Cell<bool>,
+}
+
+impl<D, A> TreeWalk<D, A> {
+    /// A walk of `t` starting at `root`.
+    pub(super) fn new(t: &Transfer, root: D) -> Self {
+        TreeWalk {
+            t: t.clone(),
+            stack: RefCell::new(vec![root]),
+            slots: Semaphore::new(t.task_limit()),
+            files: Countdown::new(),
+            dir_attrs: RefCell::new(Vec::new()),
+            files_seen: Cell::new(0),
+            stop: Cell::new(false),
+        }
+    }
+}
 
 /// Checks a name the server sent before it becomes part of a local path: no `.`, `..`,
 /// empty name, `/` or NUL.

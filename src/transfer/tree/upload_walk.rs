@@ -4,7 +4,6 @@
 //! file has a transfer slot: memory follows the directories in flight and the slots, not
 //! the tree. Directory attributes (`-p`) wait for the end, deepest first.
 
-use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet};
 use std::ffi::OsString;
 use std::os::unix::ffi::OsStrExt;
@@ -13,9 +12,9 @@ use std::rc::Rc;
 
 use super::local::{LocalEntry, LocalKind, list_local_dir, local_entry};
 use super::staging::StagedKind;
-use super::{DIRS_IN_FLIGHT, rel_to_remote, spawn_in_slot};
+use super::{DIRS_IN_FLIGHT, TreeWalk, rel_to_remote, spawn_in_slot};
 use crate::proto::FileAttributes;
-use crate::task::{Countdown, Semaphore, walk_stack};
+use crate::task::walk_stack;
 use crate::transfer::LinkSlot;
 use crate::transfer::{Transfer, lossy};
 
@@ -49,22 +48,21 @@ struct UpDir {
     names: Option<Vec<OsString>>,
 }
 
-/// What the directories of one tree upload share.
+/// What the directories of one tree upload share: the walk (its `stop` is set when a
+/// staged tree could not be cleared: nothing more starts, nothing moves into place; its
+/// directory attributes carry each remote directory's depth), and where it writes.
 struct UploadWalk {
-    t: Transfer,
+    walk: TreeWalk<UpDir, (usize, Vec<u8>, FileAttributes)>,
     local_root: PathBuf,
     dest: TreeDest,
-    stack: RefCell<Vec<UpDir>>,
-    /// Bounds the file tasks alive at once.
-    slots: Semaphore,
-    /// Every file task holds a token until it ends.
-    files: Countdown,
-    /// With `-p`: each remote directory's depth, path and the attributes it gets last.
-    dir_attrs: RefCell<Vec<(usize, Vec<u8>, FileAttributes)>>,
-    /// Files read so far (more channels pay off for many).
-    files_seen: Cell<usize>,
-    /// A staged tree could not be cleared: nothing more starts, nothing moves into place.
-    stop: Cell<bool>,
+}
+
+impl std::ops::Deref for UploadWalk {
+    type Target = TreeWalk<UpDir, (usize, Vec<u8>, FileAttributes)>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.walk
+    }
 }
 
 impl UploadWalk {
@@ -92,15 +90,9 @@ impl Transfer {
             names: Some(root_names),
         };
         let walk = Rc::new(UploadWalk {
-            t: self.clone(),
+            walk: TreeWalk::new(self, root),
             local_root: local_root.to_path_buf(),
             dest,
-            stack: RefCell::new(vec![root]),
-            slots: Semaphore::new(self.task_limit()),
-            files: Countdown::new(),
-            dir_attrs: RefCell::new(Vec::new()),
-            files_seen: Cell::new(0),
-            stop: Cell::new(false),
         });
         keep_root_attrs(&walk);
         walk_stack(&walk.stack, DIRS_IN_FLIGHT, &walk.stop, |dir| {
