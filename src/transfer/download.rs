@@ -59,6 +59,9 @@ impl Received {
     }
 }
 
+/// Budget taken by a READ expected to meet the end of the file (a STATUS reply).
+const END_REPLY_BUDGET: u64 = 64;
+
 impl Transfer {
     /// Downloads `remote` to `local` with up to `requests` READs in flight; replies may
     /// come in any order and are written at their offsets. `attrs` (from a listing) spares
@@ -302,8 +305,17 @@ impl Transfer {
                 } else {
                     break;
                 };
+                // The READ past the expected size normally meets the end: its reply is a
+                // short STATUS, so it takes that much budget, not its length. With many
+                // small files the budget otherwise ran out on these probes (4 KiB each for
+                // 100 bytes of data) long before the wire or the server was busy. A file
+                // that grew meanwhile brings at most GROWTH_PROBE more per file.
+                let expect = match st.size_hint {
+                    Some(s) if offset >= s => END_REPLY_BUDGET,
+                    _ => len,
+                };
                 let permit = self
-                    .budget_while_draining(len as usize, Ask::Stream, &mut inflight, |item| {
+                    .budget_while_draining(expect as usize, Ask::Stream, &mut inflight, |item| {
                         st.complete(item)
                     })
                     .await?;
