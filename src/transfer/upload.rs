@@ -161,7 +161,6 @@ impl Transfer {
             )));
         }
         let mode = meta.permissions().mode() & 0o7777;
-        self.foresee(meta.len());
 
         // Written in place only for this upload's sake: removed again if it fails.
         // (Never with resume: a failed resumed upload keeps what it had.)
@@ -183,8 +182,8 @@ impl Transfer {
             self.remove_leftovers(remote, around, None).await;
             return Ok(0);
         };
-        // Again, now that a reply may have measured the round trip: a striped file's
-        // other channels then open while its OPEN is on the way.
+        // Here, once the destination's STAT may have measured the round trip: a striped
+        // file's other channels then open while its OPEN is on the way.
         self.foresee(meta.len().saturating_sub(dest.start));
         let handle = match dest.handle.take() {
             Some(h) => h,
